@@ -1,0 +1,322 @@
+package relay
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// PublicCollection is the special as:Public collection that marks an
+// activity as public. Incoming documents may spell it in any of the forms
+// listed in publicSpellings.
+const PublicCollection = "https://www.w3.org/ns/activitystreams#Public"
+
+var publicSpellings = map[string]bool{
+	PublicCollection: true,
+	"http://www.w3.org/ns/activitystreams#Public": true,
+	"as:Public": true,
+	"Public":    true,
+}
+
+// isPublic reports whether iri is a spelling of as:Public.
+func isPublic(iri string) bool { return publicSpellings[iri] }
+
+// envelope is the part of an incoming activity the relay looks at. The
+// original bytes are kept by the caller and forwarded untouched; the
+// envelope is never serialised again.
+type envelope struct {
+	ID        string
+	Type      string
+	Actor     string
+	Object    objectRef
+	To, Cc    []string
+	Published time.Time
+	// LDSigned reports an embedded Linked Data signature (RsaSignature2017)
+	// or a FEP-8b32 integrity proof, which lets receivers authenticate a
+	// verbatim copy delivered by the relay.
+	LDSigned bool
+}
+
+// objectRef is an activity's object: an IRI, or an embedded object of which
+// the relay keeps the fields it needs.
+type objectRef struct {
+	ID           string
+	Type         string
+	Actor        string // embedded activities (the Follow inside an Undo or Accept)
+	Object       string // embedded activities: their own object id
+	AttributedTo string
+	Embedded     bool
+}
+
+// errMalformed wraps every parse failure of an incoming activity.
+var errMalformed = errors.New("relay: malformed activity")
+
+// parseEnvelope decodes the fields the relay needs from an activity
+// document. It accepts addressing as a string or an array, actors and
+// objects as IRIs or embedded objects, and ignores everything else.
+func parseEnvelope(body []byte) (*envelope, error) {
+	var raw struct {
+		ID        json.RawMessage `json:"id"`
+		Type      json.RawMessage `json:"type"`
+		Actor     json.RawMessage `json:"actor"`
+		Object    json.RawMessage `json:"object"`
+		To        json.RawMessage `json:"to"`
+		Cc        json.RawMessage `json:"cc"`
+		Published json.RawMessage `json:"published"`
+		Signature json.RawMessage `json:"signature"`
+		Proof     json.RawMessage `json:"proof"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(&raw); err != nil {
+		return nil, fmt.Errorf("%w: %v", errMalformed, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%w: trailing data after the JSON document", errMalformed)
+	}
+	e := &envelope{}
+	var err error
+	if e.ID, err = idOf(raw.ID); err != nil {
+		return nil, fmt.Errorf("%w: id: %v", errMalformed, err)
+	}
+	if e.Type, err = typeOf(raw.Type); err != nil {
+		return nil, fmt.Errorf("%w: type: %v", errMalformed, err)
+	}
+	if e.Actor, err = idOf(raw.Actor); err != nil {
+		return nil, fmt.Errorf("%w: actor: %v", errMalformed, err)
+	}
+	if e.Object, err = parseObject(raw.Object); err != nil {
+		return nil, fmt.Errorf("%w: object: %v", errMalformed, err)
+	}
+	if e.To, err = idList(raw.To); err != nil {
+		return nil, fmt.Errorf("%w: to: %v", errMalformed, err)
+	}
+	if e.Cc, err = idList(raw.Cc); err != nil {
+		return nil, fmt.Errorf("%w: cc: %v", errMalformed, err)
+	}
+	if len(raw.Published) > 0 && string(raw.Published) != "null" {
+		var s string
+		if json.Unmarshal(raw.Published, &s) == nil {
+			if t, err := time.Parse(time.RFC3339, s); err == nil {
+				e.Published = t
+			}
+		}
+	}
+	e.LDSigned = hasLDSignature(raw.Signature) || hasProof(raw.Proof)
+	switch {
+	case e.Type == "":
+		return nil, fmt.Errorf("%w: no type", errMalformed)
+	case e.Actor == "":
+		return nil, fmt.Errorf("%w: no actor", errMalformed)
+	case e.ID == "" && e.Type != "Delete":
+		// Some servers send id-less transient Deletes; everything else
+		// needs an id for deduplication.
+		return nil, fmt.Errorf("%w: no id", errMalformed)
+	}
+	if err := checkIRI(e.Actor); err != nil {
+		return nil, fmt.Errorf("%w: actor: %v", errMalformed, err)
+	}
+	return e, nil
+}
+
+// IsPublic reports whether the activity is addressed to as:Public in to or cc.
+func (e *envelope) IsPublic() bool {
+	for _, l := range [][]string{e.To, e.Cc} {
+		for _, a := range l {
+			if isPublic(a) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// idOf decodes an IRI given as a string or as an object with an "id".
+func idOf(m json.RawMessage) (string, error) {
+	if len(m) == 0 || string(m) == "null" {
+		return "", nil
+	}
+	switch m[0] {
+	case '"':
+		var s string
+		err := json.Unmarshal(m, &s)
+		return s, err
+	case '{':
+		var o struct {
+			ID json.RawMessage `json:"id"`
+		}
+		if err := json.Unmarshal(m, &o); err != nil {
+			return "", err
+		}
+		return idOf(o.ID)
+	case '[':
+		// An array of actors: take the first (Mastodon does the same).
+		var l []json.RawMessage
+		if err := json.Unmarshal(m, &l); err != nil {
+			return "", err
+		}
+		if len(l) == 0 {
+			return "", nil
+		}
+		return idOf(l[0])
+	}
+	return "", errors.New("not an IRI or object")
+}
+
+// typeOf decodes "type" given as a string or an array of strings (first wins).
+func typeOf(m json.RawMessage) (string, error) {
+	if len(m) == 0 || string(m) == "null" {
+		return "", nil
+	}
+	if m[0] == '[' {
+		var l []string
+		if err := json.Unmarshal(m, &l); err != nil {
+			return "", err
+		}
+		if len(l) == 0 {
+			return "", nil
+		}
+		return l[0], nil
+	}
+	var s string
+	err := json.Unmarshal(m, &s)
+	return s, err
+}
+
+// idList decodes addressing given as one IRI or an array of IRIs/objects.
+func idList(m json.RawMessage) ([]string, error) {
+	if len(m) == 0 || string(m) == "null" {
+		return nil, nil
+	}
+	if m[0] != '[' {
+		id, err := idOf(m)
+		if err != nil || id == "" {
+			return nil, err
+		}
+		return []string{id}, nil
+	}
+	var l []json.RawMessage
+	if err := json.Unmarshal(m, &l); err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(l))
+	for _, item := range l {
+		id, err := idOf(item)
+		if err != nil {
+			return nil, err
+		}
+		if id != "" {
+			out = append(out, id)
+		}
+	}
+	return out, nil
+}
+
+func parseObject(m json.RawMessage) (objectRef, error) {
+	if len(m) == 0 || string(m) == "null" {
+		return objectRef{}, nil
+	}
+	if m[0] != '{' {
+		id, err := idOf(m)
+		return objectRef{ID: id}, err
+	}
+	var o struct {
+		ID           json.RawMessage `json:"id"`
+		Type         json.RawMessage `json:"type"`
+		Actor        json.RawMessage `json:"actor"`
+		Object       json.RawMessage `json:"object"`
+		AttributedTo json.RawMessage `json:"attributedTo"`
+	}
+	if err := json.Unmarshal(m, &o); err != nil {
+		return objectRef{}, err
+	}
+	ref := objectRef{Embedded: true}
+	var err error
+	if ref.ID, err = idOf(o.ID); err != nil {
+		return ref, err
+	}
+	if ref.Type, err = typeOf(o.Type); err != nil {
+		return ref, err
+	}
+	if ref.Actor, err = idOf(o.Actor); err != nil {
+		return ref, err
+	}
+	if ref.Object, err = idOf(o.Object); err != nil {
+		return ref, err
+	}
+	if ref.AttributedTo, err = idOf(o.AttributedTo); err != nil {
+		return ref, err
+	}
+	return ref, nil
+}
+
+// hasLDSignature reports a Linked Data signature block as Mastodon and
+// Misskey attach it: {"type": "RsaSignature2017", "signatureValue": ...}.
+func hasLDSignature(m json.RawMessage) bool {
+	if len(m) == 0 || m[0] != '{' {
+		return false
+	}
+	var sig struct {
+		Type           string `json:"type"`
+		SignatureValue string `json:"signatureValue"`
+	}
+	return json.Unmarshal(m, &sig) == nil && sig.Type == "RsaSignature2017" && sig.SignatureValue != ""
+}
+
+// hasProof reports a FEP-8b32 object integrity proof (one or several).
+func hasProof(m json.RawMessage) bool {
+	if len(m) == 0 {
+		return false
+	}
+	var proofs []struct {
+		Type       string `json:"type"`
+		ProofValue string `json:"proofValue"`
+	}
+	if m[0] == '{' {
+		m = append(append(json.RawMessage{'['}, m...), ']')
+	}
+	if json.Unmarshal(m, &proofs) != nil {
+		return false
+	}
+	for _, p := range proofs {
+		if p.Type == "DataIntegrityProof" && p.ProofValue != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// checkIRI requires an absolute http(s) URL with a host and no user info.
+func checkIRI(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return err
+	}
+	if u.Scheme != "https" && u.Scheme != "http" {
+		return fmt.Errorf("%q is not an http(s) URL", s)
+	}
+	if u.Host == "" || u.User != nil {
+		return fmt.Errorf("%q has no host or has user info", s)
+	}
+	return nil
+}
+
+// hostOf returns the lower-cased host[:port] of an absolute URL, or "".
+func hostOf(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return ""
+	}
+	return strings.ToLower(u.Host)
+}
+
+// stripFragment returns s without its #fragment.
+func stripFragment(s string) string {
+	if i := strings.IndexByte(s, '#'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}

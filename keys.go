@@ -1,0 +1,310 @@
+package relay
+
+import (
+	"context"
+	"crypto"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+)
+
+// errGone reports a 410 Gone from a fetched URL: a deleted actor or object.
+var errGone = errors.New("relay: gone")
+
+// FetchError is returned when a signed GET of a remote document fails with
+// an unexpected HTTP status.
+type FetchError struct {
+	URL    string
+	Status int
+}
+
+func (e *FetchError) Error() string {
+	return fmt.Sprintf("relay: fetching %s: HTTP %d", e.URL, e.Status)
+}
+
+// maxRedirects bounds the redirects followed by a fetch; every hop is
+// signed anew and checked like the first.
+const maxRedirects = 3
+
+const acceptActivity = `application/activity+json, application/ld+json; profile="https://www.w3.org/ns/activitystreams"`
+
+// fetch GETs an ActivityPub document with a signed request, following up to
+// maxRedirects redirects, and returns at most Config.MaxBodyBytes of body.
+func (r *Relay) fetch(ctx context.Context, rawURL string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.RequestTimeout)
+	defer cancel()
+	target := rawURL
+	for hop := 0; ; hop++ {
+		if err := checkIRI(target); err != nil {
+			return nil, fmt.Errorf("relay: fetching: %w", err)
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+		if err != nil {
+			return nil, fmt.Errorf("relay: fetching %s: %w", target, err)
+		}
+		req.Header.Set("Accept", acceptActivity)
+		req.Header.Set("User-Agent", r.cfg.UserAgent)
+		if err := r.signer.SignRequest(req, nil, r.now()); err != nil {
+			return nil, err
+		}
+		resp, err := r.transport.RoundTrip(req)
+		if err != nil {
+			return nil, fmt.Errorf("relay: fetching %s: %w", target, err)
+		}
+		if loc := resp.Header.Get("Location"); resp.StatusCode >= 300 && resp.StatusCode < 400 && loc != "" {
+			drain(resp)
+			if hop == maxRedirects {
+				return nil, fmt.Errorf("relay: fetching %s: more than %d redirects", rawURL, maxRedirects)
+			}
+			next, err := req.URL.Parse(loc)
+			if err != nil {
+				return nil, fmt.Errorf("relay: fetching %s: bad redirect: %w", target, err)
+			}
+			target = next.String()
+			continue
+		}
+		return r.readDocument(resp, target)
+	}
+}
+
+func (r *Relay) readDocument(resp *http.Response, target string) ([]byte, error) {
+	defer drain(resp)
+	switch {
+	case resp.StatusCode == http.StatusGone:
+		return nil, fmt.Errorf("%w: %s", errGone, target)
+	case resp.StatusCode != http.StatusOK:
+		return nil, &FetchError{URL: target, Status: resp.StatusCode}
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || !(strings.HasSuffix(mt, "+json") || mt == "application/json") {
+			return nil, fmt.Errorf("relay: fetching %s: unexpected content type %q", target, ct)
+		}
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, r.cfg.MaxBodyBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("relay: fetching %s: %w", target, err)
+	}
+	if int64(len(body)) > r.cfg.MaxBodyBytes {
+		return nil, fmt.Errorf("relay: fetching %s: document larger than %d bytes", target, r.cfg.MaxBodyBytes)
+	}
+	return body, nil
+}
+
+// drain discards a little of what is left of a response body and closes
+// it, so the connection can be reused.
+func drain(resp *http.Response) {
+	_, _ = io.CopyN(io.Discard, resp.Body, 64<<10)
+	_ = resp.Body.Close()
+}
+
+// remoteActor is what the relay keeps of a fetched actor document.
+type remoteActor struct {
+	ID          string
+	Type        string
+	Inbox       string
+	SharedInbox string
+}
+
+// DeliveryInbox returns the shared inbox if the actor has one, else its inbox.
+func (a *remoteActor) DeliveryInbox() string {
+	if a.SharedInbox != "" {
+		return a.SharedInbox
+	}
+	return a.Inbox
+}
+
+// isInstanceActor reports an actor type that servers use for their
+// instance (server-wide) actor.
+func (a *remoteActor) isInstanceActor() bool {
+	return a.Type == "Application" || a.Type == "Service"
+}
+
+// remoteKey is a verified binding of a key id to its owner.
+type remoteKey struct {
+	ID      string
+	Owner   *remoteActor
+	Key     crypto.PublicKey
+	expires time.Time
+}
+
+// keyDocument is the union of an actor document and a bare key document.
+type keyDocument struct {
+	ID           string          `json:"id"`
+	Type         json.RawMessage `json:"type"`
+	Owner        string          `json:"owner"`
+	PublicKeyPem string          `json:"publicKeyPem"`
+	PublicKey    json.RawMessage `json:"publicKey"`
+	Inbox        string          `json:"inbox"`
+	Endpoints    struct {
+		SharedInbox string `json:"sharedInbox"`
+	} `json:"endpoints"`
+}
+
+type publicKeyEntry struct {
+	ID           string `json:"id"`
+	Owner        string `json:"owner"`
+	PublicKeyPem string `json:"publicKeyPem"`
+}
+
+func (d *keyDocument) keys() []publicKeyEntry {
+	if len(d.PublicKey) == 0 {
+		return nil
+	}
+	var list []publicKeyEntry
+	if d.PublicKey[0] == '[' {
+		_ = json.Unmarshal(d.PublicKey, &list)
+		return list
+	}
+	var one publicKeyEntry
+	if json.Unmarshal(d.PublicKey, &one) == nil {
+		list = append(list, one)
+	}
+	return list
+}
+
+func (d *keyDocument) actor() *remoteActor {
+	t, _ := typeOf(d.Type)
+	return &remoteActor{ID: d.ID, Type: t, Inbox: d.Inbox, SharedInbox: d.Endpoints.SharedInbox}
+}
+
+// keyCache resolves key ids to verified owners, caching them for
+// Config.KeyCacheTTL. Concurrent lookups of one key id share one fetch.
+type keyCache struct {
+	r        *Relay
+	mu       sync.Mutex
+	keys     map[string]*remoteKey
+	inflight map[string]*keyCall
+}
+
+type keyCall struct {
+	done chan struct{}
+	key  *remoteKey
+	err  error
+}
+
+func newKeyCache(r *Relay) *keyCache {
+	return &keyCache{r: r, keys: map[string]*remoteKey{}, inflight: map[string]*keyCall{}}
+}
+
+// get returns the key for keyID, from the cache unless refresh is set or
+// the entry expired.
+func (c *keyCache) get(ctx context.Context, keyID string, refresh bool) (*remoteKey, error) {
+	c.mu.Lock()
+	if k, ok := c.keys[keyID]; ok && !refresh && c.r.now().Before(k.expires) {
+		c.mu.Unlock()
+		return k, nil
+	}
+	call, ok := c.inflight[keyID]
+	if !ok {
+		call = &keyCall{done: make(chan struct{})}
+		c.inflight[keyID] = call
+		go c.resolve(keyID, call)
+	}
+	c.mu.Unlock()
+	select {
+	case <-call.done:
+		return call.key, call.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// resolve runs one fetch on behalf of every waiter. It is detached from
+// the waiters' contexts so that one impatient caller does not fail the
+// others; the fetch has its own timeout.
+func (c *keyCache) resolve(keyID string, call *keyCall) {
+	call.key, call.err = c.r.resolveKey(context.Background(), keyID)
+	c.mu.Lock()
+	if call.err == nil {
+		c.keys[keyID] = call.key
+	}
+	delete(c.inflight, keyID)
+	c.mu.Unlock()
+	close(call.done)
+}
+
+// resolveKey fetches keyID and binds it to its owner both ways: the key
+// document names the owner, and the owner's actor document lists the key
+// (as Mastodon checks). It accepts keys embedded in the actor document
+// (keyId = actor#main-key), GoToSocial's key stubs (keyId = actor/main-key,
+// a document whose publicKey.id is the keyId) and bare Key documents.
+func (r *Relay) resolveKey(ctx context.Context, keyID string) (*remoteKey, error) {
+	if err := checkIRI(keyID); err != nil {
+		return nil, fmt.Errorf("relay: keyId: %w", err)
+	}
+	body, err := r.fetch(ctx, stripFragment(keyID))
+	if err != nil {
+		return nil, err
+	}
+	var doc keyDocument
+	if err := json.Unmarshal(body, &doc); err != nil {
+		return nil, fmt.Errorf("relay: key document %s: %w", keyID, err)
+	}
+	var entry publicKeyEntry
+	if doc.PublicKeyPem != "" { // a bare Key document
+		entry = publicKeyEntry{ID: doc.ID, Owner: doc.Owner, PublicKeyPem: doc.PublicKeyPem}
+	} else {
+		for _, k := range doc.keys() {
+			if k.ID == keyID {
+				entry = k
+			}
+		}
+	}
+	if entry.ID != keyID || entry.PublicKeyPem == "" {
+		return nil, fmt.Errorf("relay: key document %s does not contain key %s", stripFragment(keyID), keyID)
+	}
+	if entry.Owner == "" {
+		entry.Owner = doc.ID
+	}
+	if hostOf(entry.Owner) != hostOf(keyID) {
+		return nil, fmt.Errorf("relay: key %s claims an owner on another host: %s", keyID, entry.Owner)
+	}
+	pub, err := ParsePublicKeyPEM(entry.PublicKeyPem)
+	if err != nil {
+		return nil, fmt.Errorf("relay: key %s: %w", keyID, err)
+	}
+	owner := doc.actor()
+	if doc.ID != entry.Owner || owner.Inbox == "" {
+		// The key lives apart from its owner: fetch the owner and check
+		// that it lists this key.
+		if owner, err = r.fetchOwner(ctx, entry.Owner, keyID); err != nil {
+			return nil, err
+		}
+	}
+	return &remoteKey{ID: keyID, Owner: owner, Key: pub, expires: r.now().Add(r.cfg.KeyCacheTTL)}, nil
+}
+
+func (r *Relay) fetchOwner(ctx context.Context, ownerID, keyID string) (*remoteActor, error) {
+	body, err := r.fetch(ctx, ownerID)
+	if err != nil {
+		return nil, err
+	}
+	var doc keyDocument
+	if err := json.Unmarshal(body, &doc); err != nil {
+		return nil, fmt.Errorf("relay: actor %s: %w", ownerID, err)
+	}
+	if doc.ID != ownerID {
+		return nil, fmt.Errorf("relay: actor document %s has id %q", ownerID, doc.ID)
+	}
+	for _, k := range doc.keys() {
+		if k.ID == keyID {
+			return doc.actor(), nil
+		}
+	}
+	return nil, fmt.Errorf("relay: actor %s does not list key %s", ownerID, keyID)
+}
+
+// sameOrigin reports whether two URLs share scheme and host.
+func sameOrigin(a, b string) bool {
+	ua, err1 := url.Parse(a)
+	ub, err2 := url.Parse(b)
+	return err1 == nil && err2 == nil && ua.Scheme == ub.Scheme && strings.EqualFold(ua.Host, ub.Host)
+}

@@ -1,0 +1,488 @@
+package memstore
+
+import (
+	"cmp"
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/fedirelay/relay/store"
+)
+
+// The delivery queue.
+//
+// Every queued delivery is an item. An unleased item sits in the ready heap
+// of its host, ordered by (NotBefore, seq), where seq is the enqueue order.
+// Hosts whose ready heap is not empty sit in queue.due, ordered by their
+// first ready item, so the global oldest delivery is due[0].ready[0]. A
+// leased item leaves its host's ready heap for queue.leased, ordered by lease
+// expiry; Lease first moves the items whose lease expired back to their
+// ready heaps, then pops hosts from due (setting skipped hosts aside) and
+// items from their ready heaps.
+//
+// Besides, every host keeps the set of its items (leased or not) for
+// CountDeliveries, DropDeliveries and ShedDeliveries, bySub does the same
+// per subscriber, and payloads count the items that refer to them.
+type queue struct {
+	seq      uint64
+	byID     map[string]*item
+	payloads map[string]*payload
+	hosts    map[string]*hostQueue
+	bySub    map[string]map[*item]struct{}
+	due      hostHeap  // hosts with ready items, by their earliest one
+	leased   leaseHeap // leased items, by lease expiry
+}
+
+// item is a queued delivery.
+type item struct {
+	d        store.Delivery
+	seq      uint64 // enqueue order
+	host     *hostQueue
+	leased   bool
+	leaseEnd time.Time // when the lease expires, if leased
+	idx      int       // index in host.ready, or in queue.leased if leased
+}
+
+// hostQueue holds the deliveries to one host.
+type hostQueue struct {
+	name  string
+	ready readyHeap          // unleased items
+	items map[*item]struct{} // every item, leased or not
+	idx   int                // index in queue.due, -1 if not in it
+}
+
+// payload is a stored payload and the number of items referring to it.
+type payload struct {
+	body []byte
+	refs int
+}
+
+func newQueue() queue {
+	return queue{
+		byID:     make(map[string]*item),
+		payloads: make(map[string]*payload),
+		hosts:    make(map[string]*hostQueue),
+		bySub:    make(map[string]map[*item]struct{}),
+	}
+}
+
+// Enqueue implements store.Store.Enqueue. It returns an error, and stores
+// nothing, if a payload or delivery ID is empty or a delivery's PayloadID
+// names neither one of payloads nor a stored payload. Within one call the
+// first payload or delivery with a given ID wins. A new payload that no
+// newly queued delivery refers to is not kept, since nothing would ever
+// remove it.
+func (s *Store) Enqueue(ctx context.Context, payloads []store.Payload, deliveries []store.Delivery) error {
+	if err := s.lock(ctx); err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	q := &s.q
+
+	given := make(map[string]bool, len(payloads))
+	for _, p := range payloads {
+		if p.ID == "" {
+			return errors.New("memstore: Enqueue: empty payload ID")
+		}
+		given[p.ID] = true
+	}
+	for _, d := range deliveries {
+		if d.ID == "" {
+			return errors.New("memstore: Enqueue: empty delivery ID")
+		}
+		if _, stored := q.payloads[d.PayloadID]; !stored && !given[d.PayloadID] {
+			return fmt.Errorf("memstore: Enqueue: delivery %q: unknown payload %q", d.ID, d.PayloadID)
+		}
+	}
+
+	var added []string // payloads new to the store
+	for _, p := range payloads {
+		if _, ok := q.payloads[p.ID]; !ok {
+			q.payloads[p.ID] = &payload{body: cloneBytes(p.Body)}
+			added = append(added, p.ID)
+		}
+	}
+	for _, d := range deliveries {
+		if _, queued := q.byID[d.ID]; !queued {
+			q.add(d)
+		}
+	}
+	for _, id := range added {
+		if q.payloads[id].refs == 0 {
+			delete(q.payloads, id)
+		}
+	}
+	return nil
+}
+
+// add queues a new item for d, whose payload is stored.
+func (q *queue) add(d store.Delivery) {
+	h := q.hosts[d.Host]
+	if h == nil {
+		h = &hostQueue{name: d.Host, items: make(map[*item]struct{}), idx: -1}
+		q.hosts[d.Host] = h
+	}
+	q.seq++
+	it := &item{d: d, seq: q.seq, host: h}
+	q.byID[d.ID] = it
+	h.items[it] = struct{}{}
+	if d.Subscriber != "" {
+		set := q.bySub[d.Subscriber]
+		if set == nil {
+			set = make(map[*item]struct{})
+			q.bySub[d.Subscriber] = set
+		}
+		set[it] = struct{}{}
+	}
+	q.payloads[d.PayloadID].refs++
+	q.makeReady(it)
+}
+
+// makeReady puts an unleased item, not in any heap, in its host's ready heap.
+func (q *queue) makeReady(it *item) {
+	heap.Push(&it.host.ready, it)
+	q.fixHost(it.host)
+}
+
+// unlink takes an item out of the heap it is in and clears its lease.
+func (q *queue) unlink(it *item) {
+	if it.leased {
+		heap.Remove(&q.leased, it.idx)
+		it.leased, it.leaseEnd = false, time.Time{}
+		return
+	}
+	heap.Remove(&it.host.ready, it.idx)
+	q.fixHost(it.host)
+}
+
+// fixHost restores h's place in q.due after its ready heap changed.
+func (q *queue) fixHost(h *hostQueue) {
+	switch {
+	case len(h.ready) == 0:
+		if h.idx >= 0 {
+			heap.Remove(&q.due, h.idx)
+		}
+	case h.idx < 0:
+		heap.Push(&q.due, h)
+	default:
+		heap.Fix(&q.due, h.idx)
+	}
+}
+
+// remove deletes an item and reclaims its payload if it was the last item
+// referring to it.
+func (q *queue) remove(it *item) {
+	q.unlink(it)
+	h := it.host
+	delete(q.byID, it.d.ID)
+	delete(h.items, it)
+	if len(h.items) == 0 {
+		delete(q.hosts, h.name)
+	}
+	if sub := it.d.Subscriber; sub != "" {
+		set := q.bySub[sub]
+		delete(set, it)
+		if len(set) == 0 {
+			delete(q.bySub, sub)
+		}
+	}
+	p := q.payloads[it.d.PayloadID]
+	if p.refs--; p.refs == 0 {
+		delete(q.payloads, it.d.PayloadID)
+	}
+}
+
+// expireLeases makes the items whose lease ended by now ready again.
+func (q *queue) expireLeases(now time.Time) {
+	for len(q.leased) > 0 && !q.leased[0].leaseEnd.After(now) {
+		it := heap.Pop(&q.leased).(*item)
+		it.leased, it.leaseEnd = false, time.Time{}
+		q.makeReady(it)
+	}
+}
+
+// Lease implements store.Store.Lease, in O((k + s) log n) for k leased
+// deliveries and s hosts skipped or filled up (r.PerHost). A lease ends at
+// r.Now + r.Duration; a Lease whose r.Now is at or after that time may lease
+// the delivery again. Deliveries with the same NotBefore are leased in
+// enqueue order. Lease returns an error, and leases nothing, if
+// r.Limit <= 0.
+//
+// Expired leases are noticed by Lease calls: ShedDeliveries treats a
+// delivery as leased until a Lease call whose r.Now is past its lease end.
+// r.Now is assumed not to move backwards by more than lease durations.
+func (s *Store) Lease(ctx context.Context, r store.LeaseRequest) ([]store.Delivery, error) {
+	if err := s.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	if r.Limit <= 0 {
+		return nil, fmt.Errorf("memstore: Lease: Limit %d must be > 0", r.Limit)
+	}
+	q := &s.q
+	q.expireLeases(r.Now)
+
+	out := make([]store.Delivery, 0, min(r.Limit, len(q.byID)))
+	end := r.Now.Add(r.Duration)
+	var (
+		setAside []*hostQueue       // hosts skipped or full, out of q.due
+		perHost  map[*hostQueue]int // deliveries leased per host, if r.PerHost > 0
+	)
+	if r.PerHost > 0 {
+		perHost = make(map[*hostQueue]int)
+	}
+	for len(out) < r.Limit && len(q.due) > 0 {
+		h := q.due[0]
+		if h.ready[0].d.NotBefore.After(r.Now) {
+			break // the earliest ready delivery of all is not due
+		}
+		if r.SkipHosts[h.name] {
+			heap.Pop(&q.due)
+			setAside = append(setAside, h)
+			continue
+		}
+		it := heap.Pop(&h.ready).(*item)
+		q.fixHost(h)
+		it.leased, it.leaseEnd = true, end
+		heap.Push(&q.leased, it)
+		out = append(out, it.d)
+		if perHost != nil {
+			if perHost[h]++; perHost[h] == r.PerHost && h.idx >= 0 {
+				heap.Remove(&q.due, h.idx)
+				setAside = append(setAside, h)
+			}
+		}
+	}
+	for _, h := range setAside {
+		q.fixHost(h)
+	}
+	return out, nil
+}
+
+// GetPayload returns a copy of a stored payload's body, or store.ErrNotFound.
+func (s *Store) GetPayload(ctx context.Context, id string) ([]byte, error) {
+	if err := s.rlock(ctx); err != nil {
+		return nil, err
+	}
+	defer s.mu.RUnlock()
+	p, ok := s.q.payloads[id]
+	if !ok {
+		return nil, store.ErrNotFound
+	}
+	return cloneBytes(p.body), nil
+}
+
+// Complete removes a delivery, leased or not, and its payload once no
+// delivery refers to it. Completing an absent delivery returns nil.
+func (s *Store) Complete(ctx context.Context, deliveryID string) error {
+	if err := s.lock(ctx); err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	if it, ok := s.q.byID[deliveryID]; ok {
+		s.q.remove(it)
+	}
+	return nil
+}
+
+// Retry implements store.Store.Retry: it stores d.Attempts, d.NotBefore and
+// d.LastError (the other fields of d are ignored) and releases the lease,
+// whether or not the delivery was leased. It returns store.ErrNotFound if
+// d.ID is not queued.
+func (s *Store) Retry(ctx context.Context, d store.Delivery) error {
+	if err := s.lock(ctx); err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	it, ok := s.q.byID[d.ID]
+	if !ok {
+		return store.ErrNotFound
+	}
+	s.q.unlink(it)
+	it.d.Attempts, it.d.NotBefore, it.d.LastError = d.Attempts, d.NotBefore, d.LastError
+	s.q.makeReady(it)
+	return nil
+}
+
+// matching returns the items matching f, visiting the smaller index when f
+// names a host or a subscriber and every item otherwise.
+func (q *queue) matching(f store.DeliveryFilter) []*item {
+	var out []*item
+	add := func(it *item) {
+		if f.Match(&it.d) {
+			out = append(out, it)
+		}
+	}
+	var hostItems, subItems map[*item]struct{}
+	if f.Host != "" {
+		if h := q.hosts[f.Host]; h != nil {
+			hostItems = h.items
+		}
+	}
+	if f.Subscriber != "" {
+		subItems = q.bySub[f.Subscriber]
+	}
+	switch {
+	case f.Host != "" && (f.Subscriber == "" || len(hostItems) <= len(subItems)):
+		for it := range hostItems {
+			add(it)
+		}
+	case f.Subscriber != "":
+		for it := range subItems {
+			add(it)
+		}
+	default:
+		for _, it := range q.byID {
+			add(it)
+		}
+	}
+	return out
+}
+
+// DropDeliveries removes the deliveries matching f, leased or not, and
+// reclaims payloads as Complete does. A zero filter matches, and removes,
+// every delivery.
+func (s *Store) DropDeliveries(ctx context.Context, f store.DeliveryFilter) (int, error) {
+	if err := s.lock(ctx); err != nil {
+		return 0, err
+	}
+	defer s.mu.Unlock()
+	items := s.q.matching(f)
+	for _, it := range items {
+		s.q.remove(it)
+	}
+	return len(items), nil
+}
+
+// CountDeliveries returns how many deliveries, leased or not, match f. A
+// zero filter counts every delivery.
+func (s *Store) CountDeliveries(ctx context.Context, f store.DeliveryFilter) (int, error) {
+	if err := s.rlock(ctx); err != nil {
+		return 0, err
+	}
+	defer s.mu.RUnlock()
+	q := &s.q
+	switch {
+	case f.Host == "" && f.Subscriber == "":
+		return len(q.byID), nil
+	case f.Subscriber == "":
+		if h := q.hosts[f.Host]; h != nil {
+			return len(h.items), nil
+		}
+		return 0, nil
+	case f.Host == "":
+		return len(q.bySub[f.Subscriber]), nil
+	}
+	return len(q.matching(f)), nil
+}
+
+// ShedDeliveries implements store.Store.ShedDeliveries. A negative keep is
+// treated as 0. It costs O(n log n) for the n unleased deliveries of host
+// when host has more than keep deliveries, and O(1) otherwise.
+func (s *Store) ShedDeliveries(ctx context.Context, host string, keep int, types []string) (int, error) {
+	if err := s.lock(ctx); err != nil {
+		return 0, err
+	}
+	defer s.mu.Unlock()
+	h := s.q.hosts[host]
+	if h == nil {
+		return 0, nil
+	}
+	excess := len(h.items) - max(keep, 0)
+	if excess <= 0 || len(types) == 0 {
+		return 0, nil
+	}
+	var victims []*item
+	for _, it := range h.ready { // the unleased items
+		if slices.Contains(types, it.d.ActivityType) {
+			victims = append(victims, it)
+		}
+	}
+	slices.SortFunc(victims, func(a, b *item) int {
+		return cmp.Or(a.d.Created.Compare(b.d.Created), a.d.NotBefore.Compare(b.d.NotBefore), cmp.Compare(a.seq, b.seq))
+	})
+	victims = victims[:min(excess, len(victims))]
+	for _, it := range victims {
+		s.q.remove(it)
+	}
+	return len(victims), nil
+}
+
+// readyHeap orders a host's unleased items by (NotBefore, seq).
+type readyHeap []*item
+
+func (h readyHeap) Len() int           { return len(h) }
+func (h readyHeap) Less(i, j int) bool { return readyBefore(h[i], h[j]) }
+func (h readyHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].idx, h[j].idx = i, j
+}
+func (h *readyHeap) Push(x any) {
+	it := x.(*item)
+	it.idx = len(*h)
+	*h = append(*h, it)
+}
+func (h *readyHeap) Pop() any {
+	old := *h
+	it := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	it.idx = -1
+	return it
+}
+
+func readyBefore(a, b *item) bool {
+	if c := a.d.NotBefore.Compare(b.d.NotBefore); c != 0 {
+		return c < 0
+	}
+	return a.seq < b.seq
+}
+
+// leaseHeap orders leased items by lease end.
+type leaseHeap []*item
+
+func (h leaseHeap) Len() int           { return len(h) }
+func (h leaseHeap) Less(i, j int) bool { return h[i].leaseEnd.Before(h[j].leaseEnd) }
+func (h leaseHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].idx, h[j].idx = i, j
+}
+func (h *leaseHeap) Push(x any) {
+	it := x.(*item)
+	it.idx = len(*h)
+	*h = append(*h, it)
+}
+func (h *leaseHeap) Pop() any {
+	old := *h
+	it := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	it.idx = -1
+	return it
+}
+
+// hostHeap orders hosts with ready items by their first ready item.
+type hostHeap []*hostQueue
+
+func (h hostHeap) Len() int           { return len(h) }
+func (h hostHeap) Less(i, j int) bool { return readyBefore(h[i].ready[0], h[j].ready[0]) }
+func (h hostHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].idx, h[j].idx = i, j
+}
+func (h *hostHeap) Push(x any) {
+	hq := x.(*hostQueue)
+	hq.idx = len(*h)
+	*h = append(*h, hq)
+}
+func (h *hostHeap) Pop() any {
+	old := *h
+	hq := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	hq.idx = -1
+	return hq
+}

@@ -1,0 +1,273 @@
+// Package store defines the persistence contract of a fedirelay relay: the
+// Store interface and the records it keeps (subscribers, small named
+// values such as the relay key and policies, deduplication marks and the
+// delivery queue).
+//
+// Implementations live in sub-packages: memstore keeps everything in memory
+// (tests and ephemeral relays). Every implementation must pass the
+// conformance suite in storetest.
+//
+// The contract is written so that several relay processes can share one
+// Store backed by a distributed engine (PostgreSQL, Redis): every method is
+// atomic on its own, read-modify-write goes through UpdateSubscriber, and the
+// delivery queue hands out time-limited leases, so a delivery leased by a
+// process that dies becomes due again when its lease expires.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Errors returned by Store implementations. Callers match them with errors.Is.
+var (
+	// ErrNotFound is returned when a subscriber, value or payload does not exist.
+	ErrNotFound = errors.New("store: not found")
+	// ErrClosed is returned by every method of a store that has been closed.
+	ErrClosed = errors.New("store: closed")
+)
+
+// State is the state of a subscription.
+type State string
+
+// Subscription states.
+const (
+	// StatePending: the Follow was received and awaits the operator's decision.
+	StatePending State = "pending"
+	// StateAccepted: the subscriber receives and may publish activities.
+	StateAccepted State = "accepted"
+	// StateRejected: the Follow was refused; nothing is delivered or accepted.
+	StateRejected State = "rejected"
+	// StateDormant: the subscriber stopped answering; nothing is queued for
+	// it until it sends something again.
+	StateDormant State = "dormant"
+)
+
+// Protocol is the relay protocol a subscriber speaks (FEP-ae0c).
+type Protocol string
+
+// Relay protocols.
+const (
+	// ProtocolMastodon: the subscriber followed as:Public (Mastodon, Misskey).
+	// It receives LD-signed activities verbatim and everything else as an
+	// Announce by the relay.
+	ProtocolMastodon Protocol = "mastodon"
+	// ProtocolLitePub: the subscriber followed the relay actor (Pleroma,
+	// Akkoma, Friendica, GoToSocial). The relay follows it back and sends it
+	// Announces.
+	ProtocolLitePub Protocol = "litepub"
+)
+
+// Subscriber is one subscription to the relay, keyed by the following
+// actor's id.
+type Subscriber struct {
+	// ActorID is the id (URL) of the actor that followed the relay. It is
+	// the subscriber's key.
+	ActorID string `json:"actor"`
+	// Host is the lower-cased host[:port] of ActorID.
+	Host string `json:"host"`
+	// Protocol is the relay protocol of the subscription.
+	Protocol Protocol `json:"protocol"`
+	// State is the subscription state.
+	State State `json:"state"`
+	// FollowID is the id of the subscriber's Follow, kept byte-identical so
+	// that Accept, Reject and Undo match it.
+	FollowID string `json:"follow_id"`
+	// Inbox is the actor's inbox; SharedInbox its endpoints.sharedInbox, if any.
+	Inbox       string `json:"inbox"`
+	SharedInbox string `json:"shared_inbox,omitempty"`
+	// FollowBackID is the id of the relay's reciprocal Follow (LitePub only)
+	// and FollowBackState what the subscriber answered to it: pending until
+	// an Accept or Reject arrives (some servers never answer).
+	FollowBackID    string `json:"follow_back_id,omitempty"`
+	FollowBackState State  `json:"follow_back_state,omitempty"`
+	// Note is free text kept for the operator, such as a rejection reason.
+	Note string `json:"note,omitempty"`
+	// CreatedAt is when the first Follow arrived; UpdatedAt the last change.
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+
+	// Delivery statistics, maintained by the relay.
+	Delivered   int64     `json:"delivered,omitempty"`
+	Failed      int64     `json:"failed,omitempty"`
+	LastSuccess time.Time `json:"last_success,omitzero"`
+	LastFailure time.Time `json:"last_failure,omitzero"`
+	LastError   string    `json:"last_error,omitempty"`
+	// FailingSince is when the current run of failed deliveries began; zero
+	// while deliveries succeed.
+	FailingSince time.Time `json:"failing_since,omitzero"`
+}
+
+// DeliveryInbox returns the inbox deliveries go to: the shared inbox when the
+// subscriber has one, else its inbox.
+func (s *Subscriber) DeliveryInbox() string {
+	if s.SharedInbox != "" {
+		return s.SharedInbox
+	}
+	return s.Inbox
+}
+
+// SubscriberFilter selects subscribers in ListSubscribers. Zero fields match
+// everything.
+type SubscriberFilter struct {
+	Host  string // exact host[:port], lower case
+	State State
+}
+
+// Match reports whether s passes the filter.
+func (f SubscriberFilter) Match(s *Subscriber) bool {
+	return (f.Host == "" || f.Host == s.Host) && (f.State == "" || f.State == s.State)
+}
+
+// Payload is a request body shared by deliveries. It is stored once however
+// many deliveries refer to it and is removed with the last of them.
+type Payload struct {
+	ID   string
+	Body []byte
+}
+
+// Delivery is one pending POST of a payload to one inbox.
+type Delivery struct {
+	// ID identifies the delivery; the relay assigns it. Enqueueing an ID that
+	// is already queued is a no-op, so a fan-out can be repeated safely.
+	ID string
+	// PayloadID names the Payload to send.
+	PayloadID string
+	// Inbox is the target URL; Host its lower-cased host[:port], the unit of
+	// per-host isolation.
+	Inbox string
+	Host  string
+	// Subscriber is the actor id of the subscriber the delivery is for, or
+	// empty for messages to non-subscribers.
+	Subscriber string
+	// ActivityType is the type of the delivered activity ("Create",
+	// "Delete", ...); the relay sheds Creates and Announces first.
+	ActivityType string
+	// Attempts counts the attempts made so far.
+	Attempts int
+	// NotBefore is when the delivery becomes due.
+	NotBefore time.Time
+	// LastError describes the last failed attempt.
+	LastError string
+	// Created is when the delivery was first enqueued.
+	Created time.Time
+}
+
+// LeaseRequest asks Lease for due deliveries.
+type LeaseRequest struct {
+	// Now is the current time: deliveries with NotBefore <= Now and no live
+	// lease are due.
+	Now time.Time
+	// Limit is the maximum number of deliveries returned; it must be > 0.
+	Limit int
+	// Duration is how long the leased deliveries stay reserved. After it
+	// they become due again unless completed, retried or dropped.
+	Duration time.Duration
+	// SkipHosts lists hosts whose deliveries must not be leased (for
+	// example hosts whose workers are saturated or whose breaker is open).
+	SkipHosts map[string]bool
+	// PerHost, if > 0, is the most deliveries for any one host that one
+	// Lease call returns, so that one host's backlog cannot fill a batch.
+	PerHost int
+}
+
+// DeliveryFilter selects deliveries in DropDeliveries and CountDeliveries.
+// Zero fields match everything; at least one field should be set.
+type DeliveryFilter struct {
+	Host       string
+	Subscriber string
+}
+
+// Match reports whether d passes the filter.
+func (f DeliveryFilter) Match(d *Delivery) bool {
+	return (f.Host == "" || f.Host == d.Host) && (f.Subscriber == "" || f.Subscriber == d.Subscriber)
+}
+
+// Store persists a relay's state.
+//
+// Every method must be safe for concurrent use by multiple goroutines (and,
+// for shared engines, by multiple processes), must honour ctx cancellation
+// and deadlines by returning ctx.Err() (possibly wrapped) without applying a
+// partial change, and must return ErrClosed after the store is closed.
+// Methods never retain or modify the slices and structs passed to them, and
+// the values they return are copies the caller may modify.
+type Store interface {
+	// GetValue returns the value stored under key, or ErrNotFound.
+	// Values hold small named documents: the relay key, policies, settings.
+	GetValue(ctx context.Context, key string) ([]byte, error)
+	// PutValue stores value under key, replacing any previous value.
+	PutValue(ctx context.Context, key string, value []byte) error
+	// CreateValue stores value under key only if key is absent, and returns
+	// the value stored under key afterwards: value itself if it was absent,
+	// the existing value otherwise. Concurrent callers all get the same
+	// value back.
+	CreateValue(ctx context.Context, key string, value []byte) ([]byte, error)
+	// DeleteValue removes key. Removing an absent key returns nil.
+	DeleteValue(ctx context.Context, key string) error
+	// ListValues returns every key/value pair whose key starts with prefix
+	// ("" lists all). It returns an empty, non-nil map when nothing matches.
+	ListValues(ctx context.Context, prefix string) (map[string][]byte, error)
+
+	// GetSubscriber returns the subscriber with the given actor id, or
+	// ErrNotFound.
+	GetSubscriber(ctx context.Context, actorID string) (Subscriber, error)
+	// UpdateSubscriber atomically reads the subscriber with the given actor
+	// id, calls fn with a copy of it and stores what fn leaves in the copy.
+	// If the subscriber does not exist, fn gets a zero Subscriber whose
+	// ActorID is set and found == false; returning nil creates it. If fn
+	// returns an error, nothing is stored and UpdateSubscriber returns that
+	// error. fn must not change ActorID and may be called more than once
+	// (optimistic retries), so it must not have side effects. It returns the
+	// subscriber as stored.
+	UpdateSubscriber(ctx context.Context, actorID string, fn func(s *Subscriber, found bool) error) (Subscriber, error)
+	// DeleteSubscriber removes a subscriber. Removing an absent one returns nil.
+	DeleteSubscriber(ctx context.Context, actorID string) error
+	// ListSubscribers returns the subscribers that match f, ordered by
+	// ActorID. It returns an empty, non-nil slice when none match.
+	ListSubscribers(ctx context.Context, f SubscriberFilter) ([]Subscriber, error)
+
+	// MarkSeen records id (an activity or object id) as seen until the given
+	// time, and reports whether it was new: true if id was not marked or its
+	// mark had expired, false if a live mark exists (which is left as it is).
+	// It is atomic: of concurrent callers with the same id exactly one sees
+	// true. Expired marks are reclaimed by the store.
+	MarkSeen(ctx context.Context, id string, until time.Time) (bool, error)
+	// ForgetSeen removes the mark on id, so that the next MarkSeen of id
+	// reports true. The relay calls it when the work a mark guarded could not
+	// be stored, so that the sender's retry is not mistaken for a duplicate.
+	// Forgetting an absent id returns nil.
+	ForgetSeen(ctx context.Context, id string) error
+
+	// Enqueue atomically stores the payloads and the deliveries that refer
+	// to them. A payload whose ID is already stored keeps its body; a
+	// delivery whose ID is already queued is left unchanged. Every delivery's
+	// PayloadID must name one of payloads or an already stored payload, else
+	// Enqueue fails and stores nothing. Once Enqueue returns nil the work is
+	// as durable as the store.
+	Enqueue(ctx context.Context, payloads []Payload, deliveries []Delivery) error
+	// Lease reserves up to r.Limit due deliveries (see LeaseRequest) for
+	// r.Duration and returns them, oldest NotBefore first. It returns an
+	// empty slice when nothing is due.
+	Lease(ctx context.Context, r LeaseRequest) ([]Delivery, error)
+	// GetPayload returns the body of a stored payload, or ErrNotFound.
+	GetPayload(ctx context.Context, id string) ([]byte, error)
+	// Complete removes a delivery (delivered, or given up), and its payload
+	// once no delivery refers to it. Completing an absent delivery returns nil.
+	Complete(ctx context.Context, deliveryID string) error
+	// Retry releases the lease on d.ID and stores d's Attempts, NotBefore and
+	// LastError, so it becomes due again at d.NotBefore. It returns
+	// ErrNotFound if the delivery is no longer queued.
+	Retry(ctx context.Context, d Delivery) error
+	// DropDeliveries removes every queued delivery matching f (leased or
+	// not, payloads reclaimed as in Complete) and returns how many it removed.
+	DropDeliveries(ctx context.Context, f DeliveryFilter) (int, error)
+	// CountDeliveries returns how many queued deliveries match f.
+	CountDeliveries(ctx context.Context, f DeliveryFilter) (int, error)
+	// ShedDeliveries bounds the backlog of one host: while more than keep
+	// deliveries are queued for host, it removes the oldest (by Created, then
+	// NotBefore) unleased delivery whose ActivityType is one of types. It
+	// never removes other deliveries, so the backlog may stay above keep. It
+	// returns how many it removed.
+	ShedDeliveries(ctx context.Context, host string, keep int, types []string) (int, error)
+}

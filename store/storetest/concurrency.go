@@ -1,0 +1,207 @@
+package storetest
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/fedirelay/relay/store"
+)
+
+// parallel runs fn(0) ... fn(n-1) in goroutines, started together, and
+// waits for them. fn must report failures with assert (t.FailNow is not
+// allowed outside the test goroutine).
+func parallel(n int, fn func(i int)) {
+	var (
+		wg    sync.WaitGroup
+		start = make(chan struct{})
+	)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			fn(i)
+		}()
+	}
+	close(start)
+	wg.Wait()
+}
+
+func testConcurrency(t *testing.T, newStore factory) {
+	subtest(t, newStore, "UpdateSubscriber", func(t *testing.T, s store.Store) {
+		ctx := t.Context()
+		const workers, increments = 8, 25
+		actor := "https://a.example/actor"
+		parallel(workers, func(int) {
+			for range increments {
+				_, err := s.UpdateSubscriber(ctx, actor, func(p *store.Subscriber, found bool) error {
+					if !found {
+						p.Host, p.State = "a.example", store.StateAccepted
+					}
+					p.Delivered++
+					return nil
+				})
+				assert.NoError(t, err)
+			}
+		})
+		got, err := s.GetSubscriber(ctx, actor)
+		require.NoError(t, err)
+		assert.Equal(t, int64(workers*increments), got.Delivered, "lost updates")
+	})
+
+	subtest(t, newStore, "MarkSeen", func(t *testing.T, s store.Store) {
+		ctx := t.Context()
+		const workers, rounds = 16, 10
+		until := time.Now().Add(time.Hour)
+		for r := range rounds {
+			id := fmt.Sprintf("https://a.example/activities/%d", r)
+			var (
+				mu    sync.Mutex
+				fresh int
+			)
+			parallel(workers, func(int) {
+				isNew, err := s.MarkSeen(ctx, id, until)
+				assert.NoError(t, err)
+				if isNew {
+					mu.Lock()
+					fresh++
+					mu.Unlock()
+				}
+			})
+			assert.Equal(t, 1, fresh, "concurrent MarkSeen(%q) calls that saw it new", id)
+		}
+	})
+
+	subtest(t, newStore, "CreateValue", func(t *testing.T, s store.Store) {
+		ctx := t.Context()
+		const workers = 16
+		got := make([][]byte, workers)
+		parallel(workers, func(i int) {
+			v, err := s.CreateValue(ctx, "relay/key", []byte(fmt.Sprintf("key-%d", i)))
+			assert.NoError(t, err)
+			got[i] = v
+		})
+		stored, err := s.GetValue(ctx, "relay/key")
+		require.NoError(t, err)
+		for i, v := range got {
+			assert.Equal(t, stored, v, "CreateValue caller %d got another value than the one stored", i)
+		}
+	})
+
+	subtest(t, newStore, "Lease", func(t *testing.T, s store.Store) {
+		// Workers lease concurrently, within one lease period: no delivery
+		// may be handed to two of them.
+		ctx := t.Context()
+		const n, hosts, workers = 400, 10, 8
+		var ds []store.Delivery
+		for i := range n {
+			host := fmt.Sprintf("h%d.example", i%hosts)
+			ds = append(ds, delivery(fmt.Sprintf("d%03d", i), "p", host, at(time.Duration(i%7)*time.Second)))
+		}
+		enqueue(t, s, []store.Payload{payload("p")}, ds...)
+		var (
+			mu     sync.Mutex
+			leased = make(map[string]int)
+		)
+		parallel(workers, func(w int) {
+			for {
+				got, err := s.Lease(ctx, store.LeaseRequest{Now: at(time.Minute), Limit: 7, Duration: time.Hour})
+				if !assert.NoError(t, err) || len(got) == 0 {
+					return
+				}
+				mu.Lock()
+				for _, d := range got {
+					leased[d.ID]++
+				}
+				mu.Unlock()
+				if w%2 == 0 { // some workers complete as they go
+					for _, d := range got {
+						assert.NoError(t, s.Complete(ctx, d.ID))
+					}
+				}
+			}
+		})
+		assert.Len(t, leased, n, "deliveries leased")
+		for id, times := range leased {
+			if times != 1 {
+				assert.Fail(t, fmt.Sprintf("%s leased %d times within one lease period", id, times))
+			}
+		}
+	})
+
+	subtest(t, newStore, "Queue", func(t *testing.T, s store.Store) {
+		// Producers enqueue while consumers lease, retry and complete; in
+		// the end every delivery was completed once and every payload
+		// reclaimed.
+		ctx := t.Context()
+		const producers, consumers, batches, fanout = 4, 4, 10, 10
+		var (
+			mu        sync.Mutex
+			completed = make(map[string]int)
+			produced  sync.WaitGroup
+			done      = make(chan struct{})
+		)
+		produced.Add(producers)
+		go func() { produced.Wait(); close(done) }()
+		parallel(producers+consumers, func(w int) {
+			if w < producers {
+				defer produced.Done()
+				for b := range batches {
+					pid := fmt.Sprintf("p%d-%d", w, b)
+					var ds []store.Delivery
+					for i := range fanout {
+						ds = append(ds, delivery(fmt.Sprintf("%s-%d", pid, i), pid, fmt.Sprintf("h%d.example", i), t0))
+					}
+					assert.NoError(t, s.Enqueue(ctx, []store.Payload{payload(pid)}, ds))
+				}
+				return
+			}
+			for {
+				got, err := s.Lease(ctx, store.LeaseRequest{Now: t0, Limit: 5, Duration: time.Hour})
+				if !assert.NoError(t, err) {
+					return
+				}
+				if len(got) == 0 {
+					select {
+					case <-done: // nothing due and nothing more to come
+						n, err := s.CountDeliveries(ctx, store.DeliveryFilter{})
+						if !assert.NoError(t, err) || n == 0 {
+							return
+						}
+					default:
+					}
+					time.Sleep(time.Millisecond)
+					continue
+				}
+				for _, d := range got {
+					if d.Attempts == 0 && len(d.ID)%2 == 0 { // retry some once
+						d.Attempts++
+						assert.NoError(t, s.Retry(ctx, d))
+						continue
+					}
+					_, err := s.GetPayload(ctx, d.PayloadID)
+					assert.NoError(t, err, "payload of a queued delivery")
+					assert.NoError(t, s.Complete(ctx, d.ID))
+					mu.Lock()
+					completed[d.ID]++
+					mu.Unlock()
+				}
+			}
+		})
+		assert.Len(t, completed, producers*batches*fanout)
+		for id, n := range completed {
+			assert.Equal(t, 1, n, "%s completed %d times", id, n)
+		}
+		assert.Equal(t, 0, count(t, s, store.DeliveryFilter{}))
+		for w := range producers {
+			for b := range batches {
+				assertNoPayload(t, s, fmt.Sprintf("p%d-%d", w, b))
+			}
+		}
+	})
+}

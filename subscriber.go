@@ -1,0 +1,280 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+
+	vocab "github.com/go-ap/activitypub"
+
+	"github.com/fedirelay/relay/store"
+)
+
+// handleFollow processes a subscription request. A Follow of as:Public is
+// a Mastodon-style subscription, a Follow of the relay actor a LitePub one.
+// The subscriber is stored before any reply is queued, so an activity that
+// arrives right after the Accept reaches the new subscriber. A repeated
+// Follow is idempotent: an accepted subscriber gets its Accept again.
+func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteActor) error {
+	if err := requireSelf(env, signer); err != nil {
+		return err
+	}
+	var proto store.Protocol
+	switch {
+	case isPublic(env.Object.ID):
+		proto = store.ProtocolMastodon
+	case env.Object.ID == r.actorID:
+		proto = store.ProtocolLitePub
+	default:
+		return refuse(http.StatusBadRequest, "only %s or %s can be followed, not %q", PublicCollection, r.actorID, env.Object.ID)
+	}
+	if signer.Inbox == "" {
+		return refuse(http.StatusBadRequest, "actor %s has no inbox", env.Actor)
+	}
+	existing, err := r.store.GetSubscriber(ctx, env.Actor)
+	found := err == nil
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	decision, reason := DecisionAccept, ""
+	if !found || existing.State != store.StateAccepted {
+		decision, reason = r.policy(ctx, FollowRequest{
+			Actor: env.Actor, ActorType: signer.Type, Host: hostOf(env.Actor), Protocol: proto, FollowID: env.ID,
+		})
+	}
+	var followBack []byte
+	var followBackID string
+	if proto == store.ProtocolLitePub && decision == DecisionAccept && (!found || existing.FollowBackID == "") {
+		if followBack, followBackID, err = r.followBack(env.Actor); err != nil {
+			return err
+		}
+	}
+	now := r.now().UTC()
+	s, err := r.store.UpdateSubscriber(ctx, env.Actor, func(s *store.Subscriber, found bool) error {
+		if !found {
+			s.CreatedAt = now
+		}
+		s.Host = hostOf(env.Actor)
+		s.Protocol = proto
+		s.FollowID = env.ID
+		s.Inbox, s.SharedInbox = signer.Inbox, signer.SharedInbox
+		s.UpdatedAt = now
+		switch decision {
+		case DecisionAccept:
+			s.State = store.StateAccepted
+		case DecisionReject:
+			s.State, s.Note = store.StateRejected, reason
+		default:
+			s.State = store.StatePending
+		}
+		if followBackID != "" {
+			s.FollowBackID, s.FollowBackState = followBackID, store.StatePending
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	r.log.Info("relay: subscription request", "actor", s.ActorID, "protocol", s.Protocol, "state", s.State)
+	return r.sendDecision(ctx, &s, followBack)
+}
+
+// sendDecision queues the reply matching the subscriber's state: an Accept
+// (followed, for a new LitePub subscriber, by the relay's reciprocal
+// Follow), a Reject, or nothing while the request is pending.
+func (r *Relay) sendDecision(ctx context.Context, s *store.Subscriber, followBack []byte) error {
+	followed := r.actorID
+	if s.Protocol == store.ProtocolMastodon {
+		followed = PublicCollection
+	}
+	typ := vocab.AcceptType
+	switch s.State {
+	case store.StateAccepted:
+	case store.StateRejected:
+		typ = vocab.RejectType
+	default:
+		return nil
+	}
+	reply, _, err := r.followReply(typ, s.FollowID, s.ActorID, followed)
+	if err != nil {
+		return err
+	}
+	b := newBatch(r)
+	b.add(store.Payload{ID: payloadID(reply), Body: reply}, s.DeliveryInbox(), s.ActorID, string(typ))
+	if followBack != nil {
+		b.add(store.Payload{ID: payloadID(followBack), Body: followBack}, s.DeliveryInbox(), s.ActorID, "Follow")
+	}
+	return b.enqueue(ctx)
+}
+
+// handleUndo ends a subscription when the actor undoes its own Follow,
+// embedded or by id. An Undo naming another Follow than the stored one is a
+// stale retry and changes nothing.
+func (r *Relay) handleUndo(ctx context.Context, env *envelope, signer *remoteActor) error {
+	if err := requireSelf(env, signer); err != nil {
+		return err
+	}
+	o := env.Object
+	if o.Embedded && o.Type != "Follow" {
+		return accepted("undo of a " + o.Type + " is not relayed")
+	}
+	s, err := r.store.GetSubscriber(ctx, env.Actor)
+	if errors.Is(err, store.ErrNotFound) {
+		return accepted("undo from an actor that is not subscribed")
+	} else if err != nil {
+		return err
+	}
+	if o.ID != s.FollowID && (o.ID != "" || !o.Embedded || o.Actor != env.Actor) {
+		return accepted("undo of follow " + o.ID + ", which is not the current subscription")
+	}
+	r.log.Info("relay: unsubscribed", "actor", s.ActorID)
+	return r.removeSubscriber(ctx, &s, nil)
+}
+
+// handleFollowBackReply records a LitePub subscriber's answer to the
+// relay's reciprocal Follow. Delivery never waits for it: GoToSocial, for
+// one, never answers.
+func (r *Relay) handleFollowBackReply(ctx context.Context, env *envelope, signer *remoteActor) error {
+	if err := requireSelf(env, signer); err != nil {
+		return err
+	}
+	state := store.StateAccepted
+	if env.Type == "Reject" {
+		state = store.StateRejected
+	}
+	_, err := r.store.UpdateSubscriber(ctx, env.Actor, func(s *store.Subscriber, found bool) error {
+		if !found || s.FollowBackID == "" || env.Object.ID != s.FollowBackID {
+			return accepted(env.Type + " of an unknown follow")
+		}
+		s.FollowBackState = state
+		s.UpdatedAt = r.now().UTC()
+		return nil
+	})
+	return err
+}
+
+// removeSubscriber deletes a subscription with everything queued for it.
+// For a LitePub subscriber the relay's reciprocal Follow is undone; reply,
+// if not nil, is queued too (a Reject when the operator removes it).
+func (r *Relay) removeSubscriber(ctx context.Context, s *store.Subscriber, reply []byte) error {
+	if err := r.store.DeleteSubscriber(ctx, s.ActorID); err != nil {
+		return err
+	}
+	if _, err := r.store.DropDeliveries(ctx, store.DeliveryFilter{Subscriber: s.ActorID}); err != nil {
+		return err
+	}
+	b := newBatch(r)
+	if reply != nil {
+		b.add(store.Payload{ID: payloadID(reply), Body: reply}, s.DeliveryInbox(), "", "Reject")
+	}
+	if s.FollowBackID != "" && s.FollowBackState != store.StateRejected {
+		undo, _, err := r.undoFollowBack(s.FollowBackID, s.ActorID)
+		if err != nil {
+			return err
+		}
+		b.add(store.Payload{ID: payloadID(undo), Body: undo}, s.DeliveryInbox(), "", "Undo")
+	}
+	return b.enqueue(ctx)
+}
+
+// Subscribers returns the subscriptions that match f (the zero filter
+// matches all), ordered by actor id.
+func (r *Relay) Subscribers(ctx context.Context, f store.SubscriberFilter) ([]store.Subscriber, error) {
+	return r.store.ListSubscribers(ctx, f)
+}
+
+// Subscriber returns the subscription of an actor, or an error matching
+// ErrNotSubscribed.
+func (r *Relay) Subscriber(ctx context.Context, actorID string) (store.Subscriber, error) {
+	s, err := r.store.GetSubscriber(ctx, actorID)
+	if errors.Is(err, store.ErrNotFound) {
+		return s, fmt.Errorf("%w: %s", ErrNotSubscribed, actorID)
+	}
+	return s, err
+}
+
+// UpdateSubscriber changes the details of a subscription (such as Note or
+// Inbox) through fn, atomically, and returns the result. It sends nothing:
+// change the state with Approve, Refuse or Remove so the subscriber is told.
+// fn may be called more than once and must not change ActorID.
+func (r *Relay) UpdateSubscriber(ctx context.Context, actorID string, fn func(*store.Subscriber) error) (store.Subscriber, error) {
+	return r.store.UpdateSubscriber(ctx, actorID, func(s *store.Subscriber, found bool) error {
+		if !found {
+			return fmt.Errorf("%w: %s", ErrNotSubscribed, actorID)
+		}
+		if err := fn(s); err != nil {
+			return err
+		}
+		s.ActorID = actorID
+		s.UpdatedAt = r.now().UTC()
+		return nil
+	})
+}
+
+// Approve accepts a pending (or rejected) subscription and sends the
+// subscriber an Accept, plus the reciprocal Follow for LitePub. Approving
+// an accepted subscriber sends its Accept again.
+func (r *Relay) Approve(ctx context.Context, actorID string) error {
+	return r.decide(ctx, actorID, store.StateAccepted, "")
+}
+
+// Refuse rejects a subscription, pending or accepted: the subscriber gets a
+// Reject, nothing more is delivered to it or accepted from it, and the
+// record stays (state rejected, with reason in Note) until Remove.
+func (r *Relay) Refuse(ctx context.Context, actorID, reason string) error {
+	return r.decide(ctx, actorID, store.StateRejected, reason)
+}
+
+func (r *Relay) decide(ctx context.Context, actorID string, state store.State, reason string) error {
+	cur, err := r.Subscriber(ctx, actorID)
+	if err != nil {
+		return err
+	}
+	var followBack []byte
+	var followBackID string
+	if state == store.StateAccepted && cur.Protocol == store.ProtocolLitePub && cur.FollowBackID == "" {
+		if followBack, followBackID, err = r.followBack(actorID); err != nil {
+			return err
+		}
+	}
+	s, err := r.UpdateSubscriber(ctx, actorID, func(s *store.Subscriber) error {
+		s.State = state
+		if reason != "" {
+			s.Note = reason
+		}
+		if followBackID != "" {
+			s.FollowBackID, s.FollowBackState = followBackID, store.StatePending
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if state != store.StateAccepted {
+		if _, err := r.store.DropDeliveries(ctx, store.DeliveryFilter{Subscriber: actorID}); err != nil {
+			return err
+		}
+	}
+	return r.sendDecision(ctx, &s, followBack)
+}
+
+// Remove ends a subscription: the subscriber gets a Reject (so its server
+// stops showing the relay as active), everything queued for it is dropped
+// and the record is deleted. Removing an actor that is not subscribed
+// returns an error matching ErrNotSubscribed.
+func (r *Relay) Remove(ctx context.Context, actorID string) error {
+	s, err := r.Subscriber(ctx, actorID)
+	if err != nil {
+		return err
+	}
+	followed := r.actorID
+	if s.Protocol == store.ProtocolMastodon {
+		followed = PublicCollection
+	}
+	reject, _, err := r.followReply(vocab.RejectType, s.FollowID, s.ActorID, followed)
+	if err != nil {
+		return err
+	}
+	return r.removeSubscriber(ctx, &s, reject)
+}
