@@ -14,6 +14,7 @@ import (
 
 	"github.com/fedirelay/relay"
 	"github.com/fedirelay/relay/relaytest"
+	"github.com/fedirelay/relay/store/memstore"
 )
 
 // wait bounds how long a test waits for something that normally happens
@@ -86,4 +87,12 @@ func waitFor(t *testing.T, i *relaytest.Instance, typ, objectID string) relaytes
 	return i.WaitForMatch(t, wait, func(rc relaytest.Received) bool {
 		return rc.Type == typ && rc.ObjectID == objectID
 	})
+}
+
+// newMemStore returns an in-memory store closed at the end of the test.
+func newMemStore(t *testing.T) *memstore.Store {
+	t.Helper()
+	st := memstore.New()
+	t.Cleanup(func() { _ = st.Close() })
+	return st
 }

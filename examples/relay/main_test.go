@@ -1,0 +1,121 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/fedirelay/relay/relaytest"
+)
+
+// runAsRelay makes the test binary act as the relay command when a test
+// starts it as a child process, so tests run the real program, flags and
+// all, as README shows it.
+const runAsRelay = "FEDIRELAY_TEST_RUN_RELAY"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(runAsRelay) == "1" {
+		if err := run(os.Args[1:]); err != nil {
+			os.Stderr.WriteString("relay: " + err.Error() + "\n")
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// relayProcess is the relay command running as a child process.
+type relayProcess struct {
+	cmd     *exec.Cmd
+	BaseURL string
+	exited  chan error
+}
+
+// freeAddr returns a loopback address with a port that was free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+	return addr
+}
+
+// startRelayProcess runs the relay command with -addr, -base-url and -data
+// set (plus args) and waits until it prints that it listens. The process
+// is killed at the end of the test if still running.
+func startRelayProcess(t *testing.T, dataDir string, args ...string) *relayProcess {
+	t.Helper()
+	addr := freeAddr(t)
+	base := "http://" + addr
+	cmd := exec.Command(os.Args[0], append([]string{"-addr", addr, "-base-url", base, "-data", dataDir, "-log-level", "warn"}, args...)...)
+	cmd.Env = append(os.Environ(), runAsRelay+"=1")
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	p := &relayProcess{cmd: cmd, BaseURL: base, exited: make(chan error, 1)}
+	ready := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "fedirelay listening on") {
+				ready <- sc.Text()
+			}
+		}
+	}()
+	go func() { p.exited <- cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	select {
+	case <-ready:
+	case err := <-p.exited:
+		t.Fatalf("relay exited before listening: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("relay did not start listening")
+	}
+	return p
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (p *relayProcess) stop(t *testing.T) {
+	t.Helper()
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
+	select {
+	case err := <-p.exited:
+		assert.NoError(t, err, "clean exit on SIGTERM")
+	case <-time.After(30 * time.Second):
+		t.Fatal("relay did not exit after SIGTERM")
+	}
+}
+
+func TestExampleRelayRelaysBetweenInstances(t *testing.T) {
+	p := startRelayProcess(t, t.TempDir())
+	inbox, actor := p.BaseURL+"/inbox", p.BaseURL+"/actor"
+	ctx := context.Background()
+	quiet := relaytest.Options{SignFetches: true, Logf: func(string, ...any) {}}
+	a := relaytest.NewInstance(t, relaytest.Mastodon, quiet)
+	b := relaytest.NewInstance(t, relaytest.Mastodon, quiet)
+	require.NotEqual(t, "127.0.0.1", strings.Split(a.Host(), ":")[0], "instances live on their own 127.0.0.x")
+	for _, i := range []*relaytest.Instance{a, b} {
+		_, err := i.Subscribe(ctx, inbox, actor)
+		require.NoError(t, err)
+		i.WaitSubscribed(t, 10*time.Second)
+	}
+	note, err := a.Post(ctx, inbox, "alice", "hello through the example relay")
+	require.NoError(t, err)
+	rc := b.WaitForMatch(t, 10*time.Second, func(rc relaytest.Received) bool {
+		return rc.Type == "Create" && rc.ObjectID == note.ID
+	})
+	assert.True(t, rc.LDVerified, "forwarded verbatim")
+	assert.Empty(t, b.Rejected())
+	p.stop(t)
+}
