@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 
 	"github.com/fedirelay/relay/store"
 )
@@ -22,7 +23,11 @@ type inboxError struct {
 func (e *inboxError) Error() string { return e.msg }
 
 func refuse(status int, format string, args ...any) error {
-	return &inboxError{status: status, msg: "relay: " + fmt.Sprintf(format, args...)}
+	msg := fmt.Sprintf(format, args...)
+	if !strings.HasPrefix(msg, "relay: ") {
+		msg = "relay: " + msg
+	}
+	return &inboxError{status: status, msg: msg}
 }
 
 // accepted is the outcome of a request that was taken (or deliberately

@@ -303,3 +303,28 @@ func TestUndoFromAnotherActorIsIgnored(t *testing.T) {
 	_, err = r.Subscriber(ctx, masto.RelayActorID())
 	assert.ErrorIs(t, err, relay.ErrNotSubscribed)
 }
+
+// A sender that rotated its key is verified after one refetch of the key.
+func TestRotatedKeyIsRefetched(t *testing.T) {
+	r := startRelay(t, relay.Config{})
+	sender := newInstance(t, relaytest.Mastodon)
+	receiver := newInstance(t, relaytest.Pleroma)
+	subscribe(t, r, sender, receiver)
+	code, text := status(t, sender, r, "alice", createDoc(sender, "alice", "before"))
+	require.Equal(t, http.StatusAccepted, code, text)
+
+	require.NoError(t, sender.RotateKey("alice"))
+	code, text = status(t, sender, r, "alice", createDoc(sender, "alice", "after"))
+	require.Equal(t, http.StatusAccepted, code, text)
+	waitFor(t, receiver, "Announce", sender.ActorID("alice")+"/statuses/after")
+}
+
+// A refused subscriber can no longer publish.
+func TestRefusedSubscriberCannotPublish(t *testing.T) {
+	r := startRelay(t, relay.Config{})
+	sender := newInstance(t, relaytest.Mastodon)
+	subscribe(t, r, sender)
+	require.NoError(t, r.Refuse(context.Background(), sender.RelayActorID(), "spam"))
+	code, text := status(t, sender, r, "alice", createDoc(sender, "alice", "x"))
+	assert.Equal(t, http.StatusForbidden, code, text)
+}
