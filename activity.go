@@ -39,6 +39,10 @@ type envelope struct {
 	// or a FEP-8b32 integrity proof, which lets receivers authenticate a
 	// verbatim copy delivered by the relay.
 	LDSigned bool
+
+	// rfc9421 reports that the request carrying the activity was signed
+	// with an RFC 9421 message signature (set by the inbox, not parsed).
+	rfc9421 bool
 }
 
 // objectRef is an activity's object: an IRI, or an embedded object of which
@@ -69,6 +73,9 @@ func parseEnvelope(body []byte) (*envelope, error) {
 		Published json.RawMessage `json:"published"`
 		Signature json.RawMessage `json:"signature"`
 		Proof     json.RawMessage `json:"proof"`
+	}
+	if err := checkJSONDepth(body, maxJSONDepth); err != nil {
+		return nil, fmt.Errorf("%w: %v", errMalformed, err)
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(&raw); err != nil {
@@ -120,6 +127,42 @@ func parseEnvelope(body []byte) (*envelope, error) {
 		return nil, fmt.Errorf("%w: actor: %v", errMalformed, err)
 	}
 	return e, nil
+}
+
+// maxJSONDepth is how deeply arrays and objects may nest in an incoming
+// activity or a fetched document. Real activities nest a few levels (an
+// Undo of a Follow, a Create of a Note with attachments and tags); deeper
+// documents only serve to make parsers work.
+const maxJSONDepth = 64
+
+// checkJSONDepth returns an error if arrays and objects nest deeper than
+// max in the JSON text b. It does not validate b otherwise, and it runs
+// before any parsing, in one pass without allocating.
+func checkJSONDepth(b []byte, max int) error {
+	depth := 0
+	inString, escaped := false, false
+	for _, c := range b {
+		switch {
+		case inString:
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == '{' || c == '[':
+			if depth++; depth > max {
+				return fmt.Errorf("JSON nested deeper than %d levels", max)
+			}
+		case c == '}' || c == ']':
+			depth--
+		}
+	}
+	return nil
 }
 
 // IsPublic reports whether the activity is addressed to as:Public in to or cc.

@@ -9,12 +9,31 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/fedirelay/relay/store"
 )
+
+// Delivery in a nutshell:
+//
+//   - An accepted activity is stored (store.Enqueue: the body once, one
+//     delivery per inbox) before the inbox answers 202, so it survives a
+//     restart with a durable store.
+//   - A dispatcher leases due deliveries from the store and hands them to
+//     Config.Workers workers, never more than Config.PerHostWorkers at once
+//     to one host (fewer while the host's circuit breaker is not closed,
+//     see breaker.go). Workers sign (the CPU cost) and wait on the network
+//     concurrently, so signing keeps every core busy while others wait.
+//   - A 2xx completes the delivery; its id stays in memory until the store
+//     confirmed the completion, so a retry never sends a second copy to a
+//     subscriber that answered 2xx. Failures are retried with exponential
+//     backoff and jitter, each attempt signed anew with a fresh Date.
+//   - Per-subscriber statistics are kept in memory and written to the store
+//     periodically (stats.go); payload bodies are cached, so a delivery
+//     costs the store one Lease share and one Complete.
 
 // batch collects payloads and deliveries to enqueue in one atomic step.
 // One delivery is made per inbox: subscribers sharing an inbox get one copy.
@@ -52,7 +71,9 @@ func (b *batch) add(p store.Payload, inbox, subscriber, activityType string) {
 	})
 }
 
-// enqueue stores the batch and wakes the dispatcher.
+// enqueue stores the batch, bounds the backlog of the hosts it adds to and
+// wakes the dispatcher. Once it returns nil the work is as durable as the
+// store.
 func (b *batch) enqueue(ctx context.Context) error {
 	if len(b.deliveries) == 0 {
 		return nil
@@ -60,7 +81,12 @@ func (b *batch) enqueue(ctx context.Context) error {
 	if err := b.r.store.Enqueue(ctx, b.payloads, b.deliveries); err != nil {
 		return fmt.Errorf("relay: queueing %d deliveries: %w", len(b.deliveries), err)
 	}
-	b.r.queue.wake()
+	q := b.r.queue
+	for _, p := range b.payloads {
+		q.bodies.put(p.ID, p.Body)
+	}
+	q.bound(ctx, b.deliveries)
+	q.wake()
 	return nil
 }
 
@@ -76,36 +102,69 @@ func (q *deliveryQueue) leaseDuration() time.Duration {
 // dispatcher.
 const pollInterval = time.Second
 
+// completers is the number of goroutines that confirm completed deliveries
+// to the store, so that a slow store (an fsync per transaction) holds no
+// worker and concurrent completions can share a transaction.
+const completers = 64
+
+// storeTimeout bounds the store writes made on behalf of a delivery.
+const storeTimeout = 30 * time.Second
+
 // deliveryQueue moves deliveries from the store to the network: a
 // dispatcher leases due deliveries and hands them to a pool of workers,
-// never more than Config.PerHostWorkers at once for one host.
+// never more than a host's cap at once for one host.
 type deliveryQueue struct {
-	r       *Relay
-	wakeCh  chan struct{}
-	work    chan store.Delivery
-	ctx     context.Context // cancelled to abort in-flight deliveries
-	cancel  context.CancelFunc
-	stopCh  chan struct{}
-	wg      sync.WaitGroup
-	started bool
+	r      *Relay
+	stats  *deliveryStats
+	bodies *payloadCache
+	wakeCh chan struct{}
+	work   chan store.Delivery
+	// ctx is cancelled to abort in-flight requests (Close's deadline);
+	// bgCtx, for store writes, only after them, when the queue is stopped.
+	ctx      context.Context
+	cancel   context.CancelFunc
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
+	stopCh   chan struct{}
+	wg       sync.WaitGroup // dispatcher, workers, flusher
+	started  bool
+
+	completeCh chan string
+	cwg        sync.WaitGroup // completers
 
 	mu       sync.Mutex
 	busy     int                         // deliveries leased and not finished
 	perHost  map[string]int              // the same, per host
 	overflow map[string][]store.Delivery // leased, waiting for a host slot
+	held     map[string]bool             // ids of the leased deliveries
+	done     map[string]bool             // answered 2xx, Complete pending (true) or failed (false)
+	breakers map[string]*breaker         // hosts whose breaker is not closed and clean
+	backlog  map[string]int              // upper estimate of each host's queued deliveries
+	checked  map[string]time.Time        // when a subscriber's actor was last checked for 410
 }
 
 func newDeliveryQueue(r *Relay) *deliveryQueue {
 	ctx, cancel := context.WithCancel(context.Background())
+	bgCtx, bgCancel := context.WithCancel(context.Background())
 	return &deliveryQueue{
-		r:        r,
-		wakeCh:   make(chan struct{}, 1),
-		work:     make(chan store.Delivery),
-		ctx:      ctx,
-		cancel:   cancel,
-		stopCh:   make(chan struct{}),
-		perHost:  map[string]int{},
-		overflow: map[string][]store.Delivery{},
+		r:          r,
+		stats:      newDeliveryStats(r),
+		bodies:     newPayloadCache(payloadCacheBytes),
+		wakeCh:     make(chan struct{}, 1),
+		work:       make(chan store.Delivery),
+		ctx:        ctx,
+		cancel:     cancel,
+		bgCtx:      bgCtx,
+		bgCancel:   bgCancel,
+		stopCh:     make(chan struct{}),
+		completeCh: make(chan string, 1024),
+		perHost:    map[string]int{},
+		overflow:   map[string][]store.Delivery{},
+		held:       map[string]bool{},
+		done:       map[string]bool{},
+		breakers:   map[string]*breaker{},
+		backlog:    map[string]int{},
+		checked:    map[string]time.Time{},
 	}
 }
 
@@ -117,85 +176,128 @@ func (q *deliveryQueue) wake() {
 	}
 }
 
+func (q *deliveryQueue) stopping() bool {
+	select {
+	case <-q.stopCh:
+		return true
+	default:
+		return false
+	}
+}
+
 func (q *deliveryQueue) start() error {
 	if q.started {
 		return errors.New("relay: already started")
 	}
 	q.started = true
+	for range completers {
+		q.cwg.Add(1)
+		go q.completer()
+	}
 	for range q.r.cfg.Workers {
 		q.wg.Add(1)
 		go q.worker()
 	}
-	q.wg.Add(1)
+	q.wg.Add(2)
 	go q.dispatch()
+	go q.flusher()
 	return nil
 }
 
-// stop ends the dispatcher and waits for in-flight deliveries; if ctx ends
-// first they are cancelled (and stay queued in the store).
+// stop ends the dispatcher and waits for in-flight deliveries; deliveries
+// leased but not started are released at once. If ctx ends first, requests
+// in flight are cancelled and their deliveries released for a later
+// attempt. Completions and statistics are then written to the store.
 func (q *deliveryQueue) stop(ctx context.Context) error {
-	if !q.started {
-		q.cancel()
-		return nil
+	var err error
+	if q.started {
+		close(q.stopCh)
+		done := make(chan struct{})
+		go func() { q.wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			err = ctx.Err()
+			q.cancel()
+			<-done
+		}
+		close(q.completeCh)
+		q.cwg.Wait()
 	}
-	close(q.stopCh)
-	done := make(chan struct{})
-	go func() { q.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		q.cancel()
-		return nil
-	case <-ctx.Done():
-		q.cancel()
-		<-done
-		return ctx.Err()
+	q.cancel()
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeTimeout)
+	defer cancel()
+	q.retryCompletes(fctx, true)
+	if ferr := q.stats.flush(fctx); ferr != nil {
+		q.r.log.Error("relay: writing delivery statistics", "err", ferr)
+		if err == nil {
+			err = ferr
+		}
 	}
+	q.bgCancel()
+	return err
 }
 
 // dispatch leases due deliveries while workers are free.
 func (q *deliveryQueue) dispatch() {
 	defer q.wg.Done()
 	defer close(q.work)
-	timer := time.NewTimer(pollInterval)
-	defer timer.Stop()
+	var tick <-chan time.Time
 	for {
 		n, err := q.leaseSome()
 		if err != nil && !errors.Is(err, context.Canceled) {
 			q.r.log.Error("relay: leasing deliveries", "err", err)
 		}
 		if n > 0 && err == nil {
-			select {
-			case <-q.stopCh:
+			if q.stopping() {
 				return
-			default:
-				continue
 			}
+			continue
 		}
-		if !timer.Stop() {
-			select {
-			case <-timer.C:
-			default:
-			}
+		if tick == nil {
+			tick = q.r.clock.After(pollInterval)
 		}
-		timer.Reset(pollInterval)
 		select {
 		case <-q.stopCh:
 			return
 		case <-q.wakeCh:
-		case <-timer.C:
+		case <-tick:
+			tick = nil
 		}
 	}
 }
 
+// flusher writes statistics and retries failed completions periodically.
+func (q *deliveryQueue) flusher() {
+	defer q.wg.Done()
+	for {
+		select {
+		case <-q.stopCh:
+			return
+		case <-q.r.clock.After(statsFlushInterval):
+		}
+		if err := q.stats.flush(q.bgCtx); err != nil && q.bgCtx.Err() == nil {
+			q.r.log.Error("relay: writing delivery statistics", "err", err)
+		}
+		q.retryCompletes(q.bgCtx, false)
+	}
+}
+
 // leaseSome leases as many due deliveries as there are free workers and
-// sends them to the workers. It returns how many it leased.
+// sends them to the workers. It returns how many it dispatched.
 func (q *deliveryQueue) leaseSome() (int, error) {
 	cfg := &q.r.cfg
+	now := q.r.now()
 	q.mu.Lock()
 	free := cfg.Workers - q.busy
 	skip := map[string]bool{}
 	for h, n := range q.perHost {
-		if n >= cfg.PerHostWorkers {
+		if n >= q.hostCapLocked(h, now) {
+			skip[h] = true
+		}
+	}
+	for h := range q.breakers {
+		if q.perHost[h] >= q.hostCapLocked(h, now) {
 			skip[h] = true
 		}
 	}
@@ -204,7 +306,7 @@ func (q *deliveryQueue) leaseSome() (int, error) {
 		return 0, nil
 	}
 	ds, err := q.r.store.Lease(q.ctx, store.LeaseRequest{
-		Now:       q.r.now().UTC(),
+		Now:       now.UTC(),
 		Limit:     free,
 		Duration:  q.leaseDuration(),
 		SkipHosts: skip,
@@ -213,43 +315,52 @@ func (q *deliveryQueue) leaseSome() (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	n := 0
 	for _, d := range ds {
 		q.mu.Lock()
+		_, done := q.done[d.ID]
+		if q.held[d.ID] || done {
+			// Already being attempted here (its lease ran out meanwhile),
+			// or answered 2xx and being completed: never send it twice.
+			q.mu.Unlock()
+			continue
+		}
+		q.held[d.ID] = true
 		q.busy++
 		q.perHost[d.Host]++
-		ready := q.perHost[d.Host] <= cfg.PerHostWorkers
+		ready := q.perHost[d.Host] <= max(q.hostCapLocked(d.Host, now), 1)
 		if !ready {
 			q.overflow[d.Host] = append(q.overflow[d.Host], d)
 		}
 		q.mu.Unlock()
+		n++
 		if ready {
-			q.send(d)
+			q.work <- d // a worker is free: busy counts every leased delivery
 		}
 	}
-	return len(ds), nil
+	return n, nil
 }
 
-// send hands d to a worker. Workers stop only after the dispatcher, so it
-// cannot block forever.
-func (q *deliveryQueue) send(d store.Delivery) {
-	q.work <- d
-}
-
-// finished releases d's worker slot and returns the next delivery waiting
-// for that host, if any.
-func (q *deliveryQueue) finished(d store.Delivery) (next store.Delivery, ok bool) {
+// finished records the outcome of d for its host's breaker, releases d's
+// worker slot and returns the next delivery waiting for that host, if any.
+func (q *deliveryQueue) finished(d store.Delivery, o outcome, retryAfter time.Duration) (next store.Delivery, ok bool) {
+	now := q.r.now()
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.recordLocked(d.Host, o, retryAfter, now)
+	delete(q.held, d.ID)
 	q.busy--
+	if q.perHost[d.Host]--; q.perHost[d.Host] <= 0 {
+		delete(q.perHost, d.Host)
+	}
 	if waiting := q.overflow[d.Host]; len(waiting) > 0 {
+		// The next delivery waiting for this host takes d's slot (it is
+		// counted in busy and perHost already).
 		next, q.overflow[d.Host] = waiting[0], waiting[1:]
 		if len(q.overflow[d.Host]) == 0 {
 			delete(q.overflow, d.Host)
 		}
 		return next, true
-	}
-	if q.perHost[d.Host]--; q.perHost[d.Host] <= 0 {
-		delete(q.perHost, d.Host)
 	}
 	return next, false
 }
@@ -258,8 +369,8 @@ func (q *deliveryQueue) worker() {
 	defer q.wg.Done()
 	for d := range q.work {
 		for {
-			q.r.deliver(q.ctx, d)
-			next, ok := q.finished(d)
+			o, retryAfter := q.process(d)
+			next, ok := q.finished(d, o, retryAfter)
 			q.wake()
 			if !ok {
 				break
@@ -269,43 +380,96 @@ func (q *deliveryQueue) worker() {
 	}
 }
 
-// deliver makes one attempt at d and records the outcome in the store.
-func (r *Relay) deliver(ctx context.Context, d store.Delivery) {
-	body, err := r.store.GetPayload(ctx, d.PayloadID)
+// process attempts d unless the relay is stopping or the host's breaker
+// holds it back, in which case d is rescheduled without using an attempt.
+func (q *deliveryQueue) process(d store.Delivery) (outcome, time.Duration) {
+	now := q.r.now()
+	if q.stopping() {
+		q.reschedule(d, now)
+		return outcomeSkipped, 0
+	}
+	q.mu.Lock()
+	ok, until := q.admitLocked(d.Host, now)
+	q.mu.Unlock()
+	if !ok {
+		q.reschedule(d, until)
+		return outcomeSkipped, 0
+	}
+	return q.deliver(d)
+}
+
+// deliver makes one attempt at d and records the outcome.
+func (q *deliveryQueue) deliver(d store.Delivery) (outcome, time.Duration) {
+	r := q.r
+	ctx := q.ctx
+	body, err := q.payload(ctx, d.PayloadID)
 	if errors.Is(err, store.ErrNotFound) {
-		r.complete(ctx, d)
-		return
+		q.complete(d) // dropped meanwhile
+		return outcomeSkipped, 0
 	}
 	if err != nil {
-		r.retry(ctx, d, err, 0)
-		return
+		if ctx.Err() != nil {
+			q.reschedule(d, r.now())
+			return outcomeCanceled, 0
+		}
+		r.log.Error("relay: reading payload", "payload", d.PayloadID, "err", err)
+		q.reschedule(d, r.now().Add(r.cfg.RetryBackoff))
+		return outcomeSkipped, 0
 	}
-	status, retryAfter, err := r.post(ctx, d.Inbox, body)
+	status, retryAfter, err := r.post(ctx, d.Inbox, d.Subscriber, body)
 	switch {
 	case ctx.Err() != nil:
-		// Shutting down: the lease expires and the delivery is retried.
-		return
+		// Shutting down: the delivery is released for a later attempt.
+		q.reschedule(d, r.now())
+		return outcomeCanceled, 0
 	case err == nil && status >= 200 && status < 300:
-		r.complete(ctx, d)
-		r.recordOutcome(ctx, d, nil)
-	case status == http.StatusGone && d.Subscriber != "":
-		r.complete(ctx, d)
-		r.subscriberGone(ctx, d)
+		q.complete(d)
+		if d.Subscriber != "" {
+			q.stats.success(q.bgCtx, d.Subscriber, r.now().UTC())
+		}
+		return outcomeDelivered, 0
+	case err == nil && status == http.StatusGone && d.Subscriber != "":
+		q.complete(d)
+		r.subscriberGone(q.bgCtx, d.Subscriber, d.Inbox)
+		return outcomeRefused, 0
 	case err == nil && status >= 400 && status < 500 && status != http.StatusRequestTimeout && status != http.StatusTooManyRequests:
 		// The receiver refuses this message; repeating it will not help.
-		r.complete(ctx, d)
-		r.recordOutcome(ctx, d, fmt.Errorf("HTTP %d", status))
+		q.complete(d)
+		if d.Subscriber != "" {
+			q.failure(d, fmt.Errorf("HTTP %d", status))
+			if status == http.StatusUnauthorized || status == http.StatusForbidden || status == http.StatusNotFound {
+				q.checkActor(d)
+			}
+		}
+		return outcomeRefused, 0
+	case err == nil && status == http.StatusTooManyRequests:
+		q.retry(d, fmt.Errorf("HTTP %d", status), retryAfter)
+		return outcomeThrottled, retryAfter
 	default:
 		if err == nil {
 			err = fmt.Errorf("HTTP %d", status)
 		}
-		r.retry(ctx, d, err, retryAfter)
+		q.retry(d, err, retryAfter)
+		return outcomeFailed, 0
 	}
 }
 
-// post signs and sends one delivery. It returns the status, a Retry-After
-// delay if the receiver gave one, and a transport error.
-func (r *Relay) post(ctx context.Context, inbox string, body []byte) (int, time.Duration, error) {
+// payload returns a payload's body, from the cache when possible.
+func (q *deliveryQueue) payload(ctx context.Context, id string) ([]byte, error) {
+	if b, ok := q.bodies.get(id); ok {
+		return b, nil
+	}
+	b, err := q.r.store.GetPayload(ctx, id)
+	if err == nil {
+		q.bodies.put(id, b)
+	}
+	return b, err
+}
+
+// post signs (see signDelivery) and sends one delivery. It returns the
+// status, a Retry-After delay if the receiver gave one, and a transport
+// error.
+func (r *Relay) post(ctx context.Context, inbox, subscriber string, body []byte) (int, time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.RequestTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, inbox, bytes.NewReader(body))
@@ -315,7 +479,7 @@ func (r *Relay) post(ctx context.Context, inbox string, body []byte) (int, time.
 	req.Header.Set("Content-Type", activityJSON)
 	req.Header.Set("Accept", acceptActivity)
 	req.Header.Set("User-Agent", r.cfg.UserAgent)
-	if err := r.signer.SignRequest(req, body, r.now()); err != nil {
+	if err := r.signDelivery(ctx, req, body, subscriber); err != nil {
 		return 0, 0, err
 	}
 	resp, err := r.transport.RoundTrip(req)
@@ -354,68 +518,278 @@ func (r *Relay) backoff(n int) time.Duration {
 
 const maxBackoff = 6 * time.Hour
 
-func (r *Relay) retry(ctx context.Context, d store.Delivery, cause error, retryAfter time.Duration) {
+// retry records a failed attempt and schedules the next one after the
+// backoff (or the receiver's Retry-After, if later), or gives up after
+// Config.MaxAttempts attempts or when the subscriber became dormant.
+func (q *deliveryQueue) retry(d store.Delivery, cause error, retryAfter time.Duration) {
+	r := q.r
 	d.Attempts++
 	d.LastError = cause.Error()
-	r.recordOutcome(ctx, d, cause)
+	if d.Subscriber != "" && q.failure(d, cause) {
+		q.complete(d) // dormant: its deliveries are dropped
+		return
+	}
 	if d.Attempts >= r.cfg.MaxAttempts {
 		r.log.Warn("relay: giving up delivery", "inbox", d.Inbox, "attempts", d.Attempts, "err", cause)
-		r.complete(ctx, d)
+		q.complete(d)
 		return
 	}
 	wait := r.backoff(d.Attempts)
 	if retryAfter > wait {
 		wait = min(retryAfter, maxBackoff)
 	}
-	d.NotBefore = r.now().UTC().Add(wait)
-	if err := r.store.Retry(ctx, d); err != nil && !errors.Is(err, store.ErrNotFound) {
-		r.log.Error("relay: rescheduling delivery", "inbox", d.Inbox, "err", err)
+	q.reschedule(d, r.now().Add(wait))
+}
+
+// reschedule releases d's lease and makes it due at notBefore, keeping its
+// Attempts and LastError.
+func (q *deliveryQueue) reschedule(d store.Delivery, notBefore time.Time) {
+	d.NotBefore = notBefore.UTC()
+	ctx, cancel := context.WithTimeout(q.bgCtx, storeTimeout)
+	defer cancel()
+	if err := q.r.store.Retry(ctx, d); err != nil && !errors.Is(err, store.ErrNotFound) {
+		q.r.log.Error("relay: rescheduling delivery", "inbox", d.Inbox, "err", err)
 	}
 }
 
-func (r *Relay) complete(ctx context.Context, d store.Delivery) {
-	if err := r.store.Complete(ctx, d.ID); err != nil {
-		r.log.Error("relay: completing delivery", "inbox", d.Inbox, "err", err)
+// complete removes d from the store. Until the store confirms it, d's id
+// stays in q.done so that the delivery is not attempted again.
+func (q *deliveryQueue) complete(d store.Delivery) {
+	q.mu.Lock()
+	q.done[d.ID] = true
+	q.mu.Unlock()
+	q.completeCh <- d.ID
+}
+
+// completer confirms completions to the store.
+func (q *deliveryQueue) completer() {
+	defer q.cwg.Done()
+	for id := range q.completeCh {
+		q.confirm(q.bgCtx, id)
 	}
 }
 
-// recordOutcome updates the subscriber's delivery statistics.
-func (r *Relay) recordOutcome(ctx context.Context, d store.Delivery, failure error) {
-	if d.Subscriber == "" {
-		return
+func (q *deliveryQueue) confirm(ctx context.Context, id string) {
+	err := q.r.store.Complete(ctx, id)
+	q.mu.Lock()
+	if err == nil {
+		delete(q.done, id)
+	} else {
+		q.done[id] = false
 	}
+	q.mu.Unlock()
+	if err != nil && ctx.Err() == nil {
+		q.r.log.Error("relay: completing delivery", "id", id, "err", err)
+	}
+}
+
+// retryCompletes confirms again the completions the store failed. With
+// all set (at stop, when no completer runs), it confirms every pending one.
+func (q *deliveryQueue) retryCompletes(ctx context.Context, all bool) {
+	q.mu.Lock()
+	var ids []string
+	for id, queued := range q.done {
+		if all || !queued {
+			ids = append(ids, id)
+			q.done[id] = true
+		}
+	}
+	q.mu.Unlock()
+	for _, id := range ids {
+		q.confirm(ctx, id)
+	}
+}
+
+// failure records a failed attempt in the subscriber's statistics. A
+// subscriber failing for Config.DormantAfter becomes dormant: its
+// deliveries are dropped, and failure reports true.
+func (q *deliveryQueue) failure(d store.Delivery, cause error) bool {
+	r := q.r
 	now := r.now().UTC()
-	_, err := r.store.UpdateSubscriber(ctx, d.Subscriber, func(s *store.Subscriber, found bool) error {
+	since := q.stats.failure(q.bgCtx, d.Subscriber, now, cause.Error())
+	if r.cfg.DormantAfter <= 0 || now.Sub(since) < r.cfg.DormantAfter {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(q.bgCtx, storeTimeout)
+	defer cancel()
+	s, err := r.store.UpdateSubscriber(ctx, d.Subscriber, func(s *store.Subscriber, found bool) error {
 		if !found {
 			return store.ErrNotFound
 		}
-		if failure == nil {
-			s.Delivered++
-			s.LastSuccess = now
-			s.FailingSince = time.Time{}
-			return nil
-		}
-		s.Failed++
-		s.LastFailure = now
-		s.LastError = failure.Error()
-		if s.FailingSince.IsZero() {
-			s.FailingSince = now
+		if s.State == store.StateAccepted {
+			s.State = store.StateDormant
+			s.UpdatedAt = now
+			if s.FailingSince.IsZero() || s.FailingSince.After(since) {
+				s.FailingSince = since
+			}
 		}
 		return nil
 	})
-	if err != nil && !errors.Is(err, store.ErrNotFound) && ctx.Err() == nil {
-		r.log.Error("relay: recording delivery outcome", "subscriber", d.Subscriber, "err", err)
+	if err != nil || s.State != store.StateDormant {
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			r.log.Error("relay: making subscriber dormant", "actor", d.Subscriber, "err", err)
+		}
+		return false
 	}
+	r.log.Warn("relay: subscriber failing, now dormant", "actor", d.Subscriber, "failing_since", since)
+	if _, err := r.store.DropDeliveries(ctx, store.DeliveryFilter{Subscriber: d.Subscriber}); err != nil {
+		r.log.Error("relay: dropping deliveries of dormant subscriber", "actor", d.Subscriber, "err", err)
+	}
+	return true
 }
 
-// subscriberGone ends a subscription whose inbox answered 410 Gone.
-func (r *Relay) subscriberGone(ctx context.Context, d store.Delivery) {
-	s, err := r.store.GetSubscriber(ctx, d.Subscriber)
+// revive makes a dormant subscriber accepted again (it sent something).
+func (r *Relay) revive(ctx context.Context, actorID string) error {
+	now := r.now().UTC()
+	_, err := r.store.UpdateSubscriber(ctx, actorID, func(s *store.Subscriber, found bool) error {
+		if !found {
+			return store.ErrNotFound
+		}
+		if s.State == store.StateDormant {
+			s.State = store.StateAccepted
+			s.FailingSince = time.Time{}
+			s.UpdatedAt = now
+		}
+		return nil
+	})
+	if err == nil {
+		r.queue.stats.revive(actorID)
+		r.log.Info("relay: dormant subscriber is back", "actor", actorID)
+	}
+	return err
+}
+
+// actorCheckInterval bounds how often a subscriber's actor is fetched to
+// learn whether it is gone after its inbox refused a delivery.
+const actorCheckInterval = time.Hour
+
+// checkActor fetches the actor of a subscriber whose inbox answered 401,
+// 403 or 404 (at most once per actorCheckInterval): a 410 Gone ends the
+// subscription.
+func (q *deliveryQueue) checkActor(d store.Delivery) {
+	now := q.r.now()
+	q.mu.Lock()
+	last, seen := q.checked[d.Subscriber]
+	if seen && now.Sub(last) < actorCheckInterval {
+		q.mu.Unlock()
+		return
+	}
+	q.checked[d.Subscriber] = now
+	q.mu.Unlock()
+	q.r.removeIfGone(q.ctx, d.Subscriber)
+}
+
+// removeIfGone fetches the actor of a subscriber and ends the subscription
+// if the fetch answers 410 Gone. It reports whether it did.
+func (r *Relay) removeIfGone(ctx context.Context, actorID string) bool {
+	if _, err := r.store.GetSubscriber(ctx, actorID); err != nil {
+		return false
+	}
+	if _, err := r.fetch(ctx, actorID); !errors.Is(err, errGone) {
+		return false
+	}
+	r.subscriberGone(ctx, actorID, "")
+	return true
+}
+
+// subscriberGone ends a subscription whose inbox or actor answered 410 Gone.
+func (r *Relay) subscriberGone(ctx context.Context, actorID, inbox string) {
+	s, err := r.store.GetSubscriber(ctx, actorID)
 	if err != nil {
 		return
 	}
-	r.log.Info("relay: subscriber gone, removing it", "actor", s.ActorID, "inbox", d.Inbox)
+	r.log.Info("relay: subscriber gone, removing it", "actor", s.ActorID, "inbox", inbox)
 	if err := r.removeSubscriber(ctx, &s, nil); err != nil {
 		r.log.Error("relay: removing gone subscriber", "actor", s.ActorID, "err", err)
+		return
+	}
+	r.queue.stats.forget(actorID)
+}
+
+// bound keeps the backlog of the hosts that ds were queued for within
+// Config.MaxHostBacklog by shedding their oldest unleased Creates and
+// Announces (Update, Delete, Move and subscription messages are kept). It
+// counts a host's deliveries only when an upper estimate of its backlog
+// (the last count plus what was queued since) is over the bound, so it
+// costs the store nothing most of the time. Failures are logged: the
+// deliveries are stored whatever happens here.
+func (q *deliveryQueue) bound(ctx context.Context, ds []store.Delivery) {
+	limit := q.r.cfg.MaxHostBacklog
+	if limit <= 0 {
+		return
+	}
+	var over []string
+	q.mu.Lock()
+	for _, d := range ds {
+		if q.backlog[d.Host]++; q.backlog[d.Host] > limit && !slices.Contains(over, d.Host) {
+			over = append(over, d.Host)
+		}
+	}
+	q.mu.Unlock()
+	for _, h := range over {
+		n, err := q.r.store.CountDeliveries(ctx, store.DeliveryFilter{Host: h})
+		if err == nil && n > limit {
+			var shed int
+			shed, err = q.r.store.ShedDeliveries(ctx, h, limit, sheddable)
+			if shed > 0 {
+				q.r.log.Warn("relay: host backlog over its bound, shed oldest posts", "host", h, "backlog", n, "shed", shed)
+			}
+			n -= shed
+		}
+		if err != nil {
+			q.r.log.Error("relay: bounding host backlog", "host", h, "err", err)
+			continue
+		}
+		q.mu.Lock()
+		q.backlog[h] = n
+		q.mu.Unlock()
+	}
+}
+
+// sheddable are the activity types dropped first from a full host backlog.
+var sheddable = []string{"Create", "Announce"}
+
+// payloadCacheBytes bounds the payload bodies kept in memory.
+const payloadCacheBytes = 8 << 20
+
+// payloadCache keeps recently used payload bodies, so that a fan-out reads
+// each body from the store at most once. Payload ids name their content,
+// so a cached body is never stale. Oldest entries are evicted first.
+type payloadCache struct {
+	mu    sync.Mutex
+	limit int
+	size  int
+	m     map[string][]byte
+	order []string
+}
+
+func newPayloadCache(limit int) *payloadCache {
+	return &payloadCache{limit: limit, m: map[string][]byte{}}
+}
+
+func (c *payloadCache) get(id string) ([]byte, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b, ok := c.m[id]
+	return b, ok
+}
+
+func (c *payloadCache) put(id string, body []byte) {
+	if len(body) > c.limit/8 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.m[id]; ok {
+		return
+	}
+	c.m[id] = body
+	c.order = append(c.order, id)
+	c.size += len(body)
+	for c.size > c.limit && len(c.order) > 0 {
+		old := c.order[0]
+		c.order = c.order[1:]
+		c.size -= len(c.m[old])
+		delete(c.m, old)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -28,6 +29,12 @@ func startRelay(t *testing.T, cfg relay.Config) *relay.Relay {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	cfg.BaseURL = "http://" + ln.Addr().String()
+	// The fake instances serve plain http on 127.0.0.N: the outbound guard
+	// refuses both by default.
+	if cfg.AllowPrivate == nil {
+		cfg.AllowPrivate = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+		cfg.AllowHTTP = true
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = quietLogger()
 	}

@@ -2,13 +2,17 @@ package relay
 
 import (
 	"context"
+	"crypto"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/fedirelay/relay/store"
 )
@@ -16,8 +20,9 @@ import (
 // inboxError is an inbox outcome with its HTTP status. Every request the
 // inbox refuses gets one, so the sender sees why.
 type inboxError struct {
-	status int
-	msg    string
+	status     int
+	msg        string
+	retryAfter time.Duration // sent as Retry-After when > 0
 }
 
 func (e *inboxError) Error() string { return e.msg }
@@ -30,6 +35,13 @@ func refuse(status int, format string, args ...any) error {
 	return &inboxError{status: status, msg: msg}
 }
 
+// refuseRetry is refuse with a Retry-After: for 429 and 503.
+func refuseRetry(status int, after time.Duration, format string, args ...any) error {
+	err := refuse(status, format, args...).(*inboxError)
+	err.retryAfter = after
+	return err
+}
+
 // accepted is the outcome of a request that was taken (or deliberately
 // ignored); the message is only logged.
 type accepted string
@@ -39,11 +51,20 @@ func (a accepted) Error() string { return string(a) }
 // serveInbox handles POST P/inbox:
 //
 //	413 body over Config.MaxBodyBytes (refused before reading it whole)
-//	401 no, malformed or invalid HTTP signature; signer not bound to the actor
-//	400 malformed JSON or an activity without type, actor or id
-//	403 sender not subscribed, not public, object from another origin
-//	202 accepted, or ignored (unknown types, duplicates, stale Undo)
-//	503 relay closing, or the store failed (the sender should retry)
+//	401 no, malformed or invalid HTTP signature (draft-cavage or RFC 9421);
+//	    key not found; signer not bound to the actor
+//	400 malformed JSON (or nested too deeply), an activity without type,
+//	    actor or id
+//	403 keyId, actor or object on a blocked domain (before any fetch);
+//	    sender not subscribed, not public, object from another origin
+//	429 too many key fetches for the keyId host, or too many requests from
+//	    the signer's host (with Retry-After)
+//	202 accepted, or ignored (unknown types, duplicates, stale Undo, posts
+//	    older than Config.MaxActivityAge, the relay's own activities,
+//	    Announces of other origins' objects by relays, Deletes by actors
+//	    whose key is gone)
+//	503 relay closing, key fetch timed out, or the store failed (the sender
+//	    should retry; with Retry-After)
 func (r *Relay) serveInbox(w http.ResponseWriter, req *http.Request) {
 	r.closeMu.Lock()
 	if r.isClosed() {
@@ -67,6 +88,9 @@ func (r *Relay) serveInbox(w http.ResponseWriter, req *http.Request) {
 		w.WriteHeader(http.StatusAccepted)
 	case errors.As(err, &ie):
 		r.log.Info("relay: inbox: refused", "status", ie.status, "reason", ie.msg, "remote", req.RemoteAddr)
+		if ie.retryAfter > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(ie.retryAfter)))
+		}
 		http.Error(w, ie.msg, ie.status)
 	default:
 		r.log.Error("relay: inbox: failed", "err", err)
@@ -91,26 +115,51 @@ func (r *Relay) receive(ctx context.Context, w http.ResponseWriter, req *http.Re
 		}
 		return refuse(http.StatusBadRequest, "reading body: %v", err)
 	}
-	sig, err := FromRequest(req)
+	sig, err := r.requestSignature(req)
 	if err != nil {
 		return refuse(http.StatusUnauthorized, "%v", err)
 	}
-	if err := sig.Check(req, body, r.verifyOptions()); err != nil {
+	keyID := sig.keyID()
+	if err := checkIRI(keyID); err != nil {
+		return refuse(http.StatusUnauthorized, "unsupported keyId: %v", err)
+	}
+	if r.guard.blocked.blockedURL(keyID) {
+		return refuse(http.StatusForbidden, "%s is blocked", hostOf(keyID))
+	}
+	if err := sig.check(req, body, r.verifyOptions()); err != nil {
 		return refuse(http.StatusUnauthorized, "%v", err)
 	}
 	env, err := parseEnvelope(body)
 	if err != nil {
 		return refuse(http.StatusBadRequest, "%v", err)
 	}
+	env.rfc9421 = sig.rfc9421()
+	if env.Actor == r.actorID || keyID == r.keyID {
+		// An echo of the relay's own activity (a loop through another
+		// relay), or a forgery: either way there is nothing to do, and the
+		// relay's own key is not fetched.
+		return accepted("activity of this relay itself")
+	}
+	if host := r.blockedHost(env); host != "" {
+		return refuse(http.StatusForbidden, "%s is blocked", host)
+	}
 	key, err := r.authenticate(ctx, req, sig)
-	if err != nil {
-		if errors.Is(err, errGone) && env.Type == "Delete" {
+	if errors.Is(err, errGone) {
+		if env.Type == "Delete" && keyOwnedBy(keyID, env.Actor) {
 			// The actor is gone (deleted account): nothing can verify it and
 			// nothing unverifiable is amplified, but the sender must not
-			// retry forever.
+			// retry forever. If the actor is a subscriber whose actor
+			// document is gone too, the subscription ends.
+			r.removeIfGone(ctx, env.Actor)
 			return accepted("delete from an actor whose key is gone")
 		}
+		return refuse(http.StatusUnauthorized, "key %s is gone", keyID)
+	}
+	if err != nil {
 		return err
+	}
+	if ok, after := r.inLimit.allow(hostOf(key.ID), r.now()); !ok {
+		return refuseRetry(http.StatusTooManyRequests, after, "too many requests from %s", hostOf(key.ID))
 	}
 	switch env.Type {
 	case "Follow":
@@ -125,30 +174,129 @@ func (r *Relay) receive(ctx context.Context, w http.ResponseWriter, req *http.Re
 	return accepted("activity type " + env.Type + " is not relayed")
 }
 
+// keyOwnedBy reports whether keyID is a key of actor: the actor with a
+// fragment (actor#main-key) or below it (GoToSocial's actor/main-key).
+func keyOwnedBy(keyID, actor string) bool {
+	k := stripFragment(keyID)
+	return actor != "" && (k == actor || strings.HasPrefix(k, actor+"/"))
+}
+
+// blockedHost returns the blocked host among the activity's actor and
+// object (id, author, actor of an embedded activity), or "".
+func (r *Relay) blockedHost(env *envelope) string {
+	for _, u := range []string{env.Actor, env.Object.ID, env.Object.AttributedTo, env.Object.Actor} {
+		if r.guard.blocked.blockedURL(u) {
+			return hostOf(u)
+		}
+	}
+	return ""
+}
+
 func (r *Relay) verifyOptions() VerifyOptions {
 	return VerifyOptions{Now: r.now(), MaxAge: r.cfg.SignatureMaxAge, MaxFuture: r.cfg.ClockSkew}
 }
 
 // authenticate verifies the request's signature with the signer's key,
 // fetching it (cached, and fetched again once if verification fails, in
-// case the key was rotated).
-func (r *Relay) authenticate(ctx context.Context, req *http.Request, sig *SignatureParams) (*remoteKey, error) {
-	key, err := r.keys.get(ctx, sig.KeyID, false)
+// case the key was rotated). It waits at most Config.KeyFetchTimeout for
+// keys. It returns an error wrapping errGone when the key's document is
+// gone, and an *inboxError otherwise.
+func (r *Relay) authenticate(ctx context.Context, req *http.Request, sig inboundSignature) (*remoteKey, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.KeyFetchTimeout)
+	defer cancel()
+	keyID := sig.keyID()
+	key, err := r.keys.get(ctx, keyID, false)
 	if err != nil {
-		if errors.Is(err, errGone) {
-			return nil, err
-		}
-		return nil, refuse(http.StatusUnauthorized, "cannot get key %s: %v", sig.KeyID, err)
+		return nil, keyError("cannot get key "+keyID, err)
 	}
-	if err := sig.Verify(req, key.Key); err != nil {
-		if key, err = r.keys.get(ctx, sig.KeyID, true); err != nil {
-			return nil, refuse(http.StatusUnauthorized, "cannot refresh key %s: %v", sig.KeyID, err)
+	if err := sig.verify(req, key.Key); err != nil {
+		if key, err = r.keys.get(ctx, keyID, true); err != nil {
+			return nil, keyError("cannot refresh key "+keyID, err)
 		}
-		if err := sig.Verify(req, key.Key); err != nil {
+		if err := sig.verify(req, key.Key); err != nil {
 			return nil, refuse(http.StatusUnauthorized, "%v", err)
 		}
 	}
 	return key, nil
+}
+
+// keyError maps a key lookup failure to the inbox's answer: 429 when the
+// keyId host's fetch budget is spent, 503 when the key server did not
+// answer in time (the sender should retry), 401 otherwise.
+func keyError(what string, err error) error {
+	var rl *rateLimitedError
+	var ne net.Error
+	switch {
+	case errors.Is(err, errGone):
+		return err
+	case errors.As(err, &rl):
+		return refuseRetry(http.StatusTooManyRequests, rl.after, "%s: %v", what, err)
+	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
+		return refuseRetry(http.StatusServiceUnavailable, keyRetryAfter, "%s: timed out", what)
+	}
+	return refuse(http.StatusUnauthorized, "%s: %v", what, err)
+}
+
+// keyRetryAfter is the Retry-After sent when a key fetch timed out.
+const keyRetryAfter = time.Minute
+
+// inboundSignature is an incoming request's signature: draft-cavage or
+// RFC 9421.
+type inboundSignature interface {
+	keyID() string
+	rfc9421() bool
+	check(req *http.Request, body []byte, opts VerifyOptions) error
+	verify(req *http.Request, pub crypto.PublicKey) error
+}
+
+// requestSignature returns the request's RFC 9421 signature if it has a
+// Signature-Input header, else its draft-cavage signature.
+func (r *Relay) requestSignature(req *http.Request) (inboundSignature, error) {
+	if len(req.Header.Values("Signature-Input")) == 0 {
+		p, err := FromRequest(req)
+		if err != nil {
+			return nil, err
+		}
+		return cavageSignature{p}, nil
+	}
+	m, err := MessageSignatureFromRequest(req)
+	if err != nil {
+		return nil, err
+	}
+	// @target-uri is the URL the sender used: the relay's public scheme
+	// (a TLS-terminating proxy hides it) with the request's host and path.
+	abs := *req
+	u := *req.URL
+	u.Scheme, u.Host = r.base.Scheme, req.Host
+	abs.URL = &u
+	return &messageSignature{m: m, req: &abs}, nil
+}
+
+type cavageSignature struct{ p *SignatureParams }
+
+func (s cavageSignature) keyID() string { return s.p.KeyID }
+func (s cavageSignature) rfc9421() bool { return false }
+func (s cavageSignature) check(req *http.Request, body []byte, opts VerifyOptions) error {
+	return s.p.Check(req, body, opts)
+}
+func (s cavageSignature) verify(req *http.Request, pub crypto.PublicKey) error {
+	return s.p.Verify(req, pub)
+}
+
+// messageSignature checks and verifies against req, the request with an
+// absolute URL, whatever request it is given.
+type messageSignature struct {
+	m   *MessageSignature
+	req *http.Request
+}
+
+func (s *messageSignature) keyID() string { return s.m.KeyID }
+func (s *messageSignature) rfc9421() bool { return true }
+func (s *messageSignature) check(_ *http.Request, body []byte, opts VerifyOptions) error {
+	return s.m.Check(s.req, body, opts)
+}
+func (s *messageSignature) verify(_ *http.Request, pub crypto.PublicKey) error {
+	return s.m.Verify(s.req, pub)
 }
 
 // requireSelf checks that the activity's actor signed it: Follow, Undo,
@@ -174,7 +322,7 @@ func requireBound(env *envelope, signer *remoteActor) error {
 // checking that an embedded object comes from the actor's origin.
 func relayableObject(env *envelope) (string, error) {
 	o := env.Object
-	if o.Embedded && (env.Type == "Create" || env.Type == "Update") {
+	if o.Embedded && (env.Type == "Create" || env.Type == "Update" || env.Type == "Delete") {
 		if o.ID != "" && !sameOrigin(o.ID, env.Actor) {
 			return "", refuse(http.StatusForbidden, "object %s is not from the actor's origin", o.ID)
 		}
@@ -183,6 +331,35 @@ func relayableObject(env *envelope) (string, error) {
 		}
 	}
 	return o.ID, nil
+}
+
+// relayedByRelay is the loop guard: it reports an Announce whose actor is
+// a server's instance or relay actor (type Application or Service) and
+// whose object comes from another origin. That is what another relay
+// sends; relaying it could send posts around a cycle of relays. (An
+// instance actor announcing its own server's posts, as Pleroma's relay
+// actor does, is a publisher and passes.)
+func relayedByRelay(env *envelope, signer *remoteActor, objectID string) bool {
+	return env.Type == "Announce" && signer.ID == env.Actor && signer.isInstanceActor() &&
+		objectID != "" && !sameOrigin(objectID, env.Actor)
+}
+
+// learnRFC9421 records that a subscriber signs with RFC 9421, and so
+// accepts it: deliveries to it are signed that way from then on. A scheme
+// already set (by the operator or earlier) is kept.
+func (r *Relay) learnRFC9421(ctx context.Context, actorID string) {
+	_, err := r.store.UpdateSubscriber(ctx, actorID, func(s *store.Subscriber, found bool) error {
+		if !found {
+			return store.ErrNotFound
+		}
+		if s.SignatureScheme == "" {
+			s.SignatureScheme = store.SignatureRFC9421
+		}
+		return nil
+	})
+	if err != nil {
+		r.log.Warn("relay: recording a subscriber's signature scheme", "actor", actorID, "err", err)
+	}
 }
 
 // relayActivity accepts a public activity from a subscriber and queues it
@@ -198,7 +375,7 @@ func (r *Relay) relayActivity(ctx context.Context, env *envelope, body []byte, s
 	}
 	var sender *store.Subscriber
 	for i := range senders {
-		if senders[i].State == store.StateAccepted {
+		if st := senders[i].State; st == store.StateAccepted || st == store.StateDormant {
 			if sender == nil || senders[i].ActorID == env.Actor {
 				sender = &senders[i]
 			}
@@ -206,6 +383,18 @@ func (r *Relay) relayActivity(ctx context.Context, env *envelope, body []byte, s
 	}
 	if sender == nil {
 		return refuse(http.StatusForbidden, "%s is not an accepted subscriber of this relay", senderHost)
+	}
+	if env.rfc9421 && sender.SignatureScheme == "" {
+		r.learnRFC9421(ctx, sender.ActorID)
+	}
+	// A dormant subscriber (see Config.DormantAfter) that sends something
+	// is alive again.
+	for i := range senders {
+		if senders[i].State == store.StateDormant {
+			if err := r.revive(ctx, senders[i].ActorID); err != nil {
+				return err
+			}
+		}
 	}
 	// A LitePub relay actor announces public posts to its followers only.
 	litePubAnnounce := env.Type == "Announce" && sender.Protocol == store.ProtocolLitePub && sender.ActorID == env.Actor
@@ -215,6 +404,13 @@ func (r *Relay) relayActivity(ctx context.Context, env *envelope, body []byte, s
 	objectID, err := relayableObject(env)
 	if err != nil {
 		return err
+	}
+	if isPost := env.Type == "Create" || env.Type == "Announce"; isPost && !env.Published.IsZero() &&
+		r.now().Sub(env.Published) > r.cfg.MaxActivityAge {
+		return accepted("published " + env.Published.String() + ", longer ago than the maximum age")
+	}
+	if relayedByRelay(env, signer, objectID) {
+		return accepted("announce by a relay actor of an object from another origin")
 	}
 
 	mark := "activity:" + env.ID
@@ -274,7 +470,11 @@ func (r *Relay) fanOut(ctx context.Context, env *envelope, body []byte, objectID
 	verbatim := store.Payload{ID: payloadID(body), Body: body}
 	var announce store.Payload
 	isPost := env.Type == "Create" || env.Type == "Announce"
-	wrapUnsigned := !env.LDSigned && isPost
+	// An Announce that embeds an object of another origin is never
+	// forwarded as it is: only the object's IRI is relayed, so receivers
+	// fetch it from its origin.
+	foreignEmbed := env.Type == "Announce" && env.Object.Embedded && !sameOrigin(objectID, env.Actor)
+	wrapUnsigned := (!env.LDSigned && isPost) || foreignEmbed
 	announceOK := objectID != ""
 	if announceOK && isPost {
 		fresh, err := d.mark(ctx, "announced:"+objectID)

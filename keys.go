@@ -82,11 +82,11 @@ func (r *Relay) readDocument(resp *http.Response, target string) ([]byte, error)
 	case resp.StatusCode != http.StatusOK:
 		return nil, &FetchError{URL: target, Status: resp.StatusCode}
 	}
-	if ct := resp.Header.Get("Content-Type"); ct != "" {
-		mt, _, err := mime.ParseMediaType(ct)
-		if err != nil || !(strings.HasSuffix(mt, "+json") || mt == "application/json") {
-			return nil, fmt.Errorf("relay: fetching %s: unexpected content type %q", target, ct)
-		}
+	if ct := resp.Header.Get("Content-Type"); !isDocumentType(ct) {
+		return nil, fmt.Errorf("relay: fetching %s: unexpected content type %q", target, ct)
+	}
+	if resp.ContentLength > r.cfg.MaxBodyBytes {
+		return nil, fmt.Errorf("relay: fetching %s: document of %d bytes is larger than %d bytes", target, resp.ContentLength, r.cfg.MaxBodyBytes)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, r.cfg.MaxBodyBytes+1))
 	if err != nil {
@@ -95,7 +95,19 @@ func (r *Relay) readDocument(resp *http.Response, target string) ([]byte, error)
 	if int64(len(body)) > r.cfg.MaxBodyBytes {
 		return nil, fmt.Errorf("relay: fetching %s: document larger than %d bytes", target, r.cfg.MaxBodyBytes)
 	}
+	if err := checkJSONDepth(body, maxJSONDepth); err != nil {
+		return nil, fmt.Errorf("relay: fetching %s: %w", target, err)
+	}
 	return body, nil
+}
+
+// isDocumentType reports a Content-Type an ActivityPub document may be
+// served with: application/activity+json, application/ld+json (with any
+// parameters) or plain application/json. A missing type is refused, like
+// HTML error pages and anything else.
+func isDocumentType(ct string) bool {
+	mt, _, err := mime.ParseMediaType(ct)
+	return err == nil && (mt == "application/activity+json" || mt == "application/ld+json" || mt == "application/json")
 }
 
 // drain discards a little of what is left of a response body and closes
@@ -194,8 +206,21 @@ func newKeyCache(r *Relay) *keyCache {
 	return &keyCache{r: r, keys: map[string]*remoteKey{}, inflight: map[string]*keyCall{}}
 }
 
+// rateLimitedError reports that a per-host limit was exceeded; the
+// request may be retried after the given time.
+type rateLimitedError struct {
+	what  string
+	host  string
+	after time.Duration
+}
+
+func (e *rateLimitedError) Error() string {
+	return fmt.Sprintf("relay: too many %s for %s, retry in %v", e.what, e.host, e.after)
+}
+
 // get returns the key for keyID, from the cache unless refresh is set or
-// the entry expired.
+// the entry expired. A fetch takes a token from the keyId host's bucket
+// (Config.KeyFetchLimit); callers that join a fetch in flight do not.
 func (c *keyCache) get(ctx context.Context, keyID string, refresh bool) (*remoteKey, error) {
 	c.mu.Lock()
 	if k, ok := c.keys[keyID]; ok && !refresh && c.r.now().Before(k.expires) {
@@ -204,6 +229,11 @@ func (c *keyCache) get(ctx context.Context, keyID string, refresh bool) (*remote
 	}
 	call, ok := c.inflight[keyID]
 	if !ok {
+		host := hostOf(keyID)
+		if ok, after := c.r.keyLimit.allow(host, c.r.now()); !ok {
+			c.mu.Unlock()
+			return nil, &rateLimitedError{what: "key fetches", host: host, after: after}
+		}
 		call = &keyCall{done: make(chan struct{})}
 		c.inflight[keyID] = call
 		go c.resolve(keyID, call)
@@ -219,9 +249,11 @@ func (c *keyCache) get(ctx context.Context, keyID string, refresh bool) (*remote
 
 // resolve runs one fetch on behalf of every waiter. It is detached from
 // the waiters' contexts so that one impatient caller does not fail the
-// others; the fetch has its own timeout.
+// others; it has its own timeout, Config.KeyFetchTimeout.
 func (c *keyCache) resolve(keyID string, call *keyCall) {
-	call.key, call.err = c.r.resolveKey(context.Background(), keyID)
+	ctx, cancel := context.WithTimeout(context.Background(), c.r.cfg.KeyFetchTimeout)
+	defer cancel()
+	call.key, call.err = c.r.resolveKey(ctx, keyID)
 	c.mu.Lock()
 	if call.err == nil {
 		c.keys[keyID] = call.key

@@ -32,8 +32,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"runtime"
 	"strings"
@@ -118,7 +118,11 @@ type Config struct {
 	Store store.Store
 
 	// Transport sends outbound requests. If nil, an http.Transport with
-	// connection reuse, HTTP/2 and timeouts is used.
+	// connection reuse, HTTP/2, timeouts and the outbound guard's address
+	// check at dial time is used (see AllowPrivate). Every request, with any
+	// Transport, first passes the guard's URL checks (scheme, user info, IP
+	// literals, BlockedDomains); with a custom Transport, refusing private
+	// addresses after DNS resolution is that Transport's job.
 	Transport Transport
 
 	// Logger receives the relay's logs. If nil, slog.Default() is used.
@@ -168,10 +172,100 @@ type Config struct {
 	RetryBackoff time.Duration
 	MaxAttempts  int
 
+	// BreakerThreshold is how many consecutive failed attempts to one host
+	// (transport errors, timeouts, 5xx, 408) open its circuit breaker:
+	// nothing is sent to the host for BreakerCooloff, its queued deliveries
+	// wait without using up attempts, then one probe is let through. An
+	// answer closes the breaker; another failure opens it for twice as long,
+	// up to 64 × BreakerCooloff. A 429 pauses the host the same way for its
+	// Retry-After. Defaults 5 and 1 minute; a negative BreakerThreshold
+	// disables the breaker (429 still pauses).
+	BreakerThreshold int
+	BreakerCooloff   time.Duration
+
+	// DormantAfter is how long a subscriber's deliveries may keep failing
+	// before it becomes dormant (store.StateDormant): its queued deliveries
+	// are dropped and nothing is queued for it until it sends the relay an
+	// activity, which makes it accepted again. Default 7 days; negative
+	// disables dormancy.
+	DormantAfter time.Duration
+
+	// MaxHostBacklog bounds the deliveries queued for one host. Beyond it
+	// the oldest queued Creates and Announces to that host are dropped;
+	// Updates, Deletes, Moves and subscription messages are always kept, so
+	// the backlog can exceed the bound when it holds only those. Default
+	// 10,000; negative means no bound.
+	MaxHostBacklog int
+
+	// Clock is the relay's time source (see Clock), for tests. If nil, the
+	// system clock.
+	Clock Clock
+
 	// UserAgent is sent with every outbound request. Default
 	// "fedirelay/<Version> (+<BaseURL>)".
 	UserAgent string
+
+	// AllowPrivate lists address ranges the relay may connect to although
+	// they are private, loopback, link-local, CGNAT, multicast or otherwise
+	// reserved. By default every fetch and delivery to such an address is
+	// refused: when dialling, after DNS resolution (so a host name that
+	// resolves, or is rebound, to 127.0.0.1 is refused too), and for IP
+	// literals in URLs before anything is sent. Set it only to run the relay
+	// against local servers, e.g. 127.0.0.0/8 in tests. The dial-time check
+	// is done by the default transport: with a custom Transport it is that
+	// Transport's job (the URL checks still apply). See SECURITY.md.
+	AllowPrivate []netip.Prefix
+
+	// AllowHTTP lets the relay fetch from and deliver to plain http URLs.
+	// By default only https is used. For local testing only.
+	AllowHTTP bool
+
+	// BlockedDomains lists domains the relay has nothing to do with; each
+	// also covers its subdomains ("example.com" blocks "a.example.com").
+	// An inbox request whose keyId, actor or object is on a blocked domain
+	// is refused with 403 before anything is fetched (so Follows from them
+	// are refused too), and the relay neither fetches from nor delivers to
+	// them. Use the ASCII (punycode) form of internationalised names.
+	BlockedDomains []string
+
+	// KeyFetchTimeout bounds how long the inbox waits for the key of a
+	// request's signer (the key document, its owner and any redirects).
+	// When it passes the inbox answers 503 with Retry-After, so a key server
+	// that never answers cannot hold inbox requests. Default 10 seconds.
+	KeyFetchTimeout time.Duration
+
+	// KeyFetchLimit limits fetches of unknown (or refreshed) keys per keyId
+	// host, so that requests naming ever new keyIds cannot make the relay
+	// hammer a host. A request over the limit gets 429 with Retry-After.
+	// Concurrent requests signed with the same key share one fetch. Default
+	// 5 per second, bursts of 50.
+	KeyFetchLimit RateLimit
+
+	// InboxLimit limits the authenticated inbox requests accepted per
+	// signer host (the host of the keyId, once the signature verified, so
+	// that forged requests cannot use up another host's budget). A request
+	// over the limit gets 429 with Retry-After; other hosts are unaffected.
+	// Default 50 per second, bursts of 500.
+	InboxLimit RateLimit
+
+	// MaxActivityAge is how old a Create or Announce may be, by its
+	// published time, to be relayed. Older ones are accepted (202) and
+	// dropped, so that replays of old posts are not amplified and their
+	// senders do not retry. Activities without published (such as
+	// Mastodon's Deletes) and other types are not affected. Default 1 hour.
+	MaxActivityAge time.Duration
 }
+
+// Defaults of the Config fields that limit what the relay accepts.
+var (
+	defaultKeyFetchLimit = RateLimit{Rate: 5, Burst: 50}
+	defaultInboxLimit    = RateLimit{Rate: 50, Burst: 500}
+)
+
+const (
+	defaultKeyFetchTimeout = 10 * time.Second
+	defaultMaxActivityAge  = time.Hour
+)
 
 // Relay is a fediverse relay. Create it with New; its methods are safe for
 // concurrent use.
@@ -182,6 +276,7 @@ type Relay struct {
 	transport Transport
 	log       *slog.Logger
 	policy    FollowPolicy
+	clock     Clock
 	now       func() time.Time
 
 	base     *url.URL
@@ -192,6 +287,9 @@ type Relay struct {
 	signer   *Signer
 	pubPEM   string
 	keys     *keyCache
+	guard    *guard
+	keyLimit *limiter // key fetches per keyId host
+	inLimit  *limiter // authenticated inbox requests per signer host
 	handler  http.Handler
 	queue    *deliveryQueue
 	closed   chan struct{}
@@ -224,7 +322,8 @@ func New(cfg Config) (*Relay, error) {
 		transport: cfg.Transport,
 		log:       cfg.Logger,
 		policy:    cfg.FollowPolicy,
-		now:       time.Now,
+		clock:     cfg.Clock,
+		now:       cfg.Clock.Now,
 		base:      base,
 		prefix:    base.Path,
 		closed:    make(chan struct{}),
@@ -233,9 +332,13 @@ func New(cfg Config) (*Relay, error) {
 		r.store = memstore.New()
 		r.ownsStore = true
 	}
+	r.guard = newGuard(&cfg)
 	if r.transport == nil {
-		r.transport = defaultTransport()
+		r.transport = defaultTransport(r.guard)
 	}
+	r.transport = &guardedTransport{next: r.transport, g: r.guard}
+	r.keyLimit = newLimiter(cfg.KeyFetchLimit)
+	r.inLimit = newLimiter(cfg.InboxLimit)
 	r.actorID = base.String() + "/actor"
 	r.inboxURL = base.String() + "/inbox"
 	r.keyID = r.actorID + "#main-key"
@@ -296,28 +399,35 @@ func setDefaults(cfg *Config, base *url.URL) {
 	if cfg.MaxAttempts <= 0 {
 		cfg.MaxAttempts = 12
 	}
+	if cfg.BreakerThreshold == 0 {
+		cfg.BreakerThreshold = 5
+	}
+	if cfg.BreakerCooloff <= 0 {
+		cfg.BreakerCooloff = time.Minute
+	}
+	if cfg.DormantAfter == 0 {
+		cfg.DormantAfter = 7 * 24 * time.Hour
+	}
+	if cfg.MaxHostBacklog == 0 {
+		cfg.MaxHostBacklog = 10000
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = realClock{}
+	}
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = "fedirelay/" + Version + " (+" + base.String() + ")"
 	}
-}
-
-// defaultTransport is an http.Transport tuned for fan-out: connection reuse
-// with several idle connections per host, HTTP/2 when the peer offers it,
-// and connect, TLS and response-header timeouts.
-func defaultTransport() *http.Transport {
-	return &http.Transport{
-		Proxy: http.ProxyFromEnvironment,
-		DialContext: (&net.Dialer{
-			Timeout:   10 * time.Second,
-			KeepAlive: 30 * time.Second,
-		}).DialContext,
-		ForceAttemptHTTP2:     true,
-		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   8,
-		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ResponseHeaderTimeout: 20 * time.Second,
-		ExpectContinueTimeout: time.Second,
+	if cfg.KeyFetchTimeout <= 0 {
+		cfg.KeyFetchTimeout = defaultKeyFetchTimeout
+	}
+	if cfg.KeyFetchLimit == (RateLimit{}) {
+		cfg.KeyFetchLimit = defaultKeyFetchLimit
+	}
+	if cfg.InboxLimit == (RateLimit{}) {
+		cfg.InboxLimit = defaultInboxLimit
+	}
+	if cfg.MaxActivityAge <= 0 {
+		cfg.MaxActivityAge = defaultMaxActivityAge
 	}
 }
 
@@ -371,11 +481,16 @@ func (r *Relay) Start() error {
 	return r.queue.start()
 }
 
-// Close stops the relay: the inbox answers 503 from then on, requests being
-// handled finish, and in-flight deliveries complete. Queued deliveries that
-// were not attempted stay in the store for the next Start (with a durable
-// store). If ctx ends first, in-flight deliveries are cancelled (they stay
-// queued and are retried later) and Close returns ctx.Err(). Closing a
+// Close stops the relay without losing accepted work. The inbox answers
+// 503 from then on, and requests being handled finish (an activity is
+// accepted only once it is stored, so nothing answered 202 is lost). The
+// delivery attempts in flight finish; deliveries leased but not started are
+// released at once; everything not delivered stays queued in the store for
+// the next Start (with a durable store, in the next process). Delivery
+// statistics kept in memory and pending completions are written to the
+// store. If ctx ends first, the requests in flight are cancelled (their
+// deliveries are released, to be attempted again later: at-least-once, a
+// receiver may see a copy twice) and Close returns ctx.Err(). Closing a
 // closed relay returns nil. Close closes the store only if the relay
 // created it.
 func (r *Relay) Close(ctx context.Context) error {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	vocab "github.com/go-ap/activitypub"
 
@@ -62,6 +63,9 @@ func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteA
 		s.UpdatedAt = now
 		switch decision {
 		case DecisionAccept:
+			if s.State != store.StateAccepted {
+				s.FailingSince = time.Time{} // a new start, e.g. for a dormant subscriber
+			}
 			s.State = store.StateAccepted
 		case DecisionReject:
 			s.State, s.Note = store.StateRejected, reason
@@ -71,10 +75,16 @@ func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteA
 		if followBackID != "" {
 			s.FollowBackID, s.FollowBackState = followBackID, store.StatePending
 		}
+		if env.rfc9421 && s.SignatureScheme == "" {
+			s.SignatureScheme = store.SignatureRFC9421 // it signs so, it accepts so
+		}
 		return nil
 	})
 	if err != nil {
 		return err
+	}
+	if s.State == store.StateAccepted && (!found || existing.State != store.StateAccepted) {
+		r.queue.stats.revive(s.ActorID)
 	}
 	r.log.Info("relay: subscription request", "actor", s.ActorID, "protocol", s.Protocol, "state", s.State)
 	return r.sendDecision(ctx, &s, followBack)
@@ -179,17 +189,26 @@ func (r *Relay) removeSubscriber(ctx context.Context, s *store.Subscriber, reply
 }
 
 // Subscribers returns the subscriptions that match f (the zero filter
-// matches all), ordered by actor id.
+// matches all), ordered by actor id. Their delivery statistics include the
+// deliveries not yet written to the store.
 func (r *Relay) Subscribers(ctx context.Context, f store.SubscriberFilter) ([]store.Subscriber, error) {
-	return r.store.ListSubscribers(ctx, f)
+	subs, err := r.store.ListSubscribers(ctx, f)
+	for i := range subs {
+		subs[i] = r.queue.stats.merge(subs[i])
+	}
+	return subs, err
 }
 
 // Subscriber returns the subscription of an actor, or an error matching
-// ErrNotSubscribed.
+// ErrNotSubscribed. Its delivery statistics include the deliveries not yet
+// written to the store.
 func (r *Relay) Subscriber(ctx context.Context, actorID string) (store.Subscriber, error) {
 	s, err := r.store.GetSubscriber(ctx, actorID)
 	if errors.Is(err, store.ErrNotFound) {
 		return s, fmt.Errorf("%w: %s", ErrNotSubscribed, actorID)
+	}
+	if err == nil {
+		s = r.queue.stats.merge(s)
 	}
 	return s, err
 }
@@ -239,6 +258,9 @@ func (r *Relay) decide(ctx context.Context, actorID string, state store.State, r
 		}
 	}
 	s, err := r.UpdateSubscriber(ctx, actorID, func(s *store.Subscriber) error {
+		if state == store.StateAccepted && s.State != store.StateAccepted {
+			s.FailingSince = time.Time{} // a new start, e.g. for a dormant subscriber
+		}
 		s.State = state
 		if reason != "" {
 			s.Note = reason
@@ -251,10 +273,10 @@ func (r *Relay) decide(ctx context.Context, actorID string, state store.State, r
 	if err != nil {
 		return err
 	}
-	if state != store.StateAccepted {
-		if _, err := r.store.DropDeliveries(ctx, store.DeliveryFilter{Subscriber: actorID}); err != nil {
-			return err
-		}
+	if state == store.StateAccepted {
+		r.queue.stats.revive(actorID)
+	} else if _, err := r.store.DropDeliveries(ctx, store.DeliveryFilter{Subscriber: actorID}); err != nil {
+		return err
 	}
 	return r.sendDecision(ctx, &s, followBack)
 }

@@ -136,7 +136,12 @@ func (i *Instance) serveGet(w http.ResponseWriter, r *http.Request) {
 	}
 	i.mu.Lock()
 	o, ok := i.objects[path]
+	var stored storedObject
+	if ok {
+		stored = *o // Edit and Delete change it under i.mu
+	}
 	i.mu.Unlock()
+	o = &stored
 	if !ok {
 		http.NotFound(w, r)
 		return

@@ -84,6 +84,11 @@ type Subscriber struct {
 	FollowBackState State  `json:"follow_back_state,omitempty"`
 	// Note is free text kept for the operator, such as a rejection reason.
 	Note string `json:"note,omitempty"`
+	// SignatureScheme is how deliveries to the subscriber are signed:
+	// SignatureCavage (or "", the default) or SignatureRFC9421. The relay
+	// sets it to SignatureRFC9421 when it is empty and the subscriber signs
+	// its own requests with RFC 9421; the operator may set it either way.
+	SignatureScheme string `json:"signature_scheme,omitempty"`
 	// CreatedAt is when the first Follow arrived; UpdatedAt the last change.
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
@@ -98,6 +103,17 @@ type Subscriber struct {
 	// while deliveries succeed.
 	FailingSince time.Time `json:"failing_since,omitzero"`
 }
+
+// Signature schemes of Subscriber.SignatureScheme.
+const (
+	// SignatureCavage is draft-cavage HTTP Signatures (the Signature header
+	// with keyId, algorithm, headers and signature), which every fediverse
+	// server accepts.
+	SignatureCavage = "cavage"
+	// SignatureRFC9421 is RFC 9421 HTTP Message Signatures with an RFC 9530
+	// Content-Digest, accepted by Mastodon 4.5 and later and Fedify.
+	SignatureRFC9421 = "rfc9421"
+)
 
 // DeliveryInbox returns the inbox deliveries go to: the shared inbox when the
 // subscriber has one, else its inbox.

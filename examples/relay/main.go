@@ -2,8 +2,21 @@
 //
 //	go run ./examples/relay -addr localhost:8080 -base-url http://localhost:8080 -data ./relay-data
 //
+// The relay refuses to fetch from or deliver to private and loopback
+// addresses, and plain http URLs; to try it with servers on your machine,
+// add -allow-private 127.0.0.0/8 (or the ranges they use).
+//
 // For production put it behind a TLS-terminating reverse proxy and pass the
-// public URL: -base-url https://relay.example.org. State lives in -data.
+// public URL: -base-url https://relay.example.org.
+//
+// State (subscribers, the relay key, policies, the delivery queue) lives in
+// a file store in the -data directory, which one relay process at a time
+// may use. Back it up and restore it with the export and import commands,
+// which read and write a JSON document holding the subscribers, values and
+// the relay's private key (keep backups secret):
+//
+//	relay export -data ./relay-data > backup.json
+//	relay import -data ./new-data < backup.json
 package main
 
 import (
@@ -11,35 +24,60 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/fedirelay/relay"
-	"github.com/fedirelay/relay/store/memstore"
+	"github.com/fedirelay/relay/store"
+	"github.com/fedirelay/relay/store/filestore"
 )
 
 func main() {
-	if err := run(os.Args[1:]); err != nil {
+	if err := run(os.Args[1:]); errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	} else if err != nil {
 		fmt.Fprintln(os.Stderr, "relay:", err)
 		os.Exit(1)
 	}
 }
 
 func run(args []string) error {
+	if len(args) > 0 && (args[0] == "export" || args[0] == "import") {
+		return runBackup(args[0], args[1:], os.Stdin, os.Stdout)
+	}
 	fs := flag.NewFlagSet("relay", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usage)
+		fs.PrintDefaults()
+	}
 	addr := fs.String("addr", "localhost:8080", "address to listen on")
 	baseURL := fs.String("base-url", "http://localhost:8080", "public URL of the relay (https://... in production)")
-	dataDir := fs.String("data", "relay-data", "directory for persistent state")
+	dataDir := fs.String("data", "relay-data", dataHelp)
 	name := fs.String("name", "fedirelay", "relay name shown to subscribers")
 	summary := fs.String("summary", "", "relay description")
 	approval := fs.Bool("approval", false, "hold subscription requests for manual approval")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	var allowPrivate []netip.Prefix
+	fs.Func("allow-private", "for local testing: let the relay fetch from and deliver to these private or reserved\n"+
+		"address ranges (comma-separated CIDRs, e.g. 127.0.0.0/8), and over plain http", func(v string) error {
+		for _, s := range strings.Split(v, ",") {
+			p, err := netip.ParsePrefix(strings.TrimSpace(s))
+			if err != nil {
+				return err
+			}
+			allowPrivate = append(allowPrivate, p)
+		}
+		return nil
+	})
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -53,6 +91,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	defer st.Close()
 	cfg := relay.Config{
 		BaseURL: *baseURL,
 		Store:   st,
@@ -62,6 +101,10 @@ func run(args []string) error {
 	}
 	if *approval {
 		cfg.FollowPolicy = relay.ManualApproval
+	}
+	if len(allowPrivate) > 0 {
+		cfg.AllowPrivate, cfg.AllowHTTP = allowPrivate, true
+		logger.Info("outbound guard relaxed for local testing: plain http and private ranges allowed", "ranges", allowPrivate)
 	}
 	r, err := relay.New(cfg)
 	if err != nil {
@@ -105,39 +148,93 @@ func run(args []string) error {
 	return r.Close(shutdownCtx)
 }
 
-// keyFile is where the relay key is kept in the data directory.
-const keyFile = "relay-key.pem"
+// usage is the help text printed before the flags.
+const usage = `Usage:
+  relay [flags]                      run the relay
+  relay export [-data DIR] > FILE    write the relay's state (subscribers, values,
+                                     the private key) to standard output as JSON
+  relay import [-data DIR] < FILE    read such a document into the data directory
+                                     (the relay must not be running); subscribers
+                                     and values it holds replace those stored
 
-// openStore prepares the data directory and a store whose relay key
-// persists there.
-func openStore(dir string) (*memstore.Store, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+Backups hold the relay's private key: keep them as secret as the key.
+
+Flags:
+`
+
+const dataHelp = "directory for persistent state (one relay process at a time)"
+
+// legacyKeyFile is where earlier versions of this command kept the relay
+// key, beside an in-memory store.
+const legacyKeyFile = "relay-key.pem"
+
+// keyValue is the store key of the relay's private key.
+const keyValue = "relay/private-key.pem"
+
+// openStore opens the file store in dir. A store without relay key adopts
+// the key file an earlier version left in dir, so the relay keeps its
+// identity.
+func openStore(dir string) (*filestore.Store, error) {
+	st, err := filestore.Open(dir, nil)
+	if errors.Is(err, filestore.ErrLocked) {
+		return nil, fmt.Errorf("%w (is the relay running?)", err)
+	}
+	if err != nil {
 		return nil, err
 	}
-	st := memstore.New()
-	path := filepath.Join(dir, keyFile)
-	pemBytes, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		key, err := relay.GenerateKey()
-		if err != nil {
-			return nil, err
+	ctx := context.Background()
+	if _, err := st.GetValue(ctx, keyValue); errors.Is(err, store.ErrNotFound) {
+		path := filepath.Join(dir, legacyKeyFile)
+		if pemBytes, err := os.ReadFile(path); err == nil {
+			if _, err := relay.ParsePrivateKeyPEM(pemBytes); err != nil {
+				st.Close()
+				return nil, fmt.Errorf("%s: %w", path, err)
+			}
+			if _, err := st.CreateValue(ctx, keyValue, pemBytes); err != nil {
+				st.Close()
+				return nil, err
+			}
 		}
-		if pemBytes, err = relay.MarshalPrivateKeyPEM(key); err != nil {
-			return nil, err
-		}
-		if err := os.WriteFile(path, pemBytes, 0o600); err != nil {
-			return nil, err
-		}
-	} else if err != nil {
-		return nil, err
-	}
-	if _, err := relay.ParsePrivateKeyPEM(pemBytes); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if err := st.PutValue(context.Background(), "relay/private-key.pem", pemBytes); err != nil {
-		return nil, err
 	}
 	return st, nil
+}
+
+// runBackup runs the export or import command with its flags.
+func runBackup(cmd string, args []string, stdin io.Reader, stdout io.Writer) error {
+	fs := flag.NewFlagSet("relay "+cmd, flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usage)
+		fs.PrintDefaults()
+	}
+	dataDir := fs.String("data", "relay-data", dataHelp)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%s: unexpected arguments %q", cmd, fs.Args())
+	}
+	if cmd == "export" { // do not create an empty store where there was none
+		_, err := os.Stat(filepath.Join(*dataDir, filestore.FileName))
+		if errors.Is(err, os.ErrNotExist) {
+			_, err = os.Stat(filepath.Join(*dataDir, legacyKeyFile))
+		}
+		if err != nil {
+			return fmt.Errorf("export: no relay state in %s: %w", *dataDir, err)
+		}
+	}
+	st, err := openStore(*dataDir)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	ctx := context.Background()
+	if cmd == "export" {
+		return store.Export(ctx, st, stdout)
+	}
+	if err := store.Import(ctx, st, stdin); err != nil {
+		return err
+	}
+	return st.Close()
 }
 
 func absPath(p string) string {

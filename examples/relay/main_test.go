@@ -57,7 +57,10 @@ func startRelayProcess(t *testing.T, dataDir string, args ...string) *relayProce
 	t.Helper()
 	addr := freeAddr(t)
 	base := "http://" + addr
-	cmd := exec.Command(os.Args[0], append([]string{"-addr", addr, "-base-url", base, "-data", dataDir, "-log-level", "warn"}, args...)...)
+	// The fake instances serve plain http on loopback, which the relay
+	// refuses by default.
+	cmd := exec.Command(os.Args[0], append([]string{"-addr", addr, "-base-url", base, "-data", dataDir, "-log-level", "warn",
+		"-allow-private", "127.0.0.0/8"}, args...)...)
 	cmd.Env = append(os.Environ(), runAsRelay+"=1")
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.StdoutPipe()

@@ -2,14 +2,23 @@
 // and ephemeral relays: all state lives in the process and is lost when it
 // exits or restarts.
 //
-// It is built for relay scale: the delivery queue keeps one min-heap of due
-// deliveries per host and a heap of hosts ordered by their earliest due
-// delivery, so Lease costs O((k + s) log n) for k leased deliveries and s
-// skipped hosts instead of a scan of the whole backlog. Subscribers are
-// indexed by host, payloads are reference-counted and deduplication marks
-// are reclaimed through an expiry heap.
+// It is built for relay scale. The delivery queue keeps a min-heap of ready
+// deliveries per host, ordered by (NotBefore, enqueue order), and a heap of
+// hosts ordered by their first ready delivery, so Lease costs
+// O((k + s) log n) for k leased deliveries and s hosts skipped (SkipHosts)
+// or filled up (PerHost), never a scan of the backlog. Leased deliveries
+// wait in a heap ordered by lease end. Every host and subscriber lists its
+// deliveries for CountDeliveries, DropDeliveries and ShedDeliveries, and
+// payloads are reference-counted and removed with their last delivery.
+// Subscribers are kept sorted by ActorID and indexed by host. Deduplication
+// marks are reclaimed through a heap ordered by expiry.
 //
-// A Store is safe for concurrent use by multiple goroutines of one process.
+// The queue only knows the time callers pass in LeaseRequest.Now, while
+// deduplication marks expire by the wall clock (time.Now), the only clock
+// MarkSeen has.
+//
+// A Store is safe for concurrent use by the goroutines of one process: one
+// lock serializes writers.
 package memstore
 
 import (
@@ -39,11 +48,11 @@ type Store struct {
 
 	values map[string][]byte
 
-	subs     map[string]*store.Subscriber   // by ActorID
-	subOrder []string                       // every ActorID, sorted
-	subHosts map[string]map[string]struct{} // Host -> ActorIDs
-	marks    map[string]*mark               // live (and not yet reclaimed) marks by id
-	markExp  markHeap                       // the marks of the map, by expiry
+	subs     map[string]*store.Subscriber              // by ActorID
+	subOrder []*store.Subscriber                       // the same, sorted by ActorID
+	subHosts map[string]map[*store.Subscriber]struct{} // the same, by Host
+	marks    map[string]*mark                          // live (and not yet reclaimed) marks by id
+	markExp  markHeap                                  // the marks of the map, by expiry
 
 	q queue
 }
@@ -54,7 +63,7 @@ func New() *Store {
 		now:      time.Now,
 		values:   make(map[string][]byte),
 		subs:     make(map[string]*store.Subscriber),
-		subHosts: make(map[string]map[string]struct{}),
+		subHosts: make(map[string]map[*store.Subscriber]struct{}),
 		marks:    make(map[string]*mark),
 		q:        newQueue(),
 	}
@@ -199,10 +208,10 @@ func (s *Store) UpdateSubscriber(ctx context.Context, actorID string, fn func(su
 		return store.Subscriber{}, err
 	}
 	defer s.mu.Unlock()
-	old, found := s.subs[actorID]
+	stored, found := s.subs[actorID]
 	sub := store.Subscriber{ActorID: actorID}
 	if found {
-		sub = *old
+		sub = *stored
 	}
 	if err := fn(&sub, found); err != nil {
 		return store.Subscriber{}, err
@@ -210,33 +219,42 @@ func (s *Store) UpdateSubscriber(ctx context.Context, actorID string, fn func(su
 	if sub.ActorID != actorID {
 		return store.Subscriber{}, errActorIDChanged
 	}
-	stored := sub // fn may keep the pointer it was given: store another copy
-	if !found {
-		i, _ := slices.BinarySearch(s.subOrder, actorID)
-		s.subOrder = slices.Insert(s.subOrder, i, actorID)
-		s.addSubHost(stored.Host, actorID)
-	} else if old.Host != stored.Host {
-		s.removeSubHost(old.Host, actorID)
-		s.addSubHost(stored.Host, actorID)
+	switch {
+	case !found:
+		stored = new(store.Subscriber)
+		*stored = sub
+		s.subs[actorID] = stored
+		i, _ := slices.BinarySearchFunc(s.subOrder, actorID, compareActorID)
+		s.subOrder = slices.Insert(s.subOrder, i, stored)
+		s.addSubHost(stored)
+	case stored.Host != sub.Host:
+		s.removeSubHost(stored)
+		*stored = sub
+		s.addSubHost(stored)
+	default:
+		*stored = sub // fn may keep the pointer it got: it is not stored
 	}
-	s.subs[actorID] = &stored
-	return stored, nil
+	return sub, nil
 }
 
-func (s *Store) addSubHost(host, actorID string) {
-	ids := s.subHosts[host]
-	if ids == nil {
-		ids = make(map[string]struct{})
-		s.subHosts[host] = ids
-	}
-	ids[actorID] = struct{}{}
+func compareActorID(sub *store.Subscriber, actorID string) int {
+	return strings.Compare(sub.ActorID, actorID)
 }
 
-func (s *Store) removeSubHost(host, actorID string) {
-	ids := s.subHosts[host]
-	delete(ids, actorID)
-	if len(ids) == 0 {
-		delete(s.subHosts, host)
+func (s *Store) addSubHost(sub *store.Subscriber) {
+	set := s.subHosts[sub.Host]
+	if set == nil {
+		set = make(map[*store.Subscriber]struct{})
+		s.subHosts[sub.Host] = set
+	}
+	set[sub] = struct{}{}
+}
+
+func (s *Store) removeSubHost(sub *store.Subscriber) {
+	set := s.subHosts[sub.Host]
+	delete(set, sub)
+	if len(set) == 0 {
+		delete(s.subHosts, sub.Host)
 	}
 }
 
@@ -252,8 +270,8 @@ func (s *Store) DeleteSubscriber(ctx context.Context, actorID string) error {
 		return nil
 	}
 	delete(s.subs, actorID)
-	s.removeSubHost(sub.Host, actorID)
-	if i, ok := slices.BinarySearch(s.subOrder, actorID); ok {
+	s.removeSubHost(sub)
+	if i, ok := slices.BinarySearchFunc(s.subOrder, actorID, compareActorID); ok {
 		s.subOrder = slices.Delete(s.subOrder, i, i+1)
 	}
 	return nil
@@ -267,18 +285,24 @@ func (s *Store) ListSubscribers(ctx context.Context, f store.SubscriberFilter) (
 		return nil, err
 	}
 	defer s.mu.RUnlock()
-	ids := s.subOrder
+	subs := s.subOrder
 	if f.Host != "" {
-		hostIDs := s.subHosts[f.Host]
-		ids = make([]string, 0, len(hostIDs))
-		for id := range hostIDs {
-			ids = append(ids, id)
+		set := s.subHosts[f.Host]
+		subs = make([]*store.Subscriber, 0, len(set))
+		for sub := range set {
+			subs = append(subs, sub)
 		}
-		slices.Sort(ids)
+		slices.SortFunc(subs, func(a, b *store.Subscriber) int { return strings.Compare(a.ActorID, b.ActorID) })
 	}
-	out := make([]store.Subscriber, 0, min(len(ids), 64))
-	for _, id := range ids {
-		if sub := s.subs[id]; f.Match(sub) {
+	n := 0 // count first: the result is allocated once
+	for _, sub := range subs {
+		if f.Match(sub) {
+			n++
+		}
+	}
+	out := make([]store.Subscriber, 0, n)
+	for _, sub := range subs {
+		if f.Match(sub) {
 			out = append(out, *sub)
 		}
 	}

@@ -23,7 +23,7 @@ import (
 // ready heaps, then pops hosts from due (setting skipped hosts aside) and
 // items from their ready heaps.
 //
-// Besides, every host keeps the set of its items (leased or not) for
+// Besides, every host lists all its items (leased or not) for
 // CountDeliveries, DropDeliveries and ShedDeliveries, bySub does the same
 // per subscriber, and payloads count the items that refer to them.
 type queue struct {
@@ -31,7 +31,7 @@ type queue struct {
 	byID     map[string]*item
 	payloads map[string]*payload
 	hosts    map[string]*hostQueue
-	bySub    map[string]map[*item]struct{}
+	bySub    map[string]*itemList
 	due      hostHeap  // hosts with ready items, by their earliest one
 	leased   leaseHeap // leased items, by lease expiry
 }
@@ -39,19 +39,66 @@ type queue struct {
 // item is a queued delivery.
 type item struct {
 	d        store.Delivery
-	seq      uint64 // enqueue order
+	key      dueKey // d.NotBefore and the enqueue order
 	host     *hostQueue
 	leased   bool
 	leaseEnd time.Time // when the lease expires, if leased
 	idx      int       // index in host.ready, or in queue.leased if leased
+	pos      [2]int    // index in the host's and the subscriber's itemList
 }
+
+// Lists an item is in, as indexes of item.pos.
+const (
+	hostList = iota
+	subList
+)
 
 // hostQueue holds the deliveries to one host.
 type hostQueue struct {
 	name  string
-	ready readyHeap          // unleased items
-	items map[*item]struct{} // every item, leased or not
-	idx   int                // index in queue.due, -1 if not in it
+	ready readyHeap // unleased items
+	all   itemList  // every item, leased or not
+	key   dueKey    // ready[0].key, if ready is not empty
+	idx   int       // index in queue.due, -1 if not in it
+}
+
+// dueKey orders ready items: by NotBefore (as seconds and nanoseconds, which
+// compare faster than time.Time), then by enqueue order.
+type dueKey struct {
+	sec  int64
+	nsec int32
+	seq  uint64
+}
+
+func newDueKey(notBefore time.Time, seq uint64) dueKey {
+	return dueKey{sec: notBefore.Unix(), nsec: int32(notBefore.Nanosecond()), seq: seq}
+}
+
+func (k dueKey) before(o dueKey) bool {
+	if k.sec != o.sec {
+		return k.sec < o.sec
+	}
+	if k.nsec != o.nsec {
+		return k.nsec < o.nsec
+	}
+	return k.seq < o.seq
+}
+
+// itemList is an unordered list of items with O(1) removal: an item keeps
+// its index in the list in item.pos[which].
+type itemList []*item
+
+func (l *itemList) add(it *item, which int) {
+	it.pos[which] = len(*l)
+	*l = append(*l, it)
+}
+
+func (l *itemList) remove(it *item, which int) {
+	s := *l
+	last := s[len(s)-1]
+	s[it.pos[which]], last.pos[which] = last, it.pos[which]
+	s[len(s)-1] = nil
+	*l = s[:len(s)-1]
 }
 
 // payload is a stored payload and the number of items referring to it.
@@ -65,7 +112,7 @@ func newQueue() queue {
 		byID:     make(map[string]*item),
 		payloads: make(map[string]*payload),
 		hosts:    make(map[string]*hostQueue),
-		bySub:    make(map[string]map[*item]struct{}),
+		bySub:    make(map[string]*itemList),
 	}
 }
 
@@ -122,20 +169,20 @@ func (s *Store) Enqueue(ctx context.Context, payloads []store.Payload, deliverie
 func (q *queue) add(d store.Delivery) {
 	h := q.hosts[d.Host]
 	if h == nil {
-		h = &hostQueue{name: d.Host, items: make(map[*item]struct{}), idx: -1}
+		h = &hostQueue{name: d.Host, idx: -1}
 		q.hosts[d.Host] = h
 	}
 	q.seq++
-	it := &item{d: d, seq: q.seq, host: h}
+	it := &item{d: d, key: newDueKey(d.NotBefore, q.seq), host: h}
 	q.byID[d.ID] = it
-	h.items[it] = struct{}{}
+	h.all.add(it, hostList)
 	if d.Subscriber != "" {
-		set := q.bySub[d.Subscriber]
-		if set == nil {
-			set = make(map[*item]struct{})
-			q.bySub[d.Subscriber] = set
+		l := q.bySub[d.Subscriber]
+		if l == nil {
+			l = new(itemList)
+			q.bySub[d.Subscriber] = l
 		}
-		set[it] = struct{}{}
+		l.add(it, subList)
 	}
 	q.payloads[d.PayloadID].refs++
 	q.makeReady(it)
@@ -158,16 +205,18 @@ func (q *queue) unlink(it *item) {
 	q.fixHost(it.host)
 }
 
-// fixHost restores h's place in q.due after its ready heap changed.
+// fixHost restores h's key and place in q.due after its ready heap changed.
 func (q *queue) fixHost(h *hostQueue) {
-	switch {
-	case len(h.ready) == 0:
+	if len(h.ready) == 0 {
 		if h.idx >= 0 {
 			heap.Remove(&q.due, h.idx)
 		}
-	case h.idx < 0:
+		return
+	}
+	h.key = h.ready[0].key
+	if h.idx < 0 {
 		heap.Push(&q.due, h)
-	default:
+	} else {
 		heap.Fix(&q.due, h.idx)
 	}
 }
@@ -178,14 +227,14 @@ func (q *queue) remove(it *item) {
 	q.unlink(it)
 	h := it.host
 	delete(q.byID, it.d.ID)
-	delete(h.items, it)
-	if len(h.items) == 0 {
+	h.all.remove(it, hostList)
+	if len(h.all) == 0 {
 		delete(q.hosts, h.name)
 	}
 	if sub := it.d.Subscriber; sub != "" {
-		set := q.bySub[sub]
-		delete(set, it)
-		if len(set) == 0 {
+		l := q.bySub[sub]
+		l.remove(it, subList)
+		if len(*l) == 0 {
 			delete(q.bySub, sub)
 		}
 	}
@@ -303,6 +352,7 @@ func (s *Store) Retry(ctx context.Context, d store.Delivery) error {
 	}
 	s.q.unlink(it)
 	it.d.Attempts, it.d.NotBefore, it.d.LastError = d.Attempts, d.NotBefore, d.LastError
+	it.key = newDueKey(d.NotBefore, it.key.seq)
 	s.q.makeReady(it)
 	return nil
 }
@@ -316,22 +366,20 @@ func (q *queue) matching(f store.DeliveryFilter) []*item {
 			out = append(out, it)
 		}
 	}
-	var hostItems, subItems map[*item]struct{}
-	if f.Host != "" {
-		if h := q.hosts[f.Host]; h != nil {
-			hostItems = h.items
-		}
+	var hostItems, subItems itemList
+	if h := q.hosts[f.Host]; h != nil && f.Host != "" {
+		hostItems = h.all
 	}
-	if f.Subscriber != "" {
-		subItems = q.bySub[f.Subscriber]
+	if l := q.bySub[f.Subscriber]; l != nil && f.Subscriber != "" {
+		subItems = *l
 	}
 	switch {
 	case f.Host != "" && (f.Subscriber == "" || len(hostItems) <= len(subItems)):
-		for it := range hostItems {
+		for _, it := range hostItems {
 			add(it)
 		}
 	case f.Subscriber != "":
-		for it := range subItems {
+		for _, it := range subItems {
 			add(it)
 		}
 	default:
@@ -370,11 +418,14 @@ func (s *Store) CountDeliveries(ctx context.Context, f store.DeliveryFilter) (in
 		return len(q.byID), nil
 	case f.Subscriber == "":
 		if h := q.hosts[f.Host]; h != nil {
-			return len(h.items), nil
+			return len(h.all), nil
 		}
 		return 0, nil
 	case f.Host == "":
-		return len(q.bySub[f.Subscriber]), nil
+		if l := q.bySub[f.Subscriber]; l != nil {
+			return len(*l), nil
+		}
+		return 0, nil
 	}
 	return len(q.matching(f)), nil
 }
@@ -391,7 +442,7 @@ func (s *Store) ShedDeliveries(ctx context.Context, host string, keep int, types
 	if h == nil {
 		return 0, nil
 	}
-	excess := len(h.items) - max(keep, 0)
+	excess := len(h.all) - max(keep, 0)
 	if excess <= 0 || len(types) == 0 {
 		return 0, nil
 	}
@@ -402,7 +453,7 @@ func (s *Store) ShedDeliveries(ctx context.Context, host string, keep int, types
 		}
 	}
 	slices.SortFunc(victims, func(a, b *item) int {
-		return cmp.Or(a.d.Created.Compare(b.d.Created), a.d.NotBefore.Compare(b.d.NotBefore), cmp.Compare(a.seq, b.seq))
+		return cmp.Or(a.d.Created.Compare(b.d.Created), a.d.NotBefore.Compare(b.d.NotBefore), cmp.Compare(a.key.seq, b.key.seq))
 	})
 	victims = victims[:min(excess, len(victims))]
 	for _, it := range victims {
@@ -411,11 +462,11 @@ func (s *Store) ShedDeliveries(ctx context.Context, host string, keep int, types
 	return len(victims), nil
 }
 
-// readyHeap orders a host's unleased items by (NotBefore, seq).
+// readyHeap orders a host's unleased items by key.
 type readyHeap []*item
 
 func (h readyHeap) Len() int           { return len(h) }
-func (h readyHeap) Less(i, j int) bool { return readyBefore(h[i], h[j]) }
+func (h readyHeap) Less(i, j int) bool { return h[i].key.before(h[j].key) }
 func (h readyHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
 	h[i].idx, h[j].idx = i, j
@@ -432,13 +483,6 @@ func (h *readyHeap) Pop() any {
 	*h = old[:len(old)-1]
 	it.idx = -1
 	return it
-}
-
-func readyBefore(a, b *item) bool {
-	if c := a.d.NotBefore.Compare(b.d.NotBefore); c != 0 {
-		return c < 0
-	}
-	return a.seq < b.seq
 }
 
 // leaseHeap orders leased items by lease end.
@@ -464,11 +508,11 @@ func (h *leaseHeap) Pop() any {
 	return it
 }
 
-// hostHeap orders hosts with ready items by their first ready item.
+// hostHeap orders hosts with ready items by the key of their first one.
 type hostHeap []*hostQueue
 
 func (h hostHeap) Len() int           { return len(h) }
-func (h hostHeap) Less(i, j int) bool { return readyBefore(h[i].ready[0], h[j].ready[0]) }
+func (h hostHeap) Less(i, j int) bool { return h[i].key.before(h[j].key) }
 func (h hostHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
 	h[i].idx, h[j].idx = i, j

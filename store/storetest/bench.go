@@ -34,23 +34,25 @@ func Benchmark(b *testing.B, newStore func(b *testing.B) store.Store) {
 	b.Run("MarkSeen", func(b *testing.B) { benchMarkSeen(b, newStore(b)) })
 }
 
-// benchDeliveries returns n deliveries of payloadID spread over hosts hosts,
-// due at t0 + i milliseconds.
-func benchDeliveries(prefix, payloadID string, n, hosts int) []store.Delivery {
+// benchDeliveries returns deliveries first ... first+n-1 of payloadID:
+// delivery i goes to host i%hosts and is due at t0 + i milliseconds.
+func benchDeliveries(prefix, payloadID string, first, n, hosts int) []store.Delivery {
 	ds := make([]store.Delivery, n)
-	for i := range ds {
-		ds[i] = delivery(prefix+strconv.Itoa(i), payloadID, "h"+strconv.Itoa(i%hosts)+".example",
+	for j := range ds {
+		i := first + j
+		ds[j] = delivery(prefix+strconv.Itoa(i), payloadID, "h"+strconv.Itoa(i%hosts)+".example",
 			at(time.Duration(i)*time.Millisecond))
 	}
 	return ds
 }
 
-// fill enqueues n deliveries over hosts hosts, 100 per payload.
+// fill enqueues n deliveries as benchDeliveries numbers them, 100 per
+// payload.
 func fill(b *testing.B, s store.Store, prefix string, n, hosts int) {
 	b.Helper()
 	for i := 0; i < n; i += 100 {
-		pid := fmt.Sprintf("%sp%d", prefix, i)
-		ds := benchDeliveries(fmt.Sprintf("%s%d-", prefix, i), pid, min(100, n-i), hosts)
+		pid := prefix + "p" + strconv.Itoa(i)
+		ds := benchDeliveries(prefix, pid, i, min(100, n-i), hosts)
 		if err := s.Enqueue(b.Context(), []store.Payload{payload(pid)}, ds); err != nil {
 			b.Fatal(err)
 		}
@@ -62,7 +64,7 @@ func benchEnqueue(b *testing.B, s store.Store) {
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		pid := "p" + strconv.Itoa(i)
-		if err := s.Enqueue(ctx, []store.Payload{payload(pid)}, benchDeliveries(pid+"-", pid, 100, 100)); err != nil {
+		if err := s.Enqueue(ctx, []store.Payload{payload(pid)}, benchDeliveries(pid+"-", pid, 0, 100, 100)); err != nil {
 			b.Fatal(err)
 		}
 	}

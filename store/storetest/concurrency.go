@@ -148,6 +148,7 @@ func testConcurrency(t *testing.T, newStore factory) {
 		)
 		produced.Add(producers)
 		go func() { produced.Wait(); close(done) }()
+		deadline := time.Now().Add(30 * time.Second)
 		parallel(producers+consumers, func(w int) {
 			if w < producers {
 				defer produced.Done()
@@ -174,6 +175,10 @@ func testConcurrency(t *testing.T, newStore factory) {
 							return
 						}
 					default:
+					}
+					if time.Now().After(deadline) {
+						assert.Fail(t, "the queue did not drain")
+						return
 					}
 					time.Sleep(time.Millisecond)
 					continue

@@ -120,17 +120,17 @@ func testQueue(t *testing.T, newStore factory) {
 		for _, x := range []struct {
 			id   string
 			host string
-			sec  int
+			ms   int
 		}{
-			{"a5", a, 5}, {"b1", b, 1}, {"c7", c, 7}, {"a3", a, 3},
-			{"c2", c, 2}, {"b6", b, 6}, {"b4", b, 4}, {"c0", c, 0},
+			{"a5", a, 5000}, {"b1", b, 1000}, {"c7", c, 7000}, {"a3", a, 3000}, {"a7", a, 7001},
+			{"c2", c, 2000}, {"b6", b, 6000}, {"b4", b, 4000}, {"c0", c, 0}, {"b7", b, 6999},
 		} {
-			ds = append(ds, delivery(x.id, "p", x.host, at(time.Duration(x.sec)*time.Second)))
+			ds = append(ds, delivery(x.id, "p", x.host, at(time.Duration(x.ms)*time.Millisecond)))
 		}
 		enqueue(t, s, []store.Payload{payload("p")}, ds...)
 		assert.Equal(t, []string{"c0", "b1", "c2"}, leaseIDs(t, s, far, 3, hour),
 			"Lease must return the oldest NotBefore first, across hosts")
-		assert.Equal(t, []string{"a3", "b4", "a5", "b6", "c7"}, leaseIDs(t, s, far, 100, hour))
+		assert.Equal(t, []string{"a3", "b4", "a5", "b6", "b7", "c7", "a7"}, leaseIDs(t, s, far, 100, hour))
 	})
 
 	subtest(t, newStore, "LeaseLimit", func(t *testing.T, s store.Store) {
@@ -230,7 +230,8 @@ func testQueue(t *testing.T, newStore factory) {
 	subtest(t, newStore, "Complete", func(t *testing.T, s store.Store) {
 		ctx := t.Context()
 		enqueue(t, s, []store.Payload{payload("shared"), payload("own")},
-			delivery("d1", "shared", a, t0), delivery("d2", "shared", b, t0), delivery("d3", "own", c, t0))
+			delivery("d1", "shared", a, t0), delivery("d2", "shared", b, at(time.Second)),
+			delivery("d3", "own", c, at(2*time.Second)))
 		require.Equal(t, []string{"d1"}, leaseIDs(t, s, t0, 1, minute))
 
 		require.NoError(t, s.Complete(ctx, "d1"), "Complete of a leased delivery")
@@ -272,6 +273,17 @@ func testQueue(t *testing.T, newStore factory) {
 		arg.Attempts, arg.NotBefore, arg.LastError = 2, at(6*minute), ""
 		require.NoError(t, s.Retry(ctx, arg))
 		assertDeliveries(t, []store.Delivery{arg}, lease(t, s, at(6*minute), 10, hour))
+	})
+
+	subtest(t, newStore, "RetryLater", func(t *testing.T, s store.Store) {
+		// A delivery retried later no longer holds its place.
+		enqueue(t, s, []store.Payload{payload("p")},
+			delivery("d1", "p", a, t0), delivery("d2", "p", a, at(minute)), delivery("d3", "p", b, at(2*minute)))
+		require.Equal(t, []string{"d1"}, leaseIDs(t, s, t0, 1, hour))
+		d1 := delivery("d1", "p", a, at(hour))
+		require.NoError(t, s.Retry(t.Context(), d1))
+		assert.Equal(t, []string{"d2", "d3"}, leaseIDs(t, s, at(3*minute), 10, hour))
+		assert.Equal(t, []string{"d1"}, leaseIDs(t, s, at(hour), 10, hour))
 	})
 
 	subtest(t, newStore, "RetryEarlier", func(t *testing.T, s store.Store) {

@@ -41,6 +41,30 @@ import (
 // Close() error method, Closed. Subtests do not run in parallel with each
 // other; the Concurrency group calls a single store from many goroutines and
 // is meant to be run with -race.
+//
+// Where store.Store leaves room, the suite reads the contract as follows,
+// and checks no more than that:
+//
+//   - Times keep at least microsecond precision; zero times stay zero.
+//   - ListSubscribers orders ActorIDs bytewise, as Go compares strings (in
+//     PostgreSQL: COLLATE "C"); ListValues prefixes are literal, so LIKE or
+//     glob metacharacters in them must be escaped.
+//   - An empty value (nil or not) is stored and GetValue finds it.
+//   - fn changing ActorID in UpdateSubscriber must not store anything under
+//     another key (failing, or keeping the key, are both accepted).
+//   - Enqueue fails, storing nothing, for an empty Delivery.ID.
+//   - Lease with Limit <= 0 may fail or return nothing, and leases nothing;
+//     SkipHosts entries set to false do not skip; ties in NotBefore may be
+//     leased in any order; the exact lease end (Now == lease start +
+//     Duration) is not tested.
+//   - Retry ignores the fields of d other than ID, Attempts, NotBefore and
+//     LastError, and needs no live lease.
+//   - CountDeliveries with a zero filter counts every delivery; deliveries
+//     whose lease is running count as queued. DropDeliveries with a zero
+//     filter is not tested.
+//   - A delivery whose lease is running is never shed.
+//   - Deduplication marks expire by the store's clock, which is assumed to
+//     be within minutes of the test's wall clock.
 func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 	t.Helper()
 	groups := []struct {
@@ -79,23 +103,10 @@ var t0 = time.Date(2025, time.March, 14, 15, 9, 26, 535897000, time.UTC)
 func at(d time.Duration) time.Time { return t0.Add(d) }
 
 // norm makes times comparable with assert.Equal: it drops the location and
-// monotonic reading, and the nanoseconds a store may truncate.
+// monotonic reading, and the nanoseconds a store may truncate. Two times
+// that norm maps to the same value are Equal up to microseconds.
 func norm(tm time.Time) time.Time {
 	return tm.Truncate(time.Microsecond).UTC()
-}
-
-// sameTime reports whether got is want, possibly truncated to microseconds.
-func sameTime(want, got time.Time) bool {
-	return got.Equal(want) || got.Equal(want.Truncate(time.Microsecond))
-}
-
-// assertTime checks that got is want, possibly truncated to microseconds.
-func assertTime(t *testing.T, want, got time.Time, msgAndArgs ...any) bool {
-	t.Helper()
-	if sameTime(want, got) {
-		return true
-	}
-	return assert.Fail(t, "times differ: want "+want.String()+", got "+got.String(), msgAndArgs...)
 }
 
 func normSubscriber(s store.Subscriber) store.Subscriber {
@@ -105,8 +116,7 @@ func normSubscriber(s store.Subscriber) store.Subscriber {
 	return s
 }
 
-// assertSubscriber checks that got equals want, times compared as in
-// assertTime.
+// assertSubscriber checks that got equals want, times compared with norm.
 func assertSubscriber(t *testing.T, want, got store.Subscriber, msgAndArgs ...any) bool {
 	t.Helper()
 	return assert.Equal(t, normSubscriber(want), normSubscriber(got), msgAndArgs...)
@@ -117,8 +127,8 @@ func normDelivery(d store.Delivery) store.Delivery {
 	return d
 }
 
-// assertDeliveries checks that got lists want in order, times compared as
-// in assertTime.
+// assertDeliveries checks that got lists want in order, times compared
+// with norm.
 func assertDeliveries(t *testing.T, want, got []store.Delivery, msgAndArgs ...any) bool {
 	t.Helper()
 	w := make([]store.Delivery, len(want))

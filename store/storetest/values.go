@@ -110,7 +110,8 @@ func testValues(t *testing.T, newStore factory) {
 		assert.Empty(t, empty)
 
 		// Keys with LIKE and glob metacharacters: prefixes are literal.
-		keys := []string{"policy/a", "policy/b", "policyx", "key", "p%1", "pa1", "p_1", "k*1", "kx1", "k[1]", "k?1"}
+		keys := []string{"policy/a", "policy/b", "policyx", "old/policy/c", "key", "monkey",
+			"p%1", "pa1", "p_1", "k*1", "kx1", "k[1]", "k?1"}
 		for _, k := range keys {
 			require.NoError(t, s.PutValue(ctx, k, []byte("v:"+k)))
 		}

@@ -1,0 +1,27 @@
+package relay
+
+import "time"
+
+// Clock is the relay's source of time. The relay reads the time (signature
+// dates, retry schedules, circuit-breaker cool-offs, dormancy, statistics)
+// and waits for it (the delivery dispatcher's polls, the periodic flush of
+// delivery statistics) only through its Clock, so that tests can run a relay
+// on a fake clock and move time forward at will. Network timeouts
+// (Config.RequestTimeout) are the one exception: they always use real time.
+//
+// A Clock must be safe for concurrent use.
+type Clock interface {
+	// Now returns the current time.
+	Now() time.Time
+	// After returns a channel that receives the current time once d has
+	// passed, like time.After. The relay does not stop these waits; an
+	// implementation must not leak resources when the channel is never
+	// read (a buffered channel of one is enough).
+	After(d time.Duration) <-chan time.Time
+}
+
+// realClock is the Clock used when Config.Clock is nil: the system clock.
+type realClock struct{}
+
+func (realClock) Now() time.Time                         { return time.Now() }
+func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }

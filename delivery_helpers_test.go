@@ -1,0 +1,344 @@
+package relay_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"maps"
+	"net/http"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/fedirelay/relay"
+	"github.com/fedirelay/relay/memnet"
+	"github.com/fedirelay/relay/relaytest"
+	"github.com/fedirelay/relay/store"
+	"github.com/fedirelay/relay/store/memstore"
+)
+
+// fakeClock is a relay.Clock that moves only when the test says so.
+type fakeClock struct {
+	mu      sync.Mutex
+	now     time.Time
+	waiters []clockWaiter
+}
+
+type clockWaiter struct {
+	at time.Time
+	ch chan time.Time
+}
+
+func newFakeClock() *fakeClock {
+	return &fakeClock{now: time.Now().Truncate(time.Second)}
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) After(d time.Duration) <-chan time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch := make(chan time.Time, 1)
+	if d <= 0 {
+		ch <- c.now
+		return ch
+	}
+	c.waiters = append(c.waiters, clockWaiter{at: c.now.Add(d), ch: ch})
+	return ch
+}
+
+// Advance moves the clock forward by d and fires the waits that are over.
+func (c *fakeClock) Advance(d time.Duration) { c.Set(c.Now().Add(d)) }
+
+// Set moves the clock to t (if later) and fires the waits that are over.
+func (c *fakeClock) Set(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t.After(c.now) {
+		c.now = t
+	}
+	kept := c.waiters[:0]
+	for _, w := range c.waiters {
+		if w.at.After(c.now) {
+			kept = append(kept, w)
+			continue
+		}
+		w.ch <- c.now
+	}
+	c.waiters = kept
+}
+
+// spyStore wraps a memstore and records what the relay asks of the queue.
+type spyStore struct {
+	store.Store
+	mu       sync.Mutex
+	leases   []store.LeaseRequest // completed Lease calls
+	leased   map[string]int       // Attempts of each delivery when last leased
+	retries  []store.Delivery     // Retry calls
+	burned   int                  // Retry calls that counted an attempt
+	failOnce bool                 // fail the first Complete of every delivery
+	failed   map[string]bool
+}
+
+func newSpyStore() *spyStore {
+	return &spyStore{Store: memstore.New(), leased: map[string]int{}, failed: map[string]bool{}}
+}
+
+func (s *spyStore) Lease(ctx context.Context, r store.LeaseRequest) ([]store.Delivery, error) {
+	ds, err := s.Store.Lease(ctx, r)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r.SkipHosts = maps.Clone(r.SkipHosts)
+	s.leases = append(s.leases, r)
+	for _, d := range ds {
+		s.leased[d.ID] = d.Attempts
+	}
+	return ds, err
+}
+
+func (s *spyStore) Retry(ctx context.Context, d store.Delivery) error {
+	s.mu.Lock()
+	s.retries = append(s.retries, d)
+	if d.Attempts > s.leased[d.ID] {
+		s.burned++
+	}
+	s.mu.Unlock()
+	return s.Store.Retry(ctx, d)
+}
+
+func (s *spyStore) Complete(ctx context.Context, id string) error {
+	s.mu.Lock()
+	fail := s.failOnce && !s.failed[id]
+	s.failed[id] = true
+	s.mu.Unlock()
+	if fail {
+		return errors.New("spy: injected failure")
+	}
+	return s.Store.Complete(ctx, id)
+}
+
+// retriesWith returns the Retry calls that recorded n attempts.
+func (s *spyStore) retriesWith(n int) []store.Delivery {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []store.Delivery
+	for _, d := range s.retries {
+		if d.Attempts == n {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+func (s *spyStore) burnedAttempts() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.burned
+}
+
+// leaseAt returns the first Lease call whose Now is at or after at, if
+// any.
+func (s *spyStore) leaseAt(at time.Time) (store.LeaseRequest, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, r := range s.leases {
+		if !r.Now.Before(at) {
+			return r, true
+		}
+	}
+	return store.LeaseRequest{}, false
+}
+
+var (
+	relayKeyOnce sync.Once
+	relayKeyPEM  []byte
+)
+
+// testRelayKey returns one relay key for all tests: generating a key per
+// relay would dominate their run time.
+func testRelayKey(t testing.TB) []byte {
+	relayKeyOnce.Do(func() {
+		k, err := relay.GenerateKey()
+		if err != nil {
+			panic(err)
+		}
+		relayKeyPEM, _ = relay.MarshalPrivateKeyPEM(k)
+	})
+	return relayKeyPEM
+}
+
+// memEnv is a relay on an in-memory network with a fake clock and a spy
+// store.
+type memEnv struct {
+	t     *testing.T
+	net   *memnet.Network
+	clock *fakeClock
+	st    *spyStore
+	r     *relay.Relay
+}
+
+const (
+	memRelayInbox = "https://relay.test/inbox"
+	memRelayActor = "https://relay.test/actor"
+	// farSkew lets the fake clock drift from the real one (which the fake
+	// instances sign with) without failing signatures.
+	farSkew = 30 * 24 * time.Hour
+)
+
+// newMemEnv starts a relay at https://relay.test on a fresh memnet
+// network, with a fake clock and a spy store, and closes it at the end of
+// the test.
+func newMemEnv(t *testing.T, cfg relay.Config) *memEnv {
+	t.Helper()
+	e := &memEnv{t: t, net: &memnet.Network{}, clock: newFakeClock(), st: newSpyStore()}
+	require.NoError(t, e.st.PutValue(context.Background(), "relay/private-key.pem", testRelayKey(t)))
+	e.r = e.newRelay(cfg)
+	require.NoError(t, e.r.Start())
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		require.NoError(t, e.r.Close(ctx))
+	})
+	return e
+}
+
+// newRelay creates (without starting) a relay on e's network, store and
+// clock, and routes relay.test to it.
+func (e *memEnv) newRelay(cfg relay.Config) *relay.Relay {
+	e.t.Helper()
+	cfg.BaseURL = "https://relay.test"
+	cfg.Store = e.st
+	cfg.Transport = e.net
+	cfg.Clock = e.clock
+	cfg.SignatureMaxAge, cfg.ClockSkew = farSkew, farSkew
+	cfg.MaxActivityAge = farSkew
+	if cfg.Logger == nil {
+		cfg.Logger = quietLogger()
+		if os.Getenv("RELAY_TEST_LOG") != "" {
+			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		}
+	}
+	r, err := relay.New(cfg)
+	require.NoError(e.t, err)
+	e.net.Handle("relay.test", r.Handler())
+	return r
+}
+
+// instance starts a fake Mastodon on e's network under host.
+func (e *memEnv) instance(host string) *relaytest.Instance {
+	return relaytest.NewInstance(e.t, relaytest.Mastodon, relaytest.Options{
+		Network: e.net, Host: host, MaxClockSkew: farSkew, Logf: func(string, ...any) {},
+	})
+}
+
+// subscribed starts subscribed fake Mastodons, one per host.
+func (e *memEnv) subscribed(hosts ...string) []*relaytest.Instance {
+	e.t.Helper()
+	var out []*relaytest.Instance
+	for _, h := range hosts {
+		i := e.instance(h)
+		_, err := i.Subscribe(context.Background(), memRelayInbox, memRelayActor)
+		require.NoError(e.t, err)
+		i.WaitSubscribed(e.t, wait)
+		out = append(out, i)
+	}
+	return out
+}
+
+// post publishes a note from i through the relay.
+func (e *memEnv) post(i *relaytest.Instance, text string) *relaytest.Note {
+	e.t.Helper()
+	n, err := i.Post(context.Background(), memRelayInbox, "alice", text)
+	require.NoError(e.t, err)
+	return n
+}
+
+// eventually waits for cond; wait is a failure bound, not a performance
+// check.
+func (e *memEnv) eventually(cond func() bool, msgAndArgs ...any) {
+	e.t.Helper()
+	require.Eventually(e.t, cond, wait, time.Millisecond, msgAndArgs...)
+}
+
+// settled waits until the relay has nothing in flight.
+func (e *memEnv) settled() relay.DeliveryStatus {
+	e.t.Helper()
+	var st relay.DeliveryStatus
+	e.eventually(func() bool {
+		var err error
+		st, err = e.r.DeliveryStatus(context.Background())
+		return err == nil && st.InFlight == 0
+	}, "deliveries in flight do not finish")
+	return st
+}
+
+// circuit returns the breaker state of host.
+func (e *memEnv) circuit(host string) relay.HostStatus {
+	st, err := e.r.DeliveryStatus(context.Background())
+	require.NoError(e.t, err)
+	for _, h := range st.Hosts {
+		if h.Host == host {
+			return h
+		}
+	}
+	return relay.HostStatus{Host: host, Circuit: "closed"}
+}
+
+// advance moves the fake clock and waits until the dispatcher has looked
+// at the queue at the new time.
+func (e *memEnv) advance(d time.Duration) {
+	e.t.Helper()
+	e.clock.Advance(d)
+	at := e.clock.Now()
+	e.eventually(func() bool { _, ok := e.st.leaseAt(at); return ok }, "no lease at the new time")
+}
+
+// backlog returns the number of deliveries queued for host.
+func (e *memEnv) backlog(host string) int {
+	e.t.Helper()
+	n, err := e.st.CountDeliveries(context.Background(), store.DeliveryFilter{Host: host})
+	require.NoError(e.t, err)
+	return n
+}
+
+// faultPlan answers the relay's deliveries (POSTs) to an instance with a
+// chosen status, and counts them.
+type faultPlan struct {
+	mu     sync.Mutex
+	status int // 0 lets requests through
+	posts  int
+	dates  []string
+}
+
+func (f *faultPlan) set(status int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.status = status
+}
+
+func (f *faultPlan) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.posts
+}
+
+func (f *faultPlan) install(i *relaytest.Instance) *faultPlan {
+	i.SetFault(func(r *http.Request) int {
+		if r.Method != http.MethodPost {
+			return 0
+		}
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.posts++
+		f.dates = append(f.dates, r.Header.Get("Date"))
+		return f.status
+	})
+	return f
+}

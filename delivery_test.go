@@ -1,0 +1,569 @@
+package relay_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/fedirelay/relay"
+	"github.com/fedirelay/relay/relaytest"
+	"github.com/fedirelay/relay/store"
+)
+
+// TestRetryBackoffSchedule follows one delivery to a failing inbox: each
+// attempt is signed anew with a fresh Date, the delay doubles with ±20 %
+// jitter, and the delivery is given up after MaxAttempts.
+func TestRetryBackoffSchedule(t *testing.T) {
+	e := newMemEnv(t, relay.Config{RetryBackoff: time.Minute, MaxAttempts: 5, BreakerThreshold: -1})
+	in := e.subscribed("a.test", "b.test")
+	f := (&faultPlan{status: http.StatusServiceUnavailable}).install(in[1])
+	e.post(in[0], "hello")
+
+	var delays []time.Duration
+	var attemptTimes []time.Time
+	for n := 1; n < 5; n++ {
+		var d store.Delivery
+		e.eventually(func() bool {
+			rs := e.st.retriesWith(n)
+			if len(rs) == 1 {
+				d = rs[0]
+			}
+			return len(rs) == 1
+		}, "retry %d", n)
+		attemptTimes = append(attemptTimes, e.clock.Now())
+		delay := d.NotBefore.Sub(e.clock.Now())
+		nominal := time.Minute << (n - 1)
+		assert.GreaterOrEqual(t, delay, nominal*8/10, "delay after attempt %d", n)
+		assert.LessOrEqual(t, delay, nominal*12/10, "delay after attempt %d", n)
+		assert.Equal(t, "HTTP 503", d.LastError)
+		delays = append(delays, delay)
+		e.clock.Set(d.NotBefore) // the next attempt is due exactly now
+	}
+	// The fifth attempt is the last: the delivery is dropped.
+	e.eventually(func() bool { return f.count() == 5 && e.backlog("b.test") == 0 }, "given up after 5 attempts")
+	attemptTimes = append(attemptTimes, e.clock.Now())
+	assert.Empty(t, e.st.retriesWith(5))
+
+	jittered := false
+	for n, d := range delays {
+		jittered = jittered || d != time.Minute<<n
+	}
+	assert.True(t, jittered, "delays have jitter: %v", delays)
+
+	// Every attempt carried the Date of its own time.
+	f.mu.Lock()
+	dates := append([]string(nil), f.dates...)
+	f.mu.Unlock()
+	require.Len(t, dates, 5)
+	for k, at := range attemptTimes {
+		assert.Equal(t, at.UTC().Format(http.TimeFormat), dates[k], "Date of attempt %d", k+1)
+	}
+
+	s, err := e.r.Status(context.Background(), in[1].RelayActorID())
+	require.NoError(t, err)
+	assert.EqualValues(t, 5, s.Failed)
+	assert.EqualValues(t, 1, s.Delivered, "the Accept only")
+	assert.Equal(t, "HTTP 503", s.LastError)
+	assert.Zero(t, s.Backlog)
+}
+
+// TestRetryIsSignedAnewAndDeliveredOnce: after failures, the attempt that
+// succeeds carries a valid signature with a fresh Date, and the subscriber
+// gets exactly one copy.
+func TestRetryIsSignedAnewAndDeliveredOnce(t *testing.T) {
+	e := newMemEnv(t, relay.Config{RetryBackoff: time.Minute, BreakerThreshold: -1})
+	in := e.subscribed("a.test", "b.test")
+	f := (&faultPlan{status: http.StatusInternalServerError}).install(in[1])
+	note := e.post(in[0], "hello")
+	for n := 1; n <= 2; n++ {
+		var d store.Delivery
+		e.eventually(func() bool {
+			rs := e.st.retriesWith(n)
+			if len(rs) > 0 {
+				d = rs[0]
+			}
+			return len(rs) > 0
+		})
+		if n == 2 {
+			f.set(0)
+		}
+		e.clock.Set(d.NotBefore)
+	}
+	rc := waitFor(t, in[1], "Create", note.ID)
+	assert.Equal(t, e.clock.Now().UTC().Format(http.TimeFormat), rc.Header.Get("Date"))
+	assert.Len(t, in[1].Rejected(), 2, "the third attempt verified")
+	e.settled()
+	assert.Equal(t, 1, countFor(in[1], "Create", note.ID))
+
+	s, err := e.r.Status(context.Background(), in[1].RelayActorID())
+	require.NoError(t, err)
+	assert.EqualValues(t, 2, s.Delivered, "the Accept and the post")
+	assert.EqualValues(t, 2, s.Failed)
+	assert.True(t, e.clock.Now().Equal(s.LastSuccess), "last success %v", s.LastSuccess)
+	assert.Equal(t, "HTTP 500", s.LastError)
+	assert.True(t, s.FailingSince.IsZero(), "no failure run after a success")
+	assert.Equal(t, store.StateAccepted, s.State)
+}
+
+// TestWhichFailuresAreRetried: 4xx answers other than 408 and 429 are not
+// retried; 408, 429, 5xx and transport errors are.
+func TestWhichFailuresAreRetried(t *testing.T) {
+	for _, tc := range []struct {
+		status  int
+		retried bool
+	}{
+		{http.StatusBadRequest, false},
+		{http.StatusUnauthorized, false},
+		{http.StatusForbidden, false},
+		{http.StatusUnprocessableEntity, false},
+		{http.StatusRequestTimeout, true},
+		{http.StatusTooManyRequests, true},
+		{http.StatusInternalServerError, true},
+		{http.StatusBadGateway, true},
+	} {
+		t.Run(fmt.Sprint(tc.status), func(t *testing.T) {
+			e := newMemEnv(t, relay.Config{BreakerThreshold: -1})
+			in := e.subscribed("a.test", "b.test")
+			f := (&faultPlan{status: tc.status}).install(in[1])
+			e.post(in[0], "hello")
+			e.eventually(func() bool { return f.count() == 1 })
+			e.settled()
+			if tc.retried {
+				assert.Len(t, e.st.retriesWith(1), 1)
+				assert.Equal(t, 1, e.backlog("b.test"))
+			} else {
+				assert.Empty(t, e.st.retriesWith(1))
+				e.eventually(func() bool { return e.backlog("b.test") == 0 }, "dropped")
+			}
+			s, err := e.r.Status(context.Background(), in[1].RelayActorID())
+			require.NoError(t, err)
+			assert.EqualValues(t, 1, s.Failed)
+			assert.Equal(t, fmt.Sprintf("HTTP %d", tc.status), s.LastError)
+		})
+	}
+}
+
+// retryAfterHandler answers POSTs with 429 and a Retry-After while on.
+type retryAfterHandler struct {
+	next  http.Handler
+	after string
+	mu    sync.Mutex
+	on    bool
+	posts int
+}
+
+func (h *retryAfterHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.mu.Lock()
+	on := h.on && r.Method == http.MethodPost
+	if r.Method == http.MethodPost {
+		h.posts++
+	}
+	h.mu.Unlock()
+	if on {
+		w.Header().Set("Retry-After", h.after)
+		w.WriteHeader(http.StatusTooManyRequests)
+		return
+	}
+	h.next.ServeHTTP(w, r)
+}
+
+func (h *retryAfterHandler) count() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.posts
+}
+
+// TestRetryAfterIsHonoured: a 429 with Retry-After delays the retry (not
+// the shorter backoff) and pauses the whole host meanwhile.
+func TestRetryAfterIsHonoured(t *testing.T) {
+	e := newMemEnv(t, relay.Config{RetryBackoff: time.Second})
+	in := e.subscribed("a.test", "b.test")
+	h := &retryAfterHandler{next: in[1], after: "600", on: true}
+	e.net.Handle("b.test", h)
+
+	first := e.post(in[0], "one")
+	var d store.Delivery
+	e.eventually(func() bool {
+		rs := e.st.retriesWith(1)
+		if len(rs) == 1 {
+			d = rs[0]
+		}
+		return len(rs) == 1
+	})
+	assert.Equal(t, 600*time.Second, d.NotBefore.Sub(e.clock.Now()), "Retry-After, not the 1 s backoff")
+	assert.Equal(t, "open", e.circuit("b.test").Circuit)
+
+	// Another activity for the paused host waits too.
+	second := e.post(in[0], "two")
+	e.advance(5 * time.Minute)
+	r, _ := e.st.leaseAt(e.clock.Now())
+	assert.True(t, r.SkipHosts["b.test"], "the paused host is skipped")
+	e.settled()
+	assert.Equal(t, 1, h.count(), "nothing sent while paused")
+	assert.Equal(t, 2, e.backlog("b.test"))
+
+	h.mu.Lock()
+	h.on = false
+	h.mu.Unlock()
+	e.advance(5 * time.Minute)
+	waitFor(t, in[1], "Create", first.ID)
+	waitFor(t, in[1], "Create", second.ID)
+}
+
+// TestCircuitBreakerOpensAndCloses: consecutive failures open a host's
+// breaker, nothing is sent during the cool-off (and no attempt is used
+// up), then one probe is let through: a failed probe reopens it for twice
+// as long, a successful one closes it and the backlog flows.
+func TestCircuitBreakerOpensAndCloses(t *testing.T) {
+	e := newMemEnv(t, relay.Config{
+		RetryBackoff: time.Second, BreakerThreshold: 3, BreakerCooloff: time.Minute, PerHostWorkers: 4, MaxAttempts: 100,
+	})
+	in := e.subscribed("a.test", "b.test", "c.test")
+	f := (&faultPlan{status: http.StatusServiceUnavailable}).install(in[1])
+	var notes []*relaytest.Note
+	for k := range 6 {
+		notes = append(notes, e.post(in[0], fmt.Sprint("post ", k)))
+	}
+	e.eventually(func() bool { return e.circuit("b.test").Circuit == "open" }, "breaker opens")
+	e.settled()
+	sent := f.count()
+	assert.GreaterOrEqual(t, sent, 3)
+	assert.Equal(t, sent, e.st.burnedAttempts(), "an attempt is counted only for a request sent")
+
+	// During the cool-off the host is skipped although its retries are due.
+	e.advance(30 * time.Second)
+	r, _ := e.st.leaseAt(e.clock.Now())
+	assert.True(t, r.SkipHosts["b.test"])
+	e.settled()
+	assert.Equal(t, sent, f.count(), "nothing sent to an open host")
+	assert.Equal(t, 6, e.backlog("b.test"))
+
+	// The other host is not affected.
+	for _, n := range notes {
+		waitFor(t, in[2], "Create", n.ID)
+	}
+
+	// Half-open: exactly one probe, which fails: open for 2 minutes.
+	e.advance(31 * time.Second)
+	e.eventually(func() bool { return f.count() == sent+1 }, "one probe")
+	e.eventually(func() bool { return e.circuit("b.test").Circuit == "open" }, "reopened")
+	e.settled()
+	assert.Equal(t, sent+1, f.count(), "only the probe was sent")
+	assert.True(t, e.clock.Now().Add(2*time.Minute).Equal(e.circuit("b.test").OpenUntil), "cool-off doubled")
+	assert.Equal(t, sent+1, e.st.burnedAttempts())
+
+	// The host recovers: the next probe closes the breaker and all flows.
+	f.set(0)
+	e.advance(2 * time.Minute)
+	for _, n := range notes {
+		waitFor(t, in[1], "Create", n.ID)
+	}
+	assert.Equal(t, "closed", e.circuit("b.test").Circuit)
+	e.eventually(func() bool { return e.backlog("b.test") == 0 })
+}
+
+// TestGoneInboxEndsSubscription: 410 Gone from a subscriber's inbox ends
+// its subscription.
+func TestGoneInboxEndsSubscription(t *testing.T) {
+	e := newMemEnv(t, relay.Config{})
+	in := e.subscribed("a.test", "b.test")
+	(&faultPlan{status: http.StatusGone}).install(in[1])
+	e.post(in[0], "hello")
+	e.eventually(func() bool {
+		_, err := e.r.Subscriber(context.Background(), in[1].RelayActorID())
+		return errors.Is(err, relay.ErrNotSubscribed)
+	}, "subscription ends")
+	assert.Zero(t, e.backlog("b.test"))
+}
+
+// TestGoneActorEndsSubscription: when a subscriber's inbox refuses a
+// delivery (404) and its actor answers 410 Gone, the subscription ends;
+// while the actor is there, it stays.
+func TestGoneActorEndsSubscription(t *testing.T) {
+	e := newMemEnv(t, relay.Config{})
+	in := e.subscribed("a.test", "b.test", "c.test")
+	gone := in[1].RelayActorID()
+	for _, i := range in[1:] {
+		actor := i.RelayActorID()
+		goneActor := i == in[1]
+		i.SetFault(func(r *http.Request) int {
+			switch {
+			case r.Method == http.MethodPost:
+				return http.StatusNotFound
+			case goneActor && "https://"+r.Host+r.URL.Path == actor:
+				return http.StatusGone
+			}
+			return 0
+		})
+	}
+	e.post(in[0], "hello")
+	e.eventually(func() bool {
+		_, err := e.r.Subscriber(context.Background(), gone)
+		return errors.Is(err, relay.ErrNotSubscribed)
+	}, "subscription ends")
+	e.settled()
+	s, err := e.r.Status(context.Background(), in[2].RelayActorID())
+	require.NoError(t, err, "a 404 alone does not end a subscription")
+	assert.Equal(t, "HTTP 404", s.LastError)
+}
+
+// TestDormancyAndRevival: a subscriber failing for DormantAfter becomes
+// dormant (its deliveries dropped, nothing queued for it) and is accepted
+// again as soon as it sends something.
+func TestDormancyAndRevival(t *testing.T) {
+	e := newMemEnv(t, relay.Config{
+		DormantAfter: 10 * time.Minute, RetryBackoff: 2 * time.Minute, MaxAttempts: 100, BreakerThreshold: -1,
+	})
+	in := e.subscribed("a.test", "b.test", "c.test")
+	a, b, c := in[0], in[1], in[2]
+	f := (&faultPlan{status: http.StatusServiceUnavailable}).install(b)
+	ctx := context.Background()
+
+	e.post(a, "first")
+	e.eventually(func() bool { return len(e.st.retriesWith(1)) == 1 })
+	s, err := e.r.Status(ctx, b.RelayActorID())
+	require.NoError(t, err)
+	assert.True(t, e.clock.Now().Equal(s.FailingSince), "failing since %v", s.FailingSince)
+	assert.Equal(t, store.StateAccepted, s.State)
+
+	// Eleven minutes later the retry fails again: dormant.
+	e.advance(11 * time.Minute)
+	e.eventually(func() bool {
+		s, err = e.r.Status(ctx, b.RelayActorID())
+		return err == nil && s.State == store.StateDormant
+	}, "dormant")
+	assert.Zero(t, s.Backlog, "deliveries dropped")
+
+	// Nothing is queued for a dormant subscriber.
+	before := f.count()
+	second := e.post(a, "second")
+	waitFor(t, c, "Create", second.ID)
+	assert.Zero(t, e.backlog("b.test"))
+	e.settled()
+	assert.Equal(t, before, f.count())
+
+	// It sends something: accepted again, and it receives again.
+	f.set(0)
+	own := e.post(b, "I am back")
+	waitFor(t, c, "Create", own.ID)
+	s, err = e.r.Status(ctx, b.RelayActorID())
+	require.NoError(t, err)
+	assert.Equal(t, store.StateAccepted, s.State)
+	assert.True(t, s.FailingSince.IsZero())
+	third := e.post(a, "third")
+	waitFor(t, b, "Create", third.ID)
+}
+
+// TestHostBacklogShedsOldestCreates: a host's backlog over MaxHostBacklog
+// loses its oldest Creates; Updates and Deletes are kept.
+func TestHostBacklogShedsOldestCreates(t *testing.T) {
+	e := newMemEnv(t, relay.Config{MaxHostBacklog: 3, BreakerThreshold: 1, BreakerCooloff: time.Hour, RetryBackoff: time.Hour})
+	in := e.subscribed("a.test", "b.test")
+	a, b := in[0], in[1]
+	f := (&faultPlan{status: http.StatusServiceUnavailable}).install(b)
+	ctx := context.Background()
+
+	p0 := e.post(a, "p0") // fails and opens b's breaker; stays queued
+	e.eventually(func() bool { return e.circuit("b.test").Circuit == "open" })
+	e.settled()
+	step := func() { e.clock.Advance(time.Second) } // distinct Created times
+	step()
+	p1 := e.post(a, "p1")
+	step()
+	p2 := e.post(a, "p2")
+	assert.Equal(t, 3, e.backlog("b.test"))
+	step()
+	require.NoError(t, a.Edit(ctx, memRelayInbox, p1, "p1 edited")) // sheds p0
+	step()
+	p3 := e.post(a, "p3") // sheds p1
+	step()
+	require.NoError(t, a.Delete(ctx, memRelayInbox, p2)) // sheds p2
+	step()
+	p4 := e.post(a, "p4") // sheds p3
+	assert.Equal(t, 3, e.backlog("b.test"), "bounded")
+
+	// Only Deletes and Updates left: the bound cannot be kept.
+	step()
+	require.NoError(t, a.Edit(ctx, memRelayInbox, p4, "p4 edited")) // sheds p4
+	step()
+	require.NoError(t, a.Delete(ctx, memRelayInbox, p3))
+	assert.Equal(t, 4, e.backlog("b.test"), "Updates and Deletes are kept")
+
+	f.set(0)
+	e.advance(time.Hour)
+	e.eventually(func() bool { return e.backlog("b.test") == 0 })
+	e.settled()
+	for _, n := range []*relaytest.Note{p0, p1, p2, p3, p4} {
+		assert.Zero(t, countFor(b, "Create", n.ID), "create of %s shed", n.Content)
+	}
+	assert.Equal(t, 1, countFor(b, "Update", p1.ID))
+	assert.Equal(t, 1, countFor(b, "Delete", p2.ID))
+	assert.Equal(t, 1, countFor(b, "Update", p4.ID))
+	assert.Equal(t, 1, countFor(b, "Delete", p3.ID))
+}
+
+// TestSlowHostsDoNotStallOthers: with few workers, a hanging host and a
+// failing one hold at most their per-host share, and the other hosts get
+// everything.
+func TestSlowHostsDoNotStallOthers(t *testing.T) {
+	e := newMemEnv(t, relay.Config{Workers: 4, PerHostWorkers: 2, RequestTimeout: time.Hour, BreakerThreshold: -1})
+	in := e.subscribed("a.test", "hang.test", "fail.test", "c.test", "d.test")
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) }) // before the relay closes
+	var mu sync.Mutex
+	hanging, maxHanging := 0, 0
+	in[1].SetFault(func(r *http.Request) int {
+		if r.Method != http.MethodPost {
+			return 0
+		}
+		mu.Lock()
+		hanging++
+		maxHanging = max(maxHanging, hanging)
+		mu.Unlock()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		mu.Lock()
+		hanging--
+		mu.Unlock()
+		return http.StatusServiceUnavailable
+	})
+	(&faultPlan{status: http.StatusInternalServerError}).install(in[2])
+	var notes []*relaytest.Note
+	for k := range 10 {
+		notes = append(notes, e.post(in[0], fmt.Sprint("post ", k)))
+	}
+	for _, n := range notes {
+		waitFor(t, in[3], "Create", n.ID)
+		waitFor(t, in[4], "Create", n.ID)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Equal(t, 2, maxHanging, "the hanging host holds its share of workers, no more")
+}
+
+// TestCloseLosesNothing: deliveries not done when the relay closes are
+// done by the next relay on the same store, each exactly once, whether
+// Close lets the attempts in flight finish or cancels them.
+func TestCloseLosesNothing(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		deadline bool
+	}{{"graceful", false}, {"deadline", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newMemEnv(t, relay.Config{Workers: 4, PerHostWorkers: 2})
+			in := e.subscribed("a.test", "b.test", "c.test")
+			gate := make(chan struct{})
+			var once sync.Once
+			open := func() { once.Do(func() { close(gate) }) }
+			t.Cleanup(open)
+			for _, i := range in[1:] {
+				i.SetFault(func(r *http.Request) int {
+					if r.Method != http.MethodPost {
+						return 0
+					}
+					select {
+					case <-gate:
+						return 0
+					case <-r.Context().Done():
+						return http.StatusServiceUnavailable // cancelled: not taken
+					}
+				})
+			}
+			var notes []*relaytest.Note
+			for k := range 20 {
+				notes = append(notes, e.post(in[0], fmt.Sprint("post ", k)))
+			}
+			e.eventually(func() bool {
+				st, err := e.r.DeliveryStatus(context.Background())
+				return err == nil && st.InFlight > 0
+			})
+
+			closed := make(chan error, 1)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go func() { closed <- e.r.Close(ctx) }()
+			e.eventually(func() bool { return errors.Is(e.r.Start(), relay.ErrClosed) })
+			if tc.deadline {
+				cancel()
+				assert.ErrorIs(t, <-closed, context.Canceled)
+				open()
+			} else {
+				open()
+				assert.NoError(t, <-closed)
+			}
+			_, err := in[0].Post(context.Background(), memRelayInbox, "alice", "too late")
+			var he *relaytest.HTTPError
+			require.ErrorAs(t, err, &he, "a closed relay takes nothing")
+			assert.Equal(t, http.StatusServiceUnavailable, he.StatusCode)
+
+			// A new relay on the same store delivers the rest at once:
+			// released leases need no expiry.
+			r2 := e.newRelay(relay.Config{})
+			require.NoError(t, r2.Start())
+			t.Cleanup(func() { require.NoError(t, r2.Close(context.Background())) })
+			for _, i := range in[1:] {
+				for _, n := range notes {
+					waitFor(t, i, "Create", n.ID)
+				}
+			}
+			e.eventually(func() bool { return e.backlog("b.test")+e.backlog("c.test") == 0 })
+			for _, i := range in[1:] {
+				for _, n := range notes {
+					assert.Equal(t, 1, countFor(i, "Create", n.ID), "exactly one copy")
+				}
+			}
+		})
+	}
+}
+
+// TestFailedCompleteDoesNotResend: when the store fails to record that a
+// delivery was answered 2xx, the delivery is not sent again, even once its
+// lease has expired.
+func TestFailedCompleteDoesNotResend(t *testing.T) {
+	e := newMemEnv(t, relay.Config{})
+	in := e.subscribed("a.test", "b.test")
+	e.eventually(func() bool { return e.backlog("a.test")+e.backlog("b.test") == 0 }, "Accepts completed")
+	e.st.mu.Lock()
+	e.st.failOnce = true
+	e.st.mu.Unlock()
+	note := e.post(in[0], "hello")
+	waitFor(t, in[1], "Create", note.ID)
+	e.settled()
+	assert.Equal(t, 1, e.backlog("b.test"), "Complete failed")
+	e.advance(time.Hour) // the lease expires; the flusher retries Complete
+	e.eventually(func() bool { return e.backlog("b.test") == 0 })
+	e.settled()
+	assert.Equal(t, 1, countFor(in[1], "Create", note.ID))
+}
+
+// TestStatisticsSurviveClose: counters kept in memory are written to the
+// store at Close.
+func TestStatisticsSurviveClose(t *testing.T) {
+	e := newMemEnv(t, relay.Config{})
+	in := e.subscribed("a.test", "b.test")
+	n := e.post(in[0], "hello")
+	waitFor(t, in[1], "Create", n.ID)
+	e.settled()
+	sts, err := e.r.Statuses(context.Background(), store.SubscriberFilter{})
+	require.NoError(t, err)
+	require.Len(t, sts, 2)
+	for _, s := range sts {
+		if s.ActorID == in[1].RelayActorID() {
+			assert.EqualValues(t, 2, s.Delivered, "read before the statistics are written")
+		}
+	}
+	require.NoError(t, e.r.Close(context.Background()))
+	s, err := e.st.GetSubscriber(context.Background(), in[1].RelayActorID())
+	require.NoError(t, err)
+	assert.EqualValues(t, 2, s.Delivered, "the Accept and the post")
+	assert.False(t, s.LastSuccess.IsZero())
+}

@@ -1,0 +1,960 @@
+// Command loadtest measures fedirelay's delivery: throughput, post-to-arrival
+// latency, the relay's CPU time per delivery and its peak memory, next to the
+// machine's raw RSA-2048 signing rate measured in the same run, so that every
+// figure is also a ratio.
+//
+// It builds examples/relay and runs it as a child process (so that the
+// relay's CPU time and memory are measured apart from the load), starts K
+// simulated ActivityPub instances on loopback addresses (127.0.0.2 and up,
+// each actor with its own key id, verifying every delivery's HTTP signature
+// with the relay's key), subscribes them Mastodon-style, posts M public
+// activities from the first one and waits until every delivery arrived.
+//
+//	go run ./examples/loadtest                          # K=200, M=50, as fast as possible
+//	go run ./examples/loadtest -k 50 -m 100 -rate 10    # latency at 10 posts/s
+//	go run ./examples/loadtest -scenario compare        # healthy vs one hanging + one failing subscriber
+//	go run ./examples/loadtest -scenario backlog -k 10000 -m 10 -per-host 10
+//
+// Scenarios:
+//
+//	normal    every subscriber answers 202
+//	hang      one subscriber never answers (the relay's request timeout ends each attempt)
+//	fail500   one subscriber answers 500 to every delivery
+//	hangfail  both of the above
+//	compare   normal, then hangfail: the others' deliveries/s with and without
+//	backlog   every subscriber but the sender answers 503, so that all M × K
+//	          deliveries stay queued: reports the relay's peak RSS with that backlog
+//
+// Generating RSA keys is slow, so -keys keys (default 4) are generated in
+// parallel and shared: each simulated actor still has its own key id and
+// actor document, so the relay fetches and caches every one separately.
+// Only loopback addresses are used; every wait is bounded by -timeout.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/fedirelay/relay"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "loadtest:", err)
+		os.Exit(1)
+	}
+}
+
+// options are the command-line flags.
+type options struct {
+	relayBin  string
+	relayArgs string
+	relayEnv  string
+	k, m      int
+	perHost   int
+	rate      float64
+	scenario  string
+	keys      int
+	signTime  time.Duration
+	timeout   time.Duration
+	settle    time.Duration
+	verbose   bool
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("loadtest", flag.ContinueOnError)
+	var o options
+	fs.StringVar(&o.relayBin, "relay-bin", "", "relay binary to run (default: go build ./examples/relay into a temporary directory)")
+	fs.StringVar(&o.relayArgs, "relay-args", "", "extra arguments for the relay, space-separated")
+	fs.StringVar(&o.relayEnv, "relay-env", "", "extra environment for the relay, space-separated NAME=value (e.g. GOMEMLIMIT=64MiB)")
+	fs.IntVar(&o.k, "k", 200, "number of subscribers")
+	fs.IntVar(&o.m, "m", 50, "number of public posts")
+	fs.IntVar(&o.perHost, "per-host", 1, "subscribers per simulated host (each with its own actor and inbox)")
+	fs.Float64Var(&o.rate, "rate", 0, "posts per second (0: as fast as the relay takes them)")
+	fs.StringVar(&o.scenario, "scenario", "normal", "normal, hang, fail500, hangfail, compare or backlog")
+	fs.IntVar(&o.keys, "keys", 4, "distinct RSA keys shared by the simulated actors")
+	fs.DurationVar(&o.signTime, "sign-time", 2*time.Second, "how long to measure the raw signing rate")
+	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "bound on each scenario run")
+	fs.DurationVar(&o.settle, "settle", 5*time.Second, "backlog scenario: wait after the last post before reading the relay's memory")
+	fs.BoolVar(&o.verbose, "v", false, "show the relay's log")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if o.k < 2 || o.m < 1 || o.perHost < 1 || o.keys < 1 {
+		return errors.New("need -k >= 2, -m >= 1, -per-host >= 1, -keys >= 1")
+	}
+	scenarios := []string{o.scenario}
+	switch o.scenario {
+	case "normal", "hang", "fail500", "hangfail", "backlog":
+	case "compare":
+		scenarios = []string{"normal", "hangfail"}
+	default:
+		return fmt.Errorf("unknown -scenario %q", o.scenario)
+	}
+	if o.scenario != "normal" && o.scenario != "backlog" && o.k < 4 {
+		return errors.New("the failure scenarios need -k >= 4")
+	}
+
+	tmp, err := os.MkdirTemp("", "fedirelay-loadtest-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	if o.relayBin == "" {
+		o.relayBin = filepath.Join(tmp, "relay")
+		fmt.Println("building examples/relay ...")
+		cmd := exec.Command("go", "build", "-o", o.relayBin, "./examples/relay")
+		cmd.Dir = moduleRoot()
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("building the relay: %w", err)
+		}
+	}
+
+	fmt.Printf("generating %d RSA-2048 keys ...\n", o.keys)
+	keys, err := generateKeys(o.keys)
+	if err != nil {
+		return err
+	}
+	printMachine()
+	before := measureSigning(keys[0], o.signTime)
+	fmt.Printf("raw RSA-2048 signing, %d goroutines for %v: %.0f signatures/s, %.3f ms CPU per signature\n",
+		runtime.GOMAXPROCS(0), o.signTime, before.rate, ms(before.cpuPerSig))
+
+	var results []*result
+	for _, sc := range scenarios {
+		res, err := runScenario(o, sc, keys, tmp)
+		if err != nil {
+			return fmt.Errorf("scenario %s: %w", sc, err)
+		}
+		results = append(results, res)
+	}
+	after := measureSigning(keys[0], o.signTime)
+	fmt.Printf("raw RSA-2048 signing again: %.0f signatures/s, %.3f ms CPU per signature\n", after.rate, ms(after.cpuPerSig))
+	sig := signing{rate: (before.rate + after.rate) / 2, cpuPerSig: (before.cpuPerSig + after.cpuPerSig) / 2}
+	fmt.Printf("reference (mean of both): %.0f signatures/s, %.3f ms CPU per signature\n\n", sig.rate, ms(sig.cpuPerSig))
+	for _, res := range results {
+		res.print(sig)
+	}
+	if len(results) == 2 && results[0].rate > 0 {
+		fmt.Printf("\nothers' deliveries/s with one hanging and one failing subscriber: %.0f vs %.0f healthy = %.1f %% change\n",
+			results[1].rate, results[0].rate, 100*(results[1].rate/results[0].rate-1))
+	}
+	return nil
+}
+
+func moduleRoot() string {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil || strings.TrimSpace(string(out)) == "" || strings.TrimSpace(string(out)) == os.DevNull {
+		return "."
+	}
+	return filepath.Dir(strings.TrimSpace(string(out)))
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func printMachine() {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	fmt.Printf("machine: %d CPUs (%s), %s %s/%s\n", runtime.NumCPU(), model, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+// generateKeys generates n RSA-2048 keys in parallel.
+func generateKeys(n int) ([]*rsa.PrivateKey, error) {
+	keys := make([]*rsa.PrivateKey, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			keys[i], errs[i] = rsa.GenerateKey(rand.Reader, 2048)
+		}()
+	}
+	wg.Wait()
+	return keys, errors.Join(errs...)
+}
+
+// signing is the machine's raw RSA-2048 signing performance.
+type signing struct {
+	rate      float64       // signatures per second, all cores
+	cpuPerSig time.Duration // CPU time per signature
+}
+
+// measureSigning signs SHA-256 digests on every core for d.
+func measureSigning(key *rsa.PrivateKey, d time.Duration) signing {
+	digest := sha256.Sum256([]byte("fedirelay"))
+	var count atomic.Int64
+	cpu0 := selfCPU()
+	start := time.Now()
+	deadline := start.Add(d)
+	var wg sync.WaitGroup
+	for range runtime.GOMAXPROCS(0) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				if _, err := rsa.SignPKCS1v15(nil, key, crypto.SHA256, digest[:]); err == nil {
+					count.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed, cpu := time.Since(start), selfCPU()-cpu0
+	n := count.Load()
+	if n == 0 {
+		return signing{}
+	}
+	return signing{rate: float64(n) / elapsed.Seconds(), cpuPerSig: cpu / time.Duration(n)}
+}
+
+// selfCPU returns this process's CPU time.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// result is what one scenario run measured.
+type result struct {
+	scenario     string
+	k, m, hosts  int
+	expected     int // deliveries to healthy subscribers
+	perPost      int // deliveries per post
+	got, dups    int
+	badSigs      int64
+	rate         float64 // healthy deliveries per second
+	p50, p99     time.Duration
+	relayCPU     time.Duration // during the posting phase
+	cpuDeliv     int           // deliveries attempted the CPU time is divided by
+	peakRSS      int64         // bytes
+	backlog      int
+	postDuration time.Duration
+}
+
+func (res *result) print(sig signing) {
+	fmt.Printf("scenario %s: K=%d subscribers on %d hosts, M=%d posts\n", res.scenario, res.k, res.hosts, res.m)
+	if res.scenario == "backlog" {
+		fmt.Printf("  queued deliveries (M × subscribers not on the sender's host): %d, posted in %v\n", res.backlog, res.postDuration.Round(time.Millisecond))
+		fmt.Printf("  relay peak RSS: %.1f MB\n", float64(res.peakRSS)/1e6)
+		return
+	}
+	fmt.Printf("  delivered to healthy subscribers: %d of %d (duplicates %d, bad signatures %d)\n", res.got, res.expected, res.dups, res.badSigs)
+	fmt.Printf("  throughput: %.0f deliveries/s = %.2f × the raw signing rate\n", res.rate, res.rate/sig.rate)
+	// The last delivery of a post cannot arrive before the relay signed
+	// one request per subscriber on every core.
+	floor := time.Duration(float64(sig.cpuPerSig) * float64(res.perPost) / float64(runtime.NumCPU()))
+	fmt.Printf("  post-to-arrival latency: p50 %.1f ms, p99 %.1f ms (floor: %d signatures on %d cores = %.1f ms; p99 = %.1f × floor)\n",
+		ms(res.p50), ms(res.p99), res.perPost, runtime.NumCPU(), ms(floor), float64(res.p99)/float64(floor))
+	if res.cpuDeliv > 0 {
+		per := res.relayCPU / time.Duration(res.cpuDeliv)
+		fmt.Printf("  relay CPU: %.2f s for %d deliveries = %.3f ms per delivery = %.2f × one signature\n",
+			res.relayCPU.Seconds(), res.cpuDeliv, ms(per), float64(per)/float64(sig.cpuPerSig))
+	}
+	fmt.Printf("  relay peak RSS: %.1f MB\n", float64(res.peakRSS)/1e6)
+}
+
+// runScenario runs one scenario against a fresh relay process.
+func runScenario(o options, scenario string, keys []*rsa.PrivateKey, tmp string) (*result, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
+	defer cancel()
+	fmt.Printf("\n== scenario %s: starting the relay\n", scenario)
+	rp, err := startRelay(ctx, o, filepath.Join(tmp, scenario))
+	if err != nil {
+		return nil, err
+	}
+	defer rp.stop()
+
+	f, err := newFleet(ctx, o, keys, rp.baseURL)
+	if err != nil {
+		return nil, err
+	}
+	defer f.close()
+	fmt.Printf("subscribing %d actors on %d hosts ...\n", len(f.actors), len(f.hosts))
+	t0 := time.Now()
+	if err := f.subscribeAll(ctx); err != nil {
+		return nil, err
+	}
+	fmt.Printf("subscribed in %v\n", time.Since(t0).Round(time.Millisecond))
+
+	sender := f.actors[0]
+	var healthy []*simActor
+	for _, a := range f.actors {
+		if a.host == sender.host {
+			continue
+		}
+		healthy = append(healthy, a)
+	}
+	// The failing subscribers are the first two on other hosts.
+	switch scenario {
+	case "hang":
+		healthy[0].mode.Store(modeHang)
+		healthy = healthy[1:]
+	case "fail500":
+		healthy[0].mode.Store(mode500)
+		healthy = healthy[1:]
+	case "hangfail":
+		healthy[0].mode.Store(modeHang)
+		healthy[1].mode.Store(mode500)
+		healthy = healthy[2:]
+	case "backlog":
+		for _, a := range healthy {
+			a.mode.Store(mode503)
+		}
+	}
+	res := &result{scenario: scenario, k: o.k, m: o.m, hosts: len(f.hosts)}
+
+	fmt.Printf("posting %d activities ...\n", o.m)
+	cpu0, err := rp.cpu()
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	if err := f.postAll(ctx, sender, o.m, o.rate); err != nil {
+		return nil, err
+	}
+	res.postDuration = time.Since(start)
+
+	if scenario == "backlog" {
+		res.backlog = o.m * len(healthy)
+		fmt.Printf("%d deliveries queued; waiting %v ...\n", res.backlog, o.settle)
+		select {
+		case <-time.After(o.settle):
+		case <-ctx.Done():
+		}
+		res.peakRSS, err = rp.peakRSS()
+		return res, err
+	}
+
+	res.expected = o.m * len(healthy)
+	res.perPost = len(f.actors) - len(sender.host.actors)
+	counted := func() int {
+		n := 0
+		for _, a := range healthy {
+			n += int(a.got.Load())
+		}
+		return n
+	}
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	lastReport := time.Now()
+	for counted() < res.expected {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("only %d of %d deliveries arrived within -timeout", counted(), res.expected)
+		case <-tick.C:
+		}
+		if time.Since(lastReport) > 5*time.Second {
+			fmt.Printf("  %d of %d arrived\n", counted(), res.expected)
+			lastReport = time.Now()
+		}
+	}
+	cpu1, err := rp.cpu()
+	if err != nil {
+		return nil, err
+	}
+	res.relayCPU = cpu1 - cpu0
+	res.peakRSS, err = rp.peakRSS()
+	if err != nil {
+		return nil, err
+	}
+
+	var lat []time.Duration
+	var last time.Time
+	for _, a := range healthy {
+		a.mu.Lock()
+		for _, arr := range a.arrivals {
+			lat = append(lat, arr.latency)
+			if arr.at.After(last) {
+				last = arr.at
+			}
+		}
+		res.dups += a.dups
+		a.mu.Unlock()
+	}
+	res.got = len(lat)
+	slices.Sort(lat)
+	res.p50 = lat[len(lat)*50/100]
+	res.p99 = lat[min(len(lat)-1, len(lat)*99/100)]
+	res.rate = float64(res.got) / last.Sub(start).Seconds()
+	res.badSigs = f.badSigs.Load()
+	// The relay's work: the deliveries that arrived plus the attempts to
+	// the failing subscribers (a hanging one costs a signature per attempt
+	// too).
+	res.cpuDeliv = res.got
+	for _, a := range f.actors {
+		if m := a.mode.Load(); m == modeHang || m == mode500 {
+			res.cpuDeliv += int(a.attempts.Load())
+		}
+	}
+	return res, nil
+}
+
+// relayProcess is the relay running as a child process.
+type relayProcess struct {
+	cmd     *exec.Cmd
+	baseURL string
+	logPath string
+	done    chan error
+}
+
+func startRelay(ctx context.Context, o options, dir string) (*relayProcess, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	base := "http://" + addr
+	args := []string{"-addr", addr, "-base-url", base, "-data", filepath.Join(dir, "data"), "-log-level", "warn"}
+	args = append(args, loopbackFlags(o.relayBin)...)
+	args = append(args, strings.Fields(o.relayArgs)...)
+	logPath := filepath.Join(dir, "relay.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(o.relayBin, args...)
+	cmd.Env = append(os.Environ(), strings.Fields(o.relayEnv)...)
+	cmd.Stdout = logFile
+	cmd.Stderr = logFile
+	if o.verbose {
+		cmd.Stderr = io.MultiWriter(logFile, os.Stderr)
+	}
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		return nil, err
+	}
+	fmt.Printf("relay pid %d: %s %s %s (log %s)\n", cmd.Process.Pid, o.relayEnv, o.relayBin, strings.Join(args, " "), logPath)
+	rp := &relayProcess{cmd: cmd, baseURL: base, logPath: logPath, done: make(chan error, 1)}
+	go func() { rp.done <- cmd.Wait(); logFile.Close() }()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		resp, err := http.Get(base + "/actor")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return rp, nil
+			}
+		}
+		select {
+		case err := <-rp.done:
+			rp.done <- err
+			return nil, fmt.Errorf("the relay exited: %v (see %s)", err, logPath)
+		case <-ctx.Done():
+			rp.stop()
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			rp.stop()
+			return nil, fmt.Errorf("the relay did not start (see %s)", logPath)
+		}
+	}
+}
+
+// loopbackFlags returns the flags that let the relay deliver to plain-http
+// loopback addresses, as far as the binary knows them.
+func loopbackFlags(bin string) []string {
+	out, _ := exec.Command(bin, "-h").CombinedOutput()
+	help := string(out)
+	var flags []string
+	if strings.Contains(help, "-allow-private") {
+		flags = append(flags, "-allow-private", "127.0.0.0/8")
+	}
+	if strings.Contains(help, "-allow-http") {
+		flags = append(flags, "-allow-http")
+	}
+	if len(flags) < 2 {
+		fmt.Fprintln(os.Stderr, "loadtest: warning: the relay has no -allow-private or -allow-http flag; "+
+			"if it refuses plain-http loopback addresses, pass a binary that allows them with -relay-bin")
+	}
+	return flags
+}
+
+// stop ends the relay with SIGTERM (SIGKILL after a minute).
+func (rp *relayProcess) stop() {
+	_ = rp.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-rp.done:
+		rp.done <- err
+	case <-time.After(time.Minute):
+		_ = rp.cmd.Process.Kill()
+		<-rp.done
+	}
+}
+
+// cpu returns the relay's CPU time (user + system, all threads) from
+// /proc/<pid>/stat.
+func (rp *relayProcess) cpu() (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", rp.cmd.Process.Pid))
+	if err != nil {
+		return 0, fmt.Errorf("reading the relay's CPU time (Linux /proc needed): %w", err)
+	}
+	// Fields after the parenthesised command name; utime and stime are
+	// fields 14 and 15 (1-based) of the whole line.
+	s := string(b)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(fields) < 13 {
+		return 0, errors.New("unexpected /proc/<pid>/stat format")
+	}
+	ut, err1 := strconv.ParseInt(fields[11], 10, 64)
+	st, err2 := strconv.ParseInt(fields[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	const clockTicks = 100 // USER_HZ on Linux
+	return time.Duration(ut+st) * time.Second / clockTicks, nil
+}
+
+// peakRSS returns the relay's peak resident set size (VmHWM).
+func (rp *relayProcess) peakRSS() (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", rp.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, errors.New("no VmHWM in /proc/<pid>/status")
+}
+
+// Modes of a simulated actor's inbox.
+const (
+	modeOK int32 = iota
+	modeHang
+	mode500
+	mode503
+)
+
+// fleet is the set of simulated instances.
+type fleet struct {
+	relayBase  string
+	relayInbox string
+	relayKey   crypto.PublicKey
+	relayKeyID string
+	client     *http.Client
+	hosts      []*simHost
+	actors     []*simActor
+	done       chan struct{}
+	badSigs    atomic.Int64
+
+	mu     sync.Mutex
+	posted map[string]time.Time // object id → when it was posted
+}
+
+// simHost is one loopback HTTP server holding some actors.
+type simHost struct {
+	base   string
+	srv    *http.Server
+	actors map[string]*simActor // by path
+}
+
+// simActor is a simulated instance actor that subscribes to the relay.
+type simActor struct {
+	host     *simHost
+	id       string
+	keyID    string
+	key      *rsa.PrivateKey
+	doc      []byte
+	mode     atomic.Int32
+	accepted chan struct{}
+	once     sync.Once
+	got      atomic.Int64 // distinct posts received
+	attempts atomic.Int64 // deliveries refused by the mode
+
+	mu       sync.Mutex
+	seen     map[string]bool
+	arrivals []arrival
+	dups     int
+}
+
+type arrival struct {
+	at      time.Time
+	latency time.Duration
+}
+
+func newFleet(ctx context.Context, o options, keys []*rsa.PrivateKey, relayBase string) (*fleet, error) {
+	f := &fleet{
+		relayBase:  relayBase,
+		relayInbox: relayBase + "/inbox",
+		client: &http.Client{Timeout: time.Minute, Transport: &http.Transport{
+			MaxIdleConnsPerHost: 64, IdleConnTimeout: time.Minute,
+		}},
+		done:   make(chan struct{}),
+		posted: map[string]time.Time{},
+	}
+	if err := f.fetchRelayKey(ctx); err != nil {
+		return nil, err
+	}
+	nHosts := (o.k + o.perHost - 1) / o.perHost
+	pems := make([]string, len(keys))
+	for i, k := range keys {
+		p, err := relay.MarshalPublicKeyPEM(&k.PublicKey)
+		if err != nil {
+			return nil, err
+		}
+		pems[i] = p
+	}
+	for h := range nHosts {
+		ln, err := listenLoopback(h)
+		if err != nil {
+			f.close()
+			return nil, err
+		}
+		host := &simHost{base: "http://" + ln.Addr().String(), actors: map[string]*simActor{}}
+		host.srv = &http.Server{Handler: f.handler(host), ReadHeaderTimeout: 10 * time.Second}
+		go host.srv.Serve(ln)
+		f.hosts = append(f.hosts, host)
+		for j := 0; j < o.perHost && len(f.actors) < o.k; j++ {
+			n := len(f.actors)
+			path := fmt.Sprintf("/users/u%d", n)
+			a := &simActor{
+				host: host, id: host.base + path, key: keys[n%len(keys)],
+				accepted: make(chan struct{}), seen: map[string]bool{},
+			}
+			a.keyID = a.id + "#main-key"
+			a.doc, _ = json.Marshal(map[string]any{
+				"@context":          []string{"https://www.w3.org/ns/activitystreams", "https://w3id.org/security/v1"},
+				"id":                a.id,
+				"type":              "Application",
+				"preferredUsername": fmt.Sprintf("u%d", n),
+				"inbox":             a.id + "/inbox",
+				"outbox":            a.id + "/outbox",
+				"followers":         a.id + "/followers",
+				"publicKey":         map[string]string{"id": a.keyID, "owner": a.id, "publicKeyPem": pems[n%len(keys)]},
+			})
+			host.actors[path] = a
+			f.actors = append(f.actors, a)
+		}
+	}
+	return f, nil
+}
+
+// listenLoopback listens on 127.0.0.<2 + n%250>:0 (127.0.0.1 if that
+// address cannot be bound). Only loopback addresses are used.
+func listenLoopback(n int) (net.Listener, error) {
+	if ln, err := net.Listen("tcp4", fmt.Sprintf("127.0.0.%d:0", 2+n%250)); err == nil {
+		return ln, nil
+	}
+	return net.Listen("tcp4", "127.0.0.1:0")
+}
+
+func (f *fleet) close() {
+	select {
+	case <-f.done:
+		return
+	default:
+	}
+	close(f.done)
+	for _, h := range f.hosts {
+		_ = h.srv.Close()
+	}
+}
+
+// fetchRelayKey reads the relay actor's public key, which every simulated
+// inbox verifies deliveries with.
+func (f *fleet) fetchRelayKey(ctx context.Context) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, f.relayBase+"/actor", nil)
+	req.Header.Set("Accept", "application/activity+json")
+	resp, err := f.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	var doc struct {
+		PublicKey struct {
+			ID  string `json:"id"`
+			PEM string `json:"publicKeyPem"`
+		} `json:"publicKey"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&doc); err != nil {
+		return fmt.Errorf("relay actor: %w", err)
+	}
+	f.relayKeyID = doc.PublicKey.ID
+	f.relayKey, err = relay.ParsePublicKeyPEM(doc.PublicKey.PEM)
+	return err
+}
+
+func (f *fleet) handler(h *simHost) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		now := time.Now()
+		path, isInbox := strings.CutSuffix(r.URL.Path, "/inbox")
+		a := h.actors[path]
+		switch {
+		case a == nil:
+			http.NotFound(w, r)
+		case r.Method == http.MethodGet && !isInbox:
+			w.Header().Set("Content-Type", "application/activity+json")
+			_, _ = w.Write(a.doc)
+		case r.Method == http.MethodPost && isInbox:
+			f.serveInbox(w, r, a, now)
+		default:
+			http.Error(w, "not here", http.StatusMethodNotAllowed)
+		}
+	})
+}
+
+// serveInbox verifies a delivery from the relay and records it.
+func (f *fleet) serveInbox(w http.ResponseWriter, r *http.Request, a *simActor, now time.Time) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	if err != nil {
+		return
+	}
+	switch a.mode.Load() {
+	case modeHang:
+		a.attempts.Add(1)
+		select {
+		case <-r.Context().Done():
+		case <-f.done:
+		}
+		http.Error(w, "hung", http.StatusServiceUnavailable)
+		return
+	case mode500:
+		a.attempts.Add(1)
+		http.Error(w, "failing", http.StatusInternalServerError)
+		return
+	case mode503:
+		a.attempts.Add(1)
+		http.Error(w, "down", http.StatusServiceUnavailable)
+		return
+	}
+	sig, err := relay.FromRequest(r)
+	if err == nil {
+		err = sig.Check(r, body, relay.VerifyOptions{})
+	}
+	if err == nil && sig.KeyID != f.relayKeyID {
+		err = fmt.Errorf("signed by %s", sig.KeyID)
+	}
+	if err == nil {
+		err = sig.Verify(r, f.relayKey)
+	}
+	if err != nil {
+		f.badSigs.Add(1)
+		http.Error(w, err.Error(), http.StatusUnauthorized)
+		return
+	}
+	var act struct {
+		Type   string          `json:"type"`
+		Object json.RawMessage `json:"object"`
+	}
+	if err := json.Unmarshal(body, &act); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	w.WriteHeader(http.StatusAccepted)
+	switch act.Type {
+	case "Accept":
+		a.once.Do(func() { close(a.accepted) })
+	case "Create", "Announce":
+		var objectID string
+		if json.Unmarshal(act.Object, &objectID) != nil {
+			var o struct {
+				ID string `json:"id"`
+			}
+			_ = json.Unmarshal(act.Object, &o)
+			objectID = o.ID
+		}
+		f.mu.Lock()
+		postedAt, ok := f.posted[objectID]
+		f.mu.Unlock()
+		if !ok {
+			return
+		}
+		a.mu.Lock()
+		if a.seen[objectID] {
+			a.dups++
+		} else {
+			a.seen[objectID] = true
+			a.arrivals = append(a.arrivals, arrival{at: now, latency: now.Sub(postedAt)})
+			a.got.Add(1)
+		}
+		a.mu.Unlock()
+	}
+}
+
+// send posts a signed activity to the relay's inbox, retrying while the
+// relay answers 429 or 503 (it may rate-limit key fetches per host).
+func (f *fleet) send(ctx context.Context, a *simActor, doc map[string]any) error {
+	body, err := json.Marshal(doc)
+	if err != nil {
+		return err
+	}
+	signer := relay.Signer{KeyID: a.keyID, Key: a.key}
+	for attempt := 0; ; attempt++ {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, f.relayInbox, bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Content-Type", "application/activity+json")
+		if err := signer.SignRequest(req, body, time.Now()); err != nil {
+			return err
+		}
+		resp, err := f.client.Do(req)
+		if err != nil {
+			return err
+		}
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		resp.Body.Close()
+		switch {
+		case resp.StatusCode/100 == 2:
+			return nil
+		case (resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable) && attempt < 20:
+			wait := time.Second
+			if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s > 0 {
+				wait = time.Duration(min(s, 30)) * time.Second
+			}
+			select {
+			case <-time.After(wait):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		default:
+			return fmt.Errorf("%s %s: HTTP %d: %s", doc["type"], a.id, resp.StatusCode, strings.TrimSpace(string(msg)))
+		}
+	}
+}
+
+// subscribeAll subscribes every actor Mastodon-style and waits for the
+// Accepts.
+func (f *fleet) subscribeAll(ctx context.Context) error {
+	work := make(chan *simActor)
+	errs := make(chan error, len(f.actors))
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for a := range work {
+				err := f.send(ctx, a, map[string]any{
+					"@context": "https://www.w3.org/ns/activitystreams",
+					"id":       a.id + "#follow-" + strconv.FormatInt(time.Now().UnixNano(), 36),
+					"type":     "Follow",
+					"actor":    a.id,
+					"object":   "https://www.w3.org/ns/activitystreams#Public",
+				})
+				if err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	for _, a := range f.actors {
+		work <- a
+	}
+	close(work)
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return err
+	}
+	for _, a := range f.actors {
+		select {
+		case <-a.accepted:
+		case <-ctx.Done():
+			return fmt.Errorf("no Accept for %s: %w", a.id, ctx.Err())
+		}
+	}
+	return nil
+}
+
+// postAll publishes m public notes from a, at rate posts per second (0:
+// one after the other as fast as the relay answers).
+func (f *fleet) postAll(ctx context.Context, a *simActor, m int, rate float64) error {
+	var tick <-chan time.Time
+	if rate > 0 {
+		t := time.NewTicker(time.Duration(float64(time.Second) / rate))
+		defer t.Stop()
+		tick = t.C
+	}
+	errs := make(chan error, m)
+	var wg sync.WaitGroup
+	for n := range m {
+		if tick != nil && n > 0 {
+			select {
+			case <-tick:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		noteID := fmt.Sprintf("%s/statuses/%d", a.id, n)
+		now := time.Now().UTC().Format(time.RFC3339)
+		public := []string{"https://www.w3.org/ns/activitystreams#Public"}
+		doc := map[string]any{
+			"@context":  "https://www.w3.org/ns/activitystreams",
+			"id":        noteID + "/activity",
+			"type":      "Create",
+			"actor":     a.id,
+			"published": now,
+			"to":        public,
+			"cc":        []string{a.id + "/followers"},
+			"object": map[string]any{
+				"id": noteID, "type": "Note", "attributedTo": a.id, "published": now,
+				"content": fmt.Sprintf("<p>load test post %d</p>", n), "to": public,
+				"cc": []string{a.id + "/followers"},
+			},
+		}
+		f.mu.Lock()
+		f.posted[noteID] = time.Now()
+		f.mu.Unlock()
+		if rate > 0 {
+			// Paced posts are sent concurrently so that a slow answer does
+			// not delay the next post.
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := f.send(ctx, a, doc); err != nil {
+					errs <- err
+				}
+			}()
+			continue
+		}
+		if err := f.send(ctx, a, doc); err != nil {
+			return err
+		}
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
