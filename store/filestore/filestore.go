@@ -16,7 +16,9 @@
 // moment before it is synced. The store on disk always holds a prefix of the
 // history of changes: after a crash it has every change whose method
 // returned, and perhaps a few that were still being committed, but never a
-// later change without an earlier one.
+// later change without an earlier one. If a commit fails (a full disk, an
+// I/O error), the store refuses all further work with ErrFailed: reopen it
+// to continue from the last commit.
 //
 // # Memory and disk
 //
@@ -187,6 +189,7 @@ func Open(dir string, opts *Options) (*Store, error) {
 		_ = db.Close()
 		return nil, err
 	}
+	s.releaseMapping()
 	s.w.init()
 	s.bg.Add(1)
 	go s.writeLoop()
@@ -354,13 +357,19 @@ func (s *Store) changeAfter(ctx context.Context, apply func() (func(tx *bolt.Tx)
 	if err := s.lock(ctx); err != nil {
 		return err
 	}
-	fn, after, err := apply()
+	var done <-chan error
+	err := func() error {
+		defer s.mu.Unlock() // even if apply panics (UpdateSubscriber's fn may)
+		fn, after, err := apply()
+		if err != nil {
+			return err
+		}
+		done = s.w.submit(fn, after)
+		return nil
+	}()
 	if err != nil {
-		s.mu.Unlock()
 		return err
 	}
-	done := s.w.submit(fn, after)
-	s.mu.Unlock()
 	return <-done
 }
 
@@ -515,7 +524,8 @@ func (s *Store) runTx(reqs []*commitReq) (err error) {
 	})
 }
 
-// reclaimLoop calls Reclaim every interval until Close.
+// reclaimLoop calls Reclaim every interval until Close, and releases the
+// pages of the file read meanwhile (see releaseMapping).
 func (s *Store) reclaimLoop(interval time.Duration) {
 	defer s.bg.Done()
 	t := time.NewTicker(interval)
@@ -526,6 +536,7 @@ func (s *Store) reclaimLoop(interval time.Duration) {
 			return
 		case <-t.C:
 			_, _ = s.Reclaim(context.Background())
+			s.releaseMapping()
 		}
 	}
 }

@@ -1,0 +1,20 @@
+package filestore
+
+import "syscall"
+
+// releaseMapping tells the kernel that the store no longer needs the pages
+// of the database file it has read through its memory mapping, so that
+// they stop counting in the process's resident memory (they stay in the
+// page cache, and are mapped again when read). Open reads the whole file;
+// without this a large queue would keep the file resident twice over, once
+// in the in-memory index and once mapped.
+func (s *Store) releaseMapping() {
+	// A read transaction keeps bbolt from remapping the file meanwhile.
+	tx, err := s.db.Begin(false)
+	if err != nil {
+		return
+	}
+	defer func() { _ = tx.Rollback() }()
+	// The mapping is read-only and shared: dropping pages loses nothing.
+	_, _, _ = syscall.Syscall(syscall.SYS_MADVISE, s.db.Info().Data, uintptr(tx.Size()), syscall.MADV_DONTNEED)
+}

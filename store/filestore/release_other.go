@@ -1,0 +1,6 @@
+//go:build !linux
+
+package filestore
+
+// releaseMapping does nothing on this system; see the Linux version.
+func (s *Store) releaseMapping() {}
