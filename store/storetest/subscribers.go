@@ -21,6 +21,7 @@ func sampleSubscriber(actorID string) store.Subscriber {
 		Host:            host,
 		Protocol:        store.ProtocolLitePub,
 		State:           store.StateAccepted,
+		SignatureScheme: store.SignatureRFC9421,
 		FollowID:        actorID + "#follows/1",
 		Inbox:           actorID + "/inbox",
 		SharedInbox:     "https://" + host + "/inbox",
