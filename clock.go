@@ -7,7 +7,8 @@ import "time"
 // and waits for it (the delivery dispatcher's polls, the periodic flush of
 // delivery statistics) only through its Clock, so that tests can run a relay
 // on a fake clock and move time forward at will. Network timeouts
-// (Config.RequestTimeout) are the one exception: they always use real time.
+// (Config.RequestTimeout) and the brief gathering of completed deliveries
+// into one store write are the exceptions: they always use real time.
 //
 // A Clock must be safe for concurrent use.
 type Clock interface {

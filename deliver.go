@@ -102,10 +102,19 @@ func (q *deliveryQueue) leaseDuration() time.Duration {
 // dispatcher.
 const pollInterval = time.Second
 
-// completers is the number of goroutines that confirm completed deliveries
-// to the store, so that a slow store (an fsync per transaction) holds no
-// worker and concurrent completions can share a transaction.
-const completers = 64
+// Completions are confirmed to the store in batches: a completer gathers
+// the ids that are ready (waiting at most completeGather for more while the
+// batch is small) and confirms them concurrently, so that a store that
+// commits concurrent changes together (filestore's group commit) makes one
+// transaction, and one sync, per batch rather than per delivery. Nothing
+// waits for a confirmation: q.done keeps completed ids from being sent
+// again meanwhile.
+const (
+	completers       = 2
+	completeBatch    = 1024
+	completeGather   = 100 * time.Millisecond
+	completeChBuffer = 4096
+)
 
 // storeTimeout bounds the store writes made on behalf of a delivery.
 const storeTimeout = 30 * time.Second
@@ -157,7 +166,7 @@ func newDeliveryQueue(r *Relay) *deliveryQueue {
 		bgCtx:      bgCtx,
 		bgCancel:   bgCancel,
 		stopCh:     make(chan struct{}),
-		completeCh: make(chan string, 1024),
+		completeCh: make(chan string, completeChBuffer),
 		perHost:    map[string]int{},
 		overflow:   map[string][]store.Delivery{},
 		held:       map[string]bool{},
@@ -301,8 +310,10 @@ func (q *deliveryQueue) leaseSome() (int, error) {
 			skip[h] = true
 		}
 	}
+	busy := q.busy
 	q.mu.Unlock()
-	if free <= 0 {
+	if free <= 0 || busy > 0 && free < cfg.Workers/4 {
+		// Lease in batches: a finishing worker wakes the dispatcher again.
 		return 0, nil
 	}
 	ds, err := q.r.store.Lease(q.ctx, store.LeaseRequest{
@@ -561,11 +572,48 @@ func (q *deliveryQueue) complete(d store.Delivery) {
 	q.completeCh <- d.ID
 }
 
-// completer confirms completions to the store.
+// completer confirms completions to the store, in batches.
 func (q *deliveryQueue) completer() {
 	defer q.cwg.Done()
+	var wg sync.WaitGroup
 	for id := range q.completeCh {
-		q.confirm(q.bgCtx, id)
+		batch := []string{id}
+		deadline := time.NewTimer(completeGather)
+	gather:
+		for len(batch) < completeBatch {
+			select {
+			case id, ok := <-q.completeCh:
+				if !ok {
+					break gather
+				}
+				batch = append(batch, id)
+			case <-deadline.C:
+				break gather
+			case <-q.stopCh:
+				// Shutting down: take what is there, without waiting.
+				for len(batch) < completeBatch {
+					select {
+					case id, ok := <-q.completeCh:
+						if !ok {
+							break gather
+						}
+						batch = append(batch, id)
+					default:
+						break gather
+					}
+				}
+				break gather
+			}
+		}
+		deadline.Stop()
+		for _, id := range batch {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				q.confirm(q.bgCtx, id)
+			}()
+		}
+		wg.Wait()
 	}
 }
 

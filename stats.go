@@ -174,36 +174,57 @@ func (st *deliveryStats) flush(ctx context.Context) error {
 		}
 	}
 	st.mu.Unlock()
-	var firstErr error
-	for i, p := range todo {
-		_, err := st.r.store.UpdateSubscriber(ctx, p.id, func(s *store.Subscriber, found bool) error {
-			if !found {
-				return store.ErrNotFound
-			}
-			p.e.apply(s)
-			return nil
-		})
-		switch {
-		case errors.Is(err, store.ErrNotFound):
-			st.forget(p.id)
-		case err != nil:
-			// Put the counts back so that they are written next time.
-			st.mu.Lock()
-			for _, q := range todo[i:] {
-				if e := st.m[q.id]; e != nil {
-					e.delivered += q.e.delivered
-					e.failed += q.e.failed
+	// Written concurrently, so that a store that commits concurrent
+	// changes together (filestore) makes a few transactions, not one per
+	// subscriber.
+	var (
+		wg      sync.WaitGroup
+		errMu   sync.Mutex
+		firstEr error
+		next    = make(chan pending)
+	)
+	for range min(flushParallelism, len(todo)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := range next {
+				_, err := st.r.store.UpdateSubscriber(ctx, p.id, func(s *store.Subscriber, found bool) error {
+					if !found {
+						return store.ErrNotFound
+					}
+					p.e.apply(s)
+					return nil
+				})
+				switch {
+				case errors.Is(err, store.ErrNotFound):
+					st.forget(p.id)
+				case err != nil:
+					// Put the counts back so that they are written next time.
+					st.mu.Lock()
+					if e := st.m[p.id]; e != nil {
+						e.delivered += p.e.delivered
+						e.failed += p.e.failed
+					}
+					st.mu.Unlock()
+					errMu.Lock()
+					if firstEr == nil {
+						firstEr = err
+					}
+					errMu.Unlock()
 				}
 			}
-			st.mu.Unlock()
-			return err
-		}
-		if firstErr == nil && ctx.Err() != nil {
-			firstErr = ctx.Err()
-		}
+		}()
 	}
-	return firstErr
+	for _, p := range todo {
+		next <- p
+	}
+	close(next)
+	wg.Wait()
+	return firstEr
 }
+
+// flushParallelism bounds the concurrent store writes of a flush.
+const flushParallelism = 32
 
 // SubscriberStatus is the delivery status of one subscriber: its record
 // (state, protocol, inboxes) with delivery statistics that include what the
