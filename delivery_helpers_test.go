@@ -116,7 +116,9 @@ func (s *spyStore) Retry(ctx context.Context, d store.Delivery) error {
 func (s *spyStore) Complete(ctx context.Context, id string) error {
 	s.mu.Lock()
 	fail := s.failOnce && !s.failed[id]
-	s.failed[id] = true
+	if s.failOnce {
+		s.failed[id] = true
+	}
 	s.mu.Unlock()
 	if fail {
 		return errors.New("spy: injected failure")
@@ -135,6 +137,13 @@ func (s *spyStore) retriesWith(n int) []store.Delivery {
 		}
 	}
 	return out
+}
+
+// failedCompletes returns how many Complete calls failed on purpose.
+func (s *spyStore) failedCompletes() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.failed)
 }
 
 func (s *spyStore) burnedAttempts() int {
@@ -247,6 +256,7 @@ func (e *memEnv) subscribed(hosts ...string) []*relaytest.Instance {
 		_, err := i.Subscribe(context.Background(), memRelayInbox, memRelayActor)
 		require.NoError(e.t, err)
 		i.WaitSubscribed(e.t, wait)
+		e.eventually(func() bool { return e.backlog(h) == 0 }, "the Accept to %s is completed", h)
 		out = append(out, i)
 	}
 	return out
