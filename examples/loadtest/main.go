@@ -259,6 +259,8 @@ type result struct {
 	rate         float64 // healthy deliveries per second
 	p50, p99     time.Duration
 	relayCPU     time.Duration // during the posting phase
+	relayUser    time.Duration // its user part
+	relaySys     time.Duration // its system (kernel) part
 	cpuDeliv     int           // deliveries attempted the CPU time is divided by
 	peakRSS      int64         // bytes
 	backlog      int
@@ -281,8 +283,8 @@ func (res *result) print(sig signing) {
 		ms(res.p50), ms(res.p99), res.perPost, runtime.NumCPU(), ms(floor), float64(res.p99)/float64(floor))
 	if res.cpuDeliv > 0 {
 		per := res.relayCPU / time.Duration(res.cpuDeliv)
-		fmt.Printf("  relay CPU: %.2f s for %d deliveries = %.3f ms per delivery = %.2f × one signature\n",
-			res.relayCPU.Seconds(), res.cpuDeliv, ms(per), float64(per)/float64(sig.cpuPerSig))
+		fmt.Printf("  relay CPU: %.2f s (user %.2f s, system %.2f s) for %d deliveries = %.3f ms per delivery = %.2f × one signature\n",
+			res.relayCPU.Seconds(), res.relayUser.Seconds(), res.relaySys.Seconds(), res.cpuDeliv, ms(per), float64(per)/float64(sig.cpuPerSig))
 	}
 	fmt.Printf("  relay peak RSS: %.1f MB\n", float64(res.peakRSS)/1e6)
 }
@@ -338,7 +340,7 @@ func runScenario(o options, scenario string, keys []*rsa.PrivateKey, tmp string)
 	res := &result{scenario: scenario, k: o.k, m: o.m, hosts: len(f.hosts)}
 
 	fmt.Printf("posting %d activities ...\n", o.m)
-	cpu0, err := rp.cpu()
+	user0, sys0, err := rp.cpuSplit()
 	if err != nil {
 		return nil, err
 	}
@@ -382,11 +384,12 @@ func runScenario(o options, scenario string, keys []*rsa.PrivateKey, tmp string)
 			lastReport = time.Now()
 		}
 	}
-	cpu1, err := rp.cpu()
+	user1, sys1, err := rp.cpuSplit()
 	if err != nil {
 		return nil, err
 	}
-	res.relayCPU = cpu1 - cpu0
+	res.relayUser, res.relaySys = user1-user0, sys1-sys0
+	res.relayCPU = res.relayUser + res.relaySys
 	res.peakRSS, err = rp.peakRSS()
 	if err != nil {
 		return nil, err
@@ -501,7 +504,7 @@ func loopbackFlags(bin string) []string {
 	if strings.Contains(help, "-allow-http") {
 		flags = append(flags, "-allow-http")
 	}
-	if len(flags) < 2 {
+	if len(flags) == 0 {
 		fmt.Fprintln(os.Stderr, "loadtest: warning: the relay has no -allow-private or -allow-http flag; "+
 			"if it refuses plain-http loopback addresses, pass a binary that allows them with -relay-bin")
 	}
@@ -523,24 +526,30 @@ func (rp *relayProcess) stop() {
 // cpu returns the relay's CPU time (user + system, all threads) from
 // /proc/<pid>/stat.
 func (rp *relayProcess) cpu() (time.Duration, error) {
+	u, s, err := rp.cpuSplit()
+	return u + s, err
+}
+
+// cpuSplit returns the relay's user and system CPU time.
+func (rp *relayProcess) cpuSplit() (user, system time.Duration, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", rp.cmd.Process.Pid))
 	if err != nil {
-		return 0, fmt.Errorf("reading the relay's CPU time (Linux /proc needed): %w", err)
+		return 0, 0, fmt.Errorf("reading the relay's CPU time (Linux /proc needed): %w", err)
 	}
 	// Fields after the parenthesised command name; utime and stime are
 	// fields 14 and 15 (1-based) of the whole line.
 	s := string(b)
 	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
 	if len(fields) < 13 {
-		return 0, errors.New("unexpected /proc/<pid>/stat format")
+		return 0, 0, errors.New("unexpected /proc/<pid>/stat format")
 	}
 	ut, err1 := strconv.ParseInt(fields[11], 10, 64)
 	st, err2 := strconv.ParseInt(fields[12], 10, 64)
 	if err := errors.Join(err1, err2); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	const clockTicks = 100 // USER_HZ on Linux
-	return time.Duration(ut+st) * time.Second / clockTicks, nil
+	return time.Duration(ut) * time.Second / clockTicks, time.Duration(st) * time.Second / clockTicks, nil
 }
 
 // peakRSS returns the relay's peak resident set size (VmHWM).
