@@ -119,8 +119,11 @@ type JRDLink struct {
 
 // WebFinger answers a WebFinger query for the relay actor: resource may be
 // acct:relay@<host> (with or without the port of BaseURL) or the actor URL.
-// It reports false for any other resource. Servers that run their own
-// WebFinger endpoint call it to answer for the relay.
+// The subject is acct:relay@<host>, with the port when BaseURL has one
+// other than its scheme's default (as Mastodon names accounts of a server
+// on a port), so a client that queries the subject again reaches this
+// relay. It reports false for any other resource. Servers that run their
+// own WebFinger endpoint call it to answer for the relay.
 func (r *Relay) WebFinger(resource string) (JRD, bool) {
 	hostname := r.base.Hostname()
 	switch strings.ToLower(resource) {
@@ -129,7 +132,7 @@ func (r *Relay) WebFinger(resource string) (JRD, bool) {
 		return JRD{}, false
 	}
 	return JRD{
-		Subject: "acct:relay@" + hostname,
+		Subject: "acct:relay@" + r.acctHost(),
 		Aliases: []string{r.actorID},
 		Links: []JRDLink{
 			{Rel: "self", Type: activityJSON, Href: r.actorID},
@@ -302,4 +305,14 @@ func (r *Relay) undoFollowBack(followID, subscriber string) ([]byte, string, err
 	u.To = vocab.ItemCollection{vocab.IRI(subscriber)}
 	b, err := marshalDoc(u, false)
 	return b, id, err
+}
+
+// acctHost is the host part of the relay's acct: URI: BaseURL's host, with
+// its port unless that is the scheme's default.
+func (r *Relay) acctHost() string {
+	port := r.base.Port()
+	if port == "" || (r.base.Scheme == "https" && port == "443") || (r.base.Scheme == "http" && port == "80") {
+		return r.base.Hostname()
+	}
+	return r.base.Host
 }

@@ -35,7 +35,7 @@ func FuzzWebFinger(f *testing.F) {
 		jrd, ok := r.WebFinger(resource)
 		require.Equal(t, accepted[strings.ToLower(resource)], ok)
 		if ok {
-			require.Equal(t, "acct:relay@relay.example", jrd.Subject)
+			require.Equal(t, "acct:relay@relay.example:8443", jrd.Subject)
 			require.Equal(t, r.ActorID(), jrd.Links[0].Href)
 		}
 

@@ -104,13 +104,19 @@ func TestWebFinger(t *testing.T) {
 	code, _, _ = get(t, r.Handler(), "https://relay.example/.well-known/webfinger")
 	assert.Equal(t, http.StatusBadRequest, code)
 
-	// A base URL with a port answers for the host with and without it.
+	// A base URL with a port answers for the host with and without it, and
+	// names the account with the port, so that querying the subject again
+	// reaches the relay.
 	rp := newTestRelay(t, "http://localhost:8080")
 	_, ok := rp.WebFinger("acct:relay@localhost:8080")
 	assert.True(t, ok)
 	jrd, ok := rp.WebFinger("acct:relay@localhost")
 	assert.True(t, ok)
-	assert.Equal(t, "acct:relay@localhost", jrd.Subject)
+	assert.Equal(t, "acct:relay@localhost:8080", jrd.Subject)
+	// A scheme's default port is not part of the account.
+	jrd, ok = newTestRelay(t, "https://relay.example:443").WebFinger("acct:relay@relay.example")
+	assert.True(t, ok)
+	assert.Equal(t, "acct:relay@relay.example", jrd.Subject)
 }
 
 func TestNodeInfo(t *testing.T) {
