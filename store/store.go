@@ -4,8 +4,10 @@
 // delivery queue).
 //
 // Implementations live in sub-packages: memstore keeps everything in memory
-// (tests and ephemeral relays). Every implementation must pass the
-// conformance suite in storetest.
+// (tests and ephemeral relays); filestore keeps everything durably in one
+// local file (the standalone relay's default). Every implementation must pass
+// the conformance suite in storetest. Export and Import move a relay's state
+// between stores as JSON.
 //
 // The contract is written so that several relay processes can share one
 // Store backed by a distributed engine (PostgreSQL, Redis): every method is
@@ -189,7 +191,8 @@ type LeaseRequest struct {
 }
 
 // DeliveryFilter selects deliveries in DropDeliveries and CountDeliveries.
-// Zero fields match everything; at least one field should be set.
+// Zero fields match everything: DropDeliveries with a zero filter empties
+// the whole queue, so callers set at least one field.
 type DeliveryFilter struct {
 	Host       string
 	Subscriber string
@@ -247,7 +250,10 @@ type Store interface {
 	// time, and reports whether it was new: true if id was not marked or its
 	// mark had expired, false if a live mark exists (which is left as it is).
 	// It is atomic: of concurrent callers with the same id exactly one sees
-	// true. Expired marks are reclaimed by the store.
+	// true. Whether a mark has expired is decided by the store's own clock
+	// (the system clock for memstore and filestore; the engine's for a
+	// shared store), not by the caller's. Expired marks are reclaimed by
+	// the store.
 	MarkSeen(ctx context.Context, id string, until time.Time) (bool, error)
 	// ForgetSeen removes the mark on id, so that the next MarkSeen of id
 	// reports true. The relay calls it when the work a mark guarded could not
@@ -270,6 +276,10 @@ type Store interface {
 	GetPayload(ctx context.Context, id string) ([]byte, error)
 	// Complete removes a delivery (delivered, or given up), and its payload
 	// once no delivery refers to it. Completing an absent delivery returns nil.
+	// Leases carry no token: Complete removes the delivery whoever holds it,
+	// so a process whose lease expired, and was taken over by another,
+	// can still complete it. The relay tolerates this: the worst outcome is
+	// one more copy sent by the other holder, which at-least-once allows.
 	Complete(ctx context.Context, deliveryID string) error
 	// Retry releases the lease on d.ID and stores d's Attempts, NotBefore and
 	// LastError, so it becomes due again at d.NotBefore. It returns
@@ -284,6 +294,8 @@ type Store interface {
 	// deliveries are queued for host, it removes the oldest (by Created, then
 	// NotBefore) unleased delivery whose ActivityType is one of types. It
 	// never removes other deliveries, so the backlog may stay above keep. It
-	// returns how many it removed.
+	// returns how many it removed. It takes no time: a delivery counts as
+	// leased until it is completed or retried, or until the store itself
+	// notices that its lease expired (at the latest at the next Lease).
 	ShedDeliveries(ctx context.Context, host string, keep int, types []string) (int, error)
 }
