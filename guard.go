@@ -51,11 +51,11 @@ func mustPrefixes(ss ...string) []netip.Prefix {
 type guard struct {
 	allow     []netip.Prefix
 	allowHTTP bool
-	blocked   domainSet
+	blocked   *blockList
 }
 
 func newGuard(cfg *Config) *guard {
-	return &guard{allow: cfg.AllowPrivate, allowHTTP: cfg.AllowHTTP, blocked: newDomainSet(cfg.BlockedDomains)}
+	return &guard{allow: cfg.AllowPrivate, allowHTTP: cfg.AllowHTTP, blocked: newBlockList(cfg.BlockedDomains)}
 }
 
 // allowedAddr reports whether the relay may connect to ip.
@@ -156,8 +156,16 @@ const (
 	responseHeaderTimeout = 20 * time.Second
 )
 
+// maxIdleConns bounds the idle connections the default transport keeps for
+// reuse. It is well above the number of deliveries in flight (Config.Workers,
+// 16 × GOMAXPROCS by default), so steady fan-out to a few hundred hosts
+// reuses its connections, while a relay with thousands of subscribed hosts
+// does not keep one open to each (1,000 idle connections held ≈ 25 MB).
+const maxIdleConns = 256
+
 // defaultTransport is an http.Transport tuned for fan-out: connection reuse
-// with several idle connections per host, HTTP/2 when the peer offers it,
+// with several idle connections per host (up to maxIdleConns in all, each
+// costing ≈ 25 kB of buffers and goroutine stacks), HTTP/2 when the peer offers it,
 // connect, TLS and response-header timeouts, and the guard's address check
 // at dial time. It uses no proxy: the guard checks the address it dials, so
 // a proxy would hide the real destination from it. To use a proxy, supply
@@ -170,7 +178,7 @@ func defaultTransport(g *guard) *http.Transport {
 			Control:   g.control,
 		}).DialContext,
 		ForceAttemptHTTP2:     true,
-		MaxIdleConns:          1024,
+		MaxIdleConns:          maxIdleConns,
 		MaxIdleConnsPerHost:   8,
 		IdleConnTimeout:       90 * time.Second,
 		TLSHandshakeTimeout:   tlsHandshakeTimeout,

@@ -53,7 +53,7 @@ func TestGuardControl(t *testing.T) {
 }
 
 func TestGuardURLs(t *testing.T) {
-	g := &guard{blocked: newDomainSet([]string{"Blocked.Example", "*.wild.example", "10.9.8.7"})}
+	g := &guard{blocked: newBlockList([]string{"Blocked.Example", "*.wild.example", "10.9.8.7"})}
 	for raw, ok := range map[string]bool{
 		"https://mastodon.example/users/a":      true,
 		"https://mastodon.example:8443/inbox":   true,

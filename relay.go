@@ -295,6 +295,9 @@ type Relay struct {
 	closed   chan struct{}
 	closeMu  sync.Mutex
 	inflight sync.WaitGroup // inbox requests being handled
+	bg       sync.WaitGroup // background loops other than delivery
+	started  bool
+	policyMu sync.Mutex // serialises changes of the run-time block list
 }
 
 // Store key under which the relay's private key is kept (PKCS#8 PEM).
@@ -349,6 +352,11 @@ func New(cfg Config) (*Relay, error) {
 	if err != nil {
 		return nil, err
 	}
+	blocked, err := r.readBlocked(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r.guard.blocked.set(blocked)
 	r.signer = &Signer{KeyID: r.keyID, Key: key}
 	if r.pubPEM, err = MarshalPublicKeyPEM(&key.PublicKey); err != nil {
 		return nil, err
@@ -478,7 +486,15 @@ func (r *Relay) Start() error {
 		return ErrClosed
 	default:
 	}
-	return r.queue.start()
+	if err := r.queue.start(); err != nil {
+		return err
+	}
+	if !r.started {
+		r.started = true
+		r.bg.Add(1)
+		go r.refreshPolicies()
+	}
+	return nil
 }
 
 // Close stops the relay without losing accepted work. The inbox answers
@@ -515,6 +531,7 @@ func (r *Relay) Close(ctx context.Context) error {
 	if qerr := r.queue.stop(ctx); err == nil {
 		err = qerr
 	}
+	r.bg.Wait()
 	if r.ownsStore {
 		if c, ok := r.store.(interface{ Close() error }); ok {
 			_ = c.Close()
