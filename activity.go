@@ -123,11 +123,25 @@ func parseEnvelope(body []byte) (*envelope, error) {
 		// needs an id for deduplication.
 		return nil, fmt.Errorf("%w: no id", errMalformed)
 	}
+	for _, f := range []struct{ name, id string }{
+		{"id", e.ID}, {"actor", e.Actor}, {"object id", e.Object.ID}, {"object actor", e.Object.Actor},
+		{"object's object", e.Object.Object}, {"object attributedTo", e.Object.AttributedTo},
+	} {
+		if len(f.id) > maxIDLength {
+			return nil, fmt.Errorf("%w: %s is %d bytes long, over the %d-byte limit for ids", errMalformed, f.name, len(f.id), maxIDLength)
+		}
+	}
 	if err := checkIRI(e.Actor); err != nil {
 		return nil, fmt.Errorf("%w: actor: %v", errMalformed, err)
 	}
 	return e, nil
 }
+
+// maxIDLength is the longest id (of an activity, its actor, its object,
+// or a signature's keyId) the inbox accepts, in bytes; longer ones get 400.
+// Real ids are well under 200 bytes, and ids become store keys
+// (deduplication marks), which must stay small.
+const maxIDLength = 2048
 
 // maxJSONDepth is how deeply arrays and objects may nest in an incoming
 // activity or a fetched document. Real activities nest a few levels (an

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/fedirelay/relay/store"
 )
 
 // FuzzParseEnvelope feeds arbitrary documents to the activity classifier:
@@ -48,6 +50,6 @@ func FuzzParseEnvelope(f *testing.F) {
 			require.Equal(t, e.Object.ID, id)
 		}
 		signer := &remoteActor{ID: e.Actor, Type: e.Object.Type}
-		_ = relayedByRelay(e, signer, e.Object.ID)
+		_ = relayedByRelay(e, signer, e.Object.ID, []store.Subscriber{{ActorID: e.Actor}})
 	})
 }

@@ -8,6 +8,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/fedirelay/relay/store"
 )
 
 func TestGuardAddresses(t *testing.T) {
@@ -179,14 +181,17 @@ func TestKeyOwnedBy(t *testing.T) {
 
 func TestRelayedByRelay(t *testing.T) {
 	relayActor := &remoteActor{ID: "https://r.example/actor", Type: "Application"}
+	bot := &remoteActor{ID: "https://r.example/users/bot", Type: "Service"}
 	person := &remoteActor{ID: "https://p.example/users/a", Type: "Person"}
+	subs := []store.Subscriber{{ActorID: relayActor.ID, Host: "r.example"}}
 	ann := func(actor, object string) *envelope {
 		return &envelope{Type: "Announce", Actor: actor, Object: objectRef{ID: object}}
 	}
-	assert.True(t, relayedByRelay(ann(relayActor.ID, "https://x.example/1"), relayActor, "https://x.example/1"))
-	assert.False(t, relayedByRelay(ann(relayActor.ID, "https://r.example/1"), relayActor, "https://r.example/1"), "its own server's post")
-	assert.False(t, relayedByRelay(ann(person.ID, "https://x.example/1"), person, "https://x.example/1"), "a person's boost")
+	assert.True(t, relayedByRelay(ann(relayActor.ID, "https://x.example/1"), relayActor, "https://x.example/1", subs))
+	assert.False(t, relayedByRelay(ann(relayActor.ID, "https://r.example/1"), relayActor, "https://r.example/1", subs), "its own server's post")
+	assert.False(t, relayedByRelay(ann(person.ID, "https://x.example/1"), person, "https://x.example/1", nil), "a person's boost")
+	assert.False(t, relayedByRelay(ann(bot.ID, "https://x.example/1"), bot, "https://x.example/1", subs), "a bot's boost")
 	c := ann(relayActor.ID, "https://x.example/1")
 	c.Type = "Create"
-	assert.False(t, relayedByRelay(c, relayActor, "https://x.example/1"))
+	assert.False(t, relayedByRelay(c, relayActor, "https://x.example/1", subs))
 }

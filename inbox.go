@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -54,7 +55,7 @@ func (a accepted) Error() string { return string(a) }
 //	401 no, malformed or invalid HTTP signature (draft-cavage or RFC 9421);
 //	    key not found; signer not bound to the actor
 //	400 malformed JSON (or nested too deeply), an activity without type,
-//	    actor or id
+//	    actor or id; an id, actor, object or keyId over maxIDLength bytes
 //	403 keyId, actor or object on a blocked domain (before any fetch);
 //	    sender not subscribed, not public, object from another origin
 //	429 too many key fetches for the keyId host, or too many requests from
@@ -63,8 +64,8 @@ func (a accepted) Error() string { return string(a) }
 //	    older than Config.MaxActivityAge, the relay's own activities,
 //	    Announces of other origins' objects by relays, Deletes by actors
 //	    whose key is gone)
-//	503 relay closing, key fetch timed out, or the store failed (the sender
-//	    should retry; with Retry-After)
+//	503 relay closing, key fetch timed out, too many key fetches in flight,
+//	    or the store failed (the sender should retry; with Retry-After)
 func (r *Relay) serveInbox(w http.ResponseWriter, req *http.Request) {
 	r.closeMu.Lock()
 	if r.isClosed() {
@@ -120,6 +121,9 @@ func (r *Relay) receive(ctx context.Context, w http.ResponseWriter, req *http.Re
 		return refuse(http.StatusUnauthorized, "%v", err)
 	}
 	keyID := sig.keyID()
+	if len(keyID) > maxIDLength {
+		return refuse(http.StatusBadRequest, "keyId is %d bytes long, over the %d-byte limit for ids", len(keyID), maxIDLength)
+	}
 	if err := checkIRI(keyID); err != nil {
 		return refuse(http.StatusUnauthorized, "unsupported keyId: %v", err)
 	}
@@ -197,32 +201,40 @@ func (r *Relay) verifyOptions() VerifyOptions {
 }
 
 // authenticate verifies the request's signature with the signer's key,
-// fetching it (cached, and fetched again once if verification fails, in
-// case the key was rotated). It waits at most Config.KeyFetchTimeout for
-// keys. It returns an error wrapping errGone when the key's document is
-// gone, and an *inboxError otherwise.
+// fetching it (cached; fetched again if verification fails, in case the key
+// was rotated, at most once per key per keyRefetchInterval, else the
+// failure is a 401 without any fetch). It waits at most
+// Config.KeyFetchTimeout for keys. It returns an error wrapping errGone
+// when the key's document is gone, and an *inboxError otherwise.
 func (r *Relay) authenticate(ctx context.Context, req *http.Request, sig inboundSignature) (*remoteKey, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.KeyFetchTimeout)
 	defer cancel()
 	keyID := sig.keyID()
-	key, err := r.keys.get(ctx, keyID, false)
+	key, err := r.keys.get(ctx, keyID, nil)
 	if err != nil {
 		return nil, keyError("cannot get key "+keyID, err)
 	}
-	if err := sig.verify(req, key.Key); err != nil {
-		if key, err = r.keys.get(ctx, keyID, true); err != nil {
-			return nil, keyError("cannot refresh key "+keyID, err)
-		}
-		if err := sig.verify(req, key.Key); err != nil {
-			return nil, refuse(http.StatusUnauthorized, "%v", err)
-		}
+	verr := sig.verify(req, key.Key)
+	if verr == nil {
+		return key, nil
 	}
-	return key, nil
+	fresh, err := r.keys.get(ctx, keyID, key)
+	switch {
+	case errors.Is(err, errRefetchTooSoon):
+		return nil, refuse(http.StatusUnauthorized, "%v", verr)
+	case err != nil:
+		return nil, keyError("cannot refresh key "+keyID, err)
+	}
+	if err := sig.verify(req, fresh.Key); err != nil {
+		return nil, refuse(http.StatusUnauthorized, "%v", err)
+	}
+	return fresh, nil
 }
 
 // keyError maps a key lookup failure to the inbox's answer: 429 when the
 // keyId host's fetch budget is spent, 503 when the key server did not
-// answer in time (the sender should retry), 401 otherwise.
+// answer in time or too many keys are being fetched (the sender should
+// retry), 401 otherwise.
 func keyError(what string, err error) error {
 	var rl *rateLimitedError
 	var ne net.Error
@@ -231,11 +243,17 @@ func keyError(what string, err error) error {
 		return err
 	case errors.As(err, &rl):
 		return refuseRetry(http.StatusTooManyRequests, rl.after, "%s: %v", what, err)
+	case errors.Is(err, errKeyFetchesBusy):
+		return refuseRetry(http.StatusServiceUnavailable, keyBusyRetryAfter, "%s: %v", what, err)
 	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
 		return refuseRetry(http.StatusServiceUnavailable, keyRetryAfter, "%s: timed out", what)
 	}
 	return refuse(http.StatusUnauthorized, "%s: %v", what, err)
 }
+
+// keyBusyRetryAfter is the Retry-After sent when maxKeyFetches keys are
+// being fetched already.
+const keyBusyRetryAfter = 10 * time.Second
 
 // keyRetryAfter is the Retry-After sent when a key fetch timed out.
 const keyRetryAfter = time.Minute
@@ -251,13 +269,23 @@ type inboundSignature interface {
 
 // requestSignature returns the request's RFC 9421 signature if it has a
 // Signature-Input header, else its draft-cavage signature.
+//
+// Behind a reverse proxy that rewrites Host (nginx's default proxy_pass,
+// Apache without ProxyPreserveHost) the request's Host is not the one the
+// sender signed: senders address the relay by its public URL. When the two
+// differ, a signature is verified against the request's Host first, then
+// against BaseURL's host.
 func (r *Relay) requestSignature(req *http.Request) (inboundSignature, error) {
+	publicHost := ""
+	if !strings.EqualFold(req.Host, r.base.Host) {
+		publicHost = r.base.Host
+	}
 	if len(req.Header.Values("Signature-Input")) == 0 {
 		p, err := FromRequest(req)
 		if err != nil {
 			return nil, err
 		}
-		return cavageSignature{p}, nil
+		return cavageSignature{p: p, publicHost: publicHost}, nil
 	}
 	m, err := MessageSignatureFromRequest(req)
 	if err != nil {
@@ -265,14 +293,28 @@ func (r *Relay) requestSignature(req *http.Request) (inboundSignature, error) {
 	}
 	// @target-uri is the URL the sender used: the relay's public scheme
 	// (a TLS-terminating proxy hides it) with the request's host and path.
-	abs := *req
-	u := *req.URL
-	u.Scheme, u.Host = r.base.Scheme, req.Host
-	abs.URL = &u
-	return &messageSignature{m: m, req: &abs}, nil
+	s := &messageSignature{m: m, req: withURL(req, r.base.Scheme, req.Host)}
+	if publicHost != "" {
+		s.public = withURL(req, r.base.Scheme, publicHost)
+	}
+	return s, nil
 }
 
-type cavageSignature struct{ p *SignatureParams }
+// withURL returns a shallow copy of req addressed to scheme://host with
+// req's path and query, and Host set to host.
+func withURL(req *http.Request, scheme, host string) *http.Request {
+	abs := *req
+	u := *req.URL
+	u.Scheme, u.Host = scheme, host
+	abs.URL = &u
+	abs.Host = host
+	return &abs
+}
+
+type cavageSignature struct {
+	p          *SignatureParams
+	publicHost string // BaseURL's host if the request's Host differs, else ""
+}
 
 func (s cavageSignature) keyID() string { return s.p.KeyID }
 func (s cavageSignature) rfc9421() bool { return false }
@@ -280,14 +322,23 @@ func (s cavageSignature) check(req *http.Request, body []byte, opts VerifyOption
 	return s.p.Check(req, body, opts)
 }
 func (s cavageSignature) verify(req *http.Request, pub crypto.PublicKey) error {
-	return s.p.Verify(req, pub)
+	err := s.p.Verify(req, pub)
+	if err != nil && s.publicHost != "" && slices.Contains(s.p.Headers, "host") {
+		if s.p.VerifyHost(req, pub, s.publicHost) == nil {
+			return nil
+		}
+	}
+	return err
 }
 
 // messageSignature checks and verifies against req, the request with an
-// absolute URL, whatever request it is given.
+// absolute URL, whatever request it is given; and if that fails, against
+// public, the same request addressed to BaseURL's host, when the request's
+// Host differs from it.
 type messageSignature struct {
-	m   *MessageSignature
-	req *http.Request
+	m      *MessageSignature
+	req    *http.Request
+	public *http.Request
 }
 
 func (s *messageSignature) keyID() string { return s.m.KeyID }
@@ -296,7 +347,11 @@ func (s *messageSignature) check(_ *http.Request, body []byte, opts VerifyOption
 	return s.m.Check(s.req, body, opts)
 }
 func (s *messageSignature) verify(_ *http.Request, pub crypto.PublicKey) error {
-	return s.m.Verify(s.req, pub)
+	err := s.m.Verify(s.req, pub)
+	if err != nil && s.public != nil && s.m.Verify(s.public, pub) == nil {
+		return nil
+	}
+	return err
 }
 
 // requireSelf checks that the activity's actor signed it: Follow, Undo,
@@ -309,13 +364,32 @@ func requireSelf(env *envelope, signer *remoteActor) error {
 }
 
 // requireBound checks that the signer may speak for the activity's actor:
-// the actor itself, or the instance actor of the actor's own server
-// (GoToSocial signs its users' pushes with its instance key).
-func requireBound(env *envelope, signer *remoteActor) error {
-	if signer.ID == env.Actor || (signer.isInstanceActor() && sameOrigin(signer.ID, env.Actor)) {
+// the actor itself, or the actor of a subscription (not a rejected one) on
+// the actor's own server, given in subscribers (the subscriptions of the
+// actor's host).
+// GoToSocial subscribes with its instance actor, which signs its users'
+// pushes (protocol reference §5.4). Any other actor of the host may not
+// speak for its neighbours: Mastodon and Misskey bot accounts are of type
+// Service too, and anyone may run one.
+func requireBound(env *envelope, signer *remoteActor, subscribers []store.Subscriber) error {
+	if signer.ID == env.Actor {
+		return nil
+	}
+	if s := subscriberWithActor(subscribers, signer.ID); s != nil && s.State != store.StateRejected && sameOrigin(signer.ID, env.Actor) {
 		return nil
 	}
 	return refuse(http.StatusUnauthorized, "signed by %s, which may not speak for %s", signer.ID, env.Actor)
+}
+
+// subscriberWithActor returns the subscription of subs whose actor is
+// actorID, whatever its state, or nil.
+func subscriberWithActor(subs []store.Subscriber, actorID string) *store.Subscriber {
+	for i := range subs {
+		if subs[i].ActorID == actorID {
+			return &subs[i]
+		}
+	}
+	return nil
 }
 
 // relayableObject returns the id of the object an activity is about, after
@@ -333,14 +407,17 @@ func relayableObject(env *envelope) (string, error) {
 	return o.ID, nil
 }
 
-// relayedByRelay is the loop guard: it reports an Announce whose actor is
-// a server's instance or relay actor (type Application or Service) and
-// whose object comes from another origin. That is what another relay
-// sends; relaying it could send posts around a cycle of relays. (An
-// instance actor announcing its own server's posts, as Pleroma's relay
-// actor does, is a publisher and passes.)
-func relayedByRelay(env *envelope, signer *remoteActor, objectID string) bool {
-	return env.Type == "Announce" && signer.ID == env.Actor && signer.isInstanceActor() &&
+// relayedByRelay is the loop guard: it reports an Announce, signed by its
+// actor, whose actor is the actor of a subscription (subscribers are the
+// subscriptions of the actor's host) and whose object comes from another
+// origin. A server's subscription actor is its instance or relay actor;
+// when it announces other origins' posts it is relaying, and relaying that
+// could send posts around a cycle of relays. (An instance actor announcing
+// its own server's posts, as Pleroma's relay actor does, is a publisher and
+// passes.) The actor's type is not the test: bot accounts are Service
+// actors too, and their boosts are relayed like anyone's.
+func relayedByRelay(env *envelope, signer *remoteActor, objectID string, subscribers []store.Subscriber) bool {
+	return env.Type == "Announce" && signer.ID == env.Actor && subscriberWithActor(subscribers, env.Actor) != nil &&
 		objectID != "" && !sameOrigin(objectID, env.Actor)
 }
 
@@ -365,12 +442,12 @@ func (r *Relay) learnRFC9421(ctx context.Context, actorID string) {
 // relayActivity accepts a public activity from a subscriber and queues it
 // for every other accepted subscriber before answering.
 func (r *Relay) relayActivity(ctx context.Context, env *envelope, body []byte, signer *remoteActor) error {
-	if err := requireBound(env, signer); err != nil {
-		return err
-	}
 	senderHost := hostOf(env.Actor)
 	senders, err := r.store.ListSubscribers(ctx, store.SubscriberFilter{Host: senderHost})
 	if err != nil {
+		return err
+	}
+	if err := requireBound(env, signer, senders); err != nil {
 		return err
 	}
 	var sender *store.Subscriber
@@ -409,7 +486,7 @@ func (r *Relay) relayActivity(ctx context.Context, env *envelope, body []byte, s
 		r.now().Sub(env.Published) > r.cfg.MaxActivityAge {
 		return accepted("published " + env.Published.String() + ", longer ago than the maximum age")
 	}
-	if relayedByRelay(env, signer, objectID) {
+	if relayedByRelay(env, signer, objectID, senders) {
 		return accepted("announce by a relay actor of an object from another origin")
 	}
 
@@ -458,8 +535,8 @@ func (d *dedup) forget(ctx context.Context) {
 // fanOut queues the activity for every accepted subscriber on another
 // host, one delivery per inbox: the original bytes for Mastodon-style
 // subscribers when receivers can authenticate them (an LD signature or
-// proof; Update, Delete and Move are forwarded as they are), an Announce by
-// the relay otherwise. The relay announces a post once: when the same
+// proof; Update, Delete and Move are forwarded as they are) and the body is
+// at most maxVerbatimBytes, an Announce by the relay otherwise. The relay announces a post once: when the same
 // object comes again in another Create or Announce (a boost, or the copy
 // another relay forwards), only the verbatim deliveries go out.
 func (r *Relay) fanOut(ctx context.Context, env *envelope, body []byte, objectID, senderHost string, d *dedup) error {
@@ -474,7 +551,13 @@ func (r *Relay) fanOut(ctx context.Context, env *envelope, body []byte, objectID
 	// forwarded as it is: only the object's IRI is relayed, so receivers
 	// fetch it from its origin.
 	foreignEmbed := env.Type == "Announce" && env.Object.Embedded && !sameOrigin(objectID, env.Actor)
-	wrapUnsigned := (!env.LDSigned && isPost) || foreignEmbed
+	// A post too large for Misskey's inbox (413 above 64 KiB, and 4xx is
+	// not retried) goes to every Mastodon-style subscriber as an Announce,
+	// as unsigned posts do: the relay cannot tell Misskey from Mastodon.
+	// Update, Delete and Move stay verbatim (an Announce of a deleted or
+	// edited object would be wrong), so Misskey misses the large ones.
+	tooLarge := isPost && len(body) > maxVerbatimBytes
+	wrapUnsigned := (!env.LDSigned && isPost) || foreignEmbed || tooLarge
 	announceOK := objectID != ""
 	if announceOK && isPost {
 		fresh, err := d.mark(ctx, "announced:"+objectID)
@@ -507,6 +590,10 @@ func (r *Relay) fanOut(ctx context.Context, env *envelope, body []byte, objectID
 	}
 	return b.enqueue(ctx)
 }
+
+// maxVerbatimBytes is the largest post forwarded verbatim: Misskey's inbox
+// body limit (64 KiB, protocol reference §5.2 and §8).
+const maxVerbatimBytes = 64 << 10
 
 // payloadID names a payload by its content.
 func payloadID(body []byte) string {

@@ -10,9 +10,12 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/fedirelay/relay/store"
 )
 
 // errGone reports a 410 Gone from a fetched URL: a deleted actor or object.
@@ -133,18 +136,16 @@ func (a *remoteActor) DeliveryInbox() string {
 	return a.Inbox
 }
 
-// isInstanceActor reports an actor type that servers use for their
-// instance (server-wide) actor.
-func (a *remoteActor) isInstanceActor() bool {
-	return a.Type == "Application" || a.Type == "Service"
-}
-
 // remoteKey is a verified binding of a key id to its owner.
 type remoteKey struct {
 	ID      string
 	Owner   *remoteActor
 	Key     crypto.PublicKey
 	expires time.Time
+	// refetched is when the key was last fetched again because a
+	// signature did not verify with it (zero if never); guarded by
+	// keyCache.mu.
+	refetched time.Time
 }
 
 // keyDocument is the union of an actor document and a bare key document.
@@ -189,21 +190,53 @@ func (d *keyDocument) actor() *remoteActor {
 
 // keyCache resolves key ids to verified owners, caching them for
 // Config.KeyCacheTTL. Concurrent lookups of one key id share one fetch.
+//
+// The cache is bounded: when it grows past sweepAt, expired entries are
+// dropped, and if more than maxKeys remain, those closest to expiry are
+// evicted. At most maxFetches keys are fetched at once, whatever their
+// hosts (keyId hosts are chosen by strangers, and subdomains are free).
 type keyCache struct {
-	r        *Relay
-	mu       sync.Mutex
-	keys     map[string]*remoteKey
-	inflight map[string]*keyCall
+	r          *Relay
+	mu         sync.Mutex
+	keys       map[string]*remoteKey
+	inflight   map[string]*keyCall
+	maxKeys    int // most keys kept
+	maxFetches int // most fetches in flight
+	sweepAt    int // cache size that triggers the next sweep
 }
 
 type keyCall struct {
-	done chan struct{}
-	key  *remoteKey
-	err  error
+	done   chan struct{}
+	key    *remoteKey
+	err    error
+	host   string // the keyId host, whose fetch budget paid for the call
+	refund bool   // give the token back if the fetch succeeds
+	// refetched is set on a refetch after a failed verification: the time
+	// it started, recorded in the new entry (see remoteKey.refetched).
+	refetched time.Time
 }
 
+// Bounds of the key cache.
+const (
+	// maxCachedKeys bounds the keys kept in memory.
+	maxCachedKeys = 50_000
+	// minKeySweep is the smallest cache size at which expired keys are
+	// swept; afterwards the next sweep comes when the cache has doubled.
+	minKeySweep = 1024
+	// maxKeyFetches bounds the key fetches in flight; beyond it the inbox
+	// answers 503 with Retry-After (keyBusyRetryAfter).
+	maxKeyFetches = 64
+	// keyRefetchInterval is how often a cached key may be fetched again
+	// because a signature did not verify with it (a rotated key); forged
+	// signatures naming the key cause no more fetches than that.
+	keyRefetchInterval = time.Minute
+)
+
 func newKeyCache(r *Relay) *keyCache {
-	return &keyCache{r: r, keys: map[string]*remoteKey{}, inflight: map[string]*keyCall{}}
+	return &keyCache{
+		r: r, keys: map[string]*remoteKey{}, inflight: map[string]*keyCall{},
+		maxKeys: maxCachedKeys, maxFetches: maxKeyFetches, sweepAt: min(minKeySweep, maxCachedKeys),
+	}
 }
 
 // rateLimitedError reports that a per-host limit was exceeded; the
@@ -218,33 +251,98 @@ func (e *rateLimitedError) Error() string {
 	return fmt.Sprintf("relay: too many %s for %s, retry in %v", e.what, e.host, e.after)
 }
 
-// get returns the key for keyID, from the cache unless refresh is set or
-// the entry expired. A fetch takes a token from the keyId host's bucket
-// (Config.KeyFetchLimit); callers that join a fetch in flight do not.
-func (c *keyCache) get(ctx context.Context, keyID string, refresh bool) (*remoteKey, error) {
-	c.mu.Lock()
-	if k, ok := c.keys[keyID]; ok && !refresh && c.r.now().Before(k.expires) {
-		c.mu.Unlock()
-		return k, nil
-	}
-	call, ok := c.inflight[keyID]
-	if !ok {
-		host := hostOf(keyID)
-		if ok, after := c.r.keyLimit.allow(host, c.r.now()); !ok {
+// Errors of keyCache.get that are not fetch failures.
+var (
+	// errRefetchTooSoon: the key was already fetched again because of a
+	// failed verification less than keyRefetchInterval ago.
+	errRefetchTooSoon = errors.New("relay: key was refetched less than a minute ago")
+	// errKeyFetchesBusy: maxKeyFetches fetches are in flight.
+	errKeyFetchesBusy = errors.New("relay: too many key fetches in flight")
+)
+
+// get returns the key for keyID: the cached one if it has not expired and
+// is not stale, else a fresh fetch. stale, if not nil, is a key the caller
+// could not verify a signature with: if the cache still holds it, the key
+// is fetched again (a rotated key), at most once per keyRefetchInterval
+// (else errRefetchTooSoon); if the cache already holds another one, that
+// one is returned.
+//
+// A fetch takes a token from the keyId host's bucket (Config.KeyFetchLimit)
+// and gives it back if it succeeds, so only failed fetches (errors, 404s,
+// bad documents, timeouts) spend the budget; callers that join a fetch in
+// flight take none. When the budget is spent, a key that was cached before
+// is still fetched if its host has a subscriber (known senders are never
+// locked out by strangers' failures). At most maxFetches fetches run at
+// once (else errKeyFetchesBusy).
+func (c *keyCache) get(ctx context.Context, keyID string, stale *remoteKey) (*remoteKey, error) {
+	host := hostOf(keyID)
+	checked, known := false, false
+	for {
+		now := c.r.now()
+		c.mu.Lock()
+		k, cached := c.keys[keyID]
+		refresh := cached && stale != nil && k == stale
+		if cached && !refresh && now.Before(k.expires) {
 			c.mu.Unlock()
-			return nil, &rateLimitedError{what: "key fetches", host: host, after: after}
+			return k, nil
 		}
-		call = &keyCall{done: make(chan struct{})}
-		c.inflight[keyID] = call
-		go c.resolve(keyID, call)
+		call, ok := c.inflight[keyID]
+		if !ok {
+			if refresh && !k.refetched.IsZero() && now.Sub(k.refetched) < keyRefetchInterval {
+				c.mu.Unlock()
+				return nil, errRefetchTooSoon
+			}
+			if len(c.inflight) >= c.maxFetches {
+				c.mu.Unlock()
+				return nil, errKeyFetchesBusy
+			}
+			spend := !known && c.r.keyLimit != nil
+			if spend {
+				if allowed, after := c.r.keyLimit.allow(host, now); !allowed {
+					c.mu.Unlock()
+					if cached && !checked {
+						checked = true
+						if known = c.r.hostHasSubscriber(ctx, host); known {
+							continue
+						}
+					}
+					return nil, &rateLimitedError{what: "key fetches", host: host, after: after}
+				}
+			}
+			call = &keyCall{done: make(chan struct{}), host: host, refund: spend}
+			if refresh {
+				k.refetched = now // a failed refetch counts too
+				call.refetched = now
+			}
+			// keyID is usually a substring of the request's Signature header:
+			// a copy keeps the cache from holding every such header alive.
+			keyID = strings.Clone(keyID)
+			c.inflight[keyID] = call
+			go c.resolve(keyID, call)
+		}
+		c.mu.Unlock()
+		select {
+		case <-call.done:
+			return call.key, call.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
-	c.mu.Unlock()
-	select {
-	case <-call.done:
-		return call.key, call.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
+}
+
+// hostHasSubscriber reports whether an accepted (or dormant) subscriber
+// lives on host. A store error counts as no.
+func (r *Relay) hostHasSubscriber(ctx context.Context, host string) bool {
+	subs, err := r.store.ListSubscribers(ctx, store.SubscriberFilter{Host: host})
+	if err != nil {
+		return false
 	}
+	for _, s := range subs {
+		if s.State == store.StateAccepted || s.State == store.StateDormant {
+			return true
+		}
+	}
+	return false
 }
 
 // resolve runs one fetch on behalf of every waiter. It is detached from
@@ -254,18 +352,50 @@ func (c *keyCache) resolve(keyID string, call *keyCall) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.r.cfg.KeyFetchTimeout)
 	defer cancel()
 	call.key, call.err = c.r.resolveKey(ctx, keyID)
+	if call.err == nil && call.refund {
+		c.r.keyLimit.refund(call.host, c.r.now())
+	}
 	c.mu.Lock()
 	if call.err == nil {
+		call.key.refetched = call.refetched
 		c.keys[keyID] = call.key
+		if len(c.keys) > c.sweepAt {
+			c.sweep(c.r.now())
+		}
 	}
 	delete(c.inflight, keyID)
 	c.mu.Unlock()
 	close(call.done)
 }
 
+// sweep drops the expired keys and, if more than 90 % of maxKeys remain,
+// evicts those closest to expiry down to that. The next sweep comes when
+// the cache has doubled (at least minKeySweep, at most maxKeys), so the
+// cost of sweeping is spread over many fetches. c.mu must be held.
+func (c *keyCache) sweep(now time.Time) {
+	for id, k := range c.keys {
+		if !now.Before(k.expires) {
+			delete(c.keys, id)
+		}
+	}
+	if keep := c.maxKeys * 9 / 10; len(c.keys) > keep {
+		ids := make([]string, 0, len(c.keys))
+		for id := range c.keys {
+			ids = append(ids, id)
+		}
+		slices.SortFunc(ids, func(a, b string) int { return c.keys[a].expires.Compare(c.keys[b].expires) })
+		for _, id := range ids[:len(ids)-keep] {
+			delete(c.keys, id)
+		}
+	}
+	c.sweepAt = min(c.maxKeys, max(minKeySweep, 2*len(c.keys)))
+}
+
 // resolveKey fetches keyID and binds it to its owner both ways: the key
 // document names the owner, and the owner's actor document lists the key
-// (as Mastodon checks). It accepts keys embedded in the actor document
+// (as Mastodon checks). The fetched document is trusted as the owner's
+// actor document only if its id is the URL fetched (keyID without its
+// fragment); otherwise the owner is fetched by its id. It accepts keys embedded in the actor document
 // (keyId = actor#main-key), GoToSocial's key stubs (keyId = actor/main-key,
 // a document whose publicKey.id is the keyId) and bare Key documents.
 func (r *Relay) resolveKey(ctx context.Context, keyID string) (*remoteKey, error) {
@@ -304,9 +434,11 @@ func (r *Relay) resolveKey(ctx context.Context, keyID string) (*remoteKey, error
 		return nil, fmt.Errorf("relay: key %s: %w", keyID, err)
 	}
 	owner := doc.actor()
-	if doc.ID != entry.Owner || owner.Inbox == "" {
-		// The key lives apart from its owner: fetch the owner and check
-		// that it lists this key.
+	if doc.ID != stripFragment(keyID) || doc.ID != entry.Owner || owner.Inbox == "" {
+		// The key lives apart from its owner, or the document claims to be
+		// another URL than the one fetched (an uploaded file claiming to be
+		// an actor): fetch the owner, whose document must have the id it
+		// was fetched by, and check that it lists this key.
 		if owner, err = r.fetchOwner(ctx, entry.Owner, keyID); err != nil {
 			return nil, err
 		}

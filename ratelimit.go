@@ -68,6 +68,23 @@ func (l *limiter) allow(key string, now time.Time) (bool, time.Duration) {
 	return false, wait
 }
 
+// refund gives back a token taken by allow, for an event that turned out
+// not to count (a key fetch that succeeded). The bucket never holds more
+// than its burst.
+func (l *limiter) refund(key string, now time.Time) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b, ok := l.buckets[key]
+	if !ok {
+		return // pruned: it is full
+	}
+	b.refill(now, l.rate, l.burst)
+	b.tokens = min(l.burst, b.tokens+1)
+}
+
 func (b *bucket) refill(now time.Time, rate, burst float64) {
 	if d := now.Sub(b.last); d > 0 {
 		b.tokens = min(burst, b.tokens+d.Seconds()*rate)

@@ -150,8 +150,8 @@ type Config struct {
 	DedupWindow time.Duration
 
 	// KeyCacheTTL is how long fetched actor keys are trusted before being
-	// fetched again (a failing signature always triggers one refetch).
-	// Default 1 hour.
+	// fetched again (a failing signature triggers one refetch, at most once
+	// per key per minute). Default 1 hour.
 	KeyCacheTTL time.Duration
 
 	// Workers is the number of deliveries in flight at once; they wait on
@@ -234,11 +234,13 @@ type Config struct {
 	// that never answers cannot hold inbox requests. Default 10 seconds.
 	KeyFetchTimeout time.Duration
 
-	// KeyFetchLimit limits fetches of unknown (or refreshed) keys per keyId
-	// host, so that requests naming ever new keyIds cannot make the relay
-	// hammer a host. A request over the limit gets 429 with Retry-After.
-	// Concurrent requests signed with the same key share one fetch. Default
-	// 5 per second, bursts of 50.
+	// KeyFetchLimit limits failed key fetches per keyId host (errors, 404s,
+	// bad documents, timeouts: a fetch that succeeds gives its token back),
+	// so that requests naming ever new keyIds cannot make the relay hammer a
+	// host. A request needing a fetch when the budget is spent gets 429 with
+	// Retry-After, except the refetch of a cached key of a host with a
+	// subscriber (a rotated key). Concurrent requests signed with the same
+	// key share one fetch. Default 5 per second, bursts of 50.
 	KeyFetchLimit RateLimit
 
 	// InboxLimit limits the authenticated inbox requests accepted per

@@ -411,30 +411,38 @@ func TestKeyCacheExpires(t *testing.T) {
 	assert.Equal(t, 2, actors.getCount("/users/c"), "fetched again after the TTL")
 }
 
-// Key fetches are limited per keyId host: a stream of new keyIds from one
-// host gets 429 once its budget is spent, and another host is unaffected.
+// Key fetches are limited per keyId host, counting failed fetches only: a
+// stream of keyIds that do not exist gets 429 once the host's budget is
+// spent (then new keys of that host wait too), successful fetches give their
+// token back, and another host is unaffected.
 func TestKeyFetchesAreLimitedPerHost(t *testing.T) {
 	a, b := newFakeActors(t), newFakeActors(t)
 	r := newRelayServer(t, relay.Config{
 		AllowHTTP: true, AllowPrivate: loopback, KeyFetchLimit: relay.RateLimit{Rate: 0.001, Burst: 2},
 	}, nil)
-	send := func(f *fakeActors, user string) (int, string, http.Header) {
-		body := note(f.actorID(user), "1", time.Time{})
-		return post(t, r.InboxURL(), body, func(req *http.Request) { f.signCavage(req, user, body) })
+	send := func(f *fakeActors, user, keyID string) (int, string, http.Header) {
+		body := note(f.actorID(user), randomID(), time.Time{})
+		return post(t, r.InboxURL(), body, func(req *http.Request) {
+			require.NoError(t, (&relay.Signer{KeyID: keyID, Key: f.key(user)}).SignRequest(req, body, time.Now()))
+		})
 	}
-	for _, u := range []string{"u1", "u2"} {
-		code, text, _ := send(a, u)
-		require.Equal(t, http.StatusForbidden, code, text)
+	for _, u := range []string{"u1", "u2", "u3"} {
+		code, text, _ := send(a, u, a.keyID(u))
+		require.Equal(t, http.StatusForbidden, code, "fetched, authenticated, not subscribed: %s", text)
 	}
-	code, text, h := send(a, "u3")
+	for i := range 2 {
+		code, text, _ := send(a, "u1", a.base+"/missing/"+strconv.Itoa(i)+"#main-key")
+		require.Equal(t, http.StatusUnauthorized, code, text)
+	}
+	code, text, h := send(a, "u4", a.keyID("u4"))
 	assert.Equal(t, http.StatusTooManyRequests, code, text)
 	assert.NotEmpty(t, h.Get("Retry-After"))
-	assert.Zero(t, a.getCount("/users/u3"), "no fetch over the limit")
+	assert.Zero(t, a.getCount("/users/u4"), "no fetch over the limit")
 	// A cached key needs no fetch.
-	code, text, _ = send(a, "u1")
+	code, text, _ = send(a, "u1", a.keyID("u1"))
 	assert.Equal(t, http.StatusForbidden, code, text)
 	// Another host has its own budget.
-	code, text, _ = send(b, "u1")
+	code, text, _ = send(b, "u1", b.keyID("u1"))
 	assert.Equal(t, http.StatusForbidden, code, text)
 	assert.Equal(t, 1, b.getCount("/users/u1"))
 }

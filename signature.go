@@ -419,6 +419,18 @@ func (p *SignatureParams) Verify(r *http.Request, pub crypto.PublicKey) error {
 	return err
 }
 
+// VerifyHost is Verify with host as the value of the signed host header,
+// whatever r.Host says. A server behind a reverse proxy that rewrites Host
+// (nginx's default proxy_pass) sees the proxy's upstream host, while the
+// sender signed the public one: verify with r first, then with VerifyHost
+// and the public host. Only the host line changes; every other component
+// is taken from r as Verify does.
+func (p *SignatureParams) VerifyHost(r *http.Request, pub crypto.PublicKey, host string) error {
+	alt := *r
+	alt.Host = host
+	return p.Verify(&alt, pub)
+}
+
 func (p *SignatureParams) verify(r *http.Request, pub crypto.PublicKey, withQuery bool) (bool, error) {
 	msg, err := p.SigningString(r, withQuery)
 	if err != nil {

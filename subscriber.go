@@ -16,7 +16,9 @@ import (
 // a Mastodon-style subscription, a Follow of the relay actor a LitePub one.
 // The subscriber is stored before any reply is queued, so an activity that
 // arrives right after the Accept reaches the new subscriber. A repeated
-// Follow is idempotent: an accepted subscriber gets its Accept again.
+// Follow is idempotent: an accepted subscriber gets its Accept again, and
+// a rejected one its Reject (the FollowPolicy is not asked again, so a
+// refused server cannot come back by following again).
 func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteActor) error {
 	if err := requireSelf(env, signer); err != nil {
 		return err
@@ -39,7 +41,11 @@ func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteA
 		return err
 	}
 	decision, reason := DecisionAccept, ""
-	if !found || existing.State != store.StateAccepted {
+	switch {
+	case found && existing.State == store.StateRejected:
+		// A refusal lasts: only Approve, or Remove and a new Follow, undo it.
+		decision = DecisionReject
+	case !found || existing.State != store.StateAccepted:
 		decision, reason = r.policy(ctx, FollowRequest{
 			Actor: env.Actor, ActorType: signer.Type, Host: hostOf(env.Actor), Protocol: proto, FollowID: env.ID,
 		})
@@ -68,7 +74,10 @@ func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteA
 			}
 			s.State = store.StateAccepted
 		case DecisionReject:
-			s.State, s.Note = store.StateRejected, reason
+			s.State = store.StateRejected
+			if reason != "" {
+				s.Note = reason
+			}
 		default:
 			s.State = store.StatePending
 		}
@@ -137,6 +146,11 @@ func (r *Relay) handleUndo(ctx context.Context, env *envelope, signer *remoteAct
 	}
 	if o.ID != s.FollowID && (o.ID != "" || !o.Embedded || o.Actor != env.Actor) {
 		return accepted("undo of follow " + o.ID + ", which is not the current subscription")
+	}
+	if s.State == store.StateRejected {
+		// The record of a refusal stays until the operator removes it:
+		// otherwise Undo and a new Follow would start afresh.
+		return accepted("undo from a rejected subscriber")
 	}
 	r.log.Info("relay: unsubscribed", "actor", s.ActorID)
 	return r.removeSubscriber(ctx, &s, nil)
@@ -240,7 +254,11 @@ func (r *Relay) Approve(ctx context.Context, actorID string) error {
 
 // Refuse rejects a subscription, pending or accepted: the subscriber gets a
 // Reject, nothing more is delivered to it or accepted from it, and the
-// record stays (state rejected, with reason in Note) until Remove.
+// record stays (state rejected, with reason in Note) until Remove. The
+// refusal lasts: a new Follow from the actor (or an Undo followed by a
+// Follow) is answered with a Reject again, without asking the
+// FollowPolicy, until Approve accepts it or Remove deletes the record
+// (after which a new Follow is decided afresh).
 func (r *Relay) Refuse(ctx context.Context, actorID, reason string) error {
 	return r.decide(ctx, actorID, store.StateRejected, reason)
 }

@@ -1,0 +1,26 @@
+package relay
+
+// Test hooks for the external tests (package relay_test).
+
+// SetKeyCacheBounds sets the relay's key cache bounds: the most keys kept
+// and the most key fetches in flight (maxCachedKeys and maxKeyFetches by
+// default), so that tests need not create tens of thousands of keys.
+func SetKeyCacheBounds(r *Relay, maxKeys, maxFetches int) {
+	c := r.keys
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.maxKeys, c.maxFetches = maxKeys, maxFetches
+	c.sweepAt = min(c.maxKeys, max(minKeySweep, 2*len(c.keys)))
+}
+
+// CachedKeys returns the key ids the relay's key cache holds.
+func CachedKeys(r *Relay) []string {
+	c := r.keys
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ids := make([]string, 0, len(c.keys))
+	for id := range c.keys {
+		ids = append(ids, id)
+	}
+	return ids
+}
