@@ -28,7 +28,25 @@ var (
 	ErrNotFound = errors.New("store: not found")
 	// ErrClosed is returned by every method of a store that has been closed.
 	ErrClosed = errors.New("store: closed")
+	// ErrTooLong is wrapped by the error a store returns when an id or key
+	// is longer than it accepts (see PortableKeyLen).
+	ErrTooLong = errors.New("store: id or key too long")
+	// ErrEmptyID is wrapped by the error UpdateSubscriber returns for an
+	// empty actor id.
+	ErrEmptyID = errors.New("store: empty id")
 )
+
+// PortableKeyLen is the length in bytes of the longest id or key that every
+// Store accepts: value keys, subscriber actor ids, MarkSeen and ForgetSeen
+// ids, payload and delivery ids. A store may accept longer ones. One it
+// refuses gets an error that wraps ErrTooLong, from that call only: nothing
+// is changed, and the store keeps working for every other caller (a store
+// must check lengths before a change can fail a commit it shares with other
+// callers' changes). Methods that only read or remove may instead treat a
+// key that is too long as absent. The relay stays below this length: its
+// inbox refuses ids (of activities, actors, objects) over 2,048 bytes, and
+// the ids it derives from them add a short prefix or are hashes.
+const PortableKeyLen = 4096
 
 // State is the state of a subscription.
 type State string
@@ -147,8 +165,12 @@ type Payload struct {
 
 // Delivery is one pending POST of a payload to one inbox.
 type Delivery struct {
-	// ID identifies the delivery; the relay assigns it. Enqueueing an ID that
-	// is already queued is a no-op, so a fan-out can be repeated safely.
+	// ID identifies the delivery; the relay assigns it. Enqueue is
+	// idempotent by ID: enqueueing an ID that is already queued is a no-op
+	// (the queued delivery keeps its fields and lease), also when several
+	// callers enqueue the same IDs concurrently, so a fan-out can be
+	// repeated safely. An ID that was completed or dropped is no longer
+	// queued: enqueueing it again queues it anew.
 	ID string
 	// PayloadID names the Payload to send.
 	PayloadID string
@@ -206,11 +228,24 @@ func (f DeliveryFilter) Match(d *Delivery) bool {
 // Store persists a relay's state.
 //
 // Every method must be safe for concurrent use by multiple goroutines (and,
-// for shared engines, by multiple processes), must honour ctx cancellation
-// and deadlines by returning ctx.Err() (possibly wrapped) without applying a
-// partial change, and must return ErrClosed after the store is closed.
-// Methods never retain or modify the slices and structs passed to them, and
-// the values they return are copies the caller may modify.
+// for shared engines, by multiple processes) and must return ErrClosed
+// after the store is closed. Methods never retain or modify the slices and
+// structs passed to them, and the values they return are copies the caller
+// may modify. Ids and keys up to PortableKeyLen bytes are accepted (see
+// there for longer ones).
+//
+// Every method honours ctx cancellation and deadlines by returning
+// ctx.Err() (possibly wrapped):
+//
+//   - If ctx is already done when the method is called, it changes nothing.
+//   - If ctx ends while a change is being made, the method may return
+//     ctx.Err() (or a result, if it finished meanwhile) with the change
+//     either applied or not: a store cannot always know whether a commit it
+//     submitted took effect (the file store waits for a change once it is
+//     submitted; a database's commit may succeed as the connection drops).
+//     A change is never applied in part: each method's change is atomic,
+//     whatever ctx does. Callers that need to know re-read the state. A
+//     method that returns nil has applied its change.
 type Store interface {
 	// GetValue returns the value stored under key, or ErrNotFound.
 	// Values hold small named documents: the relay key, policies, settings.
@@ -238,7 +273,8 @@ type Store interface {
 	// returns an error, nothing is stored and UpdateSubscriber returns that
 	// error. fn must not change ActorID and may be called more than once
 	// (optimistic retries), so it must not have side effects. It returns the
-	// subscriber as stored.
+	// subscriber as stored. An empty actorID is refused with an error
+	// wrapping ErrEmptyID, before fn is called.
 	UpdateSubscriber(ctx context.Context, actorID string, fn func(s *Subscriber, found bool) error) (Subscriber, error)
 	// DeleteSubscriber removes a subscriber. Removing an absent one returns nil.
 	DeleteSubscriber(ctx context.Context, actorID string) error

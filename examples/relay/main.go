@@ -9,6 +9,10 @@
 // For production put it behind a TLS-terminating reverse proxy and pass the
 // public URL: -base-url https://relay.example.org.
 //
+// Unless the GOMEMLIMIT environment variable is set, the relay gives the Go
+// runtime a soft memory limit of max(64 MiB, 1.5 × the live heap), so that
+// the garbage collector runs before the heap doubles (see setMemoryLimit).
+//
 // State (subscribers, the relay key, policies, the delivery queue) lives in
 // a file store in the -data directory, which one relay process at a time
 // may use. Back it up and restore it with the export and import commands,
@@ -17,6 +21,13 @@
 //
 //	relay export -data ./relay-data > backup.json
 //	relay import -data ./new-data < backup.json
+//
+// The data directory should be private (mode 0700): the relay creates it
+// so, and warns at start when an existing one is open to other users. If
+// the store fails to write to disk (a full disk, an I/O error), the relay
+// logs the error and exits with status 1, so that a supervisor (systemd,
+// a container runtime) restarts it; the restarted relay continues from the
+// last commit, which holds everything that was acknowledged.
 package main
 
 import (
@@ -86,7 +97,11 @@ func run(args []string) error {
 		return fmt.Errorf("-log-level: %w", err)
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if setMemoryLimit() {
+		logger.Debug("soft memory limit: max(64 MiB, 1.5 × live heap); set GOMEMLIMIT to choose another")
+	}
 
+	warnDataDirMode(*dataDir, func(msg string) { logger.Warn(msg, "dir", absPath(*dataDir)) })
 	st, err := openStore(*dataDir)
 	if err != nil {
 		return err
@@ -122,6 +137,10 @@ func run(args []string) error {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
+	// Catch the signals before announcing that the relay listens, so that
+	// one sent right after the announcement stops it cleanly.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	if err := r.Start(); err != nil {
 		return err
 	}
@@ -130,14 +149,22 @@ func run(args []string) error {
 	fmt.Printf("  subscribe   Mastodon/Misskey inbox %s, Pleroma/Akkoma/GoToSocial actor %s\n", r.InboxURL(), r.ActorID())
 	fmt.Printf("  state in    %s\n", absPath(*dataDir))
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	select {
 	case err := <-serveErr:
 		return err
 	case <-ctx.Done():
+	case <-st.Failed():
+		// Nothing can be stored any more: stop at once and let a
+		// supervisor restart the relay, which reopens the store.
+		err := fmt.Errorf("the store failed, exiting so that the relay is restarted: %w", st.Err())
+		logger.Error("the store can no longer write to disk; exiting so that a supervisor restarts the relay", "err", st.Err())
+		_ = srv.Close()
+		closeCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = r.Close(closeCtx) // it cannot record anything: do not wait long
+		return err
 	}
 	logger.Info("shutting down")
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -146,6 +173,20 @@ func run(args []string) error {
 		logger.Error("http shutdown", "err", err)
 	}
 	return r.Close(shutdownCtx)
+}
+
+// warnDataDirMode calls warn if dir exists and other users may read or
+// enter it: it holds the relay's private key. The store creates a missing
+// directory with mode 0700 but leaves an existing one as it is.
+func warnDataDirMode(dir string, warn func(msg string)) {
+	fi, err := os.Stat(dir)
+	if err != nil || !fi.IsDir() {
+		return
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		warn(fmt.Sprintf("the data directory holds the relay's private key but has mode %04o: "+
+			"other users may read it; make it private with chmod 700", perm))
+	}
 }
 
 // usage is the help text printed before the flags.
@@ -222,6 +263,7 @@ func runBackup(cmd string, args []string, stdin io.Reader, stdout io.Writer) err
 			return fmt.Errorf("export: no relay state in %s: %w", *dataDir, err)
 		}
 	}
+	warnDataDirMode(*dataDir, func(msg string) { fmt.Fprintf(os.Stderr, "relay %s: warning: %s: %s\n", cmd, *dataDir, msg) })
 	st, err := openStore(*dataDir)
 	if err != nil {
 		return err

@@ -22,8 +22,15 @@ import (
 // all, as README shows it.
 const runAsRelay = "FEDIRELAY_TEST_RUN_RELAY"
 
+// childSetups run in the child process before the relay command, to set
+// up its environment (see storefail_linux_test.go).
+var childSetups []func()
+
 func TestMain(m *testing.M) {
 	if os.Getenv(runAsRelay) == "1" {
+		for _, setup := range childSetups {
+			setup()
+		}
 		if err := run(os.Args[1:]); err != nil {
 			os.Stderr.WriteString("relay: " + err.Error() + "\n")
 			os.Exit(1)

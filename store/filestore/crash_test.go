@@ -112,6 +112,24 @@ func crashActor(w int) string { return fmt.Sprintf("https://w.example/actors/%d"
 // sharedActor is the subscriber all workers update.
 const sharedActor = "https://w.example/shared"
 
+// Kill points of TestCrash: round r kills the writer once it acknowledged
+// a random number of steps in the r-th of crashRounds equal slices of
+// 1..crashMaxSteps, so that over the rounds the kills spread from the first
+// steps to the last, then waits a random moment of up to crashJitter so
+// that the kill lands anywhere within a step (between a change and its
+// sync, between two commits, ...).
+const (
+	crashRounds   = 5
+	crashMaxSteps = 400
+	crashJitter   = 3 * time.Millisecond
+)
+
+// crashKillPoint returns how many steps round acknowledges before the kill.
+func crashKillPoint(round int) int {
+	slice := crashMaxSteps / crashRounds
+	return round*slice + 1 + rand.IntN(slice)
+}
+
 // TestCrash kills a process that writes to a store at a random moment,
 // several times over the same directory, and checks after each kill that
 // the store opens, is intact, holds every change that was acknowledged and
@@ -122,11 +140,13 @@ func TestCrash(t *testing.T) {
 		t.Skip("starts processes")
 	}
 	dir := t.TempDir()
-	rounds := 5
 	acked := make([]int, crashWorkers) // last step acknowledged per worker, over all rounds
 	ackedSteps := 0                    // steps acknowledged, over all rounds
-	for round := range rounds {
-		last, steps := runAndKill(t, dir, time.Duration(50+rand.IntN(400))*time.Millisecond)
+	for round := range crashRounds {
+		target := crashKillPoint(round)
+		jitter := time.Duration(rand.Int64N(int64(crashJitter)))
+		last, steps := runAndKill(t, dir, target, jitter)
+		t.Logf("round %d: killed %v after step %d of this run (%d acknowledged by the kill)", round, jitter, target, steps)
 		for w, i := range last {
 			acked[w] = max(acked[w], i)
 		}
@@ -141,10 +161,11 @@ func TestCrash(t *testing.T) {
 	}
 }
 
-// runAndKill runs the crash writer on dir, SIGKILLs it after about d (once
-// every worker acknowledged a step) and returns the last step each worker
-// acknowledged and how many steps were acknowledged in all.
-func runAndKill(t *testing.T, dir string, d time.Duration) ([]int, int) {
+// runAndKill runs the crash writer on dir, SIGKILLs it a time jitter after
+// it acknowledged target steps in all (and every worker one at least), and
+// returns the last step each worker acknowledged and how many steps were
+// acknowledged in all.
+func runAndKill(t *testing.T, dir string, target int, jitter time.Duration) ([]int, int) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), childEnv+"="+dir)
@@ -174,13 +195,13 @@ func runAndKill(t *testing.T, dir string, d time.Duration) ([]int, int) {
 			mu.Unlock()
 		}
 	}()
-	started := time.Now()
-	deadline := started.Add(30 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for {
 		mu.Lock()
-		ready := !slicesContainsZero(last)
+		ready := !slicesContainsZero(last) && steps >= target
 		mu.Unlock()
-		if ready && time.Since(started) >= d {
+		if ready {
+			time.Sleep(jitter)
 			break
 		}
 		if time.Now().After(deadline) {

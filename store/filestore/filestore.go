@@ -16,16 +16,31 @@
 // moment before it is synced. The store on disk always holds a prefix of the
 // history of changes: after a crash it has every change whose method
 // returned, and perhaps a few that were still being committed, but never a
-// later change without an earlier one. If a commit fails (a full disk, an
-// I/O error), the store refuses all further work with ErrFailed: reopen it
-// to continue from the last commit.
+// later change without an earlier one. Open syncs the data directory, so
+// that the file's entry is durable too, and the file is never opened with
+// settings that skip a sync of the data (bbolt's NoSync or NoGrowSync);
+// only the list of free pages is not written, and bbolt rebuilds it when it
+// opens the file.
+//
+// If a commit fails (a full disk, an I/O error), every caller whose change
+// was in that commit gets an error wrapping ErrFailed, and the store
+// refuses all further work with ErrFailed, because its memory may be ahead
+// of its file. Failed reports that moment, so that a program can restart;
+// Close and Open the store again to continue from the last commit, which
+// holds every change whose method returned nil. Bad input never makes a
+// commit fail: ids and keys are checked before a change joins a commit
+// (see store.PortableKeyLen), and the error goes to that caller only.
 //
 // # Memory and disk
 //
 // Subscribers, values and the delivery queue's index are kept in memory as
 // well as on disk, so that reads and Lease are fast; they are loaded when
-// the store is opened. Payload bodies and deduplication marks stay on disk
-// only. Leases are kept in memory only: after a restart every queued
+// the store is opened. The index takes about 200 bytes per queued delivery
+// (20 MB for 100,000), less when deliveries share an inbox and activity
+// type. Payload bodies and deduplication marks stay on disk only. The pages
+// of the file that bbolt reads through its memory mapping are handed back
+// to the kernel while Open reads the file, at most a second after commits
+// and every ReclaimInterval, so the file does not stay resident as well. Leases are kept in memory only: after a restart every queued
 // delivery is due again at its NotBefore, which makes deliveries that were
 // in flight at a crash be retried (a receiver may see them twice).
 //
@@ -52,7 +67,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -88,6 +105,13 @@ var (
 	ErrFailed = errors.New("store/filestore: a write to disk failed; the store must be reopened")
 )
 
+// MaxKeyLen is the length in bytes of the longest id or key the store
+// accepts (value keys, actor ids, deduplication ids, payload and delivery
+// ids): bbolt's limit on a key, less the 8 bytes of the longest prefix the
+// store puts before an id (the expiry of a deduplication mark). Longer
+// ones are refused with an error wrapping store.ErrTooLong.
+const MaxKeyLen = bolt.MaxKeySize - 8
+
 // Options tunes a Store. The zero value (or nil) gives the defaults.
 type Options struct {
 	// LockTimeout is how long Open waits for another process to release
@@ -114,10 +138,6 @@ var (
 	keyFormat   = []byte("format")
 )
 
-// maxKeyLen is the longest key the store accepts: bbolt's limit, less the
-// prefix byte some keys get.
-const maxKeyLen = bolt.MaxKeySize - 1
-
 // Store is a store.Store kept in a directory on local disk. Create it with
 // Open; the zero value is not usable. All methods are safe for concurrent
 // use; after Close they return store.ErrClosed.
@@ -127,9 +147,11 @@ type Store struct {
 	db   *bolt.DB
 	now  func() time.Time // clock for deduplication marks
 
-	mu     sync.RWMutex
-	closed bool
-	failed error // set when a commit failed: see ErrFailed
+	mu         sync.RWMutex
+	closed     bool
+	failed     error                        // set when a commit failed: see ErrFailed
+	failedCh   chan struct{}                // closed when failed is set
+	failCommit atomic.Pointer[func() error] // test hook: makes commits fail
 
 	values   map[string][]byte
 	subs     map[string]*store.Subscriber
@@ -159,6 +181,8 @@ func Open(dir string, opts *Options) (*Store, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	_, err := os.Stat(dir)
+	newDir := errors.Is(err, os.ErrNotExist)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("store/filestore: creating data directory: %w", err)
 	}
@@ -174,6 +198,19 @@ func Open(dir string, opts *Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	// bbolt syncs the file's data, not its directory entry (nor that of a
+	// new directory): sync them, at every Open in case an earlier Open
+	// created the file and failed before its sync.
+	syncDirs := []string{dir}
+	if newDir {
+		syncDirs = append(syncDirs, filepath.Dir(filepath.Clean(dir)))
+	}
+	for _, d := range syncDirs {
+		if err := syncDirFunc(d); err != nil {
+			_ = db.Close()
+			return nil, err
+		}
+	}
 	s := &Store{
 		dir:       dir,
 		path:      path,
@@ -183,6 +220,7 @@ func Open(dir string, opts *Options) (*Store, error) {
 		subs:      make(map[string]*store.Subscriber),
 		subHosts:  make(map[string]map[string]struct{}),
 		q:         newQueue(),
+		failedCh:  make(chan struct{}),
 		stopReclm: make(chan struct{}),
 	}
 	if err := s.load(); err != nil {
@@ -198,6 +236,38 @@ func Open(dir string, opts *Options) (*Store, error) {
 		go s.reclaimLoop(o.ReclaimInterval)
 	}
 	return s, nil
+}
+
+// syncDirFunc is syncDir; tests replace it to see that Open calls it.
+var syncDirFunc = syncDir
+
+// syncDir syncs the directory dir, so that the entries created in it
+// (the database file) survive a power loss.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("store/filestore: syncing data directory: %w", err)
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("store/filestore: syncing data directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// boltOptions are the bbolt settings of the database file. They must keep
+// every commit durable: NoSync and NoGrowSync stay false. NoFreelistSync
+// only skips writing the list of free pages, which bbolt rebuilds from the
+// tree when it opens the file, so a crash loses nothing with it.
+func boltOptions(timeout time.Duration) *bolt.Options {
+	return &bolt.Options{
+		Timeout:        timeout,
+		FreelistType:   bolt.FreelistMapType,
+		NoFreelistSync: true,
+	}
 }
 
 // checkFile verifies, before bbolt maps it, that an existing database file
@@ -258,11 +328,7 @@ func openBolt(path string, timeout time.Duration) (db *bolt.DB, err error) {
 			db, err = nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, path, p)
 		}
 	}()
-	db, err = bolt.Open(path, 0o600, &bolt.Options{
-		Timeout:        timeout,
-		FreelistType:   bolt.FreelistMapType,
-		NoFreelistSync: true,
-	})
+	db, err = bolt.Open(path, 0o600, boltOptions(timeout))
 	switch {
 	case err == nil:
 		return db, nil
@@ -277,6 +343,21 @@ func openBolt(path string, timeout time.Duration) (db *bolt.DB, err error) {
 
 // Dir returns the directory the store was opened in.
 func (s *Store) Dir() string { return s.dir }
+
+// Failed returns a channel that is closed when a commit fails and the
+// store starts refusing all work with ErrFailed. A program that runs the
+// store should then stop (or Close and Open the store again): nothing it
+// does can be stored until then. The channel stays open for a store that
+// is merely closed.
+func (s *Store) Failed() <-chan struct{} { return s.failedCh }
+
+// Err returns the error wrapping ErrFailed that the store returns since a
+// commit failed, or nil if none failed.
+func (s *Store) Err() error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.failed
+}
 
 // Close commits the changes being committed, stops the background work and
 // closes the database file, releasing the directory. Afterwards every
@@ -364,7 +445,7 @@ func (s *Store) changeAfter(ctx context.Context, apply func() (func(tx *bolt.Tx)
 		if err != nil {
 			return err
 		}
-		done = s.w.submit(fn, after)
+		done = s.w.submit(fn, after, false)
 		return nil
 	}()
 	if err != nil {
@@ -379,7 +460,7 @@ func (s *Store) submitTx(ctx context.Context, fn func(tx *bolt.Tx) error) error 
 	if err := s.rlock(ctx); err != nil {
 		return err
 	}
-	done := s.w.submit(fn, nil)
+	done := s.w.submit(fn, nil, true)
 	s.mu.RUnlock()
 	return <-done
 }
@@ -399,6 +480,9 @@ type commitReq struct {
 	fn    func(tx *bolt.Tx) error // nil: only wait for the commit
 	after func()                  // run under s.mu after a successful commit
 	done  chan error              // capacity 1
+	// diskOnly: fn changes the file only, nothing in memory (submitTx), so
+	// if it fails it can be left out of the commit: see commit.
+	diskOnly bool
 }
 
 func (w *writer) init() {
@@ -409,8 +493,8 @@ func (w *writer) init() {
 // submit queues fn (which may be nil) and after, and returns the channel
 // that receives the commit's outcome. Callers hold s.mu, which keeps the
 // order of submissions that of the changes in memory.
-func (w *writer) submit(fn func(tx *bolt.Tx) error, after func()) <-chan error {
-	r := &commitReq{fn: fn, after: after, done: make(chan error, 1)}
+func (w *writer) submit(fn func(tx *bolt.Tx) error, after func(), diskOnly bool) <-chan error {
+	r := &commitReq{fn: fn, after: after, done: make(chan error, 1), diskOnly: diskOnly}
 	w.mu.Lock()
 	w.pending = append(w.pending, r)
 	w.mu.Unlock()
@@ -440,10 +524,17 @@ func (w *writer) stop() {
 	w.mu.Unlock()
 }
 
+// releaseAfterCommits is the least time between two releases of the
+// mapping's pages (see releaseMapping) by the write loop. Commits read the
+// pages they change through the mapping, so a busy store would otherwise
+// keep growing resident until the next ReclaimInterval.
+const releaseAfterCommits = time.Second
+
 // writeLoop commits pending changes: whatever accumulates while one commit
 // is being synced goes into the next, so the cost of a sync is shared.
 func (s *Store) writeLoop() {
 	defer s.bg.Done()
+	released := time.Now()
 	for {
 		select {
 		case <-s.w.wake:
@@ -456,26 +547,44 @@ func (s *Store) writeLoop() {
 		for reqs := s.w.take(); len(reqs) > 0; reqs = s.w.take() {
 			s.commit(reqs)
 		}
+		if time.Since(released) >= releaseAfterCommits {
+			s.releaseMapping()
+			released = time.Now()
+		}
 	}
 }
 
 // commit runs reqs in one transaction and reports the outcome to each. A
 // failed commit makes the store fail (see ErrFailed): the changes are in
 // memory but not on disk, and later commits would break the prefix order.
+//
+// A change that touches the file only (submitTx) and fails on its own is
+// the exception: it is left out, its caller gets its error, and the others
+// are committed without it, so that one caller's change cannot fail
+// another's. (Callers check their input first, so this is a safety net.)
 func (s *Store) commit(reqs []*commitReq) {
 	s.mu.RLock()
 	err := s.failed
 	s.mu.RUnlock()
 	if err == nil && !onlyBarriers(reqs) {
-		t := time.Now()
-		err = s.runTx(reqs)
-		if os.Getenv("FSDEBUG") != "" {
-			fmt.Fprintln(os.Stderr, "commit", len(reqs), time.Since(t).Microseconds())
+		for {
+			var bad int
+			bad, err = s.runTx(reqs)
+			if err == nil || bad < 0 || !reqs[bad].diskOnly {
+				break
+			}
+			reqs[bad].done <- changeError(err)
+			reqs = slices.Delete(slices.Clone(reqs), bad, bad+1)
+			if onlyBarriers(reqs) {
+				err = nil
+				break
+			}
 		}
 		s.mu.Lock()
 		if err != nil {
 			if s.failed == nil {
 				s.failed = fmt.Errorf("%w: %s: %v", ErrFailed, s.path, err)
+				close(s.failedCh)
 			}
 			err = s.failed
 		} else {
@@ -492,6 +601,14 @@ func (s *Store) commit(reqs []*commitReq) {
 	}
 }
 
+// changeError returns the error of a change left out of a commit.
+func changeError(err error) error {
+	if errors.Is(err, bolt.ErrKeyTooLarge) || errors.Is(err, bolt.ErrValueTooLarge) {
+		return fmt.Errorf("store/filestore: %w: %w", store.ErrTooLong, err)
+	}
+	return fmt.Errorf("store/filestore: %w", err)
+}
+
 // onlyBarriers reports whether no request changes anything: they only wait
 // for the changes submitted before them, which earlier commits wrote.
 func onlyBarriers(reqs []*commitReq) bool {
@@ -504,24 +621,37 @@ func onlyBarriers(reqs []*commitReq) bool {
 }
 
 // runTx runs the requests' functions in one read-write transaction and
-// commits it. A panic (a damaged file) is returned as an error.
-func (s *Store) runTx(reqs []*commitReq) (err error) {
+// commits it. If the function of reqs[bad] failed, nothing is committed and
+// runTx returns bad and its error; other failures (the commit itself, a
+// panic on a damaged file) return bad < 0.
+func (s *Store) runTx(reqs []*commitReq) (bad int, err error) {
+	bad = -1
 	defer func() {
 		if p := recover(); p != nil {
-			err = fmt.Errorf("%w: %s: %v", ErrCorrupt, s.path, p)
+			bad, err = -1, fmt.Errorf("%w: %s: %v", ErrCorrupt, s.path, p)
 		}
 	}()
-	return s.db.Update(func(tx *bolt.Tx) error {
-		for _, r := range reqs {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		for i, r := range reqs {
 			if r.fn == nil {
 				continue
 			}
 			if err := r.fn(tx); err != nil {
+				bad = i
+				return err
+			}
+		}
+		if hook := s.failCommit.Load(); hook != nil {
+			if err := (*hook)(); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
+	if err == nil {
+		bad = -1
+	}
+	return bad, err
 }
 
 // reclaimLoop calls Reclaim every interval until Close, and releases the
@@ -604,10 +734,31 @@ func prefixed(p byte, k string) []byte {
 	return b
 }
 
-// checkKey returns an error if k cannot be stored as a key.
+// checkKey returns an error wrapping store.ErrTooLong if k is longer than
+// MaxKeyLen. Every id and key a change stores is checked with it before the
+// change is submitted, so that a commit never fails on bbolt's key limit.
 func checkKey(what, k string) error {
-	if len(k) > maxKeyLen {
-		return fmt.Errorf("store/filestore: %s of %d bytes is longer than %d", what, len(k), maxKeyLen)
+	if len(k) > MaxKeyLen {
+		return fmt.Errorf("store/filestore: %s of %d bytes is longer than %d: %w", what, len(k), MaxKeyLen, store.ErrTooLong)
+	}
+	return nil
+}
+
+// checkValue returns an error wrapping store.ErrTooLong if v is longer
+// than bbolt stores as one value (2 GiB).
+func checkValue(v []byte) error {
+	if len(v) > bolt.MaxValueSize {
+		return fmt.Errorf("store/filestore: value of %d bytes is longer than %d: %w", len(v), bolt.MaxValueSize, store.ErrTooLong)
+	}
+	return nil
+}
+
+// checkDiskKey returns an error wrapping store.ErrTooLong if k, a key
+// derived from an id, is longer than bbolt accepts. It guards derived keys
+// (checkKey bounds the ids they are made of) against a change of format.
+func checkDiskKey(k []byte) error {
+	if len(k) == 0 || len(k) > bolt.MaxKeySize {
+		return fmt.Errorf("store/filestore: key of %d bytes does not fit in 1 to %d: %w", len(k), bolt.MaxKeySize, store.ErrTooLong)
 	}
 	return nil
 }

@@ -95,11 +95,19 @@ func (s *Store) loadSubscribers(tx *bolt.Tx) error {
 	return err
 }
 
+// loadReleaseEvery is how many deliveries loadQueue reads between two
+// releases of the mapping's pages (see releaseMapping), so that reading a
+// large queue does not make the whole file resident at once.
+const loadReleaseEvery = 8192
+
 func (s *Store) loadQueue(tx *bolt.Tx) error {
 	pb, db := tx.Bucket(bPayloads), tx.Bucket(bDeliveries)
 	var orphans [][]byte // deliveries without payload
-	in := interner{}     // decoded strings are new: share those that repeat
+	n := 0
 	err := db.ForEach(func(k, v []byte) error {
+		if n++; n%loadReleaseEvery == 0 {
+			s.releasePages(tx.Size())
+		}
 		seq, r, err := decodeRecord(k, v)
 		if err != nil {
 			return fmt.Errorf("%w: %s: delivery %q: %v", ErrCorrupt, s.path, k, err)
@@ -109,12 +117,12 @@ func (s *Store) loadQueue(tx *bolt.Tx) error {
 				orphans = append(orphans, cloneBytes(k))
 				return nil
 			}
-			s.q.payloads[r.PayloadID] = &payloadRef{}
+			s.q.payloads[r.PayloadID] = &payloadRef{id: r.PayloadID}
 		}
 		if _, dup := s.q.byID[r.ID]; dup {
 			return fmt.Errorf("%w: %s: delivery %q stored twice", ErrCorrupt, s.path, r.ID)
 		}
-		s.q.add(newItem(r.ID, seq, &r, in), in.intern(r.Host))
+		s.q.add(newItem(seq, &r), &r)
 		s.q.seq = max(s.q.seq, seq)
 		return nil
 	})

@@ -29,11 +29,16 @@ import (
 // seq); hosts whose ready heap is not empty sit in queue.due, ordered by
 // their first ready item; leased items sit in queue.leased, ordered by lease
 // expiry. Lease thus costs O((k + s) log n) for k leased deliveries and s
-// skipped hosts. Strings that many deliveries share (payload, inbox,
-// subscriber, activity type) are shared in memory: Enqueue keeps the
-// caller's strings, which a fan-out shares, and Open interns them. Payload bodies are not kept in
-// memory, except a new body until its commit (so that GetPayload of a
-// delivery Lease returned never misses it).
+// skipped hosts. Payload bodies are not kept in memory, except a new body
+// until its commit (so that GetPayload of a delivery Lease returned never
+// misses it).
+//
+// Items are kept small, since a large backlog holds one per delivery (96
+// bytes, plus its ID and its entries in byID and a heap): what many
+// deliveries share is stored once and referred to — the payload (payloadRef)
+// and the host, inbox, subscriber and activity type (target, interned in
+// queue.targets and counted) — and times are stored as seconds and
+// nanoseconds.
 
 // record is a delivery as stored on disk.
 type record struct {
@@ -53,34 +58,96 @@ type queue struct {
 	seq      uint64
 	byID     map[string]*item
 	payloads map[string]*payloadRef
+	targets  map[targetKey]*target
 	hosts    map[string]*hostQueue
 	due      hostHeap  // hosts with ready items, by their earliest one
 	leased   leaseHeap // leased items, by lease expiry
 }
 
-// payloadRef is a stored payload: how many items refer to it and, until
-// the commit that writes it, its body.
+// payloadRef is a stored payload: its ID, how many items refer to it and,
+// until the commit that writes it, its body.
 type payloadRef struct {
+	id   string
 	refs int
 	body []byte
 }
 
-// item is a queued delivery.
+// targetKey is what a target holds, as a map key.
+type targetKey struct {
+	host, inbox, subscriber, activityType string
+}
+
+// target is where and what the deliveries that refer to it go: a fan-out
+// sends the same activity type to the same inbox for the same subscriber
+// many times over. It is removed with the last item that refers to it, so
+// host (whose queue holds those items) outlives it.
+type target struct {
+	host                            *hostQueue
+	inbox, subscriber, activityType string
+	refs                            int
+}
+
+// item is a queued delivery. It has no time.Time fields, which take 24
+// bytes each: a time is its Unix seconds and nanoseconds (see stamp).
 type item struct {
-	id           string
-	payload      string
-	inbox        string
-	subscriber   string
-	activityType string
-	attempts     int
-	notBefore    time.Time
-	created      time.Time
-	lastError    string
-	seq          uint64
-	host         *hostQueue
-	leased       bool
-	leaseEnd     time.Time // when the lease expires, if leased
-	idx          int       // index in host.ready, or in queue.leased if leased
+	id        string
+	payload   *payloadRef
+	target    *target
+	lastError *string // nil if empty
+	seq       uint64
+	nbSec     int64 // NotBefore
+	crSec     int64 // Created
+	leSec     int64 // when the lease expires, if leased
+	attempts  int
+	nbNsec    int32
+	crNsec    int32
+	leNsec    int32 // < 0 if not leased
+	idx       int32 // index in host.ready, or in queue.leased if leased
+}
+
+// stamp returns t as Unix seconds and nanoseconds.
+func stamp(t time.Time) (int64, int32) {
+	return t.Unix(), int32(t.Nanosecond())
+}
+
+// unstamp returns the UTC time of Unix seconds and nanoseconds, the zero
+// time for those of the zero time.
+func unstamp(sec int64, nsec int32) time.Time {
+	return time.Unix(sec, int64(nsec)).UTC()
+}
+
+// compareStamps compares two times given as stamps, like time.Time.Compare.
+func compareStamps(asec int64, ansec int32, bsec int64, bnsec int32) int {
+	return cmp.Or(cmp.Compare(asec, bsec), cmp.Compare(ansec, bnsec))
+}
+
+func (it *item) host() *hostQueue { return it.target.host }
+func (it *item) leased() bool     { return it.leNsec >= 0 }
+
+// lease marks the item leased until end.
+func (it *item) lease(end time.Time) { it.leSec, it.leNsec = stamp(end) }
+
+// unlease marks the item not leased.
+func (it *item) unlease() { it.leSec, it.leNsec = 0, -1 }
+
+func (it *item) notBefore() time.Time { return unstamp(it.nbSec, it.nbNsec) }
+func (it *item) created() time.Time   { return unstamp(it.crSec, it.crNsec) }
+
+func (it *item) lastErr() string {
+	if it.lastError == nil {
+		return ""
+	}
+	return *it.lastError
+}
+
+// setFailure stores the outcome of a failed attempt.
+func (it *item) setFailure(attempts int, notBefore time.Time, lastError string) {
+	it.attempts = attempts
+	it.nbSec, it.nbNsec = stamp(notBefore)
+	it.lastError = nil
+	if lastError != "" {
+		it.lastError = &lastError
+	}
 }
 
 // hostQueue holds the deliveries to one host.
@@ -95,56 +162,32 @@ func newQueue() queue {
 	return queue{
 		byID:     make(map[string]*item),
 		payloads: make(map[string]*payloadRef),
+		targets:  make(map[targetKey]*target),
 		hosts:    make(map[string]*hostQueue),
 	}
 }
 
 // delivery returns the item as a store.Delivery.
 func (it *item) delivery() store.Delivery {
-	return store.Delivery{
-		ID:           it.id,
-		PayloadID:    it.payload,
-		Inbox:        it.inbox,
-		Host:         it.host.name,
-		Subscriber:   it.subscriber,
-		ActivityType: it.activityType,
-		Attempts:     it.attempts,
-		NotBefore:    it.notBefore,
-		LastError:    it.lastError,
-		Created:      it.created,
-	}
+	r := it.record()
+	return store.Delivery(r)
 }
 
 // record returns the item as stored on disk.
 func (it *item) record() record {
+	t := it.target
 	return record{
 		ID:           it.id,
-		PayloadID:    it.payload,
-		Inbox:        it.inbox,
-		Host:         it.host.name,
-		Subscriber:   it.subscriber,
-		ActivityType: it.activityType,
+		PayloadID:    it.payload.id,
+		Inbox:        t.inbox,
+		Host:         t.host.name,
+		Subscriber:   t.subscriber,
+		ActivityType: t.activityType,
 		Attempts:     it.attempts,
-		NotBefore:    it.notBefore,
-		LastError:    it.lastError,
-		Created:      it.created,
+		NotBefore:    it.notBefore(),
+		LastError:    it.lastErr(),
+		Created:      it.created(),
 	}
-}
-
-// interner maps strings to one copy of each.
-type interner map[string]string
-
-// intern returns the copy of s that in keeps, adding s if it has none; a
-// nil interner returns s.
-func (in interner) intern(s string) string {
-	if in == nil {
-		return s
-	}
-	if c, ok := in[s]; ok {
-		return c
-	}
-	in[s] = s
-	return s
 }
 
 // utc returns t in UTC, or the zero time.
@@ -198,21 +241,13 @@ func decodeRecord(k, v []byte) (uint64, record, error) {
 	return binary.BigEndian.Uint64(k), r, err
 }
 
-// newItem returns an unqueued item for r, with its strings interned by in
-// (if not nil).
-func newItem(id string, seq uint64, r *record, in interner) *item {
-	return &item{
-		id:           id,
-		payload:      in.intern(r.PayloadID),
-		inbox:        in.intern(r.Inbox),
-		subscriber:   in.intern(r.Subscriber),
-		activityType: in.intern(r.ActivityType),
-		attempts:     r.Attempts,
-		notBefore:    r.NotBefore,
-		created:      r.Created,
-		lastError:    r.LastError,
-		seq:          seq,
-	}
+// newItem returns an unqueued item for r, whose times are in UTC, to be
+// passed to queue.add.
+func newItem(seq uint64, r *record) *item {
+	it := &item{id: r.ID, seq: seq, leNsec: -1}
+	it.crSec, it.crNsec = stamp(r.Created)
+	it.setFailure(r.Attempts, r.NotBefore, r.LastError)
+	return it
 }
 
 // Enqueue implements store.Store.Enqueue, in one commit however many
@@ -286,13 +321,13 @@ func (s *Store) Enqueue(ctx context.Context, payloads []store.Payload, deliverie
 			}
 			p := q.payloads[d.PayloadID]
 			if p == nil {
-				p = &payloadRef{body: cloneBytes(payloads[given[d.PayloadID]].Body)}
+				p = &payloadRef{id: d.PayloadID, body: cloneBytes(payloads[given[d.PayloadID]].Body)}
 				q.payloads[d.PayloadID] = p
 				newPayloads[d.PayloadID] = p
 			}
 			q.seq++
 			r := recordOf(d)
-			q.add(newItem(d.ID, q.seq, &r, nil), r.Host)
+			q.add(newItem(q.seq, &r), &r)
 			keys = append(keys, seqKey(q.seq))
 			vals = append(vals, docs[i])
 		}
@@ -325,35 +360,47 @@ func (s *Store) Enqueue(ctx context.Context, payloads []store.Payload, deliverie
 	})
 }
 
-// add queues a new item, whose payload is stored in q.payloads, for host.
-func (q *queue) add(it *item, host string) {
-	h := q.hosts[host]
-	if h == nil {
-		h = &hostQueue{name: host, idx: -1}
-		q.hosts[host] = h
+// add queues a new item for the delivery r, whose payload is stored in
+// q.payloads.
+func (q *queue) add(it *item, r *record) {
+	k := targetKey{r.Host, r.Inbox, r.Subscriber, r.ActivityType}
+	t := q.targets[k]
+	if t == nil {
+		h := q.hosts[r.Host]
+		if h == nil {
+			h = &hostQueue{name: r.Host, idx: -1}
+			q.hosts[r.Host] = h
+		}
+		t = &target{host: h, inbox: r.Inbox, subscriber: r.Subscriber, activityType: r.ActivityType}
+		q.targets[k] = t
 	}
-	it.host = h
+	t.refs++
+	it.target = t
+	p := q.payloads[r.PayloadID]
+	p.refs++
+	it.payload = p
 	q.byID[it.id] = it
-	q.payloads[it.payload].refs++
 	q.makeReady(it)
 }
 
 // makeReady puts an unleased item, not in any heap, in its host's ready heap.
 func (q *queue) makeReady(it *item) {
-	heap.Push(&it.host.ready, it)
-	q.fixHost(it.host)
+	h := it.host()
+	heap.Push(&h.ready, it)
+	q.fixHost(h)
 }
 
 // unlink takes an item out of the heap it is in and clears its lease.
 func (q *queue) unlink(it *item) {
-	if it.leased {
-		heap.Remove(&q.leased, it.idx)
-		it.leased, it.leaseEnd = false, time.Time{}
-		it.host.leased--
+	h := it.host()
+	if it.leased() {
+		heap.Remove(&q.leased, int(it.idx))
+		it.unlease()
+		h.leased--
 		return
 	}
-	heap.Remove(&it.host.ready, it.idx)
-	q.fixHost(it.host)
+	heap.Remove(&h.ready, int(it.idx))
+	q.fixHost(h)
 }
 
 // fixHost restores h's place in q.due after its ready heap changed.
@@ -374,15 +421,18 @@ func (q *queue) fixHost(h *hostQueue) {
 // reference and was removed too.
 func (q *queue) remove(it *item) (payloadGone bool) {
 	q.unlink(it)
-	h := it.host
+	t := it.target
+	h := t.host
 	delete(q.byID, it.id)
+	if t.refs--; t.refs == 0 {
+		delete(q.targets, targetKey{h.name, t.inbox, t.subscriber, t.activityType})
+	}
 	if len(h.ready) == 0 && h.leased == 0 {
 		delete(q.hosts, h.name)
 	}
-	pid := it.payload
-	p := q.payloads[pid]
+	p := it.payload
 	if p.refs--; p.refs == 0 {
-		delete(q.payloads, pid)
+		delete(q.payloads, p.id)
 		return true
 	}
 	return false
@@ -399,7 +449,7 @@ func (q *queue) removeTx(items []*item) func(*bolt.Tx) error {
 	for i, it := range items {
 		ids[i] = seqKey(it.seq)
 		if q.remove(it) {
-			gone = append(gone, []byte(it.payload))
+			gone = append(gone, []byte(it.payload.id))
 		}
 	}
 	return func(tx *bolt.Tx) error {
@@ -420,10 +470,11 @@ func (q *queue) removeTx(items []*item) func(*bolt.Tx) error {
 
 // expireLeases makes the items whose lease ended by now ready again.
 func (q *queue) expireLeases(now time.Time) {
-	for len(q.leased) > 0 && !q.leased[0].leaseEnd.After(now) {
+	nowSec, nowNsec := stamp(now)
+	for len(q.leased) > 0 && compareStamps(q.leased[0].leSec, q.leased[0].leNsec, nowSec, nowNsec) <= 0 {
 		it := heap.Pop(&q.leased).(*item)
-		it.leased, it.leaseEnd = false, time.Time{}
-		it.host.leased--
+		it.unlease()
+		it.host().leased--
 		q.makeReady(it)
 	}
 }
@@ -448,6 +499,7 @@ func (s *Store) Lease(ctx context.Context, r store.LeaseRequest) ([]store.Delive
 
 	out := make([]store.Delivery, 0, min(r.Limit, len(q.byID)))
 	end := r.Now.Add(r.Duration)
+	nowSec, nowNsec := stamp(r.Now)
 	var (
 		setAside []*hostQueue       // hosts skipped or full, out of q.due
 		perHost  map[*hostQueue]int // deliveries leased per host, if r.PerHost > 0
@@ -457,7 +509,7 @@ func (s *Store) Lease(ctx context.Context, r store.LeaseRequest) ([]store.Delive
 	}
 	for len(out) < r.Limit && len(q.due) > 0 {
 		h := q.due[0]
-		if h.ready[0].notBefore.After(r.Now) {
+		if first := h.ready[0]; compareStamps(first.nbSec, first.nbNsec, nowSec, nowNsec) > 0 {
 			break // the earliest ready delivery of all is not due
 		}
 		if r.SkipHosts[h.name] {
@@ -467,7 +519,7 @@ func (s *Store) Lease(ctx context.Context, r store.LeaseRequest) ([]store.Delive
 		}
 		it := heap.Pop(&h.ready).(*item)
 		q.fixHost(h)
-		it.leased, it.leaseEnd = true, end
+		it.lease(end)
 		h.leased++
 		heap.Push(&q.leased, it)
 		out = append(out, it.delivery())
@@ -540,7 +592,7 @@ func (s *Store) Retry(ctx context.Context, d store.Delivery) error {
 			return nil, err
 		}
 		s.q.unlink(it)
-		it.attempts, it.notBefore, it.lastError = r.Attempts, r.NotBefore, r.LastError
+		it.setFailure(r.Attempts, r.NotBefore, r.LastError)
 		s.q.makeReady(it)
 		key := seqKey(it.seq)
 		return func(tx *bolt.Tx) error { return tx.Bucket(bDeliveries).Put(key, v) }, nil
@@ -552,7 +604,7 @@ func (s *Store) Retry(ctx context.Context, d store.Delivery) error {
 func (q *queue) matching(f store.DeliveryFilter) []*item {
 	var out []*item
 	match := func(it *item) bool {
-		return (f.Host == "" || f.Host == it.host.name) && (f.Subscriber == "" || f.Subscriber == it.subscriber)
+		return (f.Host == "" || f.Host == it.target.host.name) && (f.Subscriber == "" || f.Subscriber == it.target.subscriber)
 	}
 	if f.Host != "" {
 		h := q.hosts[f.Host]
@@ -566,7 +618,7 @@ func (q *queue) matching(f store.DeliveryFilter) []*item {
 		}
 		if h.leased > 0 {
 			for _, it := range q.leased {
-				if it.host == h && match(it) {
+				if it.target.host == h && match(it) {
 					out = append(out, it)
 				}
 			}
@@ -634,12 +686,13 @@ func (s *Store) ShedDeliveries(ctx context.Context, host string, keep int, types
 		}
 		var victims []*item
 		for _, it := range h.ready { // the unleased items
-			if slices.Contains(types, it.activityType) {
+			if slices.Contains(types, it.target.activityType) {
 				victims = append(victims, it)
 			}
 		}
 		slices.SortFunc(victims, func(a, b *item) int {
-			return cmp.Or(a.created.Compare(b.created), a.notBefore.Compare(b.notBefore), cmp.Compare(a.seq, b.seq))
+			return cmp.Or(compareStamps(a.crSec, a.crNsec, b.crSec, b.crNsec),
+				compareStamps(a.nbSec, a.nbNsec, b.nbSec, b.nbNsec), cmp.Compare(a.seq, b.seq))
 		})
 		victims = victims[:min(excess, len(victims))]
 		n = len(victims)
@@ -658,11 +711,11 @@ func (h readyHeap) Len() int           { return len(h) }
 func (h readyHeap) Less(i, j int) bool { return readyBefore(h[i], h[j]) }
 func (h readyHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].idx, h[j].idx = i, j
+	h[i].idx, h[j].idx = int32(i), int32(j)
 }
 func (h *readyHeap) Push(x any) {
 	it := x.(*item)
-	it.idx = len(*h)
+	it.idx = int32(len(*h))
 	*h = append(*h, it)
 }
 func (h *readyHeap) Pop() any {
@@ -675,7 +728,7 @@ func (h *readyHeap) Pop() any {
 }
 
 func readyBefore(a, b *item) bool {
-	if c := a.notBefore.Compare(b.notBefore); c != 0 {
+	if c := compareStamps(a.nbSec, a.nbNsec, b.nbSec, b.nbNsec); c != 0 {
 		return c < 0
 	}
 	return a.seq < b.seq
@@ -684,15 +737,17 @@ func readyBefore(a, b *item) bool {
 // leaseHeap orders leased items by lease end.
 type leaseHeap []*item
 
-func (h leaseHeap) Len() int           { return len(h) }
-func (h leaseHeap) Less(i, j int) bool { return h[i].leaseEnd.Before(h[j].leaseEnd) }
+func (h leaseHeap) Len() int { return len(h) }
+func (h leaseHeap) Less(i, j int) bool {
+	return compareStamps(h[i].leSec, h[i].leNsec, h[j].leSec, h[j].leNsec) < 0
+}
 func (h leaseHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].idx, h[j].idx = i, j
+	h[i].idx, h[j].idx = int32(i), int32(j)
 }
 func (h *leaseHeap) Push(x any) {
 	it := x.(*item)
-	it.idx = len(*h)
+	it.idx = int32(len(*h))
 	*h = append(*h, it)
 }
 func (h *leaseHeap) Pop() any {

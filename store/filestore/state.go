@@ -47,6 +47,9 @@ func (s *Store) PutValue(ctx context.Context, key string, value []byte) error {
 	if err := checkKey("value key", key); err != nil {
 		return err
 	}
+	if err := checkValue(value); err != nil {
+		return err
+	}
 	v := cloneBytes(value)
 	return s.change(ctx, func() (func(*bolt.Tx) error, error) {
 		s.values[key] = v
@@ -63,6 +66,9 @@ func putValueTx(key string, v []byte) func(*bolt.Tx) error {
 // value is on disk, even if another caller stored it.
 func (s *Store) CreateValue(ctx context.Context, key string, value []byte) ([]byte, error) {
 	if err := checkKey("value key", key); err != nil {
+		return nil, err
+	}
+	if err := checkValue(value); err != nil {
 		return nil, err
 	}
 	var out []byte
@@ -127,10 +133,10 @@ func (s *Store) GetSubscriber(ctx context.Context, actorID string) (store.Subscr
 // exactly once, while holding the store's lock: fn must not call the Store
 // (it would deadlock) and should be quick. If fn changes ActorID, nothing is
 // stored and an error is returned. Times are stored, and returned, in UTC.
-// The actor id must not be empty.
+// An empty actor id is refused with an error wrapping store.ErrEmptyID.
 func (s *Store) UpdateSubscriber(ctx context.Context, actorID string, fn func(sub *store.Subscriber, found bool) error) (store.Subscriber, error) {
 	if actorID == "" {
-		return store.Subscriber{}, errors.New("store/filestore: UpdateSubscriber: empty actor id")
+		return store.Subscriber{}, fmt.Errorf("store/filestore: UpdateSubscriber: %w", store.ErrEmptyID)
 	}
 	if err := checkKey("actor id", actorID); err != nil {
 		return store.Subscriber{}, err
@@ -288,13 +294,25 @@ func expiryKey(until []byte, id string) []byte {
 	return append(append(k, until...), id...)
 }
 
+// checkSeenID returns an error if id is too long for a deduplication mark:
+// it checks both keys a mark is stored under, in "seen" and "seen-expiry".
+func checkSeenID(id string) error {
+	if err := checkKey("id", id); err != nil {
+		return err
+	}
+	if err := checkDiskKey(prefixed('s', id)); err != nil {
+		return err
+	}
+	return checkDiskKey(expiryKey(encodeTime(time.Time{}), id))
+}
+
 // MarkSeen implements store.Store.MarkSeen. Marks expire by the wall clock
 // (time.Now). The check and the new mark happen in one commit, so of
 // concurrent callers exactly one sees true; MarkSeen returns once the mark
 // is on disk. Expired marks are reclaimed by Reclaim. An until outside the
 // years 1678 to 2262 is clamped to that range.
 func (s *Store) MarkSeen(ctx context.Context, id string, until time.Time) (bool, error) {
-	if err := checkKey("id", id); err != nil {
+	if err := checkSeenID(id); err != nil {
 		return false, err
 	}
 	// Fast path: a live mark on disk. Reading the last commit is enough:
@@ -344,7 +362,7 @@ func (s *Store) MarkSeen(ctx context.Context, id string, until time.Time) (bool,
 // ForgetSeen removes the mark on id, live or expired, and returns once that
 // is on disk; forgetting an absent id returns nil.
 func (s *Store) ForgetSeen(ctx context.Context, id string) error {
-	if err := checkKey("id", id); err != nil {
+	if err := checkSeenID(id); err != nil {
 		return err
 	}
 	return s.submitTx(ctx, func(tx *bolt.Tx) error {

@@ -98,6 +98,7 @@ func TestEverythingReclaimed(t *testing.T) {
 	checkInvariants(t, s)
 	assert.Empty(t, s.q.byID)
 	assert.Empty(t, s.q.payloads)
+	assert.Empty(t, s.q.targets)
 	assert.Empty(t, s.q.hosts)
 	assert.Empty(t, s.q.bySub)
 	assert.Empty(t, s.q.due)
@@ -410,7 +411,7 @@ func runModel(t *testing.T, seed uint64, steps int) {
 		for _, it := range m.items {
 			// The model clears expired leases only in Lease, as the store does.
 			got := s.q.byID[it.d.ID]
-			if got == nil || got.d != it.d || got.leased != it.leased {
+			if got == nil || got.delivery() != it.d || got.leased() != it.leased {
 				t.Fatalf("step %d (%s): delivery %s: got %+v, want %+v (leased %v)", step, op, it.d.ID, got, it.d, it.leased)
 			}
 		}
@@ -440,29 +441,38 @@ func checkInvariants(t *testing.T, s *Store) {
 	defer s.mu.RUnlock()
 	q := &s.q
 	refs := map[string]int{}
+	targetRefs := map[*target]int{}
 	bySub := map[string]int{}
 	ready, leased := 0, 0
 	for id, it := range q.byID {
-		check(id == it.d.ID, "byID[%s] holds %s", id, it.d.ID)
-		check(q.hosts[it.d.Host] == it.host, "item %s: host", id)
-		check(it.host.all[it.pos[hostList]] == it, "item %s: host list index", id)
-		check(it.key == newDueKey(it.d.NotBefore, it.key.seq), "item %s: key", id)
-		if it.leased {
+		d := it.delivery()
+		check(id == d.ID, "byID[%s] holds %s", id, d.ID)
+		check(q.hosts[d.Host] == it.host(), "item %s: host", id)
+		check(q.targets[targetKey{d.Host, d.Inbox, d.Subscriber, d.ActivityType}] == it.target, "item %s: target", id)
+		targetRefs[it.target]++
+		check(it.host().all[it.pos[hostList]] == it, "item %s: host list index", id)
+		check(it.key == newDueKey(d.NotBefore, it.key.seq), "item %s: key", id)
+		if it.leased() {
 			leased++
 			check(q.leased[it.idx] == it, "item %s: lease heap index", id)
 		} else {
 			ready++
-			check(it.host.ready[it.idx] == it, "item %s: ready heap index", id)
+			check(it.host().ready[it.idx] == it, "item %s: ready heap index", id)
 		}
-		refs[it.d.PayloadID]++
-		if it.d.Subscriber != "" {
-			bySub[it.d.Subscriber]++
-			check((*q.bySub[it.d.Subscriber])[it.pos[subList]] == it, "item %s: subscriber list index", id)
+		refs[d.PayloadID]++
+		check(q.payloads[d.PayloadID] == it.payload, "item %s: payload", id)
+		if d.Subscriber != "" {
+			bySub[d.Subscriber]++
+			check((*q.bySub[d.Subscriber])[it.pos[subList]] == it, "item %s: subscriber list index", id)
 		}
+	}
+	check(len(q.targets) == len(targetRefs), "%d targets, %d referred to", len(q.targets), len(targetRefs))
+	for k, tg := range q.targets {
+		check(targetRefs[tg] == tg.refs, "target %+v: refs %d, referred to %d times", k, tg.refs, targetRefs[tg])
 	}
 	check(leased == len(q.leased), "%d leased items, %d in the lease heap", leased, len(q.leased))
 	for i := 1; i < len(q.leased); i++ {
-		check(!q.leased[i].leaseEnd.Before(q.leased[(i-1)/2].leaseEnd), "lease heap order")
+		check(!leaseBefore(q.leased[i], q.leased[(i-1)/2]), "lease heap order")
 	}
 	items, readyInHeaps := 0, 0
 	for name, h := range q.hosts {

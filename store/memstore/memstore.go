@@ -25,6 +25,7 @@ import (
 	"container/heap"
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -202,8 +203,12 @@ func (s *Store) GetSubscriber(ctx context.Context, actorID string) (store.Subscr
 // UpdateSubscriber implements store.Store.UpdateSubscriber. It calls fn
 // exactly once, while holding the store's lock: fn must not call the Store
 // (it would deadlock) and should be quick. If fn changes ActorID, nothing is
-// stored and an error is returned.
+// stored and an error is returned. An empty actor id is refused with an
+// error wrapping store.ErrEmptyID.
 func (s *Store) UpdateSubscriber(ctx context.Context, actorID string, fn func(sub *store.Subscriber, found bool) error) (store.Subscriber, error) {
+	if actorID == "" {
+		return store.Subscriber{}, fmt.Errorf("memstore: UpdateSubscriber: %w", store.ErrEmptyID)
+	}
 	if err := s.lock(ctx); err != nil {
 		return store.Subscriber{}, err
 	}

@@ -26,25 +26,108 @@ import (
 // Besides, every host lists all its items (leased or not) for
 // CountDeliveries, DropDeliveries and ShedDeliveries, bySub does the same
 // per subscriber, and payloads count the items that refer to them.
+//
+// Items are kept small, since a large backlog holds one per delivery: what
+// many deliveries share is stored once and referred to — the payload, and
+// the host, inbox, subscriber and activity type (a target, interned in
+// targets and counted).
 type queue struct {
 	seq      uint64
 	byID     map[string]*item
 	payloads map[string]*payload
+	targets  map[targetKey]*target
 	hosts    map[string]*hostQueue
 	bySub    map[string]*itemList
 	due      hostHeap  // hosts with ready items, by their earliest one
 	leased   leaseHeap // leased items, by lease expiry
 }
 
-// item is a queued delivery.
+// targetKey is what a target holds, as a map key.
+type targetKey struct {
+	host, inbox, subscriber, activityType string
+}
+
+// target is where and what the deliveries that refer to it go: a fan-out
+// sends the same activity type to the same inbox for the same subscriber
+// many times over. It is removed with the last item that refers to it, so
+// host (whose queue holds those items) outlives it.
+type target struct {
+	host                            *hostQueue
+	inbox, subscriber, activityType string
+	refs                            int
+}
+
+// item is a queued delivery: the fields of its store.Delivery, those that
+// it shares with others by reference. Times are kept as Unix seconds and
+// nanoseconds (a time.Time takes 24 bytes), NotBefore in key.
 type item struct {
-	d        store.Delivery
-	key      dueKey // d.NotBefore and the enqueue order
-	host     *hostQueue
-	leased   bool
-	leaseEnd time.Time // when the lease expires, if leased
-	idx      int       // index in host.ready, or in queue.leased if leased
-	pos      [2]int    // index in the host's and the subscriber's itemList
+	id        string
+	payload   *payload
+	target    *target
+	lastError *string // nil if empty
+	attempts  int
+	key       dueKey   // NotBefore and the enqueue order
+	crSec     int64    // Created
+	crNsec    int32    //
+	leNsec    int32    // when the lease expires, if leased: nanoseconds, < 0 if not leased
+	leSec     int64    // and Unix seconds
+	idx       int32    // index in host.ready, or in queue.leased if leased
+	pos       [2]int32 // index in the host's and the subscriber's itemList
+}
+
+// delivery returns the item as a store.Delivery.
+func (it *item) delivery() store.Delivery {
+	t := it.target
+	d := store.Delivery{
+		ID:           it.id,
+		PayloadID:    it.payload.id,
+		Inbox:        t.inbox,
+		Host:         t.host.name,
+		Subscriber:   t.subscriber,
+		ActivityType: t.activityType,
+		Attempts:     it.attempts,
+		NotBefore:    it.notBefore(),
+		Created:      time.Unix(it.crSec, int64(it.crNsec)).UTC(),
+	}
+	if it.lastError != nil {
+		d.LastError = *it.lastError
+	}
+	return d
+}
+
+func (it *item) notBefore() time.Time { return time.Unix(it.key.sec, int64(it.key.nsec)).UTC() }
+
+// setFailure stores the outcome of a failed attempt, as Retry does.
+func (it *item) setFailure(attempts int, notBefore time.Time, lastError string) {
+	it.attempts = attempts
+	it.key = newDueKey(notBefore, it.key.seq)
+	it.lastError = nil
+	if lastError != "" {
+		it.lastError = &lastError
+	}
+}
+
+func (it *item) host() *hostQueue { return it.target.host }
+func (it *item) leased() bool     { return it.leNsec >= 0 }
+
+// lease marks the item leased until end.
+func (it *item) lease(end time.Time) { it.leSec, it.leNsec = end.Unix(), int32(end.Nanosecond()) }
+
+// unlease marks the item not leased.
+func (it *item) unlease() { it.leSec, it.leNsec = 0, -1 }
+
+// leaseBefore reports whether a's lease ends before b's.
+func leaseBefore(a, b *item) bool {
+	if a.leSec != b.leSec {
+		return a.leSec < b.leSec
+	}
+	return a.leNsec < b.leNsec
+}
+
+// leaseOver reports whether it's lease ended by now.
+func (it *item) leaseOver(now time.Time) bool {
+	sec := now.Unix()
+	return it.leSec < sec || it.leSec == sec && it.leNsec <= int32(now.Nanosecond())
 }
 
 // Lists an item is in, as indexes of item.pos.
@@ -89,7 +172,7 @@ func (k dueKey) before(o dueKey) bool {
 type itemList []*item
 
 func (l *itemList) add(it *item, which int) {
-	it.pos[which] = len(*l)
+	it.pos[which] = int32(len(*l))
 	*l = append(*l, it)
 }
 
@@ -103,6 +186,7 @@ func (l *itemList) remove(it *item, which int) {
 
 // payload is a stored payload and the number of items referring to it.
 type payload struct {
+	id   string
 	body []byte
 	refs int
 }
@@ -111,6 +195,7 @@ func newQueue() queue {
 	return queue{
 		byID:     make(map[string]*item),
 		payloads: make(map[string]*payload),
+		targets:  make(map[targetKey]*target),
 		hosts:    make(map[string]*hostQueue),
 		bySub:    make(map[string]*itemList),
 	}
@@ -121,7 +206,8 @@ func newQueue() queue {
 // names neither one of payloads nor a stored payload. Within one call the
 // first payload or delivery with a given ID wins. A new payload that no
 // newly queued delivery refers to is not kept, since nothing would ever
-// remove it.
+// remove it. Times are returned in UTC (as by the file store), without a
+// monotonic clock reading.
 func (s *Store) Enqueue(ctx context.Context, payloads []store.Payload, deliveries []store.Delivery) error {
 	if err := s.lock(ctx); err != nil {
 		return err
@@ -148,13 +234,13 @@ func (s *Store) Enqueue(ctx context.Context, payloads []store.Payload, deliverie
 	var added []string // payloads new to the store
 	for _, p := range payloads {
 		if _, ok := q.payloads[p.ID]; !ok {
-			q.payloads[p.ID] = &payload{body: cloneBytes(p.Body)}
+			q.payloads[p.ID] = &payload{id: p.ID, body: cloneBytes(p.Body)}
 			added = append(added, p.ID)
 		}
 	}
-	for _, d := range deliveries {
-		if _, queued := q.byID[d.ID]; !queued {
-			q.add(d)
+	for i := range deliveries {
+		if _, queued := q.byID[deliveries[i].ID]; !queued {
+			q.add(&deliveries[i])
 		}
 	}
 	for _, id := range added {
@@ -166,16 +252,27 @@ func (s *Store) Enqueue(ctx context.Context, payloads []store.Payload, deliverie
 }
 
 // add queues a new item for d, whose payload is stored.
-func (q *queue) add(d store.Delivery) {
-	h := q.hosts[d.Host]
-	if h == nil {
-		h = &hostQueue{name: d.Host, idx: -1}
-		q.hosts[d.Host] = h
+func (q *queue) add(d *store.Delivery) {
+	k := targetKey{d.Host, d.Inbox, d.Subscriber, d.ActivityType}
+	t := q.targets[k]
+	if t == nil {
+		h := q.hosts[d.Host]
+		if h == nil {
+			h = &hostQueue{name: d.Host, idx: -1}
+			q.hosts[d.Host] = h
+		}
+		t = &target{host: h, inbox: d.Inbox, subscriber: d.Subscriber, activityType: d.ActivityType}
+		q.targets[k] = t
 	}
+	t.refs++
+	p := q.payloads[d.PayloadID]
+	p.refs++
 	q.seq++
-	it := &item{d: d, key: newDueKey(d.NotBefore, q.seq), host: h}
+	it := &item{id: d.ID, payload: p, target: t, key: dueKey{seq: q.seq}, leNsec: -1}
+	it.crSec, it.crNsec = d.Created.Unix(), int32(d.Created.Nanosecond())
+	it.setFailure(d.Attempts, d.NotBefore, d.LastError)
 	q.byID[d.ID] = it
-	h.all.add(it, hostList)
+	t.host.all.add(it, hostList)
 	if d.Subscriber != "" {
 		l := q.bySub[d.Subscriber]
 		if l == nil {
@@ -184,25 +281,26 @@ func (q *queue) add(d store.Delivery) {
 		}
 		l.add(it, subList)
 	}
-	q.payloads[d.PayloadID].refs++
 	q.makeReady(it)
 }
 
 // makeReady puts an unleased item, not in any heap, in its host's ready heap.
 func (q *queue) makeReady(it *item) {
-	heap.Push(&it.host.ready, it)
-	q.fixHost(it.host)
+	h := it.host()
+	heap.Push(&h.ready, it)
+	q.fixHost(h)
 }
 
 // unlink takes an item out of the heap it is in and clears its lease.
 func (q *queue) unlink(it *item) {
-	if it.leased {
-		heap.Remove(&q.leased, it.idx)
-		it.leased, it.leaseEnd = false, time.Time{}
+	if it.leased() {
+		heap.Remove(&q.leased, int(it.idx))
+		it.unlease()
 		return
 	}
-	heap.Remove(&it.host.ready, it.idx)
-	q.fixHost(it.host)
+	h := it.host()
+	heap.Remove(&h.ready, int(it.idx))
+	q.fixHost(h)
 }
 
 // fixHost restores h's key and place in q.due after its ready heap changed.
@@ -225,30 +323,34 @@ func (q *queue) fixHost(h *hostQueue) {
 // referring to it.
 func (q *queue) remove(it *item) {
 	q.unlink(it)
-	h := it.host
-	delete(q.byID, it.d.ID)
+	t := it.target
+	h := t.host
+	delete(q.byID, it.id)
 	h.all.remove(it, hostList)
+	if t.refs--; t.refs == 0 {
+		delete(q.targets, targetKey{h.name, t.inbox, t.subscriber, t.activityType})
+	}
 	if len(h.all) == 0 {
 		delete(q.hosts, h.name)
 	}
-	if sub := it.d.Subscriber; sub != "" {
+	if sub := t.subscriber; sub != "" {
 		l := q.bySub[sub]
 		l.remove(it, subList)
 		if len(*l) == 0 {
 			delete(q.bySub, sub)
 		}
 	}
-	p := q.payloads[it.d.PayloadID]
+	p := it.payload
 	if p.refs--; p.refs == 0 {
-		delete(q.payloads, it.d.PayloadID)
+		delete(q.payloads, p.id)
 	}
 }
 
 // expireLeases makes the items whose lease ended by now ready again.
 func (q *queue) expireLeases(now time.Time) {
-	for len(q.leased) > 0 && !q.leased[0].leaseEnd.After(now) {
+	for len(q.leased) > 0 && q.leased[0].leaseOver(now) {
 		it := heap.Pop(&q.leased).(*item)
-		it.leased, it.leaseEnd = false, time.Time{}
+		it.unlease()
 		q.makeReady(it)
 	}
 }
@@ -285,7 +387,7 @@ func (s *Store) Lease(ctx context.Context, r store.LeaseRequest) ([]store.Delive
 	}
 	for len(out) < r.Limit && len(q.due) > 0 {
 		h := q.due[0]
-		if h.ready[0].d.NotBefore.After(r.Now) {
+		if h.ready[0].notBefore().After(r.Now) {
 			break // the earliest ready delivery of all is not due
 		}
 		if r.SkipHosts[h.name] {
@@ -295,9 +397,9 @@ func (s *Store) Lease(ctx context.Context, r store.LeaseRequest) ([]store.Delive
 		}
 		it := heap.Pop(&h.ready).(*item)
 		q.fixHost(h)
-		it.leased, it.leaseEnd = true, end
+		it.lease(end)
 		heap.Push(&q.leased, it)
-		out = append(out, it.d)
+		out = append(out, it.delivery())
 		if perHost != nil {
 			if perHost[h]++; perHost[h] == r.PerHost && h.idx >= 0 {
 				heap.Remove(&q.due, h.idx)
@@ -351,8 +453,7 @@ func (s *Store) Retry(ctx context.Context, d store.Delivery) error {
 		return store.ErrNotFound
 	}
 	s.q.unlink(it)
-	it.d.Attempts, it.d.NotBefore, it.d.LastError = d.Attempts, d.NotBefore, d.LastError
-	it.key = newDueKey(d.NotBefore, it.key.seq)
+	it.setFailure(d.Attempts, d.NotBefore, d.LastError)
 	s.q.makeReady(it)
 	return nil
 }
@@ -362,7 +463,7 @@ func (s *Store) Retry(ctx context.Context, d store.Delivery) error {
 func (q *queue) matching(f store.DeliveryFilter) []*item {
 	var out []*item
 	add := func(it *item) {
-		if f.Match(&it.d) {
+		if (f.Host == "" || f.Host == it.target.host.name) && (f.Subscriber == "" || f.Subscriber == it.target.subscriber) {
 			out = append(out, it)
 		}
 	}
@@ -448,12 +549,13 @@ func (s *Store) ShedDeliveries(ctx context.Context, host string, keep int, types
 	}
 	var victims []*item
 	for _, it := range h.ready { // the unleased items
-		if slices.Contains(types, it.d.ActivityType) {
+		if slices.Contains(types, it.target.activityType) {
 			victims = append(victims, it)
 		}
 	}
 	slices.SortFunc(victims, func(a, b *item) int {
-		return cmp.Or(a.d.Created.Compare(b.d.Created), a.d.NotBefore.Compare(b.d.NotBefore), cmp.Compare(a.key.seq, b.key.seq))
+		return cmp.Or(cmp.Compare(a.crSec, b.crSec), cmp.Compare(a.crNsec, b.crNsec),
+			cmp.Compare(a.key.sec, b.key.sec), cmp.Compare(a.key.nsec, b.key.nsec), cmp.Compare(a.key.seq, b.key.seq))
 	})
 	victims = victims[:min(excess, len(victims))]
 	for _, it := range victims {
@@ -469,11 +571,11 @@ func (h readyHeap) Len() int           { return len(h) }
 func (h readyHeap) Less(i, j int) bool { return h[i].key.before(h[j].key) }
 func (h readyHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].idx, h[j].idx = i, j
+	h[i].idx, h[j].idx = int32(i), int32(j)
 }
 func (h *readyHeap) Push(x any) {
 	it := x.(*item)
-	it.idx = len(*h)
+	it.idx = int32(len(*h))
 	*h = append(*h, it)
 }
 func (h *readyHeap) Pop() any {
@@ -489,14 +591,14 @@ func (h *readyHeap) Pop() any {
 type leaseHeap []*item
 
 func (h leaseHeap) Len() int           { return len(h) }
-func (h leaseHeap) Less(i, j int) bool { return h[i].leaseEnd.Before(h[j].leaseEnd) }
+func (h leaseHeap) Less(i, j int) bool { return leaseBefore(h[i], h[j]) }
 func (h leaseHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].idx, h[j].idx = i, j
+	h[i].idx, h[j].idx = int32(i), int32(j)
 }
 func (h *leaseHeap) Push(x any) {
 	it := x.(*item)
-	it.idx = len(*h)
+	it.idx = int32(len(*h))
 	*h = append(*h, it)
 }
 func (h *leaseHeap) Pop() any {

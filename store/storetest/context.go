@@ -152,6 +152,8 @@ func testContext(t *testing.T, newStore factory) {
 		}
 		assertStateUnchanged(t, s)
 	})
+
+	testCancelDuringWrites(t, newStore)
 }
 
 func testClosed(t *testing.T, newStore factory) {

@@ -37,10 +37,12 @@ import (
 // newStore creates. newStore must return a new, empty store each time it is
 // called (once per subtest) and register its own cleanup (t.Cleanup); it
 // may call t.Skip or t.Fatal. Subtests are grouped by area: Values,
-// Subscribers, Dedup, Queue, Concurrency, Context and, when the store has a
-// Close() error method, Closed. Subtests do not run in parallel with each
-// other; the Concurrency group calls a single store from many goroutines and
-// is meant to be run with -race.
+// Subscribers, Dedup, Queue, Concurrency, Context, Closed (when the store
+// has a Close() error method), Limits (id lengths, see
+// store.PortableKeyLen, and empty actor ids) and Races. Subtests do not run
+// in parallel with each other; the Concurrency and Races groups call a
+// single store from many goroutines and are meant to be run with -race.
+// Durable stores also run RunDurable.
 //
 // Where store.Store leaves room, the suite reads the contract as follows,
 // and checks no more than that:
@@ -65,6 +67,13 @@ import (
 //   - A delivery whose lease is running is never shed.
 //   - Deduplication marks expire by the store's clock, which is assumed to
 //     be within minutes of the test's wall clock.
+//   - Ids and keys of store.PortableKeyLen bytes work everywhere; longer
+//     ones (up to 1 MiB, including lengths around the 32 KiB key limit of
+//     B+tree engines) are either refused with store.ErrTooLong or work in
+//     full, and the store keeps working for other callers either way.
+//   - A write whose context is cancelled during the call returns nil (and
+//     is applied) or context.Canceled (and is applied or not, but whole);
+//     values, subscribers and Enqueue batches are never found in part.
 func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 	t.Helper()
 	groups := []struct {
@@ -78,6 +87,8 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Concurrency", testConcurrency},
 		{"Context", testContext},
 		{"Closed", testClosed},
+		{"Limits", testLimits},
+		{"Races", testRaces},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) { g.run(t, newStore) })
