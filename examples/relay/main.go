@@ -10,8 +10,10 @@
 // public URL: -base-url https://relay.example.org.
 //
 // Unless the GOMEMLIMIT environment variable is set, the relay gives the Go
-// runtime a soft memory limit of max(64 MiB, 1.5 × the live heap), so that
-// the garbage collector runs before the heap doubles (see setMemoryLimit).
+// runtime a soft memory limit, recomputed after every collection, so that
+// the garbage collector runs once about a quarter of the live heap (at
+// least 8 MiB) has been allocated instead of letting the heap double (see
+// setMemoryLimit).
 //
 // State (subscribers, the relay key, policies, the delivery queue) lives in
 // a file store in the -data directory, which one relay process at a time
@@ -98,7 +100,7 @@ func run(args []string) error {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	if setMemoryLimit() {
-		logger.Debug("soft memory limit: max(64 MiB, 1.5 × live heap); set GOMEMLIMIT to choose another")
+		logger.Debug("soft memory limit: GC once a quarter of the live heap (at least 8 MiB) is allocated; set GOMEMLIMIT to choose another")
 	}
 
 	warnDataDirMode(*dataDir, func(msg string) { logger.Warn(msg, "dir", absPath(*dataDir)) })

@@ -7,39 +7,64 @@ import (
 	"runtime/metrics"
 )
 
-// minMemoryLimit is the least soft memory limit the relay gives the Go
-// runtime when GOMEMLIMIT is not set (see setMemoryLimit).
-const minMemoryLimit = 64 << 20
+// Parameters of the soft memory limit the relay sets (see setMemoryLimit).
+const (
+	// minMemoryLimit is the least limit set.
+	minMemoryLimit = 64 << 20
+	// minHeadroom is the least room left for new allocations between two
+	// collections; the headroom is also at least a quarter of the live heap.
+	minHeadroom = 8 << 20
+)
 
 // memoryLimitFor returns the soft memory limit for a live heap of live
-// bytes: 1.5 times the live heap, and at least minMemoryLimit.
-func memoryLimitFor(live uint64) int64 {
-	return max(minMemoryLimit, int64(min(live, 1<<60)/2*3))
+// bytes and nonHeap bytes of other memory of the Go runtime (goroutine
+// stacks, the collector's metadata): the live heap, a fifth of it for the
+// space lost between heap objects, nonHeap, and a headroom of a quarter of
+// the live heap but at least minHeadroom; and at least minMemoryLimit.
+func memoryLimitFor(live, nonHeap uint64) int64 {
+	live, nonHeap = min(live, 1<<50), min(nonHeap, 1<<50) // no overflow
+	limit := live + live/5 + nonHeap + max(minHeadroom, live/4)
+	return max(minMemoryLimit, int64(limit))
 }
 
 // setMemoryLimit gives the Go runtime a soft memory limit unless the
 // GOMEMLIMIT environment variable sets one, and reports whether it did.
 //
 // By default (GOGC=100) the garbage collector lets the heap grow to twice
-// what was live after the last collection, so a relay whose live heap is
-// 40 MB (10,000 subscribers and a 100,000-delivery backlog) may hold 80 MB
-// of heap. With the limit the collector runs earlier instead: the limit is
-// max(64 MiB, 1.5 × the live heap), recomputed after every collection, so
-// a small relay stays near 64 MiB of Go memory and a large one still has
-// half its live heap as headroom (never the endless collections of a
-// fixed limit below the live heap). The cost is more frequent collections,
-// small next to the relay's signing. Set GOMEMLIMIT (for example
+// what was live after the last collection: a relay whose live heap is
+// 45 MB (10,000 subscribers and a 100,000-delivery backlog) reaches 135 MB
+// of resident memory. With the limit, recomputed after every collection
+// (memoryLimitFor), the collector runs once about a quarter of the live
+// heap (at least 8 MiB) has been allocated, as with GOGC=25; a small relay
+// keeps the default, and the limit never comes so close to the live heap
+// that the collector would run without end (as under a fixed limit). The
+// cost is more garbage-collection CPU for relays whose live heap exceeds
+// about 30 MB (≈ 6 % of the CPU time in the backlog run of the README's
+// Performance section, 2 % without the limit). Set GOMEMLIMIT (for example
 // GOMEMLIMIT=1GiB, or GOMEMLIMIT=off for none) to choose yourself.
 func setMemoryLimit() bool {
 	if os.Getenv("GOMEMLIMIT") != "" {
 		return false
 	}
-	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	samples := []metrics.Sample{
+		{Name: "/gc/heap/live:bytes"},
+		{Name: "/memory/classes/total:bytes"},
+		{Name: "/memory/classes/heap/objects:bytes"},
+		{Name: "/memory/classes/heap/unused:bytes"},
+		{Name: "/memory/classes/heap/free:bytes"},
+		{Name: "/memory/classes/heap/released:bytes"},
+	}
 	update := func() {
-		metrics.Read(sample)
-		if sample[0].Value.Kind() == metrics.KindUint64 {
-			debug.SetMemoryLimit(memoryLimitFor(sample[0].Value.Uint64()))
+		metrics.Read(samples)
+		var v [6]uint64
+		for i, s := range samples {
+			if s.Value.Kind() != metrics.KindUint64 {
+				return // unknown to this Go version: keep the last limit
+			}
+			v[i] = s.Value.Uint64()
 		}
+		heap := v[2] + v[3] + v[4] + v[5]
+		debug.SetMemoryLimit(memoryLimitFor(v[0], v[1]-min(heap, v[1])))
 	}
 	update()
 	afterEachGC(update)

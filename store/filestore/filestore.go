@@ -36,13 +36,15 @@
 // Subscribers, values and the delivery queue's index are kept in memory as
 // well as on disk, so that reads and Lease are fast; they are loaded when
 // the store is opened. The index takes about 200 bytes per queued delivery
-// (20 MB for 100,000), less when deliveries share an inbox and activity
-// type. Payload bodies and deduplication marks stay on disk only. The pages
-// of the file that bbolt reads through its memory mapping are handed back
-// to the kernel while Open reads the file, at most a second after commits
-// and every ReclaimInterval, so the file does not stay resident as well. Leases are kept in memory only: after a restart every queued
-// delivery is due again at its NotBefore, which makes deliveries that were
-// in flight at a crash be retried (a receiver may see them twice).
+// (20 MB for 100,000) when, as in a relay's backlog, many deliveries share
+// an inbox and activity type. Payload bodies and deduplication marks stay
+// on disk only. The pages of the file that bbolt reads through its memory
+// mapping are handed back to the kernel while Open reads the file, at most
+// 50 ms after commits and every ReclaimInterval, so that the file does not
+// stay resident as well. Leases are kept in memory only: after a restart
+// every queued delivery is due again at its NotBefore, which makes
+// deliveries that were in flight at a crash be retried (a receiver may see
+// them twice).
 //
 // # One process per directory
 //
@@ -526,9 +528,12 @@ func (w *writer) stop() {
 
 // releaseAfterCommits is the least time between two releases of the
 // mapping's pages (see releaseMapping) by the write loop. Commits read the
-// pages they change through the mapping, so a busy store would otherwise
-// keep growing resident until the next ReclaimInterval.
-const releaseAfterCommits = time.Second
+// pages they change through the mapping (and the kernel maps their
+// neighbours with them), so a store that retries deliveries spread over a
+// large queue would otherwise make megabytes of the file resident each
+// second until the next ReclaimInterval. A release costs a system call;
+// pages read again afterwards cost a minor page fault each.
+const releaseAfterCommits = 50 * time.Millisecond
 
 // writeLoop commits pending changes: whatever accumulates while one commit
 // is being synced goes into the next, so the cost of a sync is shared.

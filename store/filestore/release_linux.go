@@ -8,7 +8,7 @@ import "syscall"
 // page cache, and are mapped again when read). Open reads the whole file;
 // without this a large queue would keep the file resident twice over, once
 // in the in-memory index and once mapped. It is called after Open, at most
-// once a second after commits (which read the pages they change) and every
+// every 50 ms after commits (which read the pages they change) and every
 // ReclaimInterval.
 func (s *Store) releaseMapping() {
 	// A read transaction keeps bbolt from remapping the file meanwhile.
