@@ -104,11 +104,11 @@ const pollInterval = time.Second
 
 // Completions are confirmed to the store in batches: a completer gathers
 // the ids that are ready (waiting at most completeGather for more while the
-// batch is small) and confirms them concurrently, so that a store that
-// commits concurrent changes together (filestore's group commit) makes one
-// transaction, and one sync, per batch rather than per delivery. Nothing
-// waits for a confirmation: q.done keeps completed ids from being sent
-// again meanwhile.
+// batch is small) and confirms them in one call if the store can
+// (batchCompleter), else concurrently, so that a store that commits
+// concurrent changes together makes few transactions and syncs per batch.
+// Nothing waits for a confirmation: q.done keeps completed ids from being
+// sent again meanwhile.
 const (
 	completers       = 2
 	completeBatch    = 1024
@@ -252,8 +252,13 @@ func (q *deliveryQueue) dispatch() {
 	defer q.wg.Done()
 	defer close(q.work)
 	var tick <-chan time.Time
+	batchWait := time.NewTimer(leaseBatchWait)
+	batchWait.Stop()
+	defer batchWait.Stop()
+	force := false
 	for {
-		n, err := q.leaseSome()
+		n, held, err := q.leaseSome(force)
+		force = false
 		if err != nil && !errors.Is(err, context.Canceled) {
 			q.r.log.Error("relay: leasing deliveries", "err", err)
 		}
@@ -266,15 +271,31 @@ func (q *deliveryQueue) dispatch() {
 		if tick == nil {
 			tick = q.r.clock.After(pollInterval)
 		}
+		var batched <-chan time.Time
+		if held {
+			// Some workers are free but fewer than a batch: lease for them
+			// after leaseBatchWait unless enough are free before, so that
+			// work does not wait while the busy ones wait on slow hosts.
+			batchWait.Reset(leaseBatchWait)
+			batched = batchWait.C
+		}
 		select {
 		case <-q.stopCh:
 			return
 		case <-q.wakeCh:
 		case <-tick:
 			tick = nil
+		case <-batched:
+			force = true
 		}
+		batchWait.Stop()
 	}
 }
+
+// leaseBatchWait bounds how long the dispatcher holds back a Lease while
+// fewer than a batch of workers are free (see leaseDueLocked). Like the
+// gathering of completions, it uses real time, not the relay's Clock.
+const leaseBatchWait = 5 * time.Millisecond
 
 // flusher writes statistics and retries failed completions periodically.
 func (q *deliveryQueue) flusher() {
@@ -293,29 +314,38 @@ func (q *deliveryQueue) flusher() {
 }
 
 // leaseSome leases as many due deliveries as there are free workers and
-// sends them to the workers. It returns how many it dispatched.
-func (q *deliveryQueue) leaseSome() (int, error) {
+// sends them to the workers. It returns how many it dispatched, and held
+// when it did not lease because fewer than a batch of workers are free
+// (with force, it leases for any free worker).
+func (q *deliveryQueue) leaseSome(force bool) (n int, held bool, err error) {
 	cfg := &q.r.cfg
 	now := q.r.now()
 	q.mu.Lock()
 	free := cfg.Workers - q.busy
-	skip := map[string]bool{}
-	for h, n := range q.perHost {
-		if n >= q.hostCapLocked(h, now) {
+	if free <= 0 || !force && !q.leaseDueLocked() {
+		// Lease in batches: a finishing worker wakes the dispatcher again
+		// once enough workers are free.
+		q.mu.Unlock()
+		return 0, free > 0, nil
+	}
+	var skip map[string]bool // allocated only if some host is at its cap
+	for h, c := range q.perHost {
+		if c >= q.hostCapLocked(h, now) {
+			if skip == nil {
+				skip = map[string]bool{}
+			}
 			skip[h] = true
 		}
 	}
 	for h := range q.breakers {
 		if q.perHost[h] >= q.hostCapLocked(h, now) {
+			if skip == nil {
+				skip = map[string]bool{}
+			}
 			skip[h] = true
 		}
 	}
-	busy := q.busy
 	q.mu.Unlock()
-	if free <= 0 || busy > 0 && free < cfg.Workers/4 {
-		// Lease in batches: a finishing worker wakes the dispatcher again.
-		return 0, nil
-	}
 	ds, err := q.r.store.Lease(q.ctx, store.LeaseRequest{
 		Now:       now.UTC(),
 		Limit:     free,
@@ -324,9 +354,8 @@ func (q *deliveryQueue) leaseSome() (int, error) {
 		PerHost:   cfg.PerHostWorkers,
 	})
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
-	n := 0
 	for _, d := range ds {
 		q.mu.Lock()
 		_, done := q.done[d.ID]
@@ -349,12 +378,24 @@ func (q *deliveryQueue) leaseSome() (int, error) {
 			q.work <- d // a worker is free: busy counts every leased delivery
 		}
 	}
-	return n, nil
+	return n, false, nil
+}
+
+// leaseDueLocked reports whether the dispatcher should lease now: when no
+// delivery is in flight, or a quarter of the workers are free. Leasing in
+// batches costs the store fewer Lease calls, and waking the dispatcher only
+// then saves a wake-up per delivery.
+func (q *deliveryQueue) leaseDueLocked() bool {
+	free := q.r.cfg.Workers - q.busy
+	return free > 0 && (q.busy == 0 || free >= q.r.cfg.Workers/4)
 }
 
 // finished records the outcome of d for its host's breaker, releases d's
 // worker slot and returns the next delivery waiting for that host, if any.
-func (q *deliveryQueue) finished(d store.Delivery, o outcome, retryAfter time.Duration) (next store.Delivery, ok bool) {
+// wake reports whether the dispatcher should be woken: when a batch of
+// workers is free, or the first one after all were busy (the dispatcher
+// then leases for it after leaseBatchWait at the latest).
+func (q *deliveryQueue) finished(d store.Delivery, o outcome, retryAfter time.Duration) (next store.Delivery, ok, wake bool) {
 	now := q.r.now()
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -364,6 +405,7 @@ func (q *deliveryQueue) finished(d store.Delivery, o outcome, retryAfter time.Du
 	if q.perHost[d.Host]--; q.perHost[d.Host] <= 0 {
 		delete(q.perHost, d.Host)
 	}
+	wake = q.leaseDueLocked() || q.busy == q.r.cfg.Workers-1
 	if waiting := q.overflow[d.Host]; len(waiting) > 0 {
 		// The next delivery waiting for this host takes d's slot (it is
 		// counted in busy and perHost already).
@@ -371,9 +413,9 @@ func (q *deliveryQueue) finished(d store.Delivery, o outcome, retryAfter time.Du
 		if len(q.overflow[d.Host]) == 0 {
 			delete(q.overflow, d.Host)
 		}
-		return next, true
+		return next, true, wake
 	}
-	return next, false
+	return next, false, wake
 }
 
 func (q *deliveryQueue) worker() {
@@ -381,8 +423,10 @@ func (q *deliveryQueue) worker() {
 	for d := range q.work {
 		for {
 			o, retryAfter := q.process(d)
-			next, ok := q.finished(d, o, retryAfter)
-			q.wake()
+			next, ok, wake := q.finished(d, o, retryAfter)
+			if wake {
+				q.wake()
+			}
 			if !ok {
 				break
 			}
@@ -606,6 +650,10 @@ func (q *deliveryQueue) completer() {
 			}
 		}
 		deadline.Stop()
+		if bc, ok := q.r.store.(batchCompleter); ok {
+			q.confirmBatch(q.bgCtx, bc, batch)
+			continue
+		}
 		for _, id := range batch {
 			wg.Add(1)
 			go func() {
@@ -614,6 +662,32 @@ func (q *deliveryQueue) completer() {
 			}()
 		}
 		wg.Wait()
+	}
+}
+
+// batchCompleter is implemented by stores that complete several
+// deliveries in one change (filestore.Store: one transaction and one sync).
+// Concurrent Complete calls share a commit only if they reach the store
+// while the previous one is being synced; with the CPU busy signing they
+// trickle in and make many small commits.
+type batchCompleter interface {
+	CompleteBatch(ctx context.Context, deliveryIDs []string) error
+}
+
+// confirmBatch is confirm for a batch, in one store call.
+func (q *deliveryQueue) confirmBatch(ctx context.Context, bc batchCompleter, ids []string) {
+	err := bc.CompleteBatch(ctx, ids)
+	q.mu.Lock()
+	for _, id := range ids {
+		if err == nil {
+			delete(q.done, id)
+		} else {
+			q.done[id] = false
+		}
+	}
+	q.mu.Unlock()
+	if err != nil && ctx.Err() == nil {
+		q.r.log.Error("relay: completing deliveries", "count", len(ids), "err", err)
 	}
 }
 
@@ -797,8 +871,10 @@ func (q *deliveryQueue) bound(ctx context.Context, ds []store.Delivery) {
 // sheddable are the activity types dropped first from a full host backlog.
 var sheddable = []string{"Create", "Announce"}
 
-// payloadCacheBytes bounds the payload bodies kept in memory.
-const payloadCacheBytes = 8 << 20
+// payloadCacheBytes bounds the payload bodies kept in memory: hundreds of
+// typical activities, the few a fan-out is busy with and more (a miss costs
+// one store read, little next to signing).
+const payloadCacheBytes = 2 << 20
 
 // payloadCache keeps recently used payload bodies, so that a fan-out reads
 // each body from the store at most once. Payload ids name their content,

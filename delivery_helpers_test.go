@@ -85,6 +85,7 @@ type spyStore struct {
 	burned   int                  // Retry calls that counted an attempt
 	failOnce bool                 // fail the first Complete of every delivery
 	failed   map[string]bool
+	batches  int // CompleteBatch calls (batchSpyStore)
 }
 
 func newSpyStore() *spyStore {
@@ -124,6 +125,30 @@ func (s *spyStore) Complete(ctx context.Context, id string) error {
 		return errors.New("spy: injected failure")
 	}
 	return s.Store.Complete(ctx, id)
+}
+
+// batchSpyStore is a spyStore that can also complete deliveries in
+// batches, as filestore does (the relay looks for a CompleteBatch method).
+type batchSpyStore struct{ *spyStore }
+
+// CompleteBatch completes each delivery (a failure injected by failOnce
+// fails the batch) and counts the batch.
+func (s batchSpyStore) CompleteBatch(ctx context.Context, ids []string) error {
+	s.mu.Lock()
+	s.batches++
+	s.mu.Unlock()
+	var errs []error
+	for _, id := range ids {
+		errs = append(errs, s.Complete(ctx, id))
+	}
+	return errors.Join(errs...)
+}
+
+// completeBatches returns how many CompleteBatch calls were made.
+func (s *spyStore) completeBatches() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.batches
 }
 
 // retriesWith returns the Retry calls that recorded n attempts.
@@ -190,6 +215,7 @@ type memEnv struct {
 	net   *memnet.Network
 	clock *fakeClock
 	st    *spyStore
+	batch bool // the relay's store also completes in batches (batchSpyStore)
 	r     *relay.Relay
 }
 
@@ -206,7 +232,19 @@ const (
 // the test.
 func newMemEnv(t *testing.T, cfg relay.Config) *memEnv {
 	t.Helper()
-	e := &memEnv{t: t, net: &memnet.Network{}, clock: newFakeClock(), st: newSpyStore()}
+	return startMemEnv(t, cfg, false)
+}
+
+// newBatchMemEnv is newMemEnv with a store that completes deliveries in
+// batches, as filestore does.
+func newBatchMemEnv(t *testing.T, cfg relay.Config) *memEnv {
+	t.Helper()
+	return startMemEnv(t, cfg, true)
+}
+
+func startMemEnv(t *testing.T, cfg relay.Config, batch bool) *memEnv {
+	t.Helper()
+	e := &memEnv{t: t, net: &memnet.Network{}, clock: newFakeClock(), st: newSpyStore(), batch: batch}
 	require.NoError(t, e.st.PutValue(context.Background(), "relay/private-key.pem", testRelayKey(t)))
 	e.r = e.newRelay(cfg)
 	require.NoError(t, e.r.Start())
@@ -224,6 +262,9 @@ func (e *memEnv) newRelay(cfg relay.Config) *relay.Relay {
 	e.t.Helper()
 	cfg.BaseURL = "https://relay.test"
 	cfg.Store = e.st
+	if e.batch {
+		cfg.Store = batchSpyStore{e.st}
+	}
 	cfg.Transport = e.net
 	cfg.Clock = e.clock
 	cfg.SignatureMaxAge, cfg.ClockSkew = farSkew, farSkew

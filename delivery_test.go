@@ -450,6 +450,37 @@ func TestSlowHostsDoNotStallOthers(t *testing.T) {
 	assert.Equal(t, 2, maxHanging, "the hanging host holds its share of workers, no more")
 }
 
+// TestFreeWorkersNotHeldBack: the dispatcher leases in batches (a quarter
+// of the workers), but a delivery does not wait for a batch of workers to
+// be free while the busy ones hang on slow hosts.
+func TestFreeWorkersNotHeldBack(t *testing.T) {
+	e := newMemEnv(t, relay.Config{Workers: 8, PerHostWorkers: 1, RequestTimeout: time.Hour, BreakerThreshold: -1})
+	hosts := []string{"a.test", "c.test"}
+	for i := range 7 {
+		hosts = append(hosts, fmt.Sprintf("hang%d.test", i))
+	}
+	in := e.subscribed(hosts...)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) }) // before the relay closes
+	for _, h := range in[2:] {
+		h.SetFault(func(r *http.Request) int {
+			if r.Method != http.MethodPost {
+				return 0
+			}
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+			return http.StatusServiceUnavailable
+		})
+	}
+	// Seven workers hang, one is free: fewer than a batch (two).
+	first := e.post(in[0], "first")
+	waitFor(t, in[1], "Create", first.ID)
+	second := e.post(in[0], "second")
+	waitFor(t, in[1], "Create", second.ID) // the fake clock stands still: no poll helps
+}
+
 // TestCloseLosesNothing: deliveries not done when the relay closes are
 // done by the next relay on the same store, each exactly once, whether
 // Close lets the attempts in flight finish or cancels them.
@@ -543,6 +574,36 @@ func TestFailedCompleteDoesNotResend(t *testing.T) {
 	e.eventually(func() bool { return e.backlog("b.test") == 0 })
 	e.settled()
 	assert.Equal(t, 1, countFor(in[1], "Create", note.ID))
+}
+
+// TestBatchCompletion: with a store that completes in batches, completions
+// go through CompleteBatch; a failed batch is retried, and the deliveries
+// it held are not sent again meanwhile.
+func TestBatchCompletion(t *testing.T) {
+	e := newBatchMemEnv(t, relay.Config{})
+	in := e.subscribed("a.test", "b.test", "c.test")
+	note := e.post(in[0], "hello")
+	waitFor(t, in[1], "Create", note.ID)
+	waitFor(t, in[2], "Create", note.ID)
+	e.eventually(func() bool { return e.backlog("b.test") == 0 && e.backlog("c.test") == 0 }, "completed")
+	assert.Positive(t, e.st.completeBatches())
+
+	e.st.mu.Lock()
+	e.st.failOnce = true
+	e.st.mu.Unlock()
+	note2 := e.post(in[0], "again")
+	waitFor(t, in[1], "Create", note2.ID)
+	waitFor(t, in[2], "Create", note2.ID)
+	e.eventually(func() bool { return e.st.failedCompletes() == 2 }, "Complete fails")
+	e.settled()
+	assert.Equal(t, 2, e.backlog("b.test")+e.backlog("c.test"), "Complete failed")
+	e.advance(time.Hour) // the leases expire; the flusher retries the completions
+	e.eventually(func() bool { return e.backlog("b.test") == 0 && e.backlog("c.test") == 0 })
+	e.settled()
+	for _, i := range in[1:] {
+		assert.Equal(t, 1, countFor(i, "Create", note.ID))
+		assert.Equal(t, 1, countFor(i, "Create", note2.ID))
+	}
 }
 
 // TestStatisticsSurviveClose: counters kept in memory are written to the
