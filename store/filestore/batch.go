@@ -16,11 +16,11 @@ func (s *Store) CompleteBatch(ctx context.Context, deliveryIDs []string) error {
 		items := make([]*item, 0, len(deliveryIDs))
 		seen := make(map[*item]bool, len(deliveryIDs))
 		for _, id := range deliveryIDs {
-			if it, ok := s.q.byID[id]; ok && !seen[it] {
+			if it, ok := s.q.ByID[id]; ok && !seen[it] {
 				seen[it] = true
 				items = append(items, it)
 			}
 		}
-		return s.q.removeTx(items), nil // nil when there is nothing to remove
+		return removeTx(s.q, items), nil // nil when there is nothing to remove
 	})
 }

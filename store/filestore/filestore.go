@@ -77,6 +77,8 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/fedirelay/relay/store"
+	"github.com/fedirelay/relay/store/internal/subindex"
+	"github.com/fedirelay/relay/store/internal/valuemap"
 )
 
 var _ store.Store = (*Store)(nil)
@@ -155,11 +157,9 @@ type Store struct {
 	failedCh   chan struct{}                // closed when failed is set
 	failCommit atomic.Pointer[func() error] // test hook: makes commits fail
 
-	values   map[string][]byte
-	subs     map[string]*store.Subscriber
-	subOrder []string                       // every ActorID, sorted
-	subHosts map[string]map[string]struct{} // Host -> ActorIDs
-	q        queue
+	values valuemap.Map
+	subs   *subindex.Index
+	q      queue
 
 	w         writer
 	stopReclm chan struct{}
@@ -218,9 +218,8 @@ func Open(dir string, opts *Options) (*Store, error) {
 		path:      path,
 		db:        db,
 		now:       o.Now,
-		values:    make(map[string][]byte),
-		subs:      make(map[string]*store.Subscriber),
-		subHosts:  make(map[string]map[string]struct{}),
+		values:    make(valuemap.Map),
+		subs:      subindex.New(),
 		q:         newQueue(),
 		failedCh:  make(chan struct{}),
 		stopReclm: make(chan struct{}),
@@ -376,8 +375,8 @@ func (s *Store) Close() error {
 	s.w.stop()
 	s.bg.Wait()
 	s.mu.Lock()
-	s.values, s.subs, s.subOrder, s.subHosts = nil, nil, nil, nil
-	s.q = queue{}
+	s.values, s.subs = nil, nil
+	s.q = nil
 	s.mu.Unlock()
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("store/filestore: closing %s: %w", s.path, err)
@@ -696,10 +695,10 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 	}
 	defer s.mu.RUnlock()
 	st := Stats{
-		Subscribers: len(s.subs),
+		Subscribers: s.subs.Len(),
 		Values:      len(s.values),
-		Deliveries:  len(s.q.byID),
-		Leased:      len(s.q.leased),
+		Deliveries:  len(s.q.ByID),
+		Leased:      s.q.Leased(),
 	}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		st.Payloads = tx.Bucket(bPayloads).Stats().KeyN

@@ -3,11 +3,11 @@ package filestore
 import (
 	"encoding/json"
 	"fmt"
-	"slices"
 
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/fedirelay/relay/store"
+	"github.com/fedirelay/relay/store/internal/queueindex"
 )
 
 // load checks the file's format, creating the buckets of a new file, and
@@ -84,14 +84,9 @@ func (s *Store) loadSubscribers(tx *bolt.Tx) error {
 		}
 		sub.ActorID = string(k)
 		utcSubscriber(&sub)
-		s.subs[sub.ActorID] = &sub
-		s.subOrder = append(s.subOrder, sub.ActorID) // keys come sorted
-		s.addSubHost(sub.Host, sub.ActorID)
+		s.subs.Put(sub) // keys come sorted: appended at the end
 		return nil
 	})
-	if err == nil && !slices.IsSorted(s.subOrder) {
-		slices.Sort(s.subOrder)
-	}
 	return err
 }
 
@@ -112,18 +107,18 @@ func (s *Store) loadQueue(tx *bolt.Tx) error {
 		if err != nil {
 			return fmt.Errorf("%w: %s: delivery %q: %v", ErrCorrupt, s.path, k, err)
 		}
-		if _, ok := s.q.payloads[r.PayloadID]; !ok {
+		if _, ok := s.q.Payloads[r.PayloadID]; !ok {
 			if pb.Get([]byte(r.PayloadID)) == nil {
 				orphans = append(orphans, cloneBytes(k))
 				return nil
 			}
-			s.q.payloads[r.PayloadID] = &payloadRef{id: r.PayloadID}
+			s.q.Payloads[r.PayloadID] = &queueindex.Payload{ID: r.PayloadID}
 		}
-		if _, dup := s.q.byID[r.ID]; dup {
+		if _, dup := s.q.ByID[r.ID]; dup {
 			return fmt.Errorf("%w: %s: delivery %q stored twice", ErrCorrupt, s.path, r.ID)
 		}
-		s.q.add(newItem(seq, &r), &r)
-		s.q.seq = max(s.q.seq, seq)
+		d := store.Delivery(r)
+		s.q.Add(seq, &d)
 		return nil
 	})
 	if err != nil {
@@ -131,7 +126,7 @@ func (s *Store) loadQueue(tx *bolt.Tx) error {
 	}
 	var unused [][]byte // payloads without delivery
 	err = pb.ForEach(func(k, _ []byte) error {
-		if _, ok := s.q.payloads[string(k)]; !ok {
+		if _, ok := s.q.Payloads[string(k)]; !ok {
 			unused = append(unused, cloneBytes(k))
 		}
 		return nil

@@ -8,8 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"slices"
-	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -34,11 +32,7 @@ func (s *Store) GetValue(ctx context.Context, key string) ([]byte, error) {
 		return nil, err
 	}
 	defer s.mu.RUnlock()
-	v, ok := s.values[key]
-	if !ok {
-		return nil, store.ErrNotFound
-	}
-	return cloneBytes(v), nil
+	return s.values.Get(key)
 }
 
 // PutValue stores a copy of value under key, replacing any previous value,
@@ -106,13 +100,7 @@ func (s *Store) ListValues(ctx context.Context, prefix string) (map[string][]byt
 		return nil, err
 	}
 	defer s.mu.RUnlock()
-	out := make(map[string][]byte)
-	for k, v := range s.values {
-		if strings.HasPrefix(k, prefix) {
-			out[k] = cloneBytes(v)
-		}
-	}
-	return out, nil
+	return s.values.List(prefix), nil
 }
 
 // GetSubscriber returns a copy of the subscriber with the given actor id, or
@@ -122,11 +110,7 @@ func (s *Store) GetSubscriber(ctx context.Context, actorID string) (store.Subscr
 		return store.Subscriber{}, err
 	}
 	defer s.mu.RUnlock()
-	sub, ok := s.subs[actorID]
-	if !ok {
-		return store.Subscriber{}, store.ErrNotFound
-	}
-	return *sub, nil
+	return s.subs.Get(actorID)
 }
 
 // UpdateSubscriber implements store.Store.UpdateSubscriber. It calls fn
@@ -143,24 +127,17 @@ func (s *Store) UpdateSubscriber(ctx context.Context, actorID string, fn func(su
 	}
 	var stored store.Subscriber
 	err := s.change(ctx, func() (func(*bolt.Tx) error, error) {
-		old, found := s.subs[actorID]
-		sub := store.Subscriber{ActorID: actorID}
-		if found {
-			sub = *old
-		}
-		if err := fn(&sub, found); err != nil {
+		sub, err := s.subs.Update(actorID, fn, errActorIDChanged)
+		if err != nil {
 			return nil, err
 		}
-		if sub.ActorID != actorID {
-			return nil, errActorIDChanged
-		}
-		stored = sub // fn may keep the pointer it was given: store another copy
-		utcSubscriber(&stored)
-		doc, err := json.Marshal(&stored)
+		utcSubscriber(&sub)
+		doc, err := json.Marshal(&sub)
 		if err != nil {
 			return nil, fmt.Errorf("store/filestore: encoding subscriber: %w", err)
 		}
-		s.setSubscriber(old, stored)
+		s.subs.Put(sub) // a copy: fn may keep the pointer it was given
+		stored = sub
 		return func(tx *bolt.Tx) error { return tx.Bucket(bSubs).Put([]byte(actorID), doc) }, nil
 	})
 	if err != nil {
@@ -181,48 +158,12 @@ func utcSubscriber(s *store.Subscriber) {
 	}
 }
 
-// setSubscriber stores sub in memory; old is the previous version, if any.
-func (s *Store) setSubscriber(old *store.Subscriber, sub store.Subscriber) {
-	if old == nil {
-		i, _ := slices.BinarySearch(s.subOrder, sub.ActorID)
-		s.subOrder = slices.Insert(s.subOrder, i, sub.ActorID)
-		s.addSubHost(sub.Host, sub.ActorID)
-	} else if old.Host != sub.Host {
-		s.removeSubHost(old.Host, sub.ActorID)
-		s.addSubHost(sub.Host, sub.ActorID)
-	}
-	s.subs[sub.ActorID] = &sub
-}
-
-func (s *Store) addSubHost(host, actorID string) {
-	ids := s.subHosts[host]
-	if ids == nil {
-		ids = make(map[string]struct{})
-		s.subHosts[host] = ids
-	}
-	ids[actorID] = struct{}{}
-}
-
-func (s *Store) removeSubHost(host, actorID string) {
-	ids := s.subHosts[host]
-	delete(ids, actorID)
-	if len(ids) == 0 {
-		delete(s.subHosts, host)
-	}
-}
-
 // DeleteSubscriber removes a subscriber; removing an absent one returns nil.
 // Its queued deliveries are not touched (see DropDeliveries).
 func (s *Store) DeleteSubscriber(ctx context.Context, actorID string) error {
 	return s.change(ctx, func() (func(*bolt.Tx) error, error) {
-		sub, ok := s.subs[actorID]
-		if !ok {
+		if !s.subs.Delete(actorID) {
 			return nil, nil
-		}
-		delete(s.subs, actorID)
-		s.removeSubHost(sub.Host, actorID)
-		if i, ok := slices.BinarySearch(s.subOrder, actorID); ok {
-			s.subOrder = slices.Delete(s.subOrder, i, i+1)
 		}
 		return func(tx *bolt.Tx) error { return tx.Bucket(bSubs).Delete([]byte(actorID)) }, nil
 	})
@@ -236,28 +177,7 @@ func (s *Store) ListSubscribers(ctx context.Context, f store.SubscriberFilter) (
 		return nil, err
 	}
 	defer s.mu.RUnlock()
-	ids := s.subOrder
-	if f.Host != "" {
-		hostIDs := s.subHosts[f.Host]
-		ids = make([]string, 0, len(hostIDs))
-		for id := range hostIDs {
-			ids = append(ids, id)
-		}
-		slices.Sort(ids)
-	}
-	n := 0 // count first: copying subscribers into a growing slice costs more
-	for _, id := range ids {
-		if f.Match(s.subs[id]) {
-			n++
-		}
-	}
-	out := make([]store.Subscriber, 0, n)
-	for _, id := range ids {
-		if sub := s.subs[id]; f.Match(sub) {
-			out = append(out, *sub)
-		}
-	}
-	return out, nil
+	return s.subs.List(f), nil
 }
 
 // encodeTime encodes t as 8 bytes that sort like the times: nanoseconds

@@ -92,17 +92,12 @@ func TestEverythingReclaimed(t *testing.T) {
 	_, err = s.ShedDeliveries(ctx, "h2", 0, []string{"Create"})
 	require.NoError(t, err)
 	checkInvariants(t, s)
-	for id := range s.q.byID {
+	for id := range s.q.ByID {
 		require.NoError(t, s.Complete(ctx, id))
 	}
 	checkInvariants(t, s)
-	assert.Empty(t, s.q.byID)
-	assert.Empty(t, s.q.payloads)
-	assert.Empty(t, s.q.targets)
-	assert.Empty(t, s.q.hosts)
+	assert.True(t, s.q.Empty())
 	assert.Empty(t, s.q.bySub)
-	assert.Empty(t, s.q.due)
-	assert.Empty(t, s.q.leased)
 }
 
 func TestMarkSeenReclaimsExpiredMarks(t *testing.T) {
@@ -169,7 +164,7 @@ func TestLeaseSkipsManyHostsCheaply(t *testing.T) {
 	require.NoError(t, s.Enqueue(ctx, []store.Payload{{ID: "p"}}, ds))
 	got := leaseIDs(t, s, store.LeaseRequest{Now: t0.Add(time.Hour), Limit: 5, Duration: time.Minute, SkipHosts: skip})
 	assert.Equal(t, []string{"900", "901", "902", "903", "904"}, got)
-	assert.Len(t, s.q.due, 995, "skipped hosts are put back")
+	assert.Equal(t, 995, s.q.DueHosts(), "skipped hosts are put back")
 	checkInvariants(t, s)
 }
 
@@ -405,21 +400,21 @@ func runModel(t *testing.T, seed uint64, steps int) {
 		}
 		checkInvariants(t, s)
 		// Compare the whole state (without testify: this runs very often).
-		if len(s.q.byID) != len(m.items) {
-			t.Fatalf("step %d (%s): %d deliveries, want %d", step, op, len(s.q.byID), len(m.items))
+		if len(s.q.ByID) != len(m.items) {
+			t.Fatalf("step %d (%s): %d deliveries, want %d", step, op, len(s.q.ByID), len(m.items))
 		}
 		for _, it := range m.items {
 			// The model clears expired leases only in Lease, as the store does.
-			got := s.q.byID[it.d.ID]
-			if got == nil || got.delivery() != it.d || got.leased() != it.leased {
+			got := s.q.ByID[it.d.ID]
+			if got == nil || got.Delivery() != it.d || got.Leased() != it.leased {
 				t.Fatalf("step %d (%s): delivery %s: got %+v, want %+v (leased %v)", step, op, it.d.ID, got, it.d, it.leased)
 			}
 		}
-		if len(s.q.payloads) != len(m.payloads) {
-			t.Fatalf("step %d (%s): %d payloads, want %d", step, op, len(s.q.payloads), len(m.payloads))
+		if len(s.q.Payloads) != len(m.payloads) {
+			t.Fatalf("step %d (%s): %d payloads, want %d", step, op, len(s.q.Payloads), len(m.payloads))
 		}
 		for id, body := range m.payloads {
-			if p := s.q.payloads[id]; p == nil || string(p.body) != body {
+			if p := s.q.Payloads[id]; p == nil || string(p.Body) != body {
 				t.Fatalf("step %d (%s): payload %s: got %+v, want %q", step, op, id, p, body)
 			}
 		}
@@ -440,65 +435,16 @@ func checkInvariants(t *testing.T, s *Store) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	q := &s.q
-	refs := map[string]int{}
-	targetRefs := map[*target]int{}
+	if err := q.Check(); err != nil {
+		t.Fatal(err)
+	}
 	bySub := map[string]int{}
-	ready, leased := 0, 0
-	for id, it := range q.byID {
-		d := it.delivery()
-		check(id == d.ID, "byID[%s] holds %s", id, d.ID)
-		check(q.hosts[d.Host] == it.host(), "item %s: host", id)
-		check(q.targets[targetKey{d.Host, d.Inbox, d.Subscriber, d.ActivityType}] == it.target, "item %s: target", id)
-		targetRefs[it.target]++
-		check(it.host().all[it.pos[hostList]] == it, "item %s: host list index", id)
-		check(it.key == newDueKey(d.NotBefore, it.key.seq), "item %s: key", id)
-		if it.leased() {
-			leased++
-			check(q.leased[it.idx] == it, "item %s: lease heap index", id)
-		} else {
-			ready++
-			check(it.host().ready[it.idx] == it, "item %s: ready heap index", id)
+	for id, it := range q.ByID {
+		if sub := it.Subscriber(); sub != "" {
+			bySub[sub]++
+			l := q.bySub[sub]
+			check(l != nil && int(it.Ext) < len(*l) && (*l)[it.Ext] == it, "item %s: subscriber list index", id)
 		}
-		refs[d.PayloadID]++
-		check(q.payloads[d.PayloadID] == it.payload, "item %s: payload", id)
-		if d.Subscriber != "" {
-			bySub[d.Subscriber]++
-			check((*q.bySub[d.Subscriber])[it.pos[subList]] == it, "item %s: subscriber list index", id)
-		}
-	}
-	check(len(q.targets) == len(targetRefs), "%d targets, %d referred to", len(q.targets), len(targetRefs))
-	for k, tg := range q.targets {
-		check(targetRefs[tg] == tg.refs, "target %+v: refs %d, referred to %d times", k, tg.refs, targetRefs[tg])
-	}
-	check(leased == len(q.leased), "%d leased items, %d in the lease heap", leased, len(q.leased))
-	for i := 1; i < len(q.leased); i++ {
-		check(!leaseBefore(q.leased[i], q.leased[(i-1)/2]), "lease heap order")
-	}
-	items, readyInHeaps := 0, 0
-	for name, h := range q.hosts {
-		check(name == h.name, "hosts[%s] holds %s", name, h.name)
-		check(len(h.all) > 0, "host %s without items", name)
-		items += len(h.all)
-		readyInHeaps += len(h.ready)
-		for i := 1; i < len(h.ready); i++ {
-			check(!h.ready[i].key.before(h.ready[(i-1)/2].key), "host %s: ready heap order", name)
-		}
-		if len(h.ready) > 0 {
-			check(h.idx >= 0 && q.due[h.idx] == h, "host %s: due heap index", name)
-			check(h.key == h.ready[0].key, "host %s: key", name)
-		} else {
-			check(h.idx == -1, "host %s without ready items in the due heap", name)
-		}
-	}
-	check(items == len(q.byID), "%d items in host lists, %d in byID", items, len(q.byID))
-	check(ready == readyInHeaps, "%d ready items, %d in ready heaps", ready, readyInHeaps)
-	for i, h := range q.due {
-		check(q.hosts[h.name] == h, "due host %s not in hosts", h.name)
-		check(i == 0 || !h.key.before(q.due[(i-1)/2].key), "due heap order")
-	}
-	check(len(q.payloads) == len(refs), "%d payloads, %d referred to", len(q.payloads), len(refs))
-	for id, p := range q.payloads {
-		check(refs[id] == p.refs, "payload %s: refs %d, referred to %d times", id, p.refs, refs[id])
 	}
 	check(len(q.bySub) == len(bySub), "%d subscriber lists, %d subscribers", len(q.bySub), len(bySub))
 	for sub, l := range q.bySub {

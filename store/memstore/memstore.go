@@ -7,9 +7,10 @@
 // hosts ordered by their first ready delivery, so Lease costs
 // O((k + s) log n) for k leased deliveries and s hosts skipped (SkipHosts)
 // or filled up (PerHost), never a scan of the backlog. Leased deliveries
-// wait in a heap ordered by lease end. Every host and subscriber lists its
-// deliveries for CountDeliveries, DropDeliveries and ShedDeliveries, and
-// payloads are reference-counted and removed with their last delivery.
+// wait in a heap ordered by lease end. Every host counts its deliveries and
+// every subscriber lists its own, for CountDeliveries and DropDeliveries,
+// and payloads are reference-counted and removed with their last delivery.
+// (This index is shared with the file store: store/internal/queueindex.)
 // Subscribers are kept sorted by ActorID and indexed by host. Deduplication
 // marks are reclaimed through a heap ordered by expiry.
 //
@@ -26,12 +27,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/fedirelay/relay/store"
+	"github.com/fedirelay/relay/store/internal/subindex"
+	"github.com/fedirelay/relay/store/internal/valuemap"
 )
 
 var _ store.Store = (*Store)(nil)
@@ -47,13 +48,11 @@ type Store struct {
 	closed bool
 	now    func() time.Time // clock for deduplication marks
 
-	values map[string][]byte
+	values valuemap.Map
 
-	subs     map[string]*store.Subscriber              // by ActorID
-	subOrder []*store.Subscriber                       // the same, sorted by ActorID
-	subHosts map[string]map[*store.Subscriber]struct{} // the same, by Host
-	marks    map[string]*mark                          // live (and not yet reclaimed) marks by id
-	markExp  markHeap                                  // the marks of the map, by expiry
+	subs    *subindex.Index
+	marks   map[string]*mark // live (and not yet reclaimed) marks by id
+	markExp markHeap         // the marks of the map, by expiry
 
 	q queue
 }
@@ -61,12 +60,11 @@ type Store struct {
 // New returns an empty Store.
 func New() *Store {
 	return &Store{
-		now:      time.Now,
-		values:   make(map[string][]byte),
-		subs:     make(map[string]*store.Subscriber),
-		subHosts: make(map[string]map[*store.Subscriber]struct{}),
-		marks:    make(map[string]*mark),
-		q:        newQueue(),
+		now:    time.Now,
+		values: make(valuemap.Map),
+		subs:   subindex.New(),
+		marks:  make(map[string]*mark),
+		q:      newQueue(),
 	}
 }
 
@@ -79,7 +77,7 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closed = true
-	s.values, s.subs, s.subOrder, s.subHosts = nil, nil, nil, nil
+	s.values, s.subs = nil, nil
 	s.marks, s.markExp = nil, nil
 	s.q = queue{}
 	return nil
@@ -128,11 +126,7 @@ func (s *Store) GetValue(ctx context.Context, key string) ([]byte, error) {
 		return nil, err
 	}
 	defer s.mu.RUnlock()
-	v, ok := s.values[key]
-	if !ok {
-		return nil, store.ErrNotFound
-	}
-	return cloneBytes(v), nil
+	return s.values.Get(key)
 }
 
 // PutValue stores a copy of value under key, replacing any previous value.
@@ -177,13 +171,7 @@ func (s *Store) ListValues(ctx context.Context, prefix string) (map[string][]byt
 		return nil, err
 	}
 	defer s.mu.RUnlock()
-	out := make(map[string][]byte)
-	for k, v := range s.values {
-		if strings.HasPrefix(k, prefix) {
-			out[k] = cloneBytes(v)
-		}
-	}
-	return out, nil
+	return s.values.List(prefix), nil
 }
 
 // GetSubscriber returns a copy of the subscriber with the given actor id, or
@@ -193,11 +181,7 @@ func (s *Store) GetSubscriber(ctx context.Context, actorID string) (store.Subscr
 		return store.Subscriber{}, err
 	}
 	defer s.mu.RUnlock()
-	sub, ok := s.subs[actorID]
-	if !ok {
-		return store.Subscriber{}, store.ErrNotFound
-	}
-	return *sub, nil
+	return s.subs.Get(actorID)
 }
 
 // UpdateSubscriber implements store.Store.UpdateSubscriber. It calls fn
@@ -213,54 +197,12 @@ func (s *Store) UpdateSubscriber(ctx context.Context, actorID string, fn func(su
 		return store.Subscriber{}, err
 	}
 	defer s.mu.Unlock()
-	stored, found := s.subs[actorID]
-	sub := store.Subscriber{ActorID: actorID}
-	if found {
-		sub = *stored
-	}
-	if err := fn(&sub, found); err != nil {
+	sub, err := s.subs.Update(actorID, fn, errActorIDChanged)
+	if err != nil {
 		return store.Subscriber{}, err
 	}
-	if sub.ActorID != actorID {
-		return store.Subscriber{}, errActorIDChanged
-	}
-	switch {
-	case !found:
-		stored = new(store.Subscriber)
-		*stored = sub
-		s.subs[actorID] = stored
-		i, _ := slices.BinarySearchFunc(s.subOrder, actorID, compareActorID)
-		s.subOrder = slices.Insert(s.subOrder, i, stored)
-		s.addSubHost(stored)
-	case stored.Host != sub.Host:
-		s.removeSubHost(stored)
-		*stored = sub
-		s.addSubHost(stored)
-	default:
-		*stored = sub // fn may keep the pointer it got: it is not stored
-	}
+	s.subs.Put(sub) // a copy: fn may keep the pointer it got
 	return sub, nil
-}
-
-func compareActorID(sub *store.Subscriber, actorID string) int {
-	return strings.Compare(sub.ActorID, actorID)
-}
-
-func (s *Store) addSubHost(sub *store.Subscriber) {
-	set := s.subHosts[sub.Host]
-	if set == nil {
-		set = make(map[*store.Subscriber]struct{})
-		s.subHosts[sub.Host] = set
-	}
-	set[sub] = struct{}{}
-}
-
-func (s *Store) removeSubHost(sub *store.Subscriber) {
-	set := s.subHosts[sub.Host]
-	delete(set, sub)
-	if len(set) == 0 {
-		delete(s.subHosts, sub.Host)
-	}
 }
 
 // DeleteSubscriber removes a subscriber; removing an absent one returns nil.
@@ -270,15 +212,7 @@ func (s *Store) DeleteSubscriber(ctx context.Context, actorID string) error {
 		return err
 	}
 	defer s.mu.Unlock()
-	sub, ok := s.subs[actorID]
-	if !ok {
-		return nil
-	}
-	delete(s.subs, actorID)
-	s.removeSubHost(sub)
-	if i, ok := slices.BinarySearchFunc(s.subOrder, actorID, compareActorID); ok {
-		s.subOrder = slices.Delete(s.subOrder, i, i+1)
-	}
+	s.subs.Delete(actorID)
 	return nil
 }
 
@@ -290,28 +224,7 @@ func (s *Store) ListSubscribers(ctx context.Context, f store.SubscriberFilter) (
 		return nil, err
 	}
 	defer s.mu.RUnlock()
-	subs := s.subOrder
-	if f.Host != "" {
-		set := s.subHosts[f.Host]
-		subs = make([]*store.Subscriber, 0, len(set))
-		for sub := range set {
-			subs = append(subs, sub)
-		}
-		slices.SortFunc(subs, func(a, b *store.Subscriber) int { return strings.Compare(a.ActorID, b.ActorID) })
-	}
-	n := 0 // count first: the result is allocated once
-	for _, sub := range subs {
-		if f.Match(sub) {
-			n++
-		}
-	}
-	out := make([]store.Subscriber, 0, n)
-	for _, sub := range subs {
-		if f.Match(sub) {
-			out = append(out, *sub)
-		}
-	}
-	return out, nil
+	return s.subs.List(f), nil
 }
 
 // MarkSeen implements store.Store.MarkSeen. Marks expire by the wall clock
