@@ -676,7 +676,17 @@ type batchCompleter interface {
 
 // confirmBatch is confirm for a batch, in one store call.
 func (q *deliveryQueue) confirmBatch(ctx context.Context, bc batchCompleter, ids []string) {
-	err := bc.CompleteBatch(ctx, ids)
+	q.settle(ctx, ids, bc.CompleteBatch(ctx, ids))
+}
+
+// confirm writes one completion to the store.
+func (q *deliveryQueue) confirm(ctx context.Context, id string) {
+	q.settle(ctx, []string{id}, q.r.store.Complete(ctx, id))
+}
+
+// settle records the outcome of writing the completions of ids: forgotten
+// once written, kept for retryCompletes if the store failed.
+func (q *deliveryQueue) settle(ctx context.Context, ids []string, err error) {
 	q.mu.Lock()
 	for _, id := range ids {
 		if err == nil {
@@ -687,21 +697,7 @@ func (q *deliveryQueue) confirmBatch(ctx context.Context, bc batchCompleter, ids
 	}
 	q.mu.Unlock()
 	if err != nil && ctx.Err() == nil {
-		q.r.log.Error("relay: completing deliveries", "count", len(ids), "err", err)
-	}
-}
-
-func (q *deliveryQueue) confirm(ctx context.Context, id string) {
-	err := q.r.store.Complete(ctx, id)
-	q.mu.Lock()
-	if err == nil {
-		delete(q.done, id)
-	} else {
-		q.done[id] = false
-	}
-	q.mu.Unlock()
-	if err != nil && ctx.Err() == nil {
-		q.r.log.Error("relay: completing delivery", "id", id, "err", err)
+		q.r.log.Error("relay: completing deliveries", "count", len(ids), "first", ids[0], "err", err)
 	}
 }
 

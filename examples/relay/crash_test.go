@@ -1,16 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"os/exec"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -22,40 +18,6 @@ import (
 	"github.com/fedirelay/relay/relaytest"
 	"github.com/fedirelay/relay/store"
 )
-
-// startRelayAt is startRelayProcess on a given address, so that a relay
-// restarted after a crash keeps its URL.
-func startRelayAt(t *testing.T, addr, dataDir string) *relayProcess {
-	t.Helper()
-	base := "http://" + addr
-	cmd := exec.Command(os.Args[0], "-addr", addr, "-base-url", base, "-data", dataDir, "-log-level", "error",
-		"-allow-private", "127.0.0.0/8")
-	cmd.Env = append(os.Environ(), runAsRelay+"=1")
-	cmd.Stderr = os.Stderr
-	stdout, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	p := &relayProcess{cmd: cmd, BaseURL: base, exited: make(chan error, 1)}
-	ready := make(chan struct{}, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if strings.HasPrefix(sc.Text(), "fedirelay listening on") {
-				ready <- struct{}{}
-			}
-		}
-	}()
-	go func() { p.exited <- cmd.Wait() }()
-	t.Cleanup(func() { _ = cmd.Process.Kill() })
-	select {
-	case <-ready:
-	case err := <-p.exited:
-		t.Fatalf("relay exited before listening: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("relay did not start listening")
-	}
-	return p
-}
 
 // attempt is one POST that reached a subscriber's inbox.
 type attempt struct {
@@ -169,7 +131,7 @@ func TestCrashDuringFanOut(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	addr := freeAddr(t)
-	p := startRelayAt(t, addr, dir)
+	p := startRelayAt(t, addr, dir, "-log-level", "error")
 	inbox, actor := p.BaseURL+"/inbox", p.BaseURL+"/actor"
 	key := actorKey(t, p.BaseURL)
 
@@ -221,7 +183,7 @@ func TestCrashDuringFanOut(t *testing.T) {
 
 	// Restart on the same directory and address, with fast subscribers.
 	watch.delay.Store(0)
-	p = startRelayAt(t, addr, dir)
+	p = startRelayAt(t, addr, dir, "-log-level", "error")
 	assert.Equal(t, key, actorKey(t, p.BaseURL), "the relay keeps its key")
 
 	for _, i := range subs {

@@ -62,7 +62,14 @@ func freeAddr(t *testing.T) string {
 // is killed at the end of the test if still running.
 func startRelayProcess(t *testing.T, dataDir string, args ...string) *relayProcess {
 	t.Helper()
-	addr := freeAddr(t)
+	return startRelayAt(t, freeAddr(t), dataDir, args...)
+}
+
+// startRelayAt is startRelayProcess on a given address, so that a relay
+// restarted (after a crash, or on another data directory) keeps its URL.
+// Later args override earlier ones (-log-level error, say).
+func startRelayAt(t *testing.T, addr, dataDir string, args ...string) *relayProcess {
+	t.Helper()
 	base := "http://" + addr
 	// The fake instances serve plain http on loopback, which the relay
 	// refuses by default.
