@@ -35,20 +35,8 @@ func publicRelay(t *testing.T) (*relay.Relay, string) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	r, err := relay.New(relay.Config{
-		BaseURL: "https://relay.example", Logger: quietLogger(), AllowHTTP: true, AllowPrivate: loopback,
-	})
-	require.NoError(t, err)
-	srv := &httptest.Server{Listener: ln, Config: &http.Server{Handler: r.Handler()}}
-	srv.Start()
-	require.NoError(t, r.Start())
-	t.Cleanup(func() {
-		srv.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), wait)
-		defer cancel()
-		require.NoError(t, r.Close(ctx))
-	})
-	return r, srv.URL + "/inbox"
+	r, url := serveRelay(t, ln, relay.Config{BaseURL: "https://relay.example", AllowHTTP: true, AllowPrivate: loopback})
+	return r, url + "/inbox"
 }
 
 // A request signed for the relay's public host is accepted when a proxy

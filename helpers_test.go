@@ -35,6 +35,15 @@ func startRelay(t *testing.T, cfg relay.Config) *relay.Relay {
 		cfg.AllowPrivate = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
 		cfg.AllowHTTP = true
 	}
+	r, _ := serveRelay(t, ln, cfg)
+	return r
+}
+
+// serveRelay runs a relay built from cfg (quiet unless cfg has a logger)
+// on a loopback httptest server on ln, starts it, closes both at the end
+// of the test, and returns it with the server's URL.
+func serveRelay(t *testing.T, ln net.Listener, cfg relay.Config) (*relay.Relay, string) {
+	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = quietLogger()
 	}
@@ -49,7 +58,7 @@ func startRelay(t *testing.T, cfg relay.Config) *relay.Relay {
 		defer cancel()
 		require.NoError(t, r.Close(ctx))
 	})
-	return r
+	return r, srv.URL
 }
 
 func quietLogger() *slog.Logger {
