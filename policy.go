@@ -98,12 +98,17 @@ func (r *Relay) BlockDomain(ctx context.Context, domain string) error {
 	}); err != nil {
 		return err
 	}
+	// The list is installed before subscriptions are looked for, and a
+	// Follow being stored checks it again (handleFollow), so no subscription
+	// on the domain outlives this call.
+	only := newDomainSet([]string{d})
 	subs, err := r.store.ListSubscribers(ctx, store.SubscriberFilter{})
 	if err != nil {
 		return err
 	}
 	for i := range subs {
-		if s := &subs[i]; r.guard.blocked.contains(s.Host) || r.guard.blocked.blockedURL(s.ActorID) {
+		s := &subs[i]
+		if only.contains(s.Host) || only.blockedURL(s.ActorID) || only.blockedURL(s.Inbox) || only.blockedURL(s.SharedInbox) {
 			if err := r.removeSubscriber(ctx, s, nil); err != nil {
 				return err
 			}
@@ -130,6 +135,15 @@ func (r *Relay) UnblockDomain(ctx context.Context, domain string) error {
 // BlockedDomains returns the run-time block list as stored, sorted (not
 // Config.BlockedDomains). It is empty, not nil, when nothing is blocked.
 func (r *Relay) BlockedDomains(ctx context.Context) ([]string, error) {
+	return r.reloadBlocked(ctx)
+}
+
+// reloadBlocked reads the stored list and installs it, under policyMu so
+// that a change being made through this Relay is never replaced by the
+// list read before it.
+func (r *Relay) reloadBlocked(ctx context.Context) ([]string, error) {
+	r.policyMu.Lock()
+	defer r.policyMu.Unlock()
 	list, err := r.readBlocked(ctx)
 	if err != nil {
 		return nil, err
@@ -202,9 +216,7 @@ func (r *Relay) refreshPolicies() {
 		case <-r.clock.After(policyRefresh):
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
-		if list, err := r.readBlocked(ctx); err == nil {
-			r.guard.blocked.set(list)
-		} else if !errors.Is(err, store.ErrClosed) {
+		if _, err := r.reloadBlocked(ctx); err != nil && !errors.Is(err, store.ErrClosed) {
 			r.log.Warn("cannot read the block list", "err", err)
 		}
 		cancel()

@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -120,4 +123,91 @@ func TestBlockDomainRules(t *testing.T) {
 		}
 	}
 	assert.True(t, refreshed, "the block made through another relay took effect")
+}
+
+// A refusal made while a repeated Follow waits for the FollowPolicy lasts:
+// the Follow does not overwrite it with the policy's earlier decision.
+func TestRefusalDuringFollowLasts(t *testing.T) {
+	var network memnet.Network
+	var calls atomic.Int32
+	entered, release := make(chan struct{}), make(chan struct{})
+	policy := func(ctx context.Context, req relay.FollowRequest) (relay.Decision, string) {
+		if calls.Add(1) == 1 {
+			return relay.DecisionPending, ""
+		}
+		close(entered)
+		<-release
+		return relay.DecisionAccept, ""
+	}
+	r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{FollowPolicy: policy})
+	inst := relaytest.NewInstance(t, relaytest.Mastodon, relaytest.Options{Network: &network, Host: "m.test", Logf: func(string, ...any) {}})
+	ctx := context.Background()
+	_, err := inst.Subscribe(ctx, r.InboxURL(), r.ActorID())
+	require.NoError(t, err)
+	actor := inst.RelayActorID()
+
+	done := make(chan error, 1)
+	go func() { _, err := inst.Subscribe(ctx, r.InboxURL(), r.ActorID()); done <- err }()
+	select {
+	case <-entered:
+	case <-time.After(wait):
+		t.Fatal("the second Follow did not reach the policy")
+	}
+	require.NoError(t, r.Refuse(ctx, actor, "no"))
+	close(release)
+	require.NoError(t, <-done)
+	s, err := r.Subscriber(ctx, actor)
+	require.NoError(t, err)
+	assert.Equal(t, store.StateRejected, s.State, "the refusal lasts")
+	require.NoError(t, r.Close(ctx)) // every reply has been attempted
+	for _, rc := range inst.Received() {
+		assert.NotEqual(t, "Accept", rc.Type, "no Accept after the refusal")
+	}
+}
+
+// The run-time list read concurrently (BlockedDomains, the periodic
+// refresh) never replaces a block just made: a Follow from the domain
+// right after BlockDomain returns is refused.
+func TestBlockDomainNotRevertedByConcurrentReads(t *testing.T) {
+	var network memnet.Network
+	// Slow reads of values widen the window in which a read made before a
+	// change could be installed after it.
+	r := memRelay(t, &network, "relay.test", slowValues{newMemStore(t)}, relay.Config{})
+	ctx := context.Background()
+	stop := make(chan struct{})
+	var readers sync.WaitGroup
+	for range 4 {
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+					_, _ = r.BlockedDomains(ctx)
+				}
+			}
+		}()
+	}
+	defer func() { close(stop); readers.Wait() }()
+	for i := range 30 {
+		host := fmt.Sprintf("b%d.test", i)
+		inst := relaytest.NewInstance(t, relaytest.Mastodon, relaytest.Options{Network: &network, Host: host, Logf: func(string, ...any) {}})
+		require.NoError(t, r.BlockDomain(ctx, host))
+		_, err := inst.Subscribe(ctx, r.InboxURL(), r.ActorID())
+		var he *relaytest.HTTPError
+		require.ErrorAs(t, err, &he, "a Follow from %s right after blocking it", host)
+		assert.Equal(t, http.StatusForbidden, he.StatusCode)
+	}
+}
+
+// slowValues is a store whose GetValue returns a millisecond after it
+// read the value.
+type slowValues struct{ store.Store }
+
+func (s slowValues) GetValue(ctx context.Context, key string) ([]byte, error) {
+	v, err := s.Store.GetValue(ctx, key)
+	time.Sleep(time.Millisecond)
+	return v, err
 }

@@ -59,6 +59,18 @@ func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteA
 	}
 	now := r.now().UTC()
 	s, err := r.store.UpdateSubscriber(ctx, env.Actor, func(s *store.Subscriber, found bool) error {
+		// Checked again here, atomically with the write: BlockDomain may
+		// have run since the inbox checked (it installs the list before it
+		// looks for subscriptions to end).
+		if r.guard.blocked.blockedURL(env.Actor) {
+			return errFollowBlocked
+		}
+		decision, reason, followBackID := decision, reason, followBackID
+		if found && s.State == store.StateRejected {
+			// Refused meanwhile (Refuse, or another Follow): the refusal
+			// lasts, whatever was decided from the earlier read.
+			decision, reason, followBackID = DecisionReject, "", ""
+		}
 		if !found {
 			s.CreatedAt = now
 		}
@@ -89,8 +101,14 @@ func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteA
 		}
 		return nil
 	})
+	if errors.Is(err, errFollowBlocked) {
+		return refuse(http.StatusForbidden, "%s is on a blocked domain", hostOf(env.Actor))
+	}
 	if err != nil {
 		return err
+	}
+	if s.State != store.StateAccepted || followBackID == "" || s.FollowBackID != followBackID {
+		followBack = nil // not accepted after all: no follow-back was stored
 	}
 	if s.State == store.StateAccepted && (!found || existing.State != store.StateAccepted) {
 		r.queue.stats.revive(s.ActorID)
@@ -98,6 +116,9 @@ func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteA
 	r.log.Info("relay: subscription request", "actor", s.ActorID, "protocol", s.Protocol, "state", s.State)
 	return r.sendDecision(ctx, &s, followBack)
 }
+
+// errFollowBlocked aborts storing a Follow from a domain blocked meanwhile.
+var errFollowBlocked = errors.New("relay: follow from a blocked domain")
 
 // sendDecision queues the reply matching the subscriber's state: an Accept
 // (followed, for a new LitePub subscriber, by the relay's reciprocal
