@@ -3,8 +3,8 @@ package relay
 // Test hooks for the external tests (package relay_test).
 
 // SetKeyCacheBounds sets the relay's key cache bounds: the most keys kept
-// and the most key fetches in flight (maxCachedKeys and maxKeyFetches by
-// default), so that tests need not create tens of thousands of keys.
+// and the most key fetches in flight for hosts without a subscriber
+// (maxCachedKeys and maxKeyFetches by default), so that tests need not create tens of thousands of keys.
 func SetKeyCacheBounds(r *Relay, maxKeys, maxFetches int) {
 	c := r.keys
 	c.mu.Lock()
@@ -23,4 +23,13 @@ func CachedKeys(r *Relay) []string {
 		ids = append(ids, id)
 	}
 	return ids
+}
+
+// SetKeyFetchesPerHost sets the most key fetches in flight for one keyId
+// host (maxKeyFetchesPerHost by default).
+func SetKeyFetchesPerHost(r *Relay, n int) {
+	c := r.keys
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.maxHostFetches = n
 }

@@ -136,7 +136,8 @@ func TestForgedSignaturesDoNotSpendAnotherHostsKeyBudget(t *testing.T) {
 }
 
 // A signature that does not verify with a cached key fetches it again (a
-// rotated key), at most once per key per minute.
+// rotated key), at most once per key per minute, counted from its last
+// fetch, the first one included.
 func TestKeyRefetchedAtMostOncePerMinute(t *testing.T) {
 	actors := newFakeActors(t)
 	clock := &stepClock{now: time.Now()}
@@ -152,7 +153,11 @@ func TestKeyRefetchedAtMostOncePerMinute(t *testing.T) {
 	code, text := send(genuine)
 	require.Equal(t, http.StatusForbidden, code, "authenticated, not subscribed: %s", text)
 	require.Equal(t, 1, actors.getCount("/users/k"))
+	code, text = send(forged)
+	assert.Equal(t, http.StatusUnauthorized, code, text)
+	assert.Equal(t, 1, actors.getCount("/users/k"), "fetched less than a minute ago: not again")
 
+	clock.advance(61 * time.Second)
 	code, text = send(forged)
 	assert.Equal(t, http.StatusUnauthorized, code, text)
 	assert.Equal(t, 2, actors.getCount("/users/k"), "refetched once")
@@ -176,7 +181,8 @@ func TestKeyRefetchedAtMostOncePerMinute(t *testing.T) {
 // key of that host waits for the budget (the residual risk SECURITY.md
 // describes).
 func TestKnownSenderKeyRefetchIsNotLimited(t *testing.T) {
-	r := startRelay(t, relay.Config{KeyFetchLimit: relay.RateLimit{Rate: 0.001, Burst: 2}})
+	clock := &stepClock{now: time.Now()}
+	r := startRelay(t, relay.Config{KeyFetchLimit: relay.RateLimit{Rate: 0.001, Burst: 2}, Clock: clock})
 	sender := newInstance(t, relaytest.Mastodon)
 	receiver := newInstance(t, relaytest.Misskey)
 	subscribe(t, r, sender, receiver)
@@ -192,6 +198,7 @@ func TestKnownSenderKeyRefetchIsNotLimited(t *testing.T) {
 	assert.Equal(t, http.StatusTooManyRequests, code, "a new key waits for the budget: %s", text)
 
 	require.NoError(t, sender.RotateKey("alice"))
+	clock.advance(61 * time.Second) // a key fetched within the minute is not fetched again
 	code, text = status(t, sender, r, "alice", createDoc(sender, "alice", "after"))
 	assert.Equal(t, http.StatusAccepted, code, "a subscribed host's rotated key: %s", text)
 }

@@ -202,10 +202,12 @@ func (r *Relay) verifyOptions() VerifyOptions {
 
 // authenticate verifies the request's signature with the signer's key,
 // fetching it (cached; fetched again if verification fails, in case the key
-// was rotated, at most once per key per keyRefetchInterval, else the
-// failure is a 401 without any fetch). It waits at most
-// Config.KeyFetchTimeout for keys. It returns an error wrapping errGone
-// when the key's document is gone, and an *inboxError otherwise.
+// was rotated, unless it was fetched less than keyRefetchInterval ago, in
+// which case the failure is a 401 without any fetch). An expired key of a
+// subscribed host is used while it is fetched again (see keyCache.get). It
+// waits at most Config.KeyFetchTimeout for keys. It returns an error
+// wrapping errGone when the key's document is gone, and an *inboxError
+// otherwise.
 func (r *Relay) authenticate(ctx context.Context, req *http.Request, sig inboundSignature) (*remoteKey, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.KeyFetchTimeout)
 	defer cancel()
@@ -216,6 +218,7 @@ func (r *Relay) authenticate(ctx context.Context, req *http.Request, sig inbound
 	}
 	verr := sig.verify(req, key.Key)
 	if verr == nil {
+		key.verified.Store(true)
 		return key, nil
 	}
 	fresh, err := r.keys.get(ctx, keyID, key)
@@ -228,6 +231,7 @@ func (r *Relay) authenticate(ctx context.Context, req *http.Request, sig inbound
 	if err := sig.verify(req, fresh.Key); err != nil {
 		return nil, refuse(http.StatusUnauthorized, "%v", err)
 	}
+	fresh.verified.Store(true)
 	return fresh, nil
 }
 
@@ -251,8 +255,9 @@ func keyError(what string, err error) error {
 	return refuse(http.StatusUnauthorized, "%s: %v", what, err)
 }
 
-// keyBusyRetryAfter is the Retry-After sent when maxKeyFetches keys are
-// being fetched already.
+// keyBusyRetryAfter is the Retry-After sent when the key fetches in flight
+// are at their cap (maxKeyFetchesPerHost for the keyId host, or
+// maxKeyFetches for hosts without a subscriber).
 const keyBusyRetryAfter = 10 * time.Second
 
 // keyRetryAfter is the Retry-After sent when a key fetch timed out.

@@ -304,9 +304,11 @@ func TestUndoFromAnotherActorIsIgnored(t *testing.T) {
 	assert.ErrorIs(t, err, relay.ErrNotSubscribed)
 }
 
-// A sender that rotated its key is verified after one refetch of the key.
+// A sender that rotated its key is verified after one refetch of the key
+// (once a minute has passed since the key was fetched).
 func TestRotatedKeyIsRefetched(t *testing.T) {
-	r := startRelay(t, relay.Config{})
+	clock := &stepClock{now: time.Now()}
+	r := startRelay(t, relay.Config{Clock: clock})
 	sender := newInstance(t, relaytest.Mastodon)
 	receiver := newInstance(t, relaytest.Pleroma)
 	subscribe(t, r, sender, receiver)
@@ -314,6 +316,7 @@ func TestRotatedKeyIsRefetched(t *testing.T) {
 	require.Equal(t, http.StatusAccepted, code, text)
 
 	require.NoError(t, sender.RotateKey("alice"))
+	clock.advance(61 * time.Second) // a key fetched within the minute is not fetched again
 	code, text = status(t, sender, r, "alice", createDoc(sender, "alice", "after"))
 	require.Equal(t, http.StatusAccepted, code, text)
 	waitFor(t, receiver, "Announce", sender.ActorID("alice")+"/statuses/after")

@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"io"
 	"mime"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fedirelay/relay/store"
@@ -142,10 +144,16 @@ type remoteKey struct {
 	Owner   *remoteActor
 	Key     crypto.PublicKey
 	expires time.Time
-	// refetched is when the key was last fetched again because a
-	// signature did not verify with it (zero if never); guarded by
-	// keyCache.mu.
+	host    string // the keyId host
+	// refetched is when the last fetch of the key started: its first
+	// fetch, or a refetch after its expiry or after a signature did not
+	// verify with it (successful or not); guarded by keyCache.mu. A cached
+	// key is fetched again after a failed verification, or in the
+	// background while used stale, at most once per keyRefetchInterval.
 	refetched time.Time
+	// verified is set once a signature verified with the key: a key only
+	// forged requests named is evicted before it.
+	verified atomic.Bool
 }
 
 // keyDocument is the union of an actor document and a bare key document.
@@ -191,29 +199,41 @@ func (d *keyDocument) actor() *remoteActor {
 // keyCache resolves key ids to verified owners, caching them for
 // Config.KeyCacheTTL. Concurrent lookups of one key id share one fetch.
 //
+// Fetches in flight are capped per keyId host (maxHostFetches) and, for
+// hosts without an accepted (or dormant) subscriber, all together
+// (maxFetches): keyId hosts are chosen by strangers and subdomains are
+// free, so hanging key servers can take those shared slots, but not more
+// than their hosts' shares, and never a slot of a subscribed host, whose
+// fetches do not count against maxFetches.
+//
 // The cache is bounded: when it grows past sweepAt, expired entries are
-// dropped, and if more than maxKeys remain, those closest to expiry are
-// evicted. At most maxFetches keys are fetched at once, whatever their
-// hosts (keyId hosts are chosen by strangers, and subdomains are free).
+// dropped (those of subscribed hosts only once they are too old to be used
+// stale), and if more than 90 % of maxKeys remain, keys are evicted down to
+// that: keys of hosts without a subscriber first, then keys no signature
+// has verified with (named by forged requests only), then those closest to
+// expiry.
 type keyCache struct {
-	r          *Relay
-	mu         sync.Mutex
-	keys       map[string]*remoteKey
-	inflight   map[string]*keyCall
-	maxKeys    int // most keys kept
-	maxFetches int // most fetches in flight
-	sweepAt    int // cache size that triggers the next sweep
+	r              *Relay
+	mu             sync.Mutex
+	keys           map[string]*remoteKey
+	inflight       map[string]*keyCall
+	hostFetches    map[string]int // fetches in flight per keyId host
+	sharedFetches  int            // fetches in flight for hosts without a subscriber
+	maxKeys        int            // most keys kept
+	maxFetches     int            // most fetches in flight for hosts without a subscriber, together
+	maxHostFetches int            // most fetches in flight per keyId host
+	sweepAt        int            // cache size that triggers the next sweep
 }
 
 type keyCall struct {
 	done   chan struct{}
 	key    *remoteKey
 	err    error
-	host   string // the keyId host, whose fetch budget paid for the call
-	refund bool   // give the token back if the fetch succeeds
-	// refetched is set on a refetch after a failed verification: the time
-	// it started, recorded in the new entry (see remoteKey.refetched).
-	refetched time.Time
+	host   string     // the keyId host
+	shared bool       // counted in keyCache.sharedFetches (no subscriber on host)
+	refund bool       // give the failed-fetch token back if the fetch succeeds
+	start  time.Time  // recorded in the new entry as remoteKey.refetched
+	old    *remoteKey // the cached entry fetched again, if any
 }
 
 // Bounds of the key cache.
@@ -223,19 +243,26 @@ const (
 	// minKeySweep is the smallest cache size at which expired keys are
 	// swept; afterwards the next sweep comes when the cache has doubled.
 	minKeySweep = 1024
-	// maxKeyFetches bounds the key fetches in flight; beyond it the inbox
-	// answers 503 with Retry-After (keyBusyRetryAfter).
+	// maxKeyFetches bounds the key fetches in flight for keyId hosts
+	// without an accepted or dormant subscriber, together; beyond it the
+	// inbox answers 503 with Retry-After (keyBusyRetryAfter).
 	maxKeyFetches = 64
-	// keyRefetchInterval is how often a cached key may be fetched again
-	// because a signature did not verify with it (a rotated key); forged
-	// signatures naming the key cause no more fetches than that.
+	// maxKeyFetchesPerHost bounds the key fetches in flight for one keyId
+	// host, subscribed or not (503 beyond it too).
+	maxKeyFetchesPerHost = 8
+	// keyRefetchInterval is how often a cached key may be fetched again,
+	// counted from its last fetch (the first one included): after a
+	// signature did not verify with it (a rotated key), so that forged
+	// signatures naming the key cause no more fetches than that, and in the
+	// background while an expired key of a subscribed host is used stale.
 	keyRefetchInterval = time.Minute
 )
 
 func newKeyCache(r *Relay) *keyCache {
 	return &keyCache{
-		r: r, keys: map[string]*remoteKey{}, inflight: map[string]*keyCall{},
-		maxKeys: maxCachedKeys, maxFetches: maxKeyFetches, sweepAt: min(minKeySweep, maxCachedKeys),
+		r: r, keys: map[string]*remoteKey{}, inflight: map[string]*keyCall{}, hostFetches: map[string]int{},
+		maxKeys: maxCachedKeys, maxFetches: maxKeyFetches, maxHostFetches: maxKeyFetchesPerHost,
+		sweepAt: min(minKeySweep, maxCachedKeys),
 	}
 }
 
@@ -253,30 +280,40 @@ func (e *rateLimitedError) Error() string {
 
 // Errors of keyCache.get that are not fetch failures.
 var (
-	// errRefetchTooSoon: the key was already fetched again because of a
-	// failed verification less than keyRefetchInterval ago.
-	errRefetchTooSoon = errors.New("relay: key was refetched less than a minute ago")
-	// errKeyFetchesBusy: maxKeyFetches fetches are in flight.
+	// errRefetchTooSoon: the key was fetched less than keyRefetchInterval
+	// ago.
+	errRefetchTooSoon = errors.New("relay: key was fetched less than a minute ago")
+	// errKeyFetchesBusy: maxKeyFetchesPerHost fetches are in flight for the
+	// keyId host, or maxKeyFetches for hosts without a subscriber.
 	errKeyFetchesBusy = errors.New("relay: too many key fetches in flight")
 )
 
 // get returns the key for keyID: the cached one if it has not expired and
 // is not stale, else a fresh fetch. stale, if not nil, is a key the caller
 // could not verify a signature with: if the cache still holds it, the key
-// is fetched again (a rotated key), at most once per keyRefetchInterval
-// (else errRefetchTooSoon); if the cache already holds another one, that
-// one is returned.
+// is fetched again (a rotated key), unless it was fetched less than
+// keyRefetchInterval ago (errRefetchTooSoon); if the cache already holds
+// another one, that one is returned.
 //
-// A fetch takes a token from the keyId host's bucket (Config.KeyFetchLimit)
-// and gives it back if it succeeds, so only failed fetches (errors, 404s,
-// bad documents, timeouts) spend the budget; callers that join a fetch in
-// flight take none. When the budget is spent, a key that was cached before
-// is still fetched if its host has a subscriber (known senders are never
-// locked out by strangers' failures). At most maxFetches fetches run at
-// once (else errKeyFetchesBusy).
+// An expired key of a host with an accepted (or dormant) subscriber is
+// returned as it is, for at most another KeyCacheTTL, while it is fetched
+// again in the background (at most once per keyRefetchInterval, and not at
+// all while its host's fetches are busy): strangers who keep the key fetch
+// slots or budgets busy, or a key server that is failing, do not lock out
+// a known sender. A refetch that fails for good (410, 404 and other 4xx
+// answers, a document without the key) drops the key.
+//
+// A fetch of a key that is not cached, or of a cached key of a host
+// without a subscriber, takes a token from the keyId host's bucket of all
+// fetches (Config.KeyFetchTotalLimit; hosts with a subscriber have their
+// own, larger buckets) and one from its bucket of failed fetches
+// (Config.KeyFetchLimit), which it gives back if it succeeds. Fetching a
+// cached key of a host with a subscriber again takes no token. Callers that
+// join a fetch in flight take none. Fetches in flight are capped per host
+// and, for hosts without a subscriber, all together (errKeyFetchesBusy).
 func (c *keyCache) get(ctx context.Context, keyID string, stale *remoteKey) (*remoteKey, error) {
 	host := hostOf(keyID)
-	checked, known := false, false
+	subscribed, checked := false, false
 	for {
 		now := c.r.now()
 		c.mu.Lock()
@@ -286,39 +323,35 @@ func (c *keyCache) get(ctx context.Context, keyID string, stale *remoteKey) (*re
 			c.mu.Unlock()
 			return k, nil
 		}
+		expired := cached && !refresh
 		call, ok := c.inflight[keyID]
+		if (!ok || expired) && !checked {
+			c.mu.Unlock()
+			subscribed, checked = c.r.hostHasSubscriber(ctx, host), true
+			continue
+		}
+		if expired && subscribed && now.Before(k.expires.Add(c.r.cfg.KeyCacheTTL)) {
+			// Stale while revalidate.
+			if !ok && now.Sub(k.refetched) >= keyRefetchInterval {
+				_, _ = c.start(keyID, host, k, subscribed, now)
+			}
+			c.mu.Unlock()
+			return k, nil
+		}
 		if !ok {
-			if refresh && !k.refetched.IsZero() && now.Sub(k.refetched) < keyRefetchInterval {
+			if refresh && now.Sub(k.refetched) < keyRefetchInterval {
 				c.mu.Unlock()
 				return nil, errRefetchTooSoon
 			}
-			if len(c.inflight) >= c.maxFetches {
+			var old *remoteKey
+			if cached {
+				old = k
+			}
+			var err error
+			if call, err = c.start(keyID, host, old, subscribed, now); err != nil {
 				c.mu.Unlock()
-				return nil, errKeyFetchesBusy
+				return nil, err
 			}
-			spend := !known && c.r.keyLimit != nil
-			if spend {
-				if allowed, after := c.r.keyLimit.allow(host, now); !allowed {
-					c.mu.Unlock()
-					if cached && !checked {
-						checked = true
-						if known = c.r.hostHasSubscriber(ctx, host); known {
-							continue
-						}
-					}
-					return nil, &rateLimitedError{what: "key fetches", host: host, after: after}
-				}
-			}
-			call = &keyCall{done: make(chan struct{}), host: host, refund: spend}
-			if refresh {
-				k.refetched = now // a failed refetch counts too
-				call.refetched = now
-			}
-			// keyID is usually a substring of the request's Signature header:
-			// a copy keeps the cache from holding every such header alive.
-			keyID = strings.Clone(keyID)
-			c.inflight[keyID] = call
-			go c.resolve(keyID, call)
 		}
 		c.mu.Unlock()
 		select {
@@ -328,6 +361,53 @@ func (c *keyCache) get(ctx context.Context, keyID string, stale *remoteKey) (*re
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// start starts fetching keyID, whose cached entry (if any) is old, if the
+// caps on fetches in flight and the host's budgets allow it (see get).
+// c.mu must be held.
+func (c *keyCache) start(keyID, host string, old *remoteKey, subscribed bool, now time.Time) (*keyCall, error) {
+	if c.hostFetches[host] >= c.maxHostFetches || !subscribed && c.sharedFetches >= c.maxFetches {
+		return nil, errKeyFetchesBusy
+	}
+	call := &keyCall{done: make(chan struct{}), host: host, shared: !subscribed, start: now, old: old}
+	if old == nil || !subscribed {
+		if err := c.r.takeKeyFetchTokens(host, subscribed, now); err != nil {
+			return nil, err
+		}
+		call.refund = c.r.keyLimit != nil
+	}
+	if old != nil {
+		old.refetched = now // a failed refetch counts too
+	}
+	// keyID is usually a substring of the request's Signature header: a
+	// copy keeps the cache from holding every such header alive.
+	keyID = strings.Clone(keyID)
+	c.inflight[keyID] = call
+	c.hostFetches[host]++
+	if call.shared {
+		c.sharedFetches++
+	}
+	go c.resolve(keyID, call)
+	return call, nil
+}
+
+// takeKeyFetchTokens takes a token from host's bucket of all key fetches
+// (the larger one of hosts with a subscriber if subscribed) and one from
+// its bucket of failed key fetches, or neither.
+func (r *Relay) takeKeyFetchTokens(host string, subscribed bool, now time.Time) error {
+	if ok, after := r.keyLimit.allow(host, now); !ok {
+		return &rateLimitedError{what: "failed key fetches", host: host, after: after}
+	}
+	all := r.keyAll
+	if subscribed {
+		all = r.keySub
+	}
+	if ok, after := all.allow(host, now); !ok {
+		r.keyLimit.refund(host, now)
+		return &rateLimitedError{what: "key fetches", host: host, after: after}
+	}
+	return nil
 }
 
 // hostHasSubscriber reports whether an accepted (or dormant) subscriber
@@ -345,36 +425,97 @@ func (r *Relay) hostHasSubscriber(ctx context.Context, host string) bool {
 	return false
 }
 
+// subscribedHosts returns the hosts with an accepted (or dormant)
+// subscriber. A store error gives none.
+func (r *Relay) subscribedHosts() map[string]bool {
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.KeyFetchTimeout)
+	defer cancel()
+	subs, _ := r.store.ListSubscribers(ctx, store.SubscriberFilter{})
+	hosts := make(map[string]bool, len(subs))
+	for _, s := range subs {
+		if s.State == store.StateAccepted || s.State == store.StateDormant {
+			hosts[s.Host] = true
+		}
+	}
+	return hosts
+}
+
 // resolve runs one fetch on behalf of every waiter. It is detached from
 // the waiters' contexts so that one impatient caller does not fail the
 // others; it has its own timeout, Config.KeyFetchTimeout.
 func (c *keyCache) resolve(keyID string, call *keyCall) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.r.cfg.KeyFetchTimeout)
 	defer cancel()
-	call.key, call.err = c.r.resolveKey(ctx, keyID)
-	if call.err == nil && call.refund {
+	key, err := c.r.resolveKey(ctx, keyID)
+	if err == nil && call.refund {
 		c.r.keyLimit.refund(call.host, c.r.now())
 	}
 	c.mu.Lock()
-	if call.err == nil {
-		call.key.refetched = call.refetched
-		c.keys[keyID] = call.key
-		if len(c.keys) > c.sweepAt {
-			c.sweep(c.r.now())
+	cur := c.keys[keyID]
+	switch {
+	case err == nil:
+		key.host = call.host
+		key.refetched = call.start
+		if cur != nil && cur.verified.Load() {
+			key.verified.Store(true)
 		}
+		c.keys[keyID] = key
+	case cur != nil && cur == call.old && !transientFetchError(err):
+		// The key is gone or no longer valid: it is not used stale.
+		delete(c.keys, keyID)
 	}
+	sweep := len(c.keys) > c.sweepAt
 	delete(c.inflight, keyID)
+	if c.hostFetches[call.host]--; c.hostFetches[call.host] <= 0 {
+		delete(c.hostFetches, call.host)
+	}
+	if call.shared {
+		c.sharedFetches--
+	}
+	call.key, call.err = key, err
 	c.mu.Unlock()
 	close(call.done)
+	if sweep {
+		c.sweep(c.r.subscribedHosts(), keyID)
+	}
 }
 
-// sweep drops the expired keys and, if more than 90 % of maxKeys remain,
-// evicts those closest to expiry down to that. The next sweep comes when
-// the cache has doubled (at least minKeySweep, at most maxKeys), so the
-// cost of sweeping is spread over many fetches. c.mu must be held.
-func (c *keyCache) sweep(now time.Time) {
+// transientFetchError reports a fetch failure that may go away by itself:
+// a timeout, a network error, 5xx, 408 or 429.
+func transientFetchError(err error) bool {
+	var fe *FetchError
+	var ne net.Error
+	switch {
+	case errors.As(err, &fe):
+		return fe.Status >= 500 || fe.Status == http.StatusRequestTimeout || fe.Status == http.StatusTooManyRequests
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne):
+		return true
+	}
+	return false
+}
+
+// sweep drops the expired keys (those of subscribed hosts once they are
+// KeyCacheTTL past expiry, too old to be used stale) and, if more than
+// 90 % of maxKeys remain, evicts keys down to that: first those of hosts
+// without a subscriber, then those no signature verified with, then
+// those closest to expiry. The next sweep comes when the cache has doubled
+// (at least minKeySweep, at most maxKeys), so the cost of sweeping is
+// spread over many fetches. subscribed is the set of subscribed hosts;
+// fresh is the key just fetched, which has had no chance to verify a
+// signature yet, and counts as verified.
+func (c *keyCache) sweep(subscribed map[string]bool, fresh string) {
+	now := c.r.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.keys) <= c.sweepAt {
+		return // swept meanwhile
+	}
 	for id, k := range c.keys {
-		if !now.Before(k.expires) {
+		end := k.expires
+		if subscribed[k.host] {
+			end = end.Add(c.r.cfg.KeyCacheTTL)
+		}
+		if !now.Before(end) {
 			delete(c.keys, id)
 		}
 	}
@@ -383,12 +524,32 @@ func (c *keyCache) sweep(now time.Time) {
 		for id := range c.keys {
 			ids = append(ids, id)
 		}
-		slices.SortFunc(ids, func(a, b string) int { return c.keys[a].expires.Compare(c.keys[b].expires) })
+		slices.SortFunc(ids, func(a, b string) int {
+			ka, kb := c.keys[a], c.keys[b]
+			if sa, sb := subscribed[ka.host], subscribed[kb.host]; sa != sb {
+				return boolCompare(sa, sb)
+			}
+			if va, vb := a == fresh || ka.verified.Load(), b == fresh || kb.verified.Load(); va != vb {
+				return boolCompare(va, vb)
+			}
+			return ka.expires.Compare(kb.expires)
+		})
 		for _, id := range ids[:len(ids)-keep] {
 			delete(c.keys, id)
 		}
 	}
 	c.sweepAt = min(c.maxKeys, max(minKeySweep, 2*len(c.keys)))
+}
+
+// boolCompare orders false before true.
+func boolCompare(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
 }
 
 // resolveKey fetches keyID and binds it to its owner both ways: the key

@@ -151,7 +151,11 @@ type Config struct {
 
 	// KeyCacheTTL is how long fetched actor keys are trusted before being
 	// fetched again (a failing signature triggers one refetch, at most once
-	// per key per minute). Default 1 hour.
+	// per key per minute counted from its last fetch, the first included).
+	// An expired key of a host with an accepted (or dormant) subscriber is
+	// still used, for up to another KeyCacheTTL, while it is fetched again in
+	// the background, so that busy, rate-limited or failing key fetches do
+	// not lock out known senders. Default 1 hour.
 	KeyCacheTTL time.Duration
 
 	// Workers is the number of deliveries in flight at once; they wait on
@@ -231,17 +235,35 @@ type Config struct {
 	// KeyFetchTimeout bounds how long the inbox waits for the key of a
 	// request's signer (the key document, its owner and any redirects).
 	// When it passes the inbox answers 503 with Retry-After, so a key server
-	// that never answers cannot hold inbox requests. Default 10 seconds.
+	// that never answers cannot hold inbox requests. A key fetch in flight
+	// holds one of the 8 slots of its keyId host and, if no accepted (or
+	// dormant) subscriber lives on that host, one of 64 slots shared by all
+	// such hosts; a request whose key needs a fetch when they are taken gets
+	// 503 with Retry-After. Fetches for subscribed hosts never wait for the
+	// shared slots, and an expired key of a subscribed host keeps verifying
+	// (for up to another KeyCacheTTL) while it is fetched again. Default
+	// 10 seconds.
 	KeyFetchTimeout time.Duration
 
 	// KeyFetchLimit limits failed key fetches per keyId host (errors, 404s,
 	// bad documents, timeouts: a fetch that succeeds gives its token back),
 	// so that requests naming ever new keyIds cannot make the relay hammer a
 	// host. A request needing a fetch when the budget is spent gets 429 with
-	// Retry-After, except the refetch of a cached key of a host with a
-	// subscriber (a rotated key). Concurrent requests signed with the same
+	// Retry-After, except the refetch of a cached key (expired or rotated)
+	// of a host with a subscriber. Concurrent requests signed with the same
 	// key share one fetch. Default 5 per second, bursts of 50.
 	KeyFetchLimit RateLimit
+
+	// KeyFetchTotalLimit limits all key fetches per keyId host, successful
+	// ones included, so that requests naming existing keys (with forged
+	// signatures: each key is fetched at most once a minute) cannot make the
+	// relay fetch without limit from a large instance and churn its key
+	// cache. Hosts with an accepted (or dormant) subscriber have their own
+	// buckets, ten times as large (rate and burst). Over it: 429 with
+	// Retry-After, except the refetch of a cached key (expired or rotated)
+	// of a host with a subscriber. Default 20 per second, bursts of 200; a
+	// negative Rate disables it.
+	KeyFetchTotalLimit RateLimit
 
 	// InboxLimit limits the authenticated inbox requests accepted per
 	// signer host (the host of the keyId, once the signature verified, so
@@ -260,8 +282,9 @@ type Config struct {
 
 // Defaults of the Config fields that limit what the relay accepts.
 var (
-	defaultKeyFetchLimit = RateLimit{Rate: 5, Burst: 50}
-	defaultInboxLimit    = RateLimit{Rate: 50, Burst: 500}
+	defaultKeyFetchLimit      = RateLimit{Rate: 5, Burst: 50}
+	defaultKeyFetchTotalLimit = RateLimit{Rate: 20, Burst: 200}
+	defaultInboxLimit         = RateLimit{Rate: 50, Burst: 500}
 )
 
 const (
@@ -290,7 +313,9 @@ type Relay struct {
 	pubPEM   string
 	keys     *keyCache
 	guard    *guard
-	keyLimit *limiter // key fetches per keyId host
+	keyLimit *limiter // failed key fetches per keyId host
+	keyAll   *limiter // all key fetches per keyId host without a subscriber
+	keySub   *limiter // all key fetches per keyId host with a subscriber
 	inLimit  *limiter // authenticated inbox requests per signer host
 	handler  http.Handler
 	queue    *deliveryQueue
@@ -343,6 +368,8 @@ func New(cfg Config) (*Relay, error) {
 	}
 	r.transport = &guardedTransport{next: r.transport, g: r.guard}
 	r.keyLimit = newLimiter(cfg.KeyFetchLimit)
+	r.keyAll = newLimiter(cfg.KeyFetchTotalLimit)
+	r.keySub = newLimiter(RateLimit{Rate: 10 * cfg.KeyFetchTotalLimit.Rate, Burst: 10 * max(cfg.KeyFetchTotalLimit.Burst, 1)})
 	r.inLimit = newLimiter(cfg.InboxLimit)
 	r.actorID = base.String() + "/actor"
 	r.inboxURL = base.String() + "/inbox"
@@ -432,6 +459,9 @@ func setDefaults(cfg *Config, base *url.URL) {
 	}
 	if cfg.KeyFetchLimit == (RateLimit{}) {
 		cfg.KeyFetchLimit = defaultKeyFetchLimit
+	}
+	if cfg.KeyFetchTotalLimit == (RateLimit{}) {
+		cfg.KeyFetchTotalLimit = defaultKeyFetchTotalLimit
 	}
 	if cfg.InboxLimit == (RateLimit{}) {
 		cfg.InboxLimit = defaultInboxLimit
