@@ -16,6 +16,7 @@ import (
 
 	"github.com/fedirelay/relay/store"
 	"github.com/fedirelay/relay/store/filestore"
+	"github.com/fedirelay/relay/store/storetest"
 )
 
 var t0 = time.Date(2025, time.March, 14, 15, 9, 26, 535897000, time.UTC)
@@ -36,18 +37,8 @@ func reopen(t *testing.T, s *filestore.Store) *filestore.Store {
 	return openDir(t, s.Dir(), nil)
 }
 
-func delivery(id, payloadID, host string, notBefore time.Time) store.Delivery {
-	return store.Delivery{
-		ID:           id,
-		PayloadID:    payloadID,
-		Inbox:        "https://" + host + "/inbox",
-		Host:         host,
-		Subscriber:   "https://" + host + "/actor",
-		ActivityType: "Create",
-		NotBefore:    notBefore,
-		Created:      notBefore,
-	}
-}
+// delivery is the conformance suite's sample delivery.
+var delivery = storetest.SampleDelivery
 
 func sampleSubscriber(actorID, host string) store.Subscriber {
 	return store.Subscriber{

@@ -167,8 +167,16 @@ func payload(id string) store.Payload {
 	return store.Payload{ID: id, Body: []byte(`{"id":"` + id + `"}`)}
 }
 
-// delivery returns a delivery of payloadID to host, due at notBefore.
+// delivery is SampleDelivery.
 func delivery(id, payloadID, host string, notBefore time.Time) store.Delivery {
+	return SampleDelivery(id, payloadID, host, notBefore)
+}
+
+// SampleDelivery returns a Create delivery with the given id of payloadID
+// to https://host/inbox for the subscriber https://host/actor, due and
+// created at notBefore: the deliveries the suite itself uses, for a
+// store's own tests.
+func SampleDelivery(id, payloadID, host string, notBefore time.Time) store.Delivery {
 	return store.Delivery{
 		ID:           id,
 		PayloadID:    payloadID,
