@@ -37,6 +37,9 @@ func benchFanOut(b *testing.B, subscribers int) {
 	require.NoError(b, st.PutValue(context.Background(), "relay/private-key.pem", testRelayKey(b)))
 	r, err := relay.New(relay.Config{
 		BaseURL: "https://relay.test", Store: st, Transport: &net, Logger: quietLogger(),
+		// One instance posts as fast as it can: more than InboxLimit lets
+		// one host send.
+		InboxLimit: relay.RateLimit{Rate: -1},
 	})
 	require.NoError(b, err)
 	net.Handle("relay.test", r.Handler())
