@@ -329,21 +329,19 @@ func (q *deliveryQueue) leaseSome(force bool) (n int, held bool, err error) {
 		return 0, free > 0, nil
 	}
 	var skip map[string]bool // allocated only if some host is at its cap
-	for h, c := range q.perHost {
-		if c >= q.hostCapLocked(h, now) {
-			if skip == nil {
-				skip = map[string]bool{}
-			}
-			skip[h] = true
-		}
-	}
-	for h := range q.breakers {
+	skipIfFull := func(h string) {
 		if q.perHost[h] >= q.hostCapLocked(h, now) {
 			if skip == nil {
 				skip = map[string]bool{}
 			}
 			skip[h] = true
 		}
+	}
+	for h := range q.perHost {
+		skipIfFull(h)
+	}
+	for h := range q.breakers { // an open breaker's cap is 0
+		skipIfFull(h)
 	}
 	q.mu.Unlock()
 	ds, err := q.r.store.Lease(q.ctx, store.LeaseRequest{
