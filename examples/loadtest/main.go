@@ -523,14 +523,8 @@ func (rp *relayProcess) stop() {
 	}
 }
 
-// cpu returns the relay's CPU time (user + system, all threads) from
+// cpuSplit returns the relay's user and system CPU time (all threads) from
 // /proc/<pid>/stat.
-func (rp *relayProcess) cpu() (time.Duration, error) {
-	u, s, err := rp.cpuSplit()
-	return u + s, err
-}
-
-// cpuSplit returns the relay's user and system CPU time.
 func (rp *relayProcess) cpuSplit() (user, system time.Duration, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", rp.cmd.Process.Pid))
 	if err != nil {

@@ -652,9 +652,6 @@ func (s *Store) runTx(reqs []*commitReq) (bad int, err error) {
 		}
 		return nil
 	})
-	if err == nil {
-		bad = -1
-	}
 	return bad, err
 }
 
@@ -757,17 +754,5 @@ func checkValue(v []byte) error {
 	return nil
 }
 
-// checkDiskKey returns an error wrapping store.ErrTooLong if k, a key
-// derived from an id, is longer than bbolt accepts. It guards derived keys
-// (checkKey bounds the ids they are made of) against a change of format.
-func checkDiskKey(k []byte) error {
-	if len(k) == 0 || len(k) > bolt.MaxKeySize {
-		return fmt.Errorf("store/filestore: key of %d bytes does not fit in 1 to %d: %w", len(k), bolt.MaxKeySize, store.ErrTooLong)
-	}
-	return nil
-}
-
 // cloneBytes returns a copy of b that is never nil.
-func cloneBytes(b []byte) []byte {
-	return append([]byte{}, b...)
-}
+var cloneBytes = valuemap.Clone

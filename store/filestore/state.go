@@ -150,11 +150,7 @@ func (s *Store) UpdateSubscriber(ctx context.Context, actorID string, fn func(su
 // the file.
 func utcSubscriber(s *store.Subscriber) {
 	for _, t := range []*time.Time{&s.CreatedAt, &s.UpdatedAt, &s.LastSuccess, &s.LastFailure, &s.FailingSince} {
-		if !t.IsZero() {
-			*t = t.UTC()
-		} else {
-			*t = time.Time{}
-		}
+		*t = utc(*t)
 	}
 }
 
@@ -214,16 +210,11 @@ func expiryKey(until []byte, id string) []byte {
 	return append(append(k, until...), id...)
 }
 
-// checkSeenID returns an error if id is too long for a deduplication mark:
-// it checks both keys a mark is stored under, in "seen" and "seen-expiry".
+// checkSeenID returns an error if id is too long for a deduplication mark.
+// The longest key a mark is stored under is its expiry key, 8 bytes more
+// than id, which MaxKeyLen leaves room for.
 func checkSeenID(id string) error {
-	if err := checkKey("id", id); err != nil {
-		return err
-	}
-	if err := checkDiskKey(prefixed('s', id)); err != nil {
-		return err
-	}
-	return checkDiskKey(expiryKey(encodeTime(time.Time{}), id))
+	return checkKey("id", id)
 }
 
 // MarkSeen implements store.Store.MarkSeen. Marks expire by the wall clock

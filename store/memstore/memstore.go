@@ -116,9 +116,7 @@ func (s *Store) checkLocked(ctx context.Context, unlock func()) error {
 }
 
 // cloneBytes returns a copy of b that is never nil.
-func cloneBytes(b []byte) []byte {
-	return append([]byte{}, b...)
-}
+var cloneBytes = valuemap.Clone
 
 // GetValue returns a copy of the value stored under key, or store.ErrNotFound.
 func (s *Store) GetValue(ctx context.Context, key string) ([]byte, error) {

@@ -168,9 +168,7 @@ func payload(id string) store.Payload {
 }
 
 // delivery is SampleDelivery.
-func delivery(id, payloadID, host string, notBefore time.Time) store.Delivery {
-	return SampleDelivery(id, payloadID, host, notBefore)
-}
+var delivery = SampleDelivery
 
 // SampleDelivery returns a Create delivery with the given id of payloadID
 // to https://host/inbox for the subscriber https://host/actor, due and
