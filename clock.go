@@ -6,9 +6,10 @@ import "time"
 // dates, retry schedules, circuit-breaker cool-offs, dormancy, statistics)
 // and waits for it (the delivery dispatcher's polls, the periodic flush of
 // delivery statistics) only through its Clock, so that tests can run a relay
-// on a fake clock and move time forward at will. Network timeouts
-// (Config.RequestTimeout) and the brief gathering of completed deliveries
-// into one store write are the exceptions: they always use real time.
+// on a fake clock and move time forward at will. The exceptions always use
+// real time: network timeouts (Config.RequestTimeout, KeyFetchTimeout), the
+// brief gathering of completed deliveries into one store write, and the
+// dispatcher's brief wait for a batch of free workers.
 //
 // A Clock must be safe for concurrent use.
 type Clock interface {

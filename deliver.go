@@ -485,7 +485,7 @@ func (q *deliveryQueue) deliver(d store.Delivery) (outcome, time.Duration) {
 		q.complete(d)
 		r.subscriberGone(q.bgCtx, d.Subscriber, d.Inbox)
 		return outcomeRefused, 0
-	case err == nil && status >= 400 && status < 500 && status != http.StatusRequestTimeout && status != http.StatusTooManyRequests:
+	case err == nil && status >= 400 && !transientStatus(status):
 		// The receiver refuses this message; repeating it will not help.
 		q.complete(d)
 		if d.Subscriber != "" {
@@ -617,39 +617,34 @@ func (q *deliveryQueue) complete(d store.Delivery) {
 // completer confirms completions to the store, in batches.
 func (q *deliveryQueue) completer() {
 	defer q.cwg.Done()
+	bc, batched := q.r.store.(batchCompleter)
 	var wg sync.WaitGroup
 	for id := range q.completeCh {
 		batch := []string{id}
 		deadline := time.NewTimer(completeGather)
 	gather:
 		for len(batch) < completeBatch {
+			var ok bool
 			select {
-			case id, ok := <-q.completeCh:
-				if !ok {
-					break gather
-				}
-				batch = append(batch, id)
+			case id, ok = <-q.completeCh:
 			case <-deadline.C:
 				break gather
 			case <-q.stopCh:
 				// Shutting down: take what is there, without waiting.
-				for len(batch) < completeBatch {
-					select {
-					case id, ok := <-q.completeCh:
-						if !ok {
-							break gather
-						}
-						batch = append(batch, id)
-					default:
-						break gather
-					}
+				select {
+				case id, ok = <-q.completeCh:
+				default:
+					break gather
 				}
-				break gather
 			}
+			if !ok {
+				break
+			}
+			batch = append(batch, id)
 		}
 		deadline.Stop()
-		if bc, ok := q.r.store.(batchCompleter); ok {
-			q.confirmBatch(q.bgCtx, bc, batch)
+		if batched {
+			q.settle(q.bgCtx, batch, bc.CompleteBatch(q.bgCtx, batch))
 			continue
 		}
 		for _, id := range batch {
@@ -670,11 +665,6 @@ func (q *deliveryQueue) completer() {
 // trickle in and make many small commits.
 type batchCompleter interface {
 	CompleteBatch(ctx context.Context, deliveryIDs []string) error
-}
-
-// confirmBatch is confirm for a batch, in one store call.
-func (q *deliveryQueue) confirmBatch(ctx context.Context, bc batchCompleter, ids []string) {
-	q.settle(ctx, ids, bc.CompleteBatch(ctx, ids))
 }
 
 // confirm writes one completion to the store.

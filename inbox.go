@@ -218,7 +218,7 @@ func (r *Relay) authenticate(ctx context.Context, req *http.Request, sig inbound
 	}
 	verr := sig.verify(req, key.Key)
 	if verr == nil {
-		key.verified.Store(true)
+		key.markVerified()
 		return key, nil
 	}
 	fresh, err := r.keys.get(ctx, keyID, key)
@@ -231,7 +231,7 @@ func (r *Relay) authenticate(ctx context.Context, req *http.Request, sig inbound
 	if err := sig.verify(req, fresh.Key); err != nil {
 		return nil, refuse(http.StatusUnauthorized, "%v", err)
 	}
-	fresh.verified.Store(true)
+	fresh.markVerified()
 	return fresh, nil
 }
 
@@ -457,7 +457,7 @@ func (r *Relay) relayActivity(ctx context.Context, env *envelope, body []byte, s
 	}
 	var sender *store.Subscriber
 	for i := range senders {
-		if st := senders[i].State; st == store.StateAccepted || st == store.StateDormant {
+		if senders[i].Active() {
 			if sender == nil || senders[i].ActorID == env.Actor {
 				sender = &senders[i]
 			}

@@ -156,6 +156,15 @@ type remoteKey struct {
 	verified atomic.Bool
 }
 
+// markVerified records that k verified a signature. The flag only goes
+// from false to true; reading first spares the shared cache line a write
+// on every request.
+func (k *remoteKey) markVerified() {
+	if !k.verified.Load() {
+		k.verified.Store(true)
+	}
+}
+
 // keyDocument is the union of an actor document and a bare key document.
 type keyDocument struct {
 	ID           string          `json:"id"`
@@ -312,7 +321,7 @@ var (
 // join a fetch in flight take none. Fetches in flight are capped per host
 // and, for hosts without a subscriber, all together (errKeyFetchesBusy).
 func (c *keyCache) get(ctx context.Context, keyID string, stale *remoteKey) (*remoteKey, error) {
-	host := hostOf(keyID)
+	host := "" // hostOf(keyID), once needed: not on a cache hit
 	subscribed, checked := false, false
 	for {
 		now := c.r.now()
@@ -327,6 +336,7 @@ func (c *keyCache) get(ctx context.Context, keyID string, stale *remoteKey) (*re
 		call, ok := c.inflight[keyID]
 		if (!ok || expired) && !checked {
 			c.mu.Unlock()
+			host = hostOf(keyID)
 			subscribed, checked = c.r.hostHasSubscriber(ctx, host), true
 			continue
 		}
@@ -343,12 +353,8 @@ func (c *keyCache) get(ctx context.Context, keyID string, stale *remoteKey) (*re
 				c.mu.Unlock()
 				return nil, errRefetchTooSoon
 			}
-			var old *remoteKey
-			if cached {
-				old = k
-			}
 			var err error
-			if call, err = c.start(keyID, host, old, subscribed, now); err != nil {
+			if call, err = c.start(keyID, host, k, subscribed, now); err != nil { // k is nil if not cached
 				c.mu.Unlock()
 				return nil, err
 			}
@@ -417,8 +423,8 @@ func (r *Relay) hostHasSubscriber(ctx context.Context, host string) bool {
 	if err != nil {
 		return false
 	}
-	for _, s := range subs {
-		if s.State == store.StateAccepted || s.State == store.StateDormant {
+	for i := range subs {
+		if subs[i].Active() {
 			return true
 		}
 	}
@@ -432,9 +438,9 @@ func (r *Relay) subscribedHosts() map[string]bool {
 	defer cancel()
 	subs, _ := r.store.ListSubscribers(ctx, store.SubscriberFilter{})
 	hosts := make(map[string]bool, len(subs))
-	for _, s := range subs {
-		if s.State == store.StateAccepted || s.State == store.StateDormant {
-			hosts[s.Host] = true
+	for i := range subs {
+		if subs[i].Active() {
+			hosts[subs[i].Host] = true
 		}
 	}
 	return hosts
@@ -487,11 +493,17 @@ func transientFetchError(err error) bool {
 	var ne net.Error
 	switch {
 	case errors.As(err, &fe):
-		return fe.Status >= 500 || fe.Status == http.StatusRequestTimeout || fe.Status == http.StatusTooManyRequests
+		return transientStatus(fe.Status)
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne):
 		return true
 	}
 	return false
+}
+
+// transientStatus reports whether an HTTP error status may go away on a
+// later attempt: 5xx, 408 Request Timeout and 429 Too Many Requests.
+func transientStatus(code int) bool {
+	return code >= 500 || code == http.StatusRequestTimeout || code == http.StatusTooManyRequests
 }
 
 // sweep drops the expired keys (those of subscribed hosts once they are

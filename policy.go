@@ -28,46 +28,35 @@ type blockedDomainsDoc struct {
 }
 
 // blockList is the guard's set of blocked domains: Config.BlockedDomains,
-// fixed, and the run-time list, replaced as a whole. It is safe for
-// concurrent use; a nil *blockList blocks nothing.
+// fixed, together with the run-time list, which set replaces as a whole.
+// Lookups see one set, the union of both. It is safe for concurrent use; a
+// nil *blockList blocks nothing.
 type blockList struct {
-	static  domainSet
-	dynamic atomic.Pointer[domainSet]
+	static []string // Config.BlockedDomains
+	all    atomic.Pointer[domainSet]
 }
 
 func newBlockList(domains []string) *blockList {
-	return &blockList{static: newDomainSet(domains)}
+	b := &blockList{static: slices.Clone(domains)}
+	b.set(nil)
+	return b
 }
 
 // set replaces the run-time list.
 func (b *blockList) set(domains []string) {
-	s := newDomainSet(domains)
-	b.dynamic.Store(&s)
+	s := newDomainSet(append(slices.Clip(b.static), domains...))
+	b.all.Store(&s)
 }
 
 // contains reports whether host (with or without a port) is on a blocked
 // domain.
 func (b *blockList) contains(host string) bool {
-	if b == nil {
-		return false
-	}
-	if b.static.contains(host) {
-		return true
-	}
-	d := b.dynamic.Load()
-	return d != nil && d.contains(host)
+	return b != nil && b.all.Load().contains(host)
 }
 
 // blockedURL reports whether the host of rawURL is on a blocked domain.
 func (b *blockList) blockedURL(rawURL string) bool {
-	if b == nil {
-		return false
-	}
-	if b.static.blockedURL(rawURL) {
-		return true
-	}
-	d := b.dynamic.Load()
-	return d != nil && d.blockedURL(rawURL)
+	return b != nil && b.all.Load().blockedURL(rawURL)
 }
 
 // BlockDomain adds domain to the relay's run-time block list, kept in the

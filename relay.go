@@ -323,8 +323,7 @@ type Relay struct {
 	closeMu  sync.Mutex
 	inflight sync.WaitGroup // inbox requests being handled
 	bg       sync.WaitGroup // background loops other than delivery
-	started  bool
-	policyMu sync.Mutex // serialises changes of the run-time block list
+	policyMu sync.Mutex     // serialises changes of the run-time block list
 }
 
 // Store key under which the relay's private key is kept (PKCS#8 PEM).
@@ -521,11 +520,8 @@ func (r *Relay) Start() error {
 	if err := r.queue.start(); err != nil {
 		return err
 	}
-	if !r.started {
-		r.started = true
-		r.bg.Add(1)
-		go r.refreshPolicies()
-	}
+	r.bg.Add(1)
+	go r.refreshPolicies()
 	return nil
 }
 

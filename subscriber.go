@@ -107,7 +107,7 @@ func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteA
 	if err != nil {
 		return err
 	}
-	if s.State != store.StateAccepted || followBackID == "" || s.FollowBackID != followBackID {
+	if s.FollowBackID != followBackID {
 		followBack = nil // not accepted after all: no follow-back was stored
 	}
 	if s.State == store.StateAccepted && (!found || existing.State != store.StateAccepted) {

@@ -135,6 +135,13 @@ const (
 	SignatureRFC9421 = "rfc9421"
 )
 
+// Active reports whether the subscription is accepted or dormant: the
+// subscriber's server may publish through the relay (a dormant one is
+// revived when it does).
+func (s *Subscriber) Active() bool {
+	return s.State == StateAccepted || s.State == StateDormant
+}
+
 // DeliveryInbox returns the inbox deliveries go to: the shared inbox when the
 // subscriber has one, else its inbox.
 func (s *Subscriber) DeliveryInbox() string {
