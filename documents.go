@@ -310,9 +310,5 @@ func (r *Relay) undoFollowBack(followID, subscriber string) ([]byte, string, err
 // acctHost is the host part of the relay's acct: URI: BaseURL's host, with
 // its port unless that is the scheme's default.
 func (r *Relay) acctHost() string {
-	port := r.base.Port()
-	if port == "" || (r.base.Scheme == "https" && port == "443") || (r.base.Scheme == "http" && port == "80") {
-		return r.base.Hostname()
-	}
-	return r.base.Host
+	return withoutDefaultPort(r.base.Scheme, r.base.Host)
 }

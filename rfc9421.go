@@ -248,13 +248,7 @@ func componentValue(r *http.Request, c string) (string, error) {
 	case "@scheme":
 		return requestScheme(r), nil
 	case "@authority":
-		scheme, host := requestScheme(r), strings.ToLower(requestHost(r))
-		if scheme == "https" {
-			host = strings.TrimSuffix(host, ":443")
-		} else if scheme == "http" {
-			host = strings.TrimSuffix(host, ":80")
-		}
-		return host, nil
+		return withoutDefaultPort(requestScheme(r), strings.ToLower(requestHost(r))), nil
 	case "@target-uri":
 		return requestScheme(r) + "://" + requestHost(r) + r.URL.RequestURI(), nil
 	case "@request-target":
@@ -474,4 +468,16 @@ func (r *Relay) signDelivery(ctx context.Context, req *http.Request, body []byte
 		}
 	}
 	return r.signer.SignRequest(req, body, r.now())
+}
+
+// withoutDefaultPort returns host (host[:port]) without its port when that
+// is scheme's default (443 for https, 80 for http).
+func withoutDefaultPort(scheme, host string) string {
+	switch scheme {
+	case "https":
+		return strings.TrimSuffix(host, ":443")
+	case "http":
+		return strings.TrimSuffix(host, ":80")
+	}
+	return host
 }
