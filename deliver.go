@@ -71,14 +71,15 @@ func (b *batch) add(p store.Payload, inbox, subscriber, activityType string) {
 	})
 }
 
-// enqueue stores the batch, bounds the backlog of the hosts it adds to and
-// wakes the dispatcher. Once it returns nil the work is as durable as the
-// store.
-func (b *batch) enqueue(ctx context.Context) error {
-	if len(b.deliveries) == 0 {
+// enqueue stores the batch and takes marks in the same change (see
+// store.Store.Enqueue: a *store.SeenError, wrapped, if one is live), bounds
+// the backlog of the hosts it adds to and wakes the dispatcher. Once it
+// returns nil the work is as durable as the store.
+func (b *batch) enqueue(ctx context.Context, marks ...store.Mark) error {
+	if len(b.deliveries) == 0 && len(marks) == 0 {
 		return nil
 	}
-	if err := b.r.store.Enqueue(ctx, b.payloads, b.deliveries); err != nil {
+	if err := b.r.store.Enqueue(ctx, b.payloads, b.deliveries, marks...); err != nil {
 		return fmt.Errorf("relay: queueing %d deliveries: %w", len(b.deliveries), err)
 	}
 	q := b.r.queue
@@ -104,11 +105,11 @@ const pollInterval = time.Second
 
 // Completions are confirmed to the store in batches: a completer gathers
 // the ids that are ready (waiting at most completeGather for more while the
-// batch is small) and confirms them in one call if the store can
-// (batchCompleter), else concurrently, so that a store that commits
-// concurrent changes together makes few transactions and syncs per batch.
-// Nothing waits for a confirmation: q.done keeps completed ids from being
-// sent again meanwhile.
+// batch is small) and confirms them in one Complete call, one transaction
+// and one sync for the batch. With the CPU busy signing, completions reach
+// the store one at a time, so without batching each would make a commit
+// of its own. Nothing waits for a confirmation: q.done keeps completed ids
+// from being sent again meanwhile.
 const (
 	completers       = 2
 	completeBatch    = 1024
@@ -617,8 +618,6 @@ func (q *deliveryQueue) complete(d store.Delivery) {
 // completer confirms completions to the store, in batches.
 func (q *deliveryQueue) completer() {
 	defer q.cwg.Done()
-	bc, batched := q.r.store.(batchCompleter)
-	var wg sync.WaitGroup
 	for id := range q.completeCh {
 		batch := []string{id}
 		deadline := time.NewTimer(completeGather)
@@ -643,38 +642,15 @@ func (q *deliveryQueue) completer() {
 			batch = append(batch, id)
 		}
 		deadline.Stop()
-		if batched {
-			q.settle(q.bgCtx, batch, bc.CompleteBatch(q.bgCtx, batch))
-			continue
-		}
-		for _, id := range batch {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				q.confirm(q.bgCtx, id)
-			}()
-		}
-		wg.Wait()
+		q.confirm(q.bgCtx, batch)
 	}
 }
 
-// batchCompleter is implemented by stores that complete several
-// deliveries in one change (filestore.Store: one transaction and one sync).
-// Concurrent Complete calls share a commit only if they reach the store
-// while the previous one is being synced; with the CPU busy signing they
-// trickle in and make many small commits.
-type batchCompleter interface {
-	CompleteBatch(ctx context.Context, deliveryIDs []string) error
-}
-
-// confirm writes one completion to the store.
-func (q *deliveryQueue) confirm(ctx context.Context, id string) {
-	q.settle(ctx, []string{id}, q.r.store.Complete(ctx, id))
-}
-
-// settle records the outcome of writing the completions of ids: forgotten
-// once written, kept for retryCompletes if the store failed.
-func (q *deliveryQueue) settle(ctx context.Context, ids []string, err error) {
+// confirm writes the completions of ids to the store, in one change, and
+// records the outcome: forgotten once written, kept for retryCompletes if
+// the store failed.
+func (q *deliveryQueue) confirm(ctx context.Context, ids []string) {
+	err := q.r.store.Complete(ctx, ids...)
 	q.mu.Lock()
 	for _, id := range ids {
 		if err == nil {
@@ -701,8 +677,8 @@ func (q *deliveryQueue) retryCompletes(ctx context.Context, all bool) {
 		}
 	}
 	q.mu.Unlock()
-	for _, id := range ids {
-		q.confirm(ctx, id)
+	for batch := range slices.Chunk(ids, completeBatch) {
+		q.confirm(ctx, batch)
 	}
 }
 

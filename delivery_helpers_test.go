@@ -85,7 +85,32 @@ type spyStore struct {
 	burned   int                  // Retry calls that counted an attempt
 	failOnce bool                 // fail the first Complete of every delivery
 	failed   map[string]bool
-	batches  int // CompleteBatch calls (batchSpyStore)
+	batches  int // Complete calls with more than one id
+	// enqueueFails, while > 0, makes Enqueue calls that queue deliveries
+	// fail (counting down), storing nothing.
+	enqueueFails int
+	marks        int // MarkSeen and ForgetSeen calls
+}
+
+func (s *spyStore) MarkSeen(ctx context.Context, id string, until time.Time) (bool, error) {
+	s.mu.Lock()
+	s.marks++
+	s.mu.Unlock()
+	return s.Store.MarkSeen(ctx, id, until)
+}
+
+func (s *spyStore) ForgetSeen(ctx context.Context, id string) error {
+	s.mu.Lock()
+	s.marks++
+	s.mu.Unlock()
+	return s.Store.ForgetSeen(ctx, id)
+}
+
+// separateMarks returns how many MarkSeen and ForgetSeen calls were made.
+func (s *spyStore) separateMarks() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.marks
 }
 
 func newSpyStore() *spyStore {
@@ -114,37 +139,42 @@ func (s *spyStore) Retry(ctx context.Context, d store.Delivery) error {
 	return s.Store.Retry(ctx, d)
 }
 
-func (s *spyStore) Complete(ctx context.Context, id string) error {
+// Complete counts batches; with failOnce it fails a call that holds a
+// delivery it has not failed yet.
+func (s *spyStore) Complete(ctx context.Context, ids ...string) error {
 	s.mu.Lock()
-	fail := s.failOnce && !s.failed[id]
-	if s.failOnce {
-		s.failed[id] = true
+	if len(ids) > 1 {
+		s.batches++
+	}
+	fail := false
+	for _, id := range ids {
+		if s.failOnce && !s.failed[id] {
+			fail = true
+			s.failed[id] = true
+		}
 	}
 	s.mu.Unlock()
 	if fail {
 		return errors.New("spy: injected failure")
 	}
-	return s.Store.Complete(ctx, id)
+	return s.Store.Complete(ctx, ids...)
 }
 
-// batchSpyStore is a spyStore that can also complete deliveries in
-// batches, as filestore does (the relay looks for a CompleteBatch method).
-type batchSpyStore struct{ *spyStore }
-
-// CompleteBatch completes each delivery (a failure injected by failOnce
-// fails the batch) and counts the batch.
-func (s batchSpyStore) CompleteBatch(ctx context.Context, ids []string) error {
+// Enqueue fails, storing nothing, while enqueueFails is positive.
+func (s *spyStore) Enqueue(ctx context.Context, payloads []store.Payload, deliveries []store.Delivery, marks ...store.Mark) error {
 	s.mu.Lock()
-	s.batches++
-	s.mu.Unlock()
-	var errs []error
-	for _, id := range ids {
-		errs = append(errs, s.Complete(ctx, id))
+	fail := s.enqueueFails > 0 && len(deliveries) > 0
+	if fail {
+		s.enqueueFails--
 	}
-	return errors.Join(errs...)
+	s.mu.Unlock()
+	if fail {
+		return errors.New("spy: injected Enqueue failure")
+	}
+	return s.Store.Enqueue(ctx, payloads, deliveries, marks...)
 }
 
-// completeBatches returns how many CompleteBatch calls were made.
+// completeBatches returns how many Complete calls had more than one id.
 func (s *spyStore) completeBatches() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -215,7 +245,6 @@ type memEnv struct {
 	net   *memnet.Network
 	clock *fakeClock
 	st    *spyStore
-	batch bool // the relay's store also completes in batches (batchSpyStore)
 	r     *relay.Relay
 }
 
@@ -232,19 +261,7 @@ const (
 // the test.
 func newMemEnv(t *testing.T, cfg relay.Config) *memEnv {
 	t.Helper()
-	return startMemEnv(t, cfg, false)
-}
-
-// newBatchMemEnv is newMemEnv with a store that completes deliveries in
-// batches, as filestore does.
-func newBatchMemEnv(t *testing.T, cfg relay.Config) *memEnv {
-	t.Helper()
-	return startMemEnv(t, cfg, true)
-}
-
-func startMemEnv(t *testing.T, cfg relay.Config, batch bool) *memEnv {
-	t.Helper()
-	e := &memEnv{t: t, net: &memnet.Network{}, clock: newFakeClock(), st: newSpyStore(), batch: batch}
+	e := &memEnv{t: t, net: &memnet.Network{}, clock: newFakeClock(), st: newSpyStore()}
 	require.NoError(t, e.st.PutValue(context.Background(), "relay/private-key.pem", testRelayKey(t)))
 	e.r = e.newRelay(cfg)
 	require.NoError(t, e.r.Start())
@@ -262,9 +279,6 @@ func (e *memEnv) newRelay(cfg relay.Config) *relay.Relay {
 	e.t.Helper()
 	cfg.BaseURL = "https://relay.test"
 	cfg.Store = e.st
-	if e.batch {
-		cfg.Store = batchSpyStore{e.st}
-	}
 	cfg.Transport = e.net
 	cfg.Clock = e.clock
 	cfg.SignatureMaxAge, cfg.ClockSkew = farSkew, farSkew

@@ -576,29 +576,41 @@ func TestFailedCompleteDoesNotResend(t *testing.T) {
 	assert.Equal(t, 1, countFor(in[1], "Create", note.ID))
 }
 
-// TestBatchCompletion: with a store that completes in batches, completions
-// go through CompleteBatch; a failed batch is retried, and the deliveries
-// it held are not sent again meanwhile.
+// TestBatchCompletion: completions reach the store in batches (one Complete
+// call for several deliveries); a failed batch is retried, and the
+// deliveries it held are not sent again meanwhile.
 func TestBatchCompletion(t *testing.T) {
-	e := newBatchMemEnv(t, relay.Config{})
-	in := e.subscribed("a.test", "b.test", "c.test")
+	e := newMemEnv(t, relay.Config{})
+	hosts := []string{"a.test", "b.test", "c.test", "d.test", "e.test"}
+	in := e.subscribed(hosts...)
+	backlog := func() int {
+		n := 0
+		for _, h := range hosts {
+			n += e.backlog(h)
+		}
+		return n
+	}
 	note := e.post(in[0], "hello")
-	waitFor(t, in[1], "Create", note.ID)
-	waitFor(t, in[2], "Create", note.ID)
-	e.eventually(func() bool { return e.backlog("b.test") == 0 && e.backlog("c.test") == 0 }, "completed")
+	for _, i := range in[1:] {
+		waitFor(t, i, "Create", note.ID)
+	}
+	e.eventually(func() bool { return backlog() == 0 }, "completed")
+	// Four completions, within far less than the gathering time, and two
+	// completers: at least one call confirms several.
 	assert.Positive(t, e.st.completeBatches())
 
 	e.st.mu.Lock()
 	e.st.failOnce = true
 	e.st.mu.Unlock()
 	note2 := e.post(in[0], "again")
-	waitFor(t, in[1], "Create", note2.ID)
-	waitFor(t, in[2], "Create", note2.ID)
-	e.eventually(func() bool { return e.st.failedCompletes() == 2 }, "Complete fails")
+	for _, i := range in[1:] {
+		waitFor(t, i, "Create", note2.ID)
+	}
+	e.eventually(func() bool { return e.st.failedCompletes() == 4 }, "Complete fails")
 	e.settled()
-	assert.Equal(t, 2, e.backlog("b.test")+e.backlog("c.test"), "Complete failed")
+	assert.Equal(t, 4, backlog(), "Complete failed")
 	e.advance(time.Hour) // the leases expire; the flusher retries the completions
-	e.eventually(func() bool { return e.backlog("b.test") == 0 && e.backlog("c.test") == 0 })
+	e.eventually(func() bool { return backlog() == 0 })
 	e.settled()
 	for _, i := range in[1:] {
 		assert.Equal(t, 1, countFor(i, "Create", note.ID))
@@ -627,4 +639,38 @@ func TestStatisticsSurviveClose(t *testing.T) {
 	require.NoError(t, err)
 	assert.EqualValues(t, 2, s.Delivered, "the Accept and the post")
 	assert.False(t, s.LastSuccess.IsZero())
+}
+
+// TestFailedQueueingIsRetried: when the store fails to queue an activity,
+// the inbox answers 5xx and the sender's retry of the same activity is
+// relayed, not taken for a duplicate. The deduplication marks are taken in
+// the Enqueue that queues the work, never on their own (a separate mark
+// would survive a crash that lost the work, and the retry would then be
+// answered 202 and dropped).
+func TestFailedQueueingIsRetried(t *testing.T) {
+	e := newMemEnv(t, relay.Config{})
+	in := e.subscribed("a.test", "b.test")
+	e.st.mu.Lock()
+	e.st.enqueueFails = 1
+	e.st.mu.Unlock()
+
+	body := createDoc(in[0], "alice", "retried")
+	send := func() int {
+		resp, err := in[0].Send(context.Background(), memRelayInbox, "alice", body)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	assert.GreaterOrEqual(t, send(), 500, "queueing failed")
+	assert.Equal(t, http.StatusAccepted, send(), "the retry")
+	// The relay announces the unsigned post; b.test fails to fetch the
+	// object (a.test does not serve it) and drops the Announce, but it
+	// has arrived.
+	objectID := in[0].ActorID("alice") + "/statuses/retried"
+	e.eventually(func() bool { return countFor(in[1], "Announce", objectID) == 1 }, "the retry relayed")
+
+	assert.Equal(t, http.StatusAccepted, send(), "a duplicate")
+	e.settled()
+	assert.Equal(t, 1, countFor(in[1], "Announce", objectID))
+	assert.Zero(t, e.st.separateMarks(), "MarkSeen or ForgetSeen called")
 }

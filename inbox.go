@@ -495,62 +495,64 @@ func (r *Relay) relayActivity(ctx context.Context, env *envelope, body []byte, s
 		return accepted("announce by a relay actor of an object from another origin")
 	}
 
-	mark := "activity:" + env.ID
-	if env.ID == "" {
-		mark = "delete:" + objectID
-	}
-	d := dedup{r: r}
-	if fresh, err := d.mark(ctx, mark); err != nil || !fresh {
-		if err != nil {
-			return err
-		}
-		return accepted("duplicate " + mark)
-	}
-	if err := r.fanOut(ctx, env, body, objectID, senderHost, &d); err != nil {
-		d.forget(ctx)
-		return err
-	}
-	return nil
-}
-
-// dedup takes deduplication marks for one incoming activity and can
-// release them all if the activity could not be queued, so that the
-// sender's retry is not mistaken for a duplicate.
-type dedup struct {
-	r     *Relay
-	taken []string
-}
-
-func (d *dedup) mark(ctx context.Context, id string) (bool, error) {
-	fresh, err := d.r.store.MarkSeen(ctx, id, d.r.now().Add(d.r.cfg.DedupWindow))
-	if err == nil && fresh {
-		d.taken = append(d.taken, id)
-	}
-	return fresh, err
-}
-
-func (d *dedup) forget(ctx context.Context) {
-	for _, id := range d.taken {
-		if err := d.r.store.ForgetSeen(context.WithoutCancel(ctx), id); err != nil {
-			d.r.log.Error("relay: cannot release dedup mark", "id", id, "err", err)
-		}
-	}
+	return r.fanOut(ctx, env, body, objectID, senderHost)
 }
 
 // fanOut queues the activity for every accepted subscriber on another
 // host, one delivery per inbox: the original bytes for Mastodon-style
 // subscribers when receivers can authenticate them (an LD signature or
 // proof; Update, Delete and Move are forwarded as they are) and the body is
-// at most maxVerbatimBytes, an Announce by the relay otherwise. The relay announces a post once: when the same
-// object comes again in another Create or Announce (a boost, or the copy
-// another relay forwards), only the verbatim deliveries go out.
-func (r *Relay) fanOut(ctx context.Context, env *envelope, body []byte, objectID, senderHost string, d *dedup) error {
+// at most maxVerbatimBytes, an Announce by the relay otherwise.
+//
+// Deduplication marks are taken in the same store change that queues the
+// deliveries, so a crash cannot leave a mark without its work: the
+// activity's id (a repeated activity is answered 202 and not queued
+// again), and, for a post, "announced:" and the object's id: the relay
+// announces an object once, and when it comes again in another Create or
+// Announce (a boost, or the copy another relay forwards), only the
+// verbatim deliveries go out.
+func (r *Relay) fanOut(ctx context.Context, env *envelope, body []byte, objectID, senderHost string) error {
 	subs, err := r.store.ListSubscribers(ctx, store.SubscriberFilter{State: store.StateAccepted})
 	if err != nil {
 		return err
 	}
+	until := r.now().Add(r.cfg.DedupWindow)
+	marks := []store.Mark{{ID: "activity:" + env.ID, Until: until}}
+	if env.ID == "" {
+		marks[0].ID = "delete:" + objectID
+	}
+	isPost := env.Type == "Create" || env.Type == "Announce"
+	if objectID != "" && isPost {
+		marks = append(marks, store.Mark{ID: "announced:" + objectID, Until: until})
+	}
+	announce := objectID != ""
+	for {
+		b, err := r.fanOutBatch(env, body, objectID, senderHost, subs, announce)
+		if err != nil {
+			return err
+		}
+		err = b.enqueue(ctx, marks...)
+		var seen *store.SeenError
+		switch {
+		case !errors.As(err, &seen):
+			return err
+		case seen.Has(marks[0].ID):
+			return accepted("duplicate " + marks[0].ID)
+		case len(marks) == 2 && seen.Has(marks[1].ID) && announce:
+			// Announced already: queue the verbatim deliveries only.
+			announce, marks = false, marks[:1]
+		default:
+			return err
+		}
+	}
+}
+
+// fanOutBatch builds fanOut's deliveries; announce says whether the relay
+// may announce the object (the Announces to LitePub subscribers, and to
+// everyone for posts it cannot forward verbatim).
+func (r *Relay) fanOutBatch(env *envelope, body []byte, objectID, senderHost string, subs []store.Subscriber, announce bool) (*batch, error) {
 	verbatim := store.Payload{ID: payloadID(body), Body: body}
-	var announce store.Payload
+	var announcement store.Payload
 	isPost := env.Type == "Create" || env.Type == "Announce"
 	// An Announce that embeds an object of another origin is never
 	// forwarded as it is: only the object's IRI is relayed, so receivers
@@ -563,14 +565,6 @@ func (r *Relay) fanOut(ctx context.Context, env *envelope, body []byte, objectID
 	// edited object would be wrong), so Misskey misses the large ones.
 	tooLarge := isPost && len(body) > maxVerbatimBytes
 	wrapUnsigned := (!env.LDSigned && isPost) || foreignEmbed || tooLarge
-	announceOK := objectID != ""
-	if announceOK && isPost {
-		fresh, err := d.mark(ctx, "announced:"+objectID)
-		if err != nil {
-			return err
-		}
-		announceOK = fresh
-	}
 	b := newBatch(r)
 	for i := range subs {
 		s := &subs[i]
@@ -579,21 +573,21 @@ func (r *Relay) fanOut(ctx context.Context, env *envelope, body []byte, objectID
 		}
 		p := &verbatim
 		if s.Protocol == store.ProtocolLitePub || wrapUnsigned {
-			if !announceOK {
+			if !announce {
 				continue
 			}
-			if announce.ID == "" {
+			if announcement.ID == "" {
 				a, _, err := r.relayedAnnounce(objectID)
 				if err != nil {
-					return err
+					return nil, err
 				}
-				announce = store.Payload{ID: payloadID(a), Body: a}
+				announcement = store.Payload{ID: payloadID(a), Body: a}
 			}
-			p = &announce
+			p = &announcement
 		}
 		b.add(*p, s.DeliveryInbox(), s.ActorID, env.Type)
 	}
-	return b.enqueue(ctx)
+	return b, nil
 }
 
 // maxVerbatimBytes is the largest post forwarded verbatim: Misskey's inbox

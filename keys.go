@@ -480,10 +480,12 @@ func (c *keyCache) resolve(keyID string, call *keyCall) {
 	}
 	call.key, call.err = key, err
 	c.mu.Unlock()
-	close(call.done)
+	// Sweep before the waiters go on, so that what they do next (and a
+	// test reading the cache) sees the cache swept.
 	if sweep {
 		c.sweep(c.r.subscribedHosts(), keyID)
 	}
+	close(call.done)
 }
 
 // transientFetchError reports a fetch failure that may go away by itself:

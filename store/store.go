@@ -19,6 +19,8 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"time"
 )
 
@@ -36,9 +38,37 @@ var (
 	ErrEmptyID = errors.New("store: empty id")
 )
 
+// Mark is a deduplication mark taken by Enqueue: ID is seen until Until.
+// Whether a mark is live (Until after now) is decided by the store's own
+// clock, as in MarkSeen.
+type Mark struct {
+	ID    string
+	Until time.Time
+}
+
+// SeenError is the error Enqueue returns when some of the marks it was
+// asked to take are live: it then stores nothing. IDs lists the live marks'
+// ids, in the order they were given.
+type SeenError struct {
+	IDs []string
+}
+
+// Error implements error.
+func (e *SeenError) Error() string {
+	if len(e.IDs) == 1 {
+		return "store: already seen: " + e.IDs[0]
+	}
+	return fmt.Sprintf("store: %d ids already seen, the first %s", len(e.IDs), e.IDs[0])
+}
+
+// Has reports whether id is one of the live marks.
+func (e *SeenError) Has(id string) bool {
+	return slices.Contains(e.IDs, id)
+}
+
 // PortableKeyLen is the length in bytes of the longest id or key that every
-// Store accepts: value keys, subscriber actor ids, MarkSeen and ForgetSeen
-// ids, payload and delivery ids. A store may accept longer ones. One it
+// Store accepts: value keys, subscriber actor ids, mark ids (MarkSeen, ForgetSeen,
+// Enqueue), payload and delivery ids. A store may accept longer ones. One it
 // refuses gets an error that wraps ErrTooLong, from that call only: nothing
 // is changed, and the store keeps working for every other caller (a store
 // must check lengths before a change can fail a commit it shares with other
@@ -293,37 +323,48 @@ type Store interface {
 	// time, and reports whether it was new: true if id was not marked or its
 	// mark had expired, false if a live mark exists (which is left as it is).
 	// It is atomic: of concurrent callers with the same id exactly one sees
-	// true. Whether a mark has expired is decided by the store's own clock
-	// (the system clock for memstore and filestore; the engine's for a
-	// shared store), not by the caller's. Expired marks are reclaimed by
-	// the store.
+	// true, and it is atomic with the marks Enqueue takes (a MarkSeen of an
+	// id and an Enqueue taking a mark on it never both succeed as new).
+	// Whether a mark has expired is decided by the store's own clock (the
+	// system clock for memstore and filestore; the engine's for a shared
+	// store), not by the caller's. Expired marks are reclaimed by the store.
+	// The relay takes its marks with Enqueue, in the change that queues the
+	// work they guard; MarkSeen is for marks that guard nothing stored.
 	MarkSeen(ctx context.Context, id string, until time.Time) (bool, error)
 	// ForgetSeen removes the mark on id, so that the next MarkSeen of id
-	// reports true. The relay calls it when the work a mark guarded could not
-	// be stored, so that the sender's retry is not mistaken for a duplicate.
-	// Forgetting an absent id returns nil.
+	// reports true. Forgetting an absent id returns nil.
 	ForgetSeen(ctx context.Context, id string) error
 
 	// Enqueue atomically stores the payloads and the deliveries that refer
-	// to them. A payload whose ID is already stored keeps its body; a
-	// delivery whose ID is already queued is left unchanged. Every delivery's
-	// PayloadID must name one of payloads or an already stored payload, else
-	// Enqueue fails and stores nothing. Once Enqueue returns nil the work is
-	// as durable as the store.
-	Enqueue(ctx context.Context, payloads []Payload, deliveries []Delivery) error
+	// to them, and takes marks (deduplication marks, as MarkSeen does), all
+	// in one change. If any of marks is live, Enqueue stores nothing and
+	// returns a *SeenError naming the live ones; of concurrent Enqueue and
+	// MarkSeen calls taking a mark on the same id, at most one succeeds. A
+	// mark whose Until is not after the store's now is checked but not
+	// kept. With marks and no deliveries, Enqueue only takes the marks.
+	// A payload whose ID is already stored keeps its body; a delivery whose
+	// ID is already queued is left unchanged. Every delivery's PayloadID
+	// must name one of payloads or an already stored payload, else Enqueue
+	// fails and stores nothing. Once Enqueue returns nil the work and the
+	// marks are as durable as the store: a crash cannot leave a mark
+	// without the work it guards, so a sender's retry of an activity whose
+	// queueing failed is never mistaken for a duplicate.
+	Enqueue(ctx context.Context, payloads []Payload, deliveries []Delivery, marks ...Mark) error
 	// Lease reserves up to r.Limit due deliveries (see LeaseRequest) for
 	// r.Duration and returns them, oldest NotBefore first. It returns an
 	// empty slice when nothing is due.
 	Lease(ctx context.Context, r LeaseRequest) ([]Delivery, error)
 	// GetPayload returns the body of a stored payload, or ErrNotFound.
 	GetPayload(ctx context.Context, id string) ([]byte, error)
-	// Complete removes a delivery (delivered, or given up), and its payload
-	// once no delivery refers to it. Completing an absent delivery returns nil.
-	// Leases carry no token: Complete removes the delivery whoever holds it,
+	// Complete removes deliveries (delivered, or given up), and each
+	// payload once no delivery refers to it, in one atomic change: a store
+	// makes one transaction (and one sync) for all of them, so the relay
+	// confirms completions in batches. Absent and repeated ids are ignored.
+	// Leases carry no token: Complete removes a delivery whoever holds it,
 	// so a process whose lease expired, and was taken over by another,
 	// can still complete it. The relay tolerates this: the worst outcome is
 	// one more copy sent by the other holder, which at-least-once allows.
-	Complete(ctx context.Context, deliveryID string) error
+	Complete(ctx context.Context, deliveryIDs ...string) error
 	// Retry releases the lease on d.ID and stores d's Attempts, NotBefore and
 	// LastError, so it becomes due again at d.NotBefore. It returns
 	// ErrNotFound if the delivery is no longer queued.

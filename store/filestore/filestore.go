@@ -160,6 +160,9 @@ type Store struct {
 	values valuemap.Map
 	subs   *subindex.Index
 	q      queue
+	// pendingMarks counts, per id, the changes submitted but not yet
+	// committed that write a mark on it (see takeMarks).
+	pendingMarks map[string]int
 
 	w         writer
 	stopReclm chan struct{}
@@ -214,15 +217,16 @@ func Open(dir string, opts *Options) (*Store, error) {
 		}
 	}
 	s := &Store{
-		dir:       dir,
-		path:      path,
-		db:        db,
-		now:       o.Now,
-		values:    make(valuemap.Map),
-		subs:      subindex.New(),
-		q:         newQueue(),
-		failedCh:  make(chan struct{}),
-		stopReclm: make(chan struct{}),
+		dir:          dir,
+		path:         path,
+		db:           db,
+		now:          o.Now,
+		values:       make(valuemap.Map),
+		pendingMarks: map[string]int{},
+		subs:         subindex.New(),
+		q:            newQueue(),
+		failedCh:     make(chan struct{}),
+		stopReclm:    make(chan struct{}),
 	}
 	if err := s.load(); err != nil {
 		_ = db.Close()

@@ -119,13 +119,19 @@ func decodeRecord(k, v []byte) (uint64, record, error) {
 // deliveries it stores; it returns once they are on disk. It returns an
 // error, and stores nothing, if a payload or delivery ID is empty or too
 // long, a time cannot be encoded (years outside 0 to 9999), or a delivery's
-// PayloadID names neither one of payloads nor a stored payload. Within one
-// call the first payload or delivery with a given ID wins. A new payload
-// that no newly queued delivery refers to is not kept. Times are stored,
-// and returned, in UTC.
-func (s *Store) Enqueue(ctx context.Context, payloads []store.Payload, deliveries []store.Delivery) error {
+// PayloadID names neither one of payloads nor a stored payload, and a
+// *store.SeenError if one of marks is live (see takeMarks). Within one
+// call the first payload, delivery or mark with a given ID wins. A new
+// payload that no newly queued delivery refers to is not kept. Times are
+// stored, and returned, in UTC.
+func (s *Store) Enqueue(ctx context.Context, payloads []store.Payload, deliveries []store.Delivery, marks ...store.Mark) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	for _, m := range marks {
+		if err := checkSeenID(m.ID); err != nil {
+			return err
+		}
 	}
 	given := make(map[string]int, len(payloads)) // payload ID -> index of its first occurrence
 	for i, p := range payloads {
@@ -171,6 +177,10 @@ func (s *Store) Enqueue(ctx context.Context, payloads []store.Payload, deliverie
 				return nil, nil, fmt.Errorf("store/filestore: Enqueue: delivery %q: unknown payload %q", d.ID, d.PayloadID)
 			}
 		}
+		putMarks, marksOnDisk, err := s.takeMarks(marks)
+		if err != nil {
+			return nil, nil, err
+		}
 		var (
 			newPayloads = map[string]*queueindex.Payload{}
 			keys        [][]byte
@@ -195,9 +205,14 @@ func (s *Store) Enqueue(ctx context.Context, payloads []store.Payload, deliverie
 			vals = append(vals, docs[i])
 		}
 		if len(keys) == 0 {
-			return nil, nil, nil
+			return putMarks, marksOnDisk, nil
 		}
 		fn := func(tx *bolt.Tx) error {
+			if putMarks != nil {
+				if err := putMarks(tx); err != nil {
+					return err
+				}
+			}
 			pb, db := tx.Bucket(bPayloads), tx.Bucket(bDeliveries)
 			db.FillPercent = 0.9 // keys are appended in order: fill pages
 			for id, p := range newPayloads {
@@ -213,6 +228,9 @@ func (s *Store) Enqueue(ctx context.Context, payloads []store.Payload, deliverie
 			return nil
 		}
 		after := func() { // the bodies are on disk: GetPayload reads them there
+			if marksOnDisk != nil {
+				marksOnDisk()
+			}
 			for id, p := range newPayloads {
 				if s.q.Payloads[id] == p {
 					p.Body = nil
@@ -290,16 +308,23 @@ func (s *Store) GetPayload(ctx context.Context, id string) ([]byte, error) {
 	return body, err
 }
 
-// Complete removes a delivery, leased or not, and its payload once no
-// delivery refers to it, and returns once that is on disk. Completing an
-// absent delivery returns nil (once the changes made before are on disk).
-func (s *Store) Complete(ctx context.Context, deliveryID string) error {
+// Complete implements store.Store.Complete: it removes deliveries, leased
+// or not, and each payload once no delivery refers to it, in one change to
+// the file (one transaction and one sync for the lot), and returns once
+// that is on disk. Absent and repeated ids are ignored (Complete then
+// returns once the changes made before are on disk). On error nothing was
+// removed.
+func (s *Store) Complete(ctx context.Context, deliveryIDs ...string) error {
 	return s.change(ctx, func() (func(*bolt.Tx) error, error) {
-		it, ok := s.q.ByID[deliveryID]
-		if !ok {
-			return nil, nil
+		items := make([]*item, 0, len(deliveryIDs))
+		seen := make(map[*item]bool, len(deliveryIDs))
+		for _, id := range deliveryIDs {
+			if it, ok := s.q.ByID[id]; ok && !seen[it] {
+				seen[it] = true
+				items = append(items, it)
+			}
 		}
-		return removeTx(s.q, []*item{it}), nil
+		return removeTx(s.q, items), nil // nil when there is nothing to remove
 	})
 }
 

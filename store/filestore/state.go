@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -217,57 +218,86 @@ func checkSeenID(id string) error {
 	return checkKey("id", id)
 }
 
-// MarkSeen implements store.Store.MarkSeen. Marks expire by the wall clock
-// (time.Now). The check and the new mark happen in one commit, so of
-// concurrent callers exactly one sees true; MarkSeen returns once the mark
-// is on disk. Expired marks are reclaimed by Reclaim. An until outside the
-// years 1678 to 2262 is clamped to that range.
+// MarkSeen implements store.Store.MarkSeen, as an Enqueue of one mark and
+// nothing else. Marks expire by the wall clock (time.Now). MarkSeen returns
+// once the mark is on disk. Expired marks are reclaimed by Reclaim. An until
+// outside the years 1678 to 2262 is clamped to that range.
 func (s *Store) MarkSeen(ctx context.Context, id string, until time.Time) (bool, error) {
-	if err := checkSeenID(id); err != nil {
-		return false, err
+	err := s.Enqueue(ctx, nil, nil, store.Mark{ID: id, Until: until})
+	if seen := (*store.SeenError)(nil); errors.As(err, &seen) {
+		return false, nil
 	}
-	// Fast path: a live mark on disk. Reading the last commit is enough:
-	// it holds every change whose method returned.
-	if err := s.rlock(ctx); err != nil {
-		return false, err
+	return err == nil, err
+}
+
+// takeMarks is the part of a change that takes marks: it returns a
+// *store.SeenError if one of them is live, else the function that writes
+// them in the change's transaction and the one to run once it is committed.
+// A mark is live if it is on disk with a time after now, or in a change
+// submitted but not yet committed (s.pendingMarks): checking both under
+// s.mu, which every change that takes marks holds while it is submitted,
+// makes the check and the write atomic. s.mu must be held exclusively.
+func (s *Store) takeMarks(marks []store.Mark) (put func(*bolt.Tx) error, after func(), err error) {
+	if len(marks) == 0 {
+		return nil, nil, nil
 	}
-	live := false
-	err := s.db.View(func(tx *bolt.Tx) error {
-		if v := tx.Bucket(bSeen).Get(prefixed('s', id)); v != nil {
-			live = decodeTime(v).After(s.now())
+	now := s.now()
+	var live []string
+	var kept []store.Mark
+	err = s.db.View(func(tx *bolt.Tx) error {
+		seen := tx.Bucket(bSeen)
+		for i, m := range marks {
+			if slices.ContainsFunc(marks[:i], func(o store.Mark) bool { return o.ID == m.ID }) {
+				continue // a repeated id keeps its first mark
+			}
+			v := seen.Get(prefixed('s', m.ID))
+			if s.pendingMarks[m.ID] > 0 || v != nil && decodeTime(v).After(now) {
+				live = append(live, m.ID)
+			} else if m.Until.After(now) { // a mark that is already expired is not kept
+				kept = append(kept, m)
+			}
 		}
 		return nil
 	})
-	s.mu.RUnlock()
-	if err != nil || live {
-		return false, err
+	if err != nil {
+		return nil, nil, err
 	}
-
-	var fresh bool
-	err = s.submitTx(ctx, func(tx *bolt.Tx) error {
+	if live != nil {
+		return nil, nil, &store.SeenError{IDs: live}
+	}
+	if kept == nil {
+		return nil, nil, nil
+	}
+	for _, m := range kept {
+		s.pendingMarks[m.ID]++
+	}
+	put = func(tx *bolt.Tx) error {
 		seen, exp := tx.Bucket(bSeen), tx.Bucket(bSeenExpiry)
-		key := prefixed('s', id)
-		now := s.now()
-		if old := seen.Get(key); old != nil {
-			if decodeTime(old).After(now) {
-				fresh = false
-				return nil
+		for _, m := range kept {
+			key := prefixed('s', m.ID)
+			if old := seen.Get(key); old != nil { // expired
+				if err := exp.Delete(expiryKey(old, m.ID)); err != nil {
+					return err
+				}
 			}
-			if err := exp.Delete(expiryKey(old, id)); err != nil {
+			u := encodeTime(m.Until)
+			if err := seen.Put(key, u); err != nil {
+				return err
+			}
+			if err := exp.Put(expiryKey(u, m.ID), []byte{}); err != nil {
 				return err
 			}
 		}
-		fresh = true
-		if !until.After(now) { // a mark that is already expired is not kept
-			return seen.Delete(key)
+		return nil
+	}
+	after = func() { // on disk now
+		for _, m := range kept {
+			if s.pendingMarks[m.ID]--; s.pendingMarks[m.ID] == 0 {
+				delete(s.pendingMarks, m.ID)
+			}
 		}
-		u := encodeTime(until)
-		if err := seen.Put(key, u); err != nil {
-			return err
-		}
-		return exp.Put(expiryKey(u, id), []byte{})
-	})
-	return fresh, err
+	}
+	return put, after, nil
 }
 
 // ForgetSeen removes the mark on id, live or expired, and returns once that

@@ -27,6 +27,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -232,21 +233,47 @@ func (s *Store) MarkSeen(ctx context.Context, id string, until time.Time) (bool,
 		return false, err
 	}
 	defer s.mu.Unlock()
+	marks := []store.Mark{{ID: id, Until: until}}
+	if s.liveMarks(marks) != nil {
+		return false, nil
+	}
+	s.setMarks(marks)
+	return true, nil
+}
+
+// liveMarks reclaims expired marks and returns a *store.SeenError naming
+// the ids of marks that have a live mark, or nil. s.mu must be held.
+func (s *Store) liveMarks(marks []store.Mark) error {
 	now := s.now()
-	// Reclaim expired marks, id's included: afterwards every mark is live.
+	// Reclaim expired marks: afterwards every mark in the map is live.
 	for len(s.markExp) > 0 && !s.markExp[0].until.After(now) {
 		m := heap.Pop(&s.markExp).(*mark)
 		delete(s.marks, m.id)
 	}
-	if _, live := s.marks[id]; live {
-		return false, nil
+	var live []string
+	for _, m := range marks {
+		if _, ok := s.marks[m.ID]; ok && !slices.Contains(live, m.ID) {
+			live = append(live, m.ID)
+		}
 	}
-	if until.After(now) { // a mark that is already expired is not kept
-		m := &mark{id: id, until: until}
-		s.marks[id] = m
-		heap.Push(&s.markExp, m)
+	if live != nil {
+		return &store.SeenError{IDs: live}
 	}
-	return true, nil
+	return nil
+}
+
+// setMarks records marks that liveMarks found absent; a mark that is
+// already expired is not kept. s.mu must be held.
+func (s *Store) setMarks(marks []store.Mark) {
+	now := s.now()
+	for _, m := range marks {
+		if _, dup := s.marks[m.ID]; dup || !m.Until.After(now) {
+			continue // a repeated id keeps its first mark
+		}
+		mk := &mark{id: m.ID, until: m.Until}
+		s.marks[m.ID] = mk
+		heap.Push(&s.markExp, mk)
+	}
 }
 
 // ForgetSeen removes the mark on id, live or expired; forgetting an absent

@@ -48,12 +48,13 @@ func (l *itemList) remove(it *item) {
 
 // Enqueue implements store.Store.Enqueue. It returns an error, and stores
 // nothing, if a payload or delivery ID is empty or a delivery's PayloadID
-// names neither one of payloads nor a stored payload. Within one call the
+// names neither one of payloads nor a stored payload, and a *store.SeenError
+// if one of marks is live. Within one call the
 // first payload or delivery with a given ID wins. A new payload that no
 // newly queued delivery refers to is not kept, since nothing would ever
 // remove it. Times are returned in UTC (as by the file store), without a
 // monotonic clock reading.
-func (s *Store) Enqueue(ctx context.Context, payloads []store.Payload, deliveries []store.Delivery) error {
+func (s *Store) Enqueue(ctx context.Context, payloads []store.Payload, deliveries []store.Delivery, marks ...store.Mark) error {
 	if err := s.lock(ctx); err != nil {
 		return err
 	}
@@ -75,6 +76,10 @@ func (s *Store) Enqueue(ctx context.Context, payloads []store.Payload, deliverie
 			return fmt.Errorf("memstore: Enqueue: delivery %q: unknown payload %q", d.ID, d.PayloadID)
 		}
 	}
+	if err := s.liveMarks(marks); err != nil {
+		return err
+	}
+	s.setMarks(marks)
 
 	var added []*queueindex.Payload // payloads new to the store
 	for _, p := range payloads {
@@ -150,15 +155,17 @@ func (s *Store) Lease(ctx context.Context, r store.LeaseRequest) ([]store.Delive
 	return s.q.Lease(r)
 }
 
-// Complete removes a delivery, leased or not, and its payload once no
-// delivery refers to it. Completing an absent delivery returns nil.
-func (s *Store) Complete(ctx context.Context, deliveryID string) error {
+// Complete removes deliveries, leased or not, and each payload once no
+// delivery refers to it. Absent and repeated ids are ignored.
+func (s *Store) Complete(ctx context.Context, deliveryIDs ...string) error {
 	if err := s.lock(ctx); err != nil {
 		return err
 	}
 	defer s.mu.Unlock()
-	if it, ok := s.q.ByID[deliveryID]; ok {
-		s.q.remove(it)
+	for _, id := range deliveryIDs {
+		if it, ok := s.q.ByID[id]; ok {
+			s.q.remove(it)
+		}
 	}
 	return nil
 }

@@ -84,6 +84,14 @@ func idCalls() []idCall {
 			require.NoError(t, s.ForgetSeen(t.Context(), id))
 			assert.True(t, markSeen(t, s, id, later()), "MarkSeen after ForgetSeen")
 		}},
+		{"EnqueueMark", func(ctx context.Context, s store.Store, id string) error {
+			return s.Enqueue(ctx, []store.Payload{payload("long-mark")},
+				[]store.Delivery{delivery("long-mark", "long-mark", "long.example", t0)},
+				store.Mark{ID: id + "e", Until: later()})
+		}, func(t *testing.T, s store.Store, id string) {
+			assert.False(t, markSeen(t, s, id+"e", later()), "MarkSeen of an id Enqueue accepted")
+			require.NoError(t, s.Complete(t.Context(), "long-mark"))
+		}},
 		{"EnqueuePayloadID", func(ctx context.Context, s store.Store, id string) error {
 			return s.Enqueue(ctx, []store.Payload{{ID: id, Body: []byte("body")}},
 				[]store.Delivery{delivery("long-payload", id, "long.example", t0)})

@@ -10,7 +10,7 @@ import (
 	"github.com/fedirelay/relay/store"
 )
 
-func TestCompleteBatch(t *testing.T) {
+func TestCompleteSeveral(t *testing.T) {
 	ctx := context.Background()
 	s := openDir(t, t.TempDir(), nil)
 	p := store.Payload{ID: "p1", Body: []byte(`{"type":"Create"}`)}
@@ -25,8 +25,8 @@ func TestCompleteBatch(t *testing.T) {
 	require.Len(t, leased, 4)
 
 	// Repeated and absent ids are ignored; leased deliveries are removed.
-	require.NoError(t, s.CompleteBatch(ctx, []string{"d1", "d4", "d1", "missing"}))
-	require.NoError(t, s.CompleteBatch(ctx, nil))
+	require.NoError(t, s.Complete(ctx, "d1", "d4", "d1", "missing"))
+	require.NoError(t, s.Complete(ctx))
 	assert.Equal(t, 2, stats(t, s).Deliveries)
 	assert.Equal(t, 1, stats(t, s).Payloads, "p2 lost its last delivery")
 	_, err := s.GetPayload(ctx, "p2")
@@ -40,10 +40,10 @@ func TestCompleteBatch(t *testing.T) {
 		ids = append(ids, d.ID)
 	}
 	assert.ElementsMatch(t, []string{"d2", "d3"}, ids)
-	require.NoError(t, s.CompleteBatch(ctx, []string{"d2", "d3"}))
+	require.NoError(t, s.Complete(ctx, "d2", "d3"))
 	assert.Equal(t, 0, stats(t, s).Deliveries)
 	assert.Equal(t, 0, stats(t, s).Payloads)
 
 	require.NoError(t, s.Close())
-	assert.ErrorIs(t, s.CompleteBatch(ctx, []string{"d2"}), store.ErrClosed)
+	assert.ErrorIs(t, s.Complete(ctx, "d2"), store.ErrClosed)
 }
