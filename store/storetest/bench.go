@@ -18,6 +18,8 @@ import (
 //   - LeaseComplete: Lease batches of 100 from a 10,000-delivery backlog
 //     and Complete each delivery; an operation is one delivery, and the
 //     deliveries/s metric is the throughput.
+//   - LeaseCompleteBatch: as LeaseComplete, with one Complete call per
+//     batch of 100, as the relay confirms completions.
 //   - LeaseCompleteParallel: as LeaseComplete, from 32 goroutines (the
 //     relay's default delivery workers on two cores) that each lease
 //     batches of 10, so a store that commits concurrent changes together
@@ -33,6 +35,7 @@ import (
 func Benchmark(b *testing.B, newStore func(b *testing.B) store.Store) {
 	b.Run("Enqueue", func(b *testing.B) { benchEnqueue(b, newStore(b)) })
 	b.Run("LeaseComplete", func(b *testing.B) { benchLeaseComplete(b, newStore(b)) })
+	b.Run("LeaseCompleteBatch", func(b *testing.B) { benchLeaseCompleteBatch(b, newStore(b)) })
 	b.Run("LeaseCompleteParallel", func(b *testing.B) { benchLeaseCompleteParallel(b, newStore(b)) })
 	b.Run("LeaseBacklog", func(b *testing.B) { benchLeaseBacklog(b, newStore(b)) })
 	b.Run("UpdateSubscriber", func(b *testing.B) { benchUpdateSubscriber(b, newStore(b)) })
@@ -103,6 +106,38 @@ func benchLeaseComplete(b *testing.B, s store.Store) {
 			}
 			n++
 		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "deliveries/s")
+}
+
+// benchLeaseCompleteBatch is benchLeaseComplete with one Complete call
+// for each leased batch of 100, as the relay confirms completions.
+func benchLeaseCompleteBatch(b *testing.B, s store.Store) {
+	const backlog = 10_000
+	ctx := b.Context()
+	refills := 0
+	fill(b, s, "r0-", backlog, 1000)
+	r := store.LeaseRequest{Now: far(), Limit: 100, Duration: time.Minute}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for n := 0; n < b.N; {
+		got, err := s.Lease(ctx, r)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(got) == 0 {
+			b.StopTimer()
+			refills++
+			fill(b, s, fmt.Sprintf("r%d-", refills), backlog, 1000)
+			b.StartTimer()
+			continue
+		}
+		got = got[:min(len(got), b.N-n)]
+		if err := s.Complete(ctx, ids(got)...); err != nil {
+			b.Fatal(err)
+		}
+		n += len(got)
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "deliveries/s")
