@@ -80,40 +80,16 @@ func benchEnqueue(b *testing.B, s store.Store) {
 	b.ReportMetric(float64(b.N*100)/b.Elapsed().Seconds(), "deliveries/s")
 }
 
-func benchLeaseComplete(b *testing.B, s store.Store) {
-	const backlog = 10_000
-	ctx := b.Context()
-	refills := 0
-	fill(b, s, "r0-", backlog, 1000)
-	r := store.LeaseRequest{Now: far(), Limit: 100, Duration: time.Minute}
-	b.ReportAllocs()
-	b.ResetTimer()
-	for n := 0; n < b.N; {
-		got, err := s.Lease(ctx, r)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if len(got) == 0 {
-			b.StopTimer()
-			refills++
-			fill(b, s, fmt.Sprintf("r%d-", refills), backlog, 1000)
-			b.StartTimer()
-			continue
-		}
-		for _, d := range got[:min(len(got), b.N-n)] {
-			if err := s.Complete(ctx, d.ID); err != nil {
-				b.Fatal(err)
-			}
-			n++
-		}
-	}
-	b.StopTimer()
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "deliveries/s")
-}
+func benchLeaseComplete(b *testing.B, s store.Store) { leaseComplete(b, s, false) }
 
 // benchLeaseCompleteBatch is benchLeaseComplete with one Complete call
 // for each leased batch of 100, as the relay confirms completions.
-func benchLeaseCompleteBatch(b *testing.B, s store.Store) {
+func benchLeaseCompleteBatch(b *testing.B, s store.Store) { leaseComplete(b, s, true) }
+
+// leaseComplete leases batches of 100 from a 10,000-delivery backlog
+// (refilled when empty) and completes them one by one, or each batch in
+// one call.
+func leaseComplete(b *testing.B, s store.Store, batched bool) {
 	const backlog = 10_000
 	ctx := b.Context()
 	refills := 0
@@ -134,10 +110,18 @@ func benchLeaseCompleteBatch(b *testing.B, s store.Store) {
 			continue
 		}
 		got = got[:min(len(got), b.N-n)]
-		if err := s.Complete(ctx, ids(got)...); err != nil {
-			b.Fatal(err)
-		}
 		n += len(got)
+		if batched {
+			if err := s.Complete(ctx, ids(got)...); err != nil {
+				b.Fatal(err)
+			}
+			continue
+		}
+		for _, d := range got {
+			if err := s.Complete(ctx, d.ID); err != nil {
+				b.Fatal(err)
+			}
+		}
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "deliveries/s")
