@@ -584,7 +584,7 @@ type fleet struct {
 	badSigs    atomic.Int64
 
 	mu     sync.Mutex
-	posted map[string]time.Time // object id → when it was posted
+	posted map[string]time.Time // object id → when its signed post was handed to the HTTP client
 }
 
 // simHost is one loopback HTTP server holding some actors.
@@ -818,8 +818,10 @@ func (f *fleet) serveInbox(w http.ResponseWriter, r *http.Request, a *simActor, 
 }
 
 // send posts a signed activity to the relay's inbox, retrying while the
-// relay answers 429 or 503 (it may rate-limit key fetches per host).
-func (f *fleet) send(ctx context.Context, a *simActor, doc map[string]any) error {
+// relay answers 429 or 503 (it may rate-limit key fetches per host). If
+// sending is not nil, it is called as each attempt's signed request is
+// handed to the HTTP client: the moment the relay could start on it.
+func (f *fleet) send(ctx context.Context, a *simActor, doc map[string]any, sending func()) error {
 	body, err := json.Marshal(doc)
 	if err != nil {
 		return err
@@ -833,6 +835,9 @@ func (f *fleet) send(ctx context.Context, a *simActor, doc map[string]any) error
 		req.Header.Set("Content-Type", "application/activity+json")
 		if err := signer.SignRequest(req, body, time.Now()); err != nil {
 			return err
+		}
+		if sending != nil {
+			sending()
 		}
 		resp, err := f.client.Do(req)
 		if err != nil {
@@ -876,7 +881,7 @@ func (f *fleet) subscribeAll(ctx context.Context) error {
 					"type":     "Follow",
 					"actor":    a.id,
 					"object":   "https://www.w3.org/ns/activitystreams#Public",
-				})
+				}, nil)
 				if err != nil {
 					errs <- err
 				}
@@ -938,22 +943,26 @@ func (f *fleet) postAll(ctx context.Context, a *simActor, m int, rate float64) e
 				"cc": []string{a.id + "/followers"},
 			},
 		}
-		f.mu.Lock()
-		f.posted[noteID] = time.Now()
-		f.mu.Unlock()
+		// Latency counts from the moment the signed post goes to the
+		// relay: building and signing it is the instance's work.
+		sending := func() {
+			f.mu.Lock()
+			f.posted[noteID] = time.Now()
+			f.mu.Unlock()
+		}
 		if rate > 0 {
 			// Paced posts are sent concurrently so that a slow answer does
 			// not delay the next post.
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if err := f.send(ctx, a, doc); err != nil {
+				if err := f.send(ctx, a, doc, sending); err != nil {
 					errs <- err
 				}
 			}()
 			continue
 		}
-		if err := f.send(ctx, a, doc); err != nil {
+		if err := f.send(ctx, a, doc, sending); err != nil {
 			return err
 		}
 	}
