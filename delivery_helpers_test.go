@@ -302,7 +302,8 @@ func (e *memEnv) instance(host string) *relaytest.Instance {
 	})
 }
 
-// subscribed starts subscribed fake Mastodons, one per host.
+// subscribed starts subscribed fake Mastodons, one per host, and waits
+// until the relay is done with their Accepts.
 func (e *memEnv) subscribed(hosts ...string) []*relaytest.Instance {
 	e.t.Helper()
 	var out []*relaytest.Instance
@@ -314,6 +315,10 @@ func (e *memEnv) subscribed(hosts ...string) []*relaytest.Instance {
 		e.eventually(func() bool { return e.backlog(h) == 0 }, "the Accept to %s is completed", h)
 		out = append(out, i)
 	}
+	// A worker completes a delivery before it records the success in the
+	// subscriber's statistics: wait for the workers to finish, so that a
+	// success is not recorded after what the test does next.
+	e.settled()
 	return out
 }
 

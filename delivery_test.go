@@ -339,6 +339,12 @@ func TestDormancyAndRevival(t *testing.T) {
 		s, err = e.r.Status(ctx, b.RelayActorID())
 		return err == nil && s.State == store.StateDormant
 	}, "dormant")
+	// The attempt that made b dormant stores the state before it drops
+	// b's deliveries: once it is finished, they are gone.
+	e.settled()
+	s, err = e.r.Status(ctx, b.RelayActorID())
+	require.NoError(t, err)
+	assert.Equal(t, store.StateDormant, s.State)
 	assert.Zero(t, s.Backlog, "deliveries dropped")
 
 	// Nothing is queued for a dormant subscriber.

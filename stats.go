@@ -129,6 +129,12 @@ func (e *subStats) apply(s *store.Subscriber) {
 		if s.LastSuccess.After(e.lastFailure) {
 			break // another process has delivered since
 		}
+		if s.State == store.StateAccepted && s.FailingSince.IsZero() && s.UpdatedAt.After(e.lastFailure) {
+			// Revived (or otherwise changed) after the last failure seen
+			// here: a flush that copied the failure run before a revive
+			// must not write it back onto the revived record.
+			break
+		}
 		if s.FailingSince.IsZero() || e.failingSince.Before(s.FailingSince) {
 			s.FailingSince = e.failingSince
 		}

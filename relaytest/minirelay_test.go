@@ -35,7 +35,10 @@ type miniRelay struct {
 	mutate   func([]byte) []byte
 	subs     map[string]*miniSub // by actor id
 	received []map[string]any
-	wg       sync.WaitGroup
+	// closed is set by close: later requests are refused, so that no wg.Add runs concurrently
+	// with close's wg.Wait.
+	closed bool
+	wg     sync.WaitGroup
 }
 
 type miniSub struct {
@@ -49,15 +52,26 @@ func newMiniRelay(t testing.TB, network *memnet.Network, host string) *miniRelay
 		r.host, r.base = host, "https://"+host
 		r.client = network.Client()
 		network.Handle(host, r)
-		t.Cleanup(func() { network.Remove(host); r.wg.Wait() })
+		t.Cleanup(func() { network.Remove(host); r.close() })
 	} else {
 		srv := httptest.NewServer(r)
 		u, _ := url.Parse(srv.URL)
 		r.host, r.base = u.Host, srv.URL
 		r.client = &http.Client{Timeout: 10 * time.Second}
-		t.Cleanup(func() { srv.Close(); r.wg.Wait() })
+		t.Cleanup(func() { srv.Close(); r.close() })
 	}
 	return r
+}
+
+// close refuses further requests and waits until the ones accepted are handled. A request can
+// still arrive after the host left the network: memnet runs a handler in a goroutine of its own
+// and does not wait for it once the client gave up (e.g. an instance's background delivery
+// cancelled by the instance's Close), so removing the host does not stop such a late request.
+func (r *miniRelay) close() {
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
+	r.wg.Wait()
 }
 
 func (r *miniRelay) actorID() string { return r.base + "/actor" }
@@ -82,10 +96,15 @@ func (r *miniRelay) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 			return
 		}
 		r.mu.Lock()
+		if r.closed {
+			r.mu.Unlock()
+			http.Error(w, "relay closed", http.StatusServiceUnavailable)
+			return
+		}
 		r.received = append(r.received, act)
+		r.wg.Add(1) // under r.mu, so never after close started waiting
 		r.mu.Unlock()
 		w.WriteHeader(http.StatusAccepted)
-		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
 			r.handle(act, body)
