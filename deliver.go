@@ -35,7 +35,8 @@ import (
 //     periodically (stats.go); payload bodies are cached, so a delivery
 //     costs the store one Lease share and one Complete.
 
-// batch collects payloads and deliveries to enqueue in one atomic step.
+// batch collects payloads and deliveries to enqueue, with the
+// deduplication marks that guard them (see enqueue).
 // One delivery is made per inbox: subscribers sharing an inbox get one copy.
 type batch struct {
 	r          *Relay
@@ -71,24 +72,78 @@ func (b *batch) add(p store.Payload, inbox, subscriber, activityType string) {
 	})
 }
 
-// enqueue stores the batch and takes marks in the same change (see
-// store.Store.Enqueue: a *store.SeenError, wrapped, if one is live), bounds
-// the backlog of the hosts it adds to and wakes the dispatcher. Once it
-// returns nil the work is as durable as the store.
+// enqueueChunk is the most deliveries one store change holds: a larger
+// fan-out is stored in several changes, so that its transient memory (the
+// encoded records and the store's transaction, ≈ 2 KB per delivery in the
+// file store) is bounded, and so that its first deliveries start while the
+// rest is being stored.
+const enqueueChunk = 1000
+
+// enqueue stores the batch and takes marks (see store.Store.Enqueue: a
+// *store.SeenError, wrapped, if one is live), bounds the backlog of the
+// hosts it adds to and wakes the dispatcher. Once it returns nil the work
+// is as durable as the store.
+//
+// A batch of more than enqueueChunk deliveries is stored in chunks, the
+// marks with the last one, so that a failure or crash between chunks
+// leaves no mark and the sender's retry queues the activity again. The
+// marks are checked before the first chunk. What a failed fan-out stored
+// stays: delivery ids are derived from payload and inbox, and the relay's
+// Announce of an object has an id (and payload id) derived from the
+// object, so the retry, or a concurrent copy that took the marks first,
+// queues the same deliveries, which the store does not queue twice.
 func (b *batch) enqueue(ctx context.Context, marks ...store.Mark) error {
 	if len(b.deliveries) == 0 && len(marks) == 0 {
 		return nil
 	}
-	if err := b.r.store.Enqueue(ctx, b.payloads, b.deliveries, marks...); err != nil {
-		return fmt.Errorf("relay: queueing %d deliveries: %w", len(b.deliveries), err)
+	chunk := b.r.enqueueChunk
+	rest := b.deliveries
+	if len(rest) > chunk && len(marks) > 0 {
+		if err := b.r.store.Enqueue(ctx, nil, nil, checkOnly(marks)...); err != nil {
+			return fmt.Errorf("relay: checking %d marks: %w", len(marks), err)
+		}
+	}
+	for ; len(rest) > chunk; rest = rest[chunk:] {
+		if err := b.storeChunk(ctx, rest[:chunk]); err != nil {
+			return err
+		}
+	}
+	return b.storeChunk(ctx, rest, marks...)
+}
+
+// storeChunk stores deliveries (and the payloads they refer to) in one change
+// with marks, then caches the bodies, bounds the backlogs and wakes the
+// dispatcher.
+func (b *batch) storeChunk(ctx context.Context, deliveries []store.Delivery, marks ...store.Mark) error {
+	payloads := b.payloads
+	if len(deliveries) < len(b.deliveries) {
+		payloads = nil
+		for _, p := range b.payloads {
+			if slices.ContainsFunc(deliveries, func(d store.Delivery) bool { return d.PayloadID == p.ID }) {
+				payloads = append(payloads, p)
+			}
+		}
+	}
+	if err := b.r.store.Enqueue(ctx, payloads, deliveries, marks...); err != nil {
+		return fmt.Errorf("relay: queueing %d deliveries: %w", len(deliveries), err)
 	}
 	q := b.r.queue
-	for _, p := range b.payloads {
+	for _, p := range payloads {
 		q.bodies.put(p.ID, p.Body)
 	}
-	q.bound(ctx, b.deliveries)
+	q.bound(ctx, deliveries)
 	q.wake()
 	return nil
+}
+
+// checkOnly returns marks with a zero Until: Enqueue checks them, reporting
+// live ones, but keeps none.
+func checkOnly(marks []store.Mark) []store.Mark {
+	out := make([]store.Mark, len(marks))
+	for i, m := range marks {
+		out[i] = store.Mark{ID: m.ID}
+	}
+	return out
 }
 
 // leaseDuration is how long a leased delivery stays reserved for this

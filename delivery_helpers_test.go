@@ -89,6 +89,8 @@ type spyStore struct {
 	// enqueueFails, while > 0, makes Enqueue calls that queue deliveries
 	// fail (counting down), storing nothing.
 	enqueueFails int
+	enqueueSkip  int // Enqueue calls that queue deliveries let through before enqueueFails applies
+	enqueues     int // Enqueue calls that queued deliveries
 	marks        int // MarkSeen and ForgetSeen calls
 }
 
@@ -104,6 +106,13 @@ func (s *spyStore) ForgetSeen(ctx context.Context, id string) error {
 	s.marks++
 	s.mu.Unlock()
 	return s.Store.ForgetSeen(ctx, id)
+}
+
+// enqueueCalls returns how many Enqueue calls queued deliveries.
+func (s *spyStore) enqueueCalls() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.enqueues
 }
 
 // separateMarks returns how many MarkSeen and ForgetSeen calls were made.
@@ -163,9 +172,15 @@ func (s *spyStore) Complete(ctx context.Context, ids ...string) error {
 // Enqueue fails, storing nothing, while enqueueFails is positive.
 func (s *spyStore) Enqueue(ctx context.Context, payloads []store.Payload, deliveries []store.Delivery, marks ...store.Mark) error {
 	s.mu.Lock()
-	fail := s.enqueueFails > 0 && len(deliveries) > 0
-	if fail {
-		s.enqueueFails--
+	fail := false
+	if len(deliveries) > 0 {
+		s.enqueues++
+		if s.enqueueSkip > 0 {
+			s.enqueueSkip--
+		} else if s.enqueueFails > 0 {
+			s.enqueueFails--
+			fail = true
+		}
 	}
 	s.mu.Unlock()
 	if fail {

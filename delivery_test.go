@@ -680,3 +680,72 @@ func TestFailedQueueingIsRetried(t *testing.T) {
 	assert.Equal(t, 1, countFor(in[1], "Announce", objectID))
 	assert.Zero(t, e.st.separateMarks(), "MarkSeen or ForgetSeen called")
 }
+
+// TestLargeFanOutInChunks: a fan-out larger than the relay's chunk is
+// stored in several store changes; every subscriber gets it once, and a
+// repeat of the activity is still recognised.
+func TestLargeFanOutInChunks(t *testing.T) {
+	e := newMemEnv(t, relay.Config{})
+	relay.SetEnqueueChunk(e.r, 2)
+	in := e.subscribed("a.test", "b.test", "c.test", "d.test", "e.test")
+	before := e.st.enqueueCalls()
+	body := createDoc(in[0], "alice", "chunked")
+	resp, err := in[0].Send(context.Background(), memRelayInbox, "alice", body)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusAccepted, resp.StatusCode)
+	objectID := in[0].ActorID("alice") + "/statuses/chunked"
+	for _, i := range in[1:] {
+		e.eventually(func() bool { return countFor(i, "Announce", objectID) == 1 }, "%s got the Announce", i.Host())
+	}
+	assert.Equal(t, 2, e.st.enqueueCalls()-before, "four deliveries in chunks of two")
+
+	resp, err = in[0].Send(context.Background(), memRelayInbox, "alice", body)
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusAccepted, resp.StatusCode, "a repeat")
+	e.settled()
+	assert.Equal(t, 2, e.st.enqueueCalls()-before, "a repeat queues nothing")
+	for _, i := range in[1:] {
+		assert.Equal(t, 1, countFor(i, "Announce", objectID), i.Host())
+	}
+}
+
+// TestFailedChunkIsRetried: when a later chunk of a fan-out cannot be
+// stored, the inbox answers 5xx and takes no mark, so the sender's retry
+// reaches every subscriber; the chunk stored before is queued again under
+// the same delivery ids and the same Announce id, so a subscriber it
+// reached before the retry is sent the same activity (at least once, and
+// recognisable by its id), never a different one.
+func TestFailedChunkIsRetried(t *testing.T) {
+	e := newMemEnv(t, relay.Config{})
+	relay.SetEnqueueChunk(e.r, 2)
+	in := e.subscribed("a.test", "b.test", "c.test", "d.test", "e.test")
+	e.st.mu.Lock()
+	e.st.enqueueSkip, e.st.enqueueFails = 1, 1
+	e.st.mu.Unlock()
+	body := createDoc(in[0], "alice", "half")
+	send := func() int {
+		resp, err := in[0].Send(context.Background(), memRelayInbox, "alice", body)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	assert.GreaterOrEqual(t, send(), 500, "the second chunk failed")
+	assert.Equal(t, http.StatusAccepted, send(), "the retry")
+	objectID := in[0].ActorID("alice") + "/statuses/half"
+	for _, i := range in[1:] {
+		e.eventually(func() bool { return countFor(i, "Announce", objectID) >= 1 }, "%s got the Announce", i.Host())
+	}
+	e.settled()
+	ids := map[string]bool{}
+	for _, i := range in[1:] {
+		for _, rc := range i.Received() {
+			if rc.Type == "Announce" && rc.ObjectID == objectID {
+				ids[rc.ID] = true
+			}
+		}
+		assert.LessOrEqual(t, countFor(i, "Announce", objectID), 2, i.Host())
+	}
+	assert.Len(t, ids, 1, "one Announce id for the activity")
+}

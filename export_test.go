@@ -33,3 +33,8 @@ func SetKeyFetchesPerHost(r *Relay, n int) {
 	defer c.mu.Unlock()
 	c.maxHostFetches = n
 }
+
+// SetEnqueueChunk sets the most deliveries the relay stores in one store
+// change (enqueueChunk by default), so that tests can fan out in chunks
+// with a few subscribers.
+func SetEnqueueChunk(r *Relay, n int) { r.enqueueChunk = n }

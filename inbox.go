@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/sha256"
@@ -571,21 +572,23 @@ func (r *Relay) fanOutBatch(env *envelope, body []byte, objectID, senderHost str
 		if s.Host == senderHost {
 			continue
 		}
-		p := &verbatim
 		if s.Protocol == store.ProtocolLitePub || wrapUnsigned {
 			if !announce {
 				continue
 			}
 			if announcement.ID == "" {
-				a, _, err := r.relayedAnnounce(objectID)
+				a, id, err := r.relayedAnnounce(objectID, env.Type+" "+cmp.Or(env.ID, objectID))
 				if err != nil {
 					return nil, err
 				}
-				announcement = store.Payload{ID: payloadID(a), Body: a}
+				// Named by its id, not its bytes (which hold the time):
+				// a retry of the fan-out makes the same deliveries.
+				announcement = store.Payload{ID: payloadID([]byte(id)), Body: a}
 			}
-			p = &announcement
+			b.add(announcement, s.DeliveryInbox(), s.ActorID, env.Type)
+			continue
 		}
-		b.add(*p, s.DeliveryInbox(), s.ActorID, env.Type)
+		b.add(verbatim, s.DeliveryInbox(), s.ActorID, env.Type)
 	}
 	return b, nil
 }

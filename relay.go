@@ -28,6 +28,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -303,6 +304,9 @@ type Relay struct {
 	policy    FollowPolicy
 	clock     Clock
 	now       func() time.Time
+	// enqueueChunk is the most deliveries stored in one change (see
+	// batch.enqueue); enqueueChunk, or smaller in tests.
+	enqueueChunk int
 
 	base     *url.URL
 	prefix   string // BaseURL path without trailing slash
@@ -390,6 +394,7 @@ func New(cfg Config) (*Relay, error) {
 		return nil, err
 	}
 	r.keys = newKeyCache(r)
+	r.enqueueChunk = enqueueChunk
 	r.queue = newDeliveryQueue(r)
 	r.handler = r.routes()
 	return r, nil
@@ -575,6 +580,15 @@ func (r *Relay) isClosed() bool {
 	default:
 		return false
 	}
+}
+
+// announceID returns the id of the relay's Announce made for the incoming
+// activity source (its type and id): derived from it, so that a repeated
+// fan-out of the same activity, after a failure, sends the same Announce,
+// which receivers recognise by its id.
+func (r *Relay) announceID(source string) string {
+	sum := sha256.Sum256([]byte(source))
+	return r.base.String() + "/activities/announce-" + hex.EncodeToString(sum[:16])
 }
 
 // newID returns a fresh id for one of the relay's own activities.
