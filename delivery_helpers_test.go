@@ -345,6 +345,16 @@ func (e *memEnv) post(i *relaytest.Instance, text string) *relaytest.Note {
 	return n
 }
 
+// send posts body to the relay's inbox, signed by i's alice, and returns
+// the status of the answer.
+func (e *memEnv) send(i *relaytest.Instance, body []byte) int {
+	e.t.Helper()
+	resp, err := i.Send(context.Background(), memRelayInbox, "alice", body)
+	require.NoError(e.t, err)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
 // eventually waits for cond; wait is a failure bound, not a performance
 // check.
 func (e *memEnv) eventually(cond func() bool, msgAndArgs ...any) {

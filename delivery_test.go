@@ -661,21 +661,15 @@ func TestFailedQueueingIsRetried(t *testing.T) {
 	e.st.mu.Unlock()
 
 	body := createDoc(in[0], "alice", "retried")
-	send := func() int {
-		resp, err := in[0].Send(context.Background(), memRelayInbox, "alice", body)
-		require.NoError(t, err)
-		resp.Body.Close()
-		return resp.StatusCode
-	}
-	assert.GreaterOrEqual(t, send(), 500, "queueing failed")
-	assert.Equal(t, http.StatusAccepted, send(), "the retry")
+	assert.GreaterOrEqual(t, e.send(in[0], body), 500, "queueing failed")
+	assert.Equal(t, http.StatusAccepted, e.send(in[0], body), "the retry")
 	// The relay announces the unsigned post; b.test fails to fetch the
 	// object (a.test does not serve it) and drops the Announce, but it
 	// has arrived.
 	objectID := in[0].ActorID("alice") + "/statuses/retried"
 	e.eventually(func() bool { return countFor(in[1], "Announce", objectID) == 1 }, "the retry relayed")
 
-	assert.Equal(t, http.StatusAccepted, send(), "a duplicate")
+	assert.Equal(t, http.StatusAccepted, e.send(in[0], body), "a duplicate")
 	e.settled()
 	assert.Equal(t, 1, countFor(in[1], "Announce", objectID))
 	assert.Zero(t, e.st.separateMarks(), "MarkSeen or ForgetSeen called")
@@ -690,20 +684,14 @@ func TestLargeFanOutInChunks(t *testing.T) {
 	in := e.subscribed("a.test", "b.test", "c.test", "d.test", "e.test")
 	before := e.st.enqueueCalls()
 	body := createDoc(in[0], "alice", "chunked")
-	resp, err := in[0].Send(context.Background(), memRelayInbox, "alice", body)
-	require.NoError(t, err)
-	resp.Body.Close()
-	require.Equal(t, http.StatusAccepted, resp.StatusCode)
+	require.Equal(t, http.StatusAccepted, e.send(in[0], body))
 	objectID := in[0].ActorID("alice") + "/statuses/chunked"
 	for _, i := range in[1:] {
 		e.eventually(func() bool { return countFor(i, "Announce", objectID) == 1 }, "%s got the Announce", i.Host())
 	}
 	assert.Equal(t, 2, e.st.enqueueCalls()-before, "four deliveries in chunks of two")
 
-	resp, err = in[0].Send(context.Background(), memRelayInbox, "alice", body)
-	require.NoError(t, err)
-	resp.Body.Close()
-	assert.Equal(t, http.StatusAccepted, resp.StatusCode, "a repeat")
+	assert.Equal(t, http.StatusAccepted, e.send(in[0], body), "a repeat")
 	e.settled()
 	assert.Equal(t, 2, e.st.enqueueCalls()-before, "a repeat queues nothing")
 	for _, i := range in[1:] {
@@ -725,14 +713,8 @@ func TestFailedChunkIsRetried(t *testing.T) {
 	e.st.enqueueSkip, e.st.enqueueFails = 1, 1
 	e.st.mu.Unlock()
 	body := createDoc(in[0], "alice", "half")
-	send := func() int {
-		resp, err := in[0].Send(context.Background(), memRelayInbox, "alice", body)
-		require.NoError(t, err)
-		resp.Body.Close()
-		return resp.StatusCode
-	}
-	assert.GreaterOrEqual(t, send(), 500, "the second chunk failed")
-	assert.Equal(t, http.StatusAccepted, send(), "the retry")
+	assert.GreaterOrEqual(t, e.send(in[0], body), 500, "the second chunk failed")
+	assert.Equal(t, http.StatusAccepted, e.send(in[0], body), "the retry")
 	objectID := in[0].ActorID("alice") + "/statuses/half"
 	for _, i := range in[1:] {
 		e.eventually(func() bool { return countFor(i, "Announce", objectID) >= 1 }, "%s got the Announce", i.Host())
