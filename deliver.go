@@ -86,16 +86,28 @@ const enqueueChunk = 1000
 //
 // A batch of more than enqueueChunk deliveries is stored in chunks, the
 // marks with the last one, so that a failure or crash between chunks
-// leaves no mark and the sender's retry queues the activity again. The
-// marks are checked before the first chunk. What a failed fan-out stored
-// stays: delivery ids are derived from payload and inbox, and the relay's
-// Announce of an object has an id (and payload id) derived from the
-// object, so the retry, or a concurrent copy that took the marks first,
-// queues the same deliveries, which the store does not queue twice.
+// leaves no mark and the sender's retry queues the activity again; the
+// marks are checked before the first chunk. Within this process, batches
+// taking the same marks are stored one after the other (markLocks), so a
+// copy of the activity, or another post of the same object, waits and
+// then finds the marks taken. What a failed fan-out stored stays: delivery
+// ids derive from payload and inbox, and the relay's Announce of a post
+// has an id (and payload id) derived from the object, so the retry queues
+// the same deliveries, which the store does not queue twice (once
+// completed, a delivery queued again is sent again: at least once).
 func (b *batch) enqueue(ctx context.Context, marks ...store.Mark) error {
 	if len(b.deliveries) == 0 && len(marks) == 0 {
 		return nil
 	}
+	ids := make([]string, len(marks))
+	for i, m := range marks {
+		ids[i] = m.ID
+	}
+	unlock, err := b.r.markLocks.lock(ctx, ids)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	chunk := b.r.enqueueChunk
 	rest := b.deliveries
 	if len(rest) > chunk && len(marks) > 0 {
@@ -134,6 +146,60 @@ func (b *batch) storeChunk(ctx context.Context, deliveries []store.Delivery, mar
 	q.bound(ctx, deliveries)
 	q.wake()
 	return nil
+}
+
+// keyedLocks are mutual-exclusion locks named by strings, held by one
+// goroutine at a time each; the zero value is ready to use.
+type keyedLocks struct {
+	mu      sync.Mutex
+	held    map[string]chan struct{} // closed when the lock is released
+	waiting int                      // goroutines waiting for a lock (tests)
+}
+
+// lock takes the locks named by ids (in sorted order, so that callers
+// taking overlapping sets cannot deadlock), waiting while another holder
+// has one, and returns the function that releases them. It returns
+// ctx.Err(), holding nothing, if ctx ends first.
+func (k *keyedLocks) lock(ctx context.Context, ids []string) (func(), error) {
+	ids = slices.Compact(slices.Sorted(slices.Values(ids)))
+	unlock := func(n int) {
+		k.mu.Lock()
+		for _, id := range ids[:n] {
+			close(k.held[id])
+			delete(k.held, id)
+		}
+		k.mu.Unlock()
+	}
+	for i, id := range ids {
+		for {
+			k.mu.Lock()
+			if k.held == nil {
+				k.held = map[string]chan struct{}{}
+			}
+			ch, busy := k.held[id]
+			if !busy {
+				k.held[id] = make(chan struct{})
+				k.mu.Unlock()
+				break
+			}
+			k.waiting++
+			k.mu.Unlock()
+			var err error
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				err = ctx.Err()
+			}
+			k.mu.Lock()
+			k.waiting--
+			k.mu.Unlock()
+			if err != nil {
+				unlock(i)
+				return nil, err
+			}
+		}
+	}
+	return func() { unlock(len(ids)) }, nil
 }
 
 // checkOnly returns marks with a zero Until: Enqueue checks them, reporting

@@ -92,6 +92,8 @@ type spyStore struct {
 	enqueueSkip  int // Enqueue calls that queue deliveries let through before enqueueFails applies
 	enqueues     int // Enqueue calls that queued deliveries
 	marks        int // MarkSeen and ForgetSeen calls
+	// afterEnqueue, if set, is called after each Enqueue that succeeded.
+	afterEnqueue func(deliveries []store.Delivery, marks []store.Mark)
 }
 
 func (s *spyStore) MarkSeen(ctx context.Context, id string, until time.Time) (bool, error) {
@@ -186,7 +188,14 @@ func (s *spyStore) Enqueue(ctx context.Context, payloads []store.Payload, delive
 	if fail {
 		return errors.New("spy: injected Enqueue failure")
 	}
-	return s.Store.Enqueue(ctx, payloads, deliveries, marks...)
+	err := s.Store.Enqueue(ctx, payloads, deliveries, marks...)
+	s.mu.Lock()
+	after := s.afterEnqueue
+	s.mu.Unlock()
+	if err == nil && after != nil {
+		after(deliveries, marks)
+	}
+	return err
 }
 
 // completeBatches returns how many Complete calls had more than one id.

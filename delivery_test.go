@@ -2,6 +2,7 @@ package relay_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -730,4 +731,76 @@ func TestFailedChunkIsRetried(t *testing.T) {
 		assert.LessOrEqual(t, countFor(i, "Announce", objectID), 2, i.Host())
 	}
 	assert.Len(t, ids, 1, "one Announce id for the activity")
+}
+
+// chunkedRace posts first from in[0] with the relay storing fan-outs in
+// chunks of two, and, once its first chunk is stored, posts second from
+// sender: while the first fan-out is between chunks, so that the second
+// has to wait for it. It returns the second post's status.
+func chunkedRace(t *testing.T, e *memEnv, in []*relaytest.Instance, first []byte, sender *relaytest.Instance, second []byte) int {
+	t.Helper()
+	var once sync.Once
+	status := make(chan int, 1)
+	e.st.mu.Lock()
+	e.st.afterEnqueue = func(ds []store.Delivery, marks []store.Mark) {
+		if len(marks) > 0 || len(ds) == 0 {
+			return
+		}
+		once.Do(func() {
+			go func() { status <- e.send(sender, second) }()
+			e.eventually(func() bool { return relay.FanOutsWaiting(e.r) == 1 }, "the second fan-out waits for the first")
+		})
+	}
+	e.st.mu.Unlock()
+	require.Equal(t, http.StatusAccepted, e.send(in[0], first))
+	return <-status
+}
+
+// announcesOf returns the ids of the Announces of objectID i received.
+func announcesOf(i *relaytest.Instance, objectID string) []string {
+	var ids []string
+	for _, rc := range i.Received() {
+		if rc.Type == "Announce" && rc.ObjectID == objectID {
+			ids = append(ids, rc.ID)
+		}
+	}
+	return ids
+}
+
+// TestChunkedFanOutsOfOneObject: a boost of a post arriving while the
+// post's fan-out is stored in chunks does not announce the object again.
+func TestChunkedFanOutsOfOneObject(t *testing.T) {
+	e := newMemEnv(t, relay.Config{})
+	relay.SetEnqueueChunk(e.r, 2)
+	in := e.subscribed("a.test", "b.test", "c.test", "d.test", "e.test")
+	objectID := in[0].ActorID("alice") + "/statuses/raced"
+	boost, err := json.Marshal(map[string]any{
+		"@context": "https://www.w3.org/ns/activitystreams",
+		"id":       in[1].ActorID("alice") + "/statuses/boost1/activity",
+		"type":     "Announce",
+		"actor":    in[1].ActorID("alice"),
+		"to":       []string{relay.PublicCollection},
+		"object":   objectID,
+	})
+	require.NoError(t, err)
+	assert.Equal(t, http.StatusAccepted, chunkedRace(t, e, in, createDoc(in[0], "alice", "raced"), in[1], boost))
+	e.settled()
+	for _, i := range in[1:] {
+		assert.Len(t, announcesOf(i, objectID), 1, i.Host())
+	}
+}
+
+// TestChunkedFanOutRepeated: the same activity arriving again while its
+// fan-out is stored in chunks is recognised as a repeat.
+func TestChunkedFanOutRepeated(t *testing.T) {
+	e := newMemEnv(t, relay.Config{})
+	relay.SetEnqueueChunk(e.r, 2)
+	in := e.subscribed("a.test", "b.test", "c.test", "d.test", "e.test")
+	body := createDoc(in[0], "alice", "twice")
+	assert.Equal(t, http.StatusAccepted, chunkedRace(t, e, in, body, in[0], body))
+	e.settled()
+	objectID := in[0].ActorID("alice") + "/statuses/twice"
+	for _, i := range in[1:] {
+		assert.Len(t, announcesOf(i, objectID), 1, i.Host())
+	}
 }

@@ -38,3 +38,11 @@ func SetKeyFetchesPerHost(r *Relay, n int) {
 // change (enqueueChunk by default), so that tests can fan out in chunks
 // with a few subscribers.
 func SetEnqueueChunk(r *Relay, n int) { r.enqueueChunk = n }
+
+// FanOutsWaiting returns how many fan-outs wait for another one that takes
+// the same deduplication marks.
+func FanOutsWaiting(r *Relay) int {
+	r.markLocks.mu.Lock()
+	defer r.markLocks.mu.Unlock()
+	return r.markLocks.waiting
+}

@@ -506,7 +506,8 @@ func (r *Relay) relayActivity(ctx context.Context, env *envelope, body []byte, s
 // at most maxVerbatimBytes, an Announce by the relay otherwise.
 //
 // Deduplication marks are taken in the same store change that queues the
-// deliveries, so a crash cannot leave a mark without its work: the
+// deliveries (the last one, for a fan-out stored in chunks: see
+// batch.enqueue), so a crash cannot leave a mark without its work: the
 // activity's id (a repeated activity is answered 202 and not queued
 // again), and, for a post, "announced:" and the object's id: the relay
 // announces an object once, and when it comes again in another Create or
@@ -577,7 +578,11 @@ func (r *Relay) fanOutBatch(env *envelope, body []byte, objectID, senderHost str
 				continue
 			}
 			if announcement.ID == "" {
-				a, id, err := r.relayedAnnounce(objectID, env.Type+" "+cmp.Or(env.ID, objectID))
+				source := env.Type + " " + cmp.Or(env.ID, objectID)
+				if isPost {
+					source = "post " + objectID
+				}
+				a, id, err := r.relayedAnnounce(objectID, source)
 				if err != nil {
 					return nil, err
 				}

@@ -307,6 +307,9 @@ type Relay struct {
 	// enqueueChunk is the most deliveries stored in one change (see
 	// batch.enqueue); enqueueChunk, or smaller in tests.
 	enqueueChunk int
+	// markLocks serialises the fan-outs that take the same deduplication
+	// marks (see batch.enqueue).
+	markLocks keyedLocks
 
 	base     *url.URL
 	prefix   string // BaseURL path without trailing slash
@@ -582,10 +585,11 @@ func (r *Relay) isClosed() bool {
 	}
 }
 
-// announceID returns the id of the relay's Announce made for the incoming
-// activity source (its type and id): derived from it, so that a repeated
-// fan-out of the same activity, after a failure, sends the same Announce,
-// which receivers recognise by its id.
+// announceID returns the id of the relay's Announce made for source: the
+// object, for a post (the relay announces an object once), else the
+// incoming activity's type and id. Derived from it, so that a fan-out
+// repeated after a failure, or another post of the same object, sends the
+// same Announce, which receivers recognise by its id.
 func (r *Relay) announceID(source string) string {
 	sum := sha256.Sum256([]byte(source))
 	return r.base.String() + "/activities/announce-" + hex.EncodeToString(sum[:16])

@@ -40,7 +40,7 @@ func memoryLimitFor(live, nonHeap uint64) int64 {
 // that the collector would run without end (as under a fixed limit). The
 // cost is more garbage-collection CPU for relays whose live heap exceeds
 // about 30 MB, and a slower inbox when one post fans out to thousands of
-// subscribers (the collector then runs several times per post: ≈ 0.4 s
+// subscribers (the collector then runs several times per post: ≈ 0.45 s
 // instead of ≈ 0.25 s per post to 10,000 subscribers in the backlog run of
 // the README's Performance section). Set GOMEMLIMIT (for example
 // GOMEMLIMIT=1GiB, or GOMEMLIMIT=off for none) to choose yourself.
