@@ -844,6 +844,9 @@ func (q *deliveryQueue) failure(d store.Delivery, cause error) bool {
 // revive makes a dormant subscriber accepted again (it sent something).
 func (r *Relay) revive(ctx context.Context, actorID string) error {
 	now := r.now().UTC()
+	// The statistics first: a flush that copied the failure run before
+	// this must not write it back once the store holds the revive.
+	r.queue.stats.revive(actorID)
 	_, err := r.store.UpdateSubscriber(ctx, actorID, func(s *store.Subscriber, found bool) error {
 		if !found {
 			return store.ErrNotFound
@@ -856,7 +859,6 @@ func (r *Relay) revive(ctx context.Context, actorID string) error {
 		return nil
 	})
 	if err == nil {
-		r.queue.stats.revive(actorID)
 		r.log.Info("relay: dormant subscriber is back", "actor", actorID)
 	}
 	return err

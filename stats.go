@@ -28,6 +28,9 @@ type subStats struct {
 	// failures, seeded from the store: what dormancy is decided on.
 	failingSince time.Time
 	seeded       bool // failingSince was read from the store
+	// revivals counts revives (see revive), so that a flush can tell that
+	// the failure run it copied ended meanwhile.
+	revivals int
 }
 
 func (s *subStats) dirty() bool { return s.delivered != 0 || s.failed != 0 }
@@ -107,11 +110,14 @@ func (st *deliveryStats) failure(ctx context.Context, subscriber string, now tim
 }
 
 // revive forgets a subscriber's run of failures (it became active again).
+// It is called before the store records the revive, so that a flush that
+// copied the run earlier does not write it back afterwards.
 func (st *deliveryStats) revive(subscriber string) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if e := st.m[subscriber]; e != nil {
 		e.runStart, e.failingSince, e.seeded = time.Time{}, time.Time{}, true
+		e.revivals++
 	}
 }
 
@@ -128,12 +134,6 @@ func (e *subStats) apply(s *store.Subscriber) {
 	case !e.runStart.IsZero(): // the last outcome seen here is a failure
 		if s.LastSuccess.After(e.lastFailure) {
 			break // another process has delivered since
-		}
-		if s.State == store.StateAccepted && s.FailingSince.IsZero() && s.UpdatedAt.After(e.lastFailure) {
-			// Revived (or otherwise changed) after the last failure seen
-			// here: a flush that copied the failure run before a revive
-			// must not write it back onto the revived record.
-			break
 		}
 		if s.FailingSince.IsZero() || e.failingSince.Before(s.FailingSince) {
 			s.FailingSince = e.failingSince
@@ -198,7 +198,14 @@ func (st *deliveryStats) flush(ctx context.Context) error {
 					if !found {
 						return store.ErrNotFound
 					}
-					p.e.apply(s)
+					e := p.e
+					st.mu.Lock()
+					if cur := st.m[p.id]; cur != nil && cur.revivals != e.revivals {
+						// Revived since the copy: its failure run is over.
+						e.runStart = time.Time{}
+					}
+					st.mu.Unlock()
+					e.apply(s)
 					return nil
 				})
 				switch {

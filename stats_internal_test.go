@@ -1,38 +1,69 @@
 package relay
 
 import (
+	"context"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/fedirelay/relay/store"
+	"github.com/fedirelay/relay/store/memstore"
 )
+
+// reviveDuringUpdate is a store whose first UpdateSubscriber runs hook
+// first: a revive that lands between a flush's copy and its write.
+type reviveDuringUpdate struct {
+	store.Store
+	once sync.Once
+	hook func()
+}
+
+func (s *reviveDuringUpdate) UpdateSubscriber(ctx context.Context, id string, fn func(*store.Subscriber, bool) error) (store.Subscriber, error) {
+	s.once.Do(s.hook)
+	return s.Store.UpdateSubscriber(ctx, id, fn)
+}
 
 // A flush copies a subscriber's failure run, then writes it: a revive
 // between the two must not get its cleared FailingSince written back
 // (after a restart, the next failure would make the subscriber dormant
-// again at once).
+// again at once). The counts are still written.
 func TestStaleFailureRunNotWrittenOverRevive(t *testing.T) {
+	ctx := context.Background()
+	const actor = "https://b.test/actor"
 	t0 := time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
-	failing := subStats{failed: 3, lastFailure: t0.Add(time.Hour), lastError: "HTTP 500",
-		runStart: t0, failingSince: t0, seeded: true}
+	ms := memstore.New()
+	_, err := ms.UpdateSubscriber(ctx, actor, func(s *store.Subscriber, _ bool) error {
+		s.Host, s.State, s.FailingSince = "b.test", store.StateDormant, t0
+		return nil
+	})
+	require.NoError(t, err)
+	st := &reviveDuringUpdate{Store: ms}
+	stats := newDeliveryStats(&Relay{store: st})
+	stats.failure(ctx, actor, t0.Add(time.Hour), "HTTP 500")
+	st.hook = func() { // what Relay.revive does, in its order
+		stats.revive(actor)
+		_, err := ms.UpdateSubscriber(ctx, actor, func(s *store.Subscriber, _ bool) error {
+			s.State, s.FailingSince = store.StateAccepted, time.Time{}
+			return nil
+		})
+		require.NoError(t, err)
+	}
 
-	revived := store.Subscriber{State: store.StateAccepted, UpdatedAt: t0.Add(2 * time.Hour)}
-	failing.apply(&revived)
-	assert.Zero(t, revived.FailingSince, "the revive's cleared failure run")
-	assert.Equal(t, int64(3), revived.Failed, "the counts are still written")
-	assert.Equal(t, t0.Add(time.Hour), revived.LastFailure)
+	require.NoError(t, stats.flush(ctx))
+	got, err := ms.GetSubscriber(ctx, actor)
+	require.NoError(t, err)
+	assert.Equal(t, store.StateAccepted, got.State)
+	assert.Zero(t, got.FailingSince, "the revive's cleared failure run")
+	assert.Equal(t, int64(1), got.Failed, "the counts are written")
+	assert.Equal(t, t0.Add(time.Hour), got.LastFailure)
 
-	// Without a revive, the run is written.
-	stillFailing := store.Subscriber{State: store.StateAccepted, UpdatedAt: t0.Add(-time.Hour)}
-	failing.apply(&stillFailing)
-	assert.Equal(t, t0, stillFailing.FailingSince)
-
-	// A failure after the revive starts a new run, written as usual.
-	again := failing
-	again.lastFailure, again.runStart, again.failingSince = t0.Add(3*time.Hour), t0.Add(3*time.Hour), t0.Add(3*time.Hour)
-	revived2 := store.Subscriber{State: store.StateAccepted, UpdatedAt: t0.Add(2 * time.Hour)}
-	again.apply(&revived2)
-	assert.Equal(t, t0.Add(3*time.Hour), revived2.FailingSince)
+	// Without a revive, a failure run is written.
+	stats.failure(ctx, actor, t0.Add(2*time.Hour), "HTTP 500")
+	require.NoError(t, stats.flush(ctx))
+	got, err = ms.GetSubscriber(ctx, actor)
+	require.NoError(t, err)
+	assert.Equal(t, t0.Add(2*time.Hour), got.FailingSince)
 }
