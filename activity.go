@@ -179,6 +179,10 @@ func checkJSONDepth(b []byte, max int) error {
 	return nil
 }
 
+// isPost reports whether the activity publishes its object: a Create or
+// an Announce (a boost), as opposed to Update, Delete or Move.
+func (e *envelope) isPost() bool { return e.Type == "Create" || e.Type == "Announce" }
+
 // IsPublic reports whether the activity is addressed to as:Public in to or cc.
 func (e *envelope) IsPublic() bool {
 	for _, l := range [][]string{e.To, e.Cc} {

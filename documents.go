@@ -259,10 +259,10 @@ func writeDoc(w http.ResponseWriter, r *Relay, contentType string, body []byte, 
 
 // relayedAnnounce builds the Announce of objectID by the relay actor that
 // LitePub subscribers (and Mastodon-style ones, for activities without an
-// LD signature) receive, for the incoming activity source (see announceID).
+// LD signature) receive for the incoming activity env (see announceID).
 // GoToSocial refuses an Announce without to/cc.
-func (r *Relay) relayedAnnounce(objectID, source string) ([]byte, string, error) {
-	id := r.announceID(source)
+func (r *Relay) relayedAnnounce(env *envelope, objectID string) ([]byte, string, error) {
+	id := r.announceID(env, objectID)
 	a := vocab.AnnounceNew(vocab.ID(id), vocab.IRI(objectID))
 	a.Actor = vocab.IRI(r.actorID)
 	a.Published = r.now().UTC().Truncate(1e9)

@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"cmp"
 	"context"
 	"crypto"
 	"crypto/sha256"
@@ -488,7 +487,7 @@ func (r *Relay) relayActivity(ctx context.Context, env *envelope, body []byte, s
 	if err != nil {
 		return err
 	}
-	if isPost := env.Type == "Create" || env.Type == "Announce"; isPost && !env.Published.IsZero() &&
+	if env.isPost() && !env.Published.IsZero() &&
 		r.now().Sub(env.Published) > r.cfg.MaxActivityAge {
 		return accepted("published " + env.Published.String() + ", longer ago than the maximum age")
 	}
@@ -523,8 +522,7 @@ func (r *Relay) fanOut(ctx context.Context, env *envelope, body []byte, objectID
 	if env.ID == "" {
 		marks[0].ID = "delete:" + objectID
 	}
-	isPost := env.Type == "Create" || env.Type == "Announce"
-	if objectID != "" && isPost {
+	if objectID != "" && env.isPost() {
 		marks = append(marks, store.Mark{ID: "announced:" + objectID, Until: until})
 	}
 	announce := objectID != ""
@@ -540,7 +538,7 @@ func (r *Relay) fanOut(ctx context.Context, env *envelope, body []byte, objectID
 			return err
 		case seen.Has(marks[0].ID):
 			return accepted("duplicate " + marks[0].ID)
-		case len(marks) == 2 && seen.Has(marks[1].ID) && announce:
+		case len(marks) == 2 && seen.Has(marks[1].ID):
 			// Announced already: queue the verbatim deliveries only.
 			announce, marks = false, marks[:1]
 		default:
@@ -555,7 +553,7 @@ func (r *Relay) fanOut(ctx context.Context, env *envelope, body []byte, objectID
 func (r *Relay) fanOutBatch(env *envelope, body []byte, objectID, senderHost string, subs []store.Subscriber, announce bool) (*batch, error) {
 	verbatim := store.Payload{ID: payloadID(body), Body: body}
 	var announcement store.Payload
-	isPost := env.Type == "Create" || env.Type == "Announce"
+	isPost := env.isPost()
 	// An Announce that embeds an object of another origin is never
 	// forwarded as it is: only the object's IRI is relayed, so receivers
 	// fetch it from its origin.
@@ -578,11 +576,7 @@ func (r *Relay) fanOutBatch(env *envelope, body []byte, objectID, senderHost str
 				continue
 			}
 			if announcement.ID == "" {
-				source := env.Type + " " + cmp.Or(env.ID, objectID)
-				if isPost {
-					source = "post " + objectID
-				}
-				a, id, err := r.relayedAnnounce(objectID, source)
+				a, id, err := r.relayedAnnounce(env, objectID)
 				if err != nil {
 					return nil, err
 				}
