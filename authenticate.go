@@ -1,0 +1,184 @@
+package relay
+
+// Authenticating an inbox request: its HTTP signature (draft-cavage or
+// RFC 9421) checked against the signer's key.
+
+import (
+	"context"
+	"crypto"
+	"errors"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+)
+
+func (r *Relay) verifyOptions() VerifyOptions {
+	return VerifyOptions{Now: r.now(), MaxAge: r.cfg.SignatureMaxAge, MaxFuture: r.cfg.ClockSkew}
+}
+
+// authenticate verifies the request's signature with the signer's key,
+// fetching it (cached; fetched again if verification fails, in case the key
+// was rotated, unless it was fetched less than keyRefetchInterval ago, in
+// which case the failure is a 401 without any fetch). An expired key of a
+// subscribed host is used while it is fetched again (see keyCache.get). It
+// waits at most Config.KeyFetchTimeout for keys. It returns an error
+// wrapping errGone when the key's document is gone, and an *inboxError
+// otherwise.
+func (r *Relay) authenticate(ctx context.Context, req *http.Request, sig inboundSignature) (*remoteKey, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.KeyFetchTimeout)
+	defer cancel()
+	keyID := sig.keyID()
+	key, err := r.keys.get(ctx, keyID, nil)
+	if err != nil {
+		return nil, keyError("cannot get key "+keyID, err)
+	}
+	verr := sig.verify(req, key.Key)
+	if verr == nil {
+		key.markVerified()
+		return key, nil
+	}
+	fresh, err := r.keys.get(ctx, keyID, key)
+	switch {
+	case errors.Is(err, errRefetchTooSoon):
+		return nil, refuse(http.StatusUnauthorized, "%v", verr)
+	case err != nil:
+		return nil, keyError("cannot refresh key "+keyID, err)
+	}
+	if err := sig.verify(req, fresh.Key); err != nil {
+		return nil, refuse(http.StatusUnauthorized, "%v", err)
+	}
+	fresh.markVerified()
+	return fresh, nil
+}
+
+// keyError maps a key lookup failure to the inbox's answer: 429 when the
+// keyId host's fetch budget is spent, 503 when the key server did not
+// answer in time or too many keys are being fetched (the sender should
+// retry), 401 otherwise.
+func keyError(what string, err error) error {
+	var rl *rateLimitedError
+	var ne net.Error
+	switch {
+	case errors.Is(err, errGone):
+		return err
+	case errors.As(err, &rl):
+		return refuseRetry(http.StatusTooManyRequests, rl.after, "%s: %v", what, err)
+	case errors.Is(err, errKeyFetchesBusy):
+		return refuseRetry(http.StatusServiceUnavailable, keyBusyRetryAfter, "%s: %v", what, err)
+	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
+		return refuseRetry(http.StatusServiceUnavailable, keyRetryAfter, "%s: timed out", what)
+	}
+	return refuse(http.StatusUnauthorized, "%s: %v", what, err)
+}
+
+// keyBusyRetryAfter is the Retry-After sent when the key fetches in flight
+// are at their cap (maxKeyFetchesPerHost for the keyId host, or
+// maxKeyFetches for hosts without a subscriber).
+const keyBusyRetryAfter = 10 * time.Second
+
+// keyRetryAfter is the Retry-After sent when a key fetch timed out.
+const keyRetryAfter = time.Minute
+
+// inboundSignature is an incoming request's signature: draft-cavage or
+// RFC 9421.
+type inboundSignature interface {
+	keyID() string
+	rfc9421() bool
+	check(req *http.Request, body []byte, opts VerifyOptions) error
+	verify(req *http.Request, pub crypto.PublicKey) error
+}
+
+// requestSignature returns the request's RFC 9421 signature if it has a
+// Signature-Input header, else its draft-cavage signature.
+//
+// Behind a reverse proxy that rewrites Host (nginx's default proxy_pass,
+// Apache without ProxyPreserveHost) the request's Host is not the one the
+// sender signed: senders address the relay by its public URL. When the two
+// differ, a signature is verified against the request's Host first, then
+// against BaseURL's host.
+func (r *Relay) requestSignature(req *http.Request) (inboundSignature, error) {
+	publicHost := ""
+	if !strings.EqualFold(req.Host, r.base.Host) {
+		publicHost = r.base.Host
+	}
+	if len(req.Header.Values("Signature-Input")) == 0 {
+		p, err := FromRequest(req)
+		if err != nil {
+			return nil, err
+		}
+		return cavageSignature{p: p, publicHost: publicHost}, nil
+	}
+	m, err := MessageSignatureFromRequest(req)
+	if err != nil {
+		return nil, err
+	}
+	// @target-uri is the URL the sender used: the relay's public scheme
+	// (a TLS-terminating proxy hides it) with the request's host and path.
+	s := &messageSignature{m: m, req: withURL(req, r.base.Scheme, req.Host)}
+	if publicHost != "" {
+		s.public = withURL(req, r.base.Scheme, publicHost)
+	}
+	return s, nil
+}
+
+// withURL returns a shallow copy of req addressed to scheme://host with
+// req's path and query, and Host set to host.
+func withURL(req *http.Request, scheme, host string) *http.Request {
+	abs := *req
+	u := *req.URL
+	u.Scheme, u.Host = scheme, host
+	abs.URL = &u
+	abs.Host = host
+	return &abs
+}
+
+type cavageSignature struct {
+	p          *SignatureParams
+	publicHost string // BaseURL's host if the request's Host differs, else ""
+}
+
+func (s cavageSignature) keyID() string { return s.p.KeyID }
+
+func (s cavageSignature) rfc9421() bool { return false }
+
+func (s cavageSignature) check(req *http.Request, body []byte, opts VerifyOptions) error {
+	return s.p.Check(req, body, opts)
+}
+
+func (s cavageSignature) verify(req *http.Request, pub crypto.PublicKey) error {
+	err := s.p.Verify(req, pub)
+	if err != nil && s.publicHost != "" && slices.Contains(s.p.Headers, "host") {
+		if s.p.VerifyHost(req, pub, s.publicHost) == nil {
+			return nil
+		}
+	}
+	return err
+}
+
+// messageSignature checks and verifies against req, the request with an
+// absolute URL, whatever request it is given; and if that fails, against
+// public, the same request addressed to BaseURL's host, when the request's
+// Host differs from it.
+type messageSignature struct {
+	m      *MessageSignature
+	req    *http.Request
+	public *http.Request
+}
+
+func (s *messageSignature) keyID() string { return s.m.KeyID }
+
+func (s *messageSignature) rfc9421() bool { return true }
+
+func (s *messageSignature) check(_ *http.Request, body []byte, opts VerifyOptions) error {
+	return s.m.Check(s.req, body, opts)
+}
+
+func (s *messageSignature) verify(_ *http.Request, pub crypto.PublicKey) error {
+	err := s.m.Verify(s.req, pub)
+	if err != nil && s.public != nil && s.m.Verify(s.public, pub) == nil {
+		return nil
+	}
+	return err
+}
