@@ -33,7 +33,7 @@ func (r *Relay) blockedHost(env *envelope) string {
 // Accept and Reject concern the actor's own relationships.
 func requireSelf(env *envelope, signer *remoteActor) error {
 	if signer.ID != env.Actor {
-		return refuse(http.StatusUnauthorized, "signed by %s, not by the actor %s", signer.ID, env.Actor)
+		return badSignature("not_bound", refuse(http.StatusUnauthorized, "signed by %s, not by the actor %s", signer.ID, env.Actor))
 	}
 	return nil
 }
@@ -53,7 +53,7 @@ func requireBound(env *envelope, signer *remoteActor, subscribers []store.Subscr
 	if s := subscriberWithActor(subscribers, signer.ID); s != nil && s.State != store.StateRejected && sameOrigin(signer.ID, env.Actor) {
 		return nil
 	}
-	return refuse(http.StatusUnauthorized, "signed by %s, which may not speak for %s", signer.ID, env.Actor)
+	return badSignature("not_bound", refuse(http.StatusUnauthorized, "signed by %s, which may not speak for %s", signer.ID, env.Actor))
 }
 
 // admitSender returns the subscription that env's actor sends under (the

@@ -287,6 +287,8 @@ func (q *deliveryQueue) leaseSome(force bool) (n int, held bool, err error) {
 		skipIfFull(h)
 	}
 	q.mu.Unlock()
+	q.r.health.leasing(time.Now())
+	defer q.r.health.leasing(time.Time{})
 	ds, err := q.r.store.Lease(q.ctx, store.LeaseRequest{
 		Now:       now.UTC(),
 		Limit:     free,
@@ -413,6 +415,7 @@ func (q *deliveryQueue) deliver(d store.Delivery) (outcome, time.Duration) {
 		return outcomeSkipped, 0
 	}
 	status, retryAfter, err := r.post(ctx, d.Inbox, d.Subscriber, body)
+	q.observe(d, status, err)
 	switch {
 	case ctx.Err() != nil:
 		// Shutting down: the delivery is released for a later attempt.
@@ -431,6 +434,8 @@ func (q *deliveryQueue) deliver(d store.Delivery) (outcome, time.Duration) {
 	case err == nil && status >= 400 && !transientStatus(status):
 		// The receiver refuses this message; repeating it will not help.
 		q.complete(d)
+		r.log.Info("relay: delivery refused, not retried", "subscriber", d.Subscriber, "inbox", d.Inbox, "status", status, "type", d.ActivityType)
+		r.events.Dropped("budget", 1)
 		if d.Subscriber != "" {
 			q.failure(d, fmt.Errorf("HTTP %d", status))
 			if status == http.StatusUnauthorized || status == http.StatusForbidden || status == http.StatusNotFound {
@@ -527,6 +532,7 @@ func (q *deliveryQueue) retry(d store.Delivery, cause error, retryAfter time.Dur
 	}
 	if d.Attempts >= r.cfg.MaxAttempts {
 		r.log.Warn("relay: giving up delivery", "inbox", d.Inbox, "attempts", d.Attempts, "err", cause)
+		r.events.Dropped("budget", 1)
 		q.complete(d)
 		return
 	}
@@ -656,9 +662,11 @@ func (q *deliveryQueue) failure(d store.Delivery, cause error) bool {
 		return false
 	}
 	r.log.Warn("relay: subscriber failing, now dormant", "actor", d.Subscriber, "failing_since", since)
-	if _, err := r.store.DropDeliveries(ctx, store.DeliveryFilter{Subscriber: d.Subscriber}); err != nil {
+	n, err := r.store.DropDeliveries(ctx, store.DeliveryFilter{Subscriber: d.Subscriber})
+	if err != nil {
 		r.log.Error("relay: dropping deliveries of dormant subscriber", "actor", d.Subscriber, "err", err)
 	}
+	r.events.Dropped("dormant", n)
 	return true
 }
 
@@ -688,6 +696,7 @@ func (q *deliveryQueue) bound(ctx context.Context, ds []store.Delivery) {
 			var shed int
 			shed, err = q.r.store.ShedDeliveries(ctx, h, limit, sheddable)
 			if shed > 0 {
+				q.r.events.Dropped("shed", shed)
 				q.r.log.Warn("relay: host backlog over its bound, shed oldest posts", "host", h, "backlog", n, "shed", shed)
 			}
 			n -= shed

@@ -40,6 +40,7 @@ func (r *Relay) serveInbox(w http.ResponseWriter, req *http.Request) {
 	defer r.inflight.Done()
 
 	err := r.receive(req.Context(), w, req)
+	r.observeInbox(err)
 	var ie *inboxError
 	var ok accepted
 	switch {
@@ -79,20 +80,20 @@ func (r *Relay) receive(ctx context.Context, w http.ResponseWriter, req *http.Re
 	}
 	sig, err := r.requestSignature(req)
 	if err != nil {
-		return refuse(http.StatusUnauthorized, "%v", err)
+		return badSignature("malformed", refuse(http.StatusUnauthorized, "%v", err))
 	}
 	keyID := sig.keyID()
 	if len(keyID) > maxIDLength {
 		return refuse(http.StatusBadRequest, "keyId is %d bytes long, over the %d-byte limit for ids", len(keyID), maxIDLength)
 	}
 	if err := checkIRI(keyID); err != nil {
-		return refuse(http.StatusUnauthorized, "unsupported keyId: %v", err)
+		return badSignature("malformed", refuse(http.StatusUnauthorized, "unsupported keyId: %v", err))
 	}
 	if r.guard.blocked.blockedURL(keyID) {
 		return refuse(http.StatusForbidden, "%s is blocked", hostOf(keyID))
 	}
 	if err := sig.check(req, body, r.verifyOptions()); err != nil {
-		return refuse(http.StatusUnauthorized, "%v", err)
+		return badSignature("invalid", refuse(http.StatusUnauthorized, "%v", err))
 	}
 	env, err := parseEnvelope(body)
 	if err != nil {
@@ -118,11 +119,12 @@ func (r *Relay) receive(ctx context.Context, w http.ResponseWriter, req *http.Re
 			r.removeIfGone(ctx, env.Actor)
 			return accepted("delete from an actor whose key is gone")
 		}
-		return refuse(http.StatusUnauthorized, "key %s is gone", keyID)
+		return badSignature("gone", refuse(http.StatusUnauthorized, "key %s is gone", keyID))
 	}
 	if err != nil {
-		return err
+		return badSignature("key", err)
 	}
+	r.software.learn(hostOf(key.ID), req.UserAgent())
 	if ok, after := r.inLimit.allow(hostOf(key.ID), r.now()); !ok {
 		return refuseRetry(http.StatusTooManyRequests, after, "too many requests from %s", hostOf(key.ID))
 	}
@@ -162,6 +164,10 @@ func (r *Relay) relayActivity(ctx context.Context, env *envelope, body []byte, s
 	}
 	objectID, err := r.filterActivity(env, signer, sender, senders)
 	if err != nil {
+		var ok accepted
+		if errors.As(err, &ok) {
+			r.events.Dropped("filter", 1)
+		}
 		return err
 	}
 	return r.fanOut(ctx, env, body, objectID, hostOf(env.Actor))

@@ -5,6 +5,7 @@ package relay
 
 import (
 	"fmt"
+	"net/http"
 	"strings"
 	"time"
 )
@@ -15,6 +16,9 @@ type inboxError struct {
 	status     int
 	msg        string
 	retryAfter time.Duration // sent as Retry-After when > 0
+	// signature is the reason reported to Observer.SignatureFailure when
+	// the request is refused for its signature, else "".
+	signature string
 }
 
 func (e *inboxError) Error() string { return e.msg }
@@ -31,6 +35,15 @@ func refuse(status int, format string, args ...any) error {
 func refuseRetry(status int, after time.Duration, format string, args ...any) error {
 	err := refuse(status, format, args...).(*inboxError)
 	err.retryAfter = after
+	return err
+}
+
+// badSignature marks err, if it is an inbox refusal, as a signature
+// failure for Observer.SignatureFailure, and returns it.
+func badSignature(reason string, err error) error {
+	if ie, ok := err.(*inboxError); ok && ie.signature == "" && ie.status == http.StatusUnauthorized {
+		ie.signature = reason
+	}
 	return err
 }
 

@@ -279,6 +279,15 @@ type Config struct {
 	// senders do not retry. Activities without published (such as
 	// Mastodon's Deletes) and other types are not affected. Default 1 hour.
 	MaxActivityAge time.Duration
+
+	// Events receives the relay's events, for metrics (see Observer and
+	// package metrics/promrelay). If nil, nothing is reported.
+	Events Observer
+
+	// PublishBlocks lists the blocked domains (Config.BlockedDomains and
+	// the run-time block list) on the public status page. By default the
+	// page says only how many domains are blocked.
+	PublishBlocks bool
 }
 
 // Defaults of the Config fields that limit what the relay accepts.
@@ -331,6 +340,10 @@ type Relay struct {
 	inflight sync.WaitGroup // inbox requests being handled
 	bg       sync.WaitGroup // background loops other than delivery
 	policyMu sync.Mutex     // serialises changes of the run-time block list
+	events   Observer       // Config.Events, or a NopObserver
+	software softwareBook   // software family of subscribed hosts
+	activity activityLog    // counts for the status page and the log summary
+	health   healthState    // what /readyz reports on
 }
 
 // Store key under which the relay's private key is kept (PKCS#8 PEM).
@@ -367,6 +380,10 @@ func New(cfg Config) (*Relay, error) {
 	if r.store == nil {
 		r.store = memstore.New()
 		r.ownsStore = true
+	}
+	r.events = eventsOf(&cfg)
+	if cfg.Events != nil {
+		r.store = observedStore{Store: r.store, ev: r.events}
 	}
 	r.guard = newGuard(&cfg)
 	if r.transport == nil {
@@ -528,8 +545,9 @@ func (r *Relay) Start() error {
 	if err := r.queue.start(); err != nil {
 		return err
 	}
-	r.bg.Add(1)
+	r.bg.Add(2)
 	go r.refreshPolicies()
+	go r.logSummaries()
 	return nil
 }
 

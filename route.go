@@ -50,8 +50,12 @@ func (r *Relay) fanOut(ctx context.Context, env *envelope, body []byte, objectID
 		var seen *store.SeenError
 		switch {
 		case !errors.As(err, &seen):
+			if err == nil {
+				r.relayed(env, b, body)
+			}
 			return err
 		case seen.Has(marks[0].ID):
+			r.events.Dropped("duplicate", 1)
 			return accepted("duplicate " + marks[0].ID)
 		case len(marks) == 2 && seen.Has(marks[1].ID):
 			// Announced already: queue the verbatim deliveries only.

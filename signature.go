@@ -46,12 +46,12 @@ func (r *Relay) authenticate(ctx context.Context, req *http.Request, sig inbound
 	fresh, err := r.keys.get(ctx, keyID, key)
 	switch {
 	case errors.Is(err, errRefetchTooSoon):
-		return nil, refuse(http.StatusUnauthorized, "%v", verr)
+		return nil, badSignature("invalid", refuse(http.StatusUnauthorized, "%v", verr))
 	case err != nil:
 		return nil, keyError("cannot refresh key "+keyID, err)
 	}
 	if err := sig.verify(req, fresh.Key); err != nil {
-		return nil, refuse(http.StatusUnauthorized, "%v", err)
+		return nil, badSignature("invalid", refuse(http.StatusUnauthorized, "%v", err))
 	}
 	fresh.markVerified()
 	return fresh, nil
