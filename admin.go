@@ -272,6 +272,11 @@ type DeliveryStatus struct {
 	// Hosts lists the hosts with deliveries in flight or a circuit that is
 	// not closed, in no particular order.
 	Hosts []HostStatus
+	// Lag estimates the age of the oldest due delivery: how long the
+	// oldest delivery of the last lease had been due, plus the time since
+	// that lease while every worker is busy. Near zero while the relay
+	// keeps up.
+	Lag time.Duration
 }
 
 // DeliveryStatus returns an overview of the delivery queue. It is safe for
@@ -285,7 +290,7 @@ func (r *Relay) DeliveryStatus(ctx context.Context) (DeliveryStatus, error) {
 	now := r.now()
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	st := DeliveryStatus{Backlog: n, InFlight: q.busy}
+	st := DeliveryStatus{Backlog: n, InFlight: q.busy, Lag: q.lagLocked(now)}
 	hosts := map[string]*HostStatus{}
 	get := func(h string) *HostStatus {
 		if hosts[h] == nil {

@@ -93,6 +93,8 @@ type deliveryQueue struct {
 	breakers map[string]*breaker         // hosts whose breaker is not closed and clean
 	backlog  map[string]int              // upper estimate of each host's queued deliveries
 	checked  map[string]time.Time        // when a subscriber's actor was last checked for 410
+	lag      time.Duration               // how long the oldest delivery of the last Lease had been due
+	lagAt    time.Time                   // when that Lease was made
 }
 
 func newDeliveryQueue(r *Relay) *deliveryQueue {
@@ -299,6 +301,7 @@ func (q *deliveryQueue) leaseSome(force bool) (n int, held bool, err error) {
 	if err != nil {
 		return 0, false, err
 	}
+	q.noteLag(ds, now)
 	for _, d := range ds {
 		q.mu.Lock()
 		_, done := q.done[d.ID]

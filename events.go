@@ -5,6 +5,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"regexp"
 	"strings"
@@ -299,4 +300,18 @@ func (s observedStore) Close() error {
 		return c.Close()
 	}
 	return nil
+}
+
+// keyFetchOutcome names the result of a key fetch for Observer.KeyFetch.
+func keyFetchOutcome(err error) string {
+	var ne net.Error
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, errGone):
+		return "gone"
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	}
+	return "error"
 }

@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"sync/atomic"
 	"time"
+
+	"github.com/fedirelay/relay/store"
 )
 
 // healthState is what readiness is decided on besides asking the store.
@@ -95,4 +97,28 @@ func (r *Relay) ServeReadyz(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	_, _ = w.Write([]byte("ready\n"))
+}
+
+// noteLag records how long the oldest of the deliveries just leased at
+// now had been due (see DeliveryStatus.Lag).
+func (q *deliveryQueue) noteLag(ds []store.Delivery, now time.Time) {
+	var lag time.Duration
+	for _, d := range ds {
+		lag = max(lag, now.Sub(d.NotBefore))
+	}
+	q.mu.Lock()
+	q.lag, q.lagAt = lag, now
+	q.mu.Unlock()
+}
+
+// lagLocked estimates the age of the oldest due delivery at now; q.mu
+// must be held.
+func (q *deliveryQueue) lagLocked(now time.Time) time.Duration {
+	if q.lagAt.IsZero() {
+		return 0
+	}
+	if q.busy >= q.r.cfg.Workers {
+		return q.lag + now.Sub(q.lagAt)
+	}
+	return q.lag
 }

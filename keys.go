@@ -375,11 +375,13 @@ func (c *keyCache) get(ctx context.Context, keyID string, stale *remoteKey) (*re
 // c.mu must be held.
 func (c *keyCache) start(keyID, host string, old *remoteKey, subscribed bool, now time.Time) (*keyCall, error) {
 	if c.hostFetches[host] >= c.maxHostFetches || !subscribed && c.sharedFetches >= c.maxFetches {
+		c.r.events.KeyFetch("busy")
 		return nil, errKeyFetchesBusy
 	}
 	call := &keyCall{done: make(chan struct{}), host: host, shared: !subscribed, start: now, old: old}
 	if old == nil || !subscribed {
 		if err := c.r.takeKeyFetchTokens(host, subscribed, now); err != nil {
+			c.r.events.KeyFetch("limited")
 			return nil, err
 		}
 		call.refund = c.r.keyLimit != nil
@@ -454,6 +456,7 @@ func (c *keyCache) resolve(keyID string, call *keyCall) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.r.cfg.KeyFetchTimeout)
 	defer cancel()
 	key, err := c.r.resolveKey(ctx, keyID)
+	c.r.events.KeyFetch(keyFetchOutcome(err))
 	if err == nil && call.refund {
 		c.r.keyLimit.refund(call.host, c.r.now())
 	}

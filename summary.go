@@ -178,3 +178,8 @@ func (r *Relay) logSummary() {
 	r.log.Info("relay: traffic summary", "period", summaryInterval, "relayed", relayed,
 		"delivered", delivered, "failed", failed, "backlog", backlog)
 }
+
+// PostsLastHour returns how many posts (Creates and Announces) the relay
+// accepted for relaying in the last 60 minutes, counted by this process
+// since it started. It is safe for concurrent use.
+func (r *Relay) PostsLastHour() int64 { return r.activity.postsLastHour(r.now()) }
