@@ -2,7 +2,6 @@ package relay
 
 import (
 	"encoding/json"
-	"fmt"
 	"html/template"
 	"net/http"
 	"strings"
@@ -29,7 +28,10 @@ const (
 //	GET  P/actor/outbox
 //	GET  P/nodeinfo/2.0           NodeInfo documents
 //	GET  P/nodeinfo/2.1
-//	GET  P/{$}                    a short plain-text page for people
+//	GET  P/{$}                    the status page: HTML for browsers, JSON
+//	                              with ?format=json or Accept: application/json,
+//	                              plain text otherwise (see PublicStatus)
+//	GET  P/status.css             the status page's style sheet
 //	GET  /.well-known/webfinger   acct:relay@host and the actor URL
 //	GET  /.well-known/nodeinfo
 //	GET  /.well-known/host-meta
@@ -50,6 +52,7 @@ func (r *Relay) routes() http.Handler {
 	}
 	mux.HandleFunc("GET "+p+"/nodeinfo/{version}", r.serveNodeInfo)
 	mux.HandleFunc("GET "+p+"/{$}", r.serveIndex)
+	mux.HandleFunc("GET "+p+"/status.css", serveCSS)
 	mux.HandleFunc("GET /.well-known/webfinger", r.serveWebFinger)
 	mux.HandleFunc("GET /.well-known/nodeinfo", r.serveNodeInfoLinks)
 	mux.HandleFunc("GET /.well-known/host-meta", r.serveHostMeta)
@@ -231,18 +234,6 @@ func (r *Relay) serveNodeInfo(w http.ResponseWriter, req *http.Request) {
 	}
 	b, err := json.Marshal(n)
 	writeDoc(w, r, `application/json; profile="`+nodeInfoSchema+version+`#"`, b, err)
-}
-
-func (r *Relay) serveIndex(w http.ResponseWriter, req *http.Request) {
-	n := 0
-	if subs, err := r.store.ListSubscribers(req.Context(), store.SubscriberFilter{State: store.StateAccepted}); err == nil {
-		n = len(subs)
-	}
-	body := fmt.Sprintf("%s — an ActivityPub relay (fedirelay %s)\n\n"+
-		"Mastodon, Misskey: subscribe with the inbox URL  %s\n"+
-		"Pleroma, Akkoma, Friendica, GoToSocial: follow the actor  %s\n\n"+
-		"%d subscribed servers.\n", r.cfg.Name, Version, r.inboxURL, r.actorID, n)
-	writeDoc(w, r, "text/plain; charset=utf-8", []byte(body), nil)
 }
 
 // writeDoc writes a document, or a 500 if building it failed.

@@ -51,6 +51,7 @@ import (
 
 	"github.com/fedirelay/relay"
 	"github.com/fedirelay/relay/httpsig"
+	"github.com/fedirelay/relay/metrics/promrelay"
 	"github.com/fedirelay/relay/store"
 	"github.com/fedirelay/relay/store/filestore"
 )
@@ -110,12 +111,14 @@ func run(args []string) error {
 		return err
 	}
 	defer st.Close()
+	metrics := promrelay.New()
 	cfg := relay.Config{
 		BaseURL: *baseURL,
 		Store:   st,
 		Logger:  logger,
 		Name:    *name,
 		Summary: *summary,
+		Events:  metrics,
 	}
 	if *approval {
 		cfg.FollowPolicy = relay.ManualApproval
@@ -128,6 +131,8 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	metrics.Watch(r)
+	_ = observeHandler // mounted on the admin listener: observeHandler(r, metrics)
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
 		return err
