@@ -1,11 +1,13 @@
 package relay
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"html/template"
 	"net/http"
 	"strings"
+	"time"
 
 	vocab "github.com/go-ap/activitypub"
 	"github.com/go-ap/jsonld"
@@ -260,16 +262,61 @@ func writeDoc(w http.ResponseWriter, r *Relay, contentType string, body []byte, 
 // relayedAnnounce builds the Announce of objectID by the relay actor that
 // LitePub subscribers (and Mastodon-style ones, for activities without an
 // LD signature) receive for the incoming activity env (see announceID).
-// GoToSocial refuses an Announce without to/cc.
-func (r *Relay) relayedAnnounce(env *envelope, objectID string) ([]byte, string, error) {
+// GoToSocial refuses an Announce without to/cc. Its published time is
+// announceTime(r.now(), env.Published, notBefore...), where notBefore are
+// the publication times known of the announced object.
+func (r *Relay) relayedAnnounce(env *envelope, objectID string, notBefore ...time.Time) ([]byte, string, error) {
 	id := r.announceID(env, objectID)
 	a := vocab.AnnounceNew(vocab.ID(id), vocab.IRI(objectID))
 	a.Actor = vocab.IRI(r.actorID)
-	a.Published = r.now().UTC().Truncate(1e9)
 	a.To = vocab.ItemCollection{vocab.IRI(PublicCollection)}
 	a.CC = vocab.ItemCollection{vocab.IRI(r.actorID + "/followers")}
 	b, err := marshalDoc(a, false)
-	return b, id, err
+	if err != nil {
+		return nil, id, err
+	}
+	published := announceTime(r.now(), append(notBefore, env.Published)...)
+	return withPublished(b, published), id, nil
+}
+
+// announceTime returns the published time of a relay Announce: now, or
+// the latest of notBefore if that is later (the origin's clock may be
+// ahead of the relay's), rounded up to the millisecond. Misskey drops an
+// Announce dated before the note it announces ("skip: malformed
+// createdAt"), comparing at millisecond precision, so the time is never
+// earlier than any of notBefore.
+func announceTime(now time.Time, notBefore ...time.Time) time.Time {
+	t := now
+	for _, nb := range notBefore {
+		if nb.After(t) {
+			t = nb
+		}
+	}
+	t = t.UTC().Round(0)
+	if ms := t.Truncate(time.Millisecond); !ms.Equal(t) {
+		t = ms.Add(time.Millisecond)
+	}
+	return t
+}
+
+// announceTimeLayout is RFC 3339 with exactly three fractional digits, as
+// Mastodon and Misskey write times.
+const announceTimeLayout = "2006-01-02T15:04:05.000Z07:00"
+
+// withPublished adds "published": t (announceTimeLayout) to the JSON
+// object doc, which must not have one: go-ap writes times in whole seconds
+// only.
+func withPublished(doc []byte, t time.Time) []byte {
+	end := bytes.LastIndexByte(doc, '}')
+	if end < 0 {
+		return doc
+	}
+	out := make([]byte, 0, len(doc)+48)
+	out = append(out, doc[:end]...)
+	out = append(out, `,"published":"`...)
+	out = t.AppendFormat(out, announceTimeLayout)
+	out = append(out, `"}`...)
+	return append(out, doc[end+1:]...)
 }
 
 // followReply builds the Accept or Reject of a Follow, embedding the whole
