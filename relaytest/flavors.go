@@ -301,15 +301,15 @@ func (i *Instance) noteDoc(n *Note, author *localActor, updated string) map[stri
 		"type":         "Note",
 		"attributedTo": author.id,
 		"content":      n.Content,
-		"published":    n.Published.UTC().Format("2006-01-02T15:04:05Z"),
-		"to":           []any{publicIRI},
-		"cc":           []any{author.id + "/followers"},
+		"published":    i.formatTime(n.Published),
 		"sensitive":    false,
 		"summary":      nil,
 		"inReplyTo":    nil,
 		"attachment":   []any{},
 		"tag":          []any{},
 	}
+	to, cc := n.Visibility.addressing(author.id)
+	doc["to"], doc["cc"] = to, cc
 	if updated != "" {
 		doc["updated"] = updated
 	}
@@ -329,13 +329,29 @@ func (i *Instance) noteDoc(n *Note, author *localActor, updated string) map[stri
 		doc["actor"] = author.id
 	case GoToSocial:
 		// go-fed serialises single-valued properties as plain values.
-		doc["to"] = publicIRI
-		doc["cc"] = author.id + "/followers"
+		doc["to"], doc["cc"] = singleValued(to), singleValued(cc)
 		doc["url"] = i.base + "/@" + author.username + "/statuses/" + n.ID[strings.LastIndexByte(n.ID, '/')+1:]
 		delete(doc, "summary")
 		delete(doc, "inReplyTo")
 	}
 	return doc
+}
+
+// singleValued returns the only element of l, or l.
+func singleValued(l []any) any {
+	if len(l) == 1 {
+		return l[0]
+	}
+	return l
+}
+
+// formatTime writes a time as the flavor does: Misskey with milliseconds (toISOString), the
+// others in whole seconds.
+func (i *Instance) formatTime(t time.Time) string {
+	if i.flavor == Misskey {
+		return t.UTC().Format("2006-01-02T15:04:05.000Z")
+	}
+	return t.UTC().Format("2006-01-02T15:04:05Z")
 }
 
 func stripP(s string) string {
@@ -383,13 +399,27 @@ func (i *Instance) storeDoc(doc map[string]any) {
 //   - GoToSocial: Create{Note} by the author with single-valued to/cc, HTTP-signed by the
 //     instance actor (hs2019), no LD signature.
 //
-// The note stays retrievable at its id until deleted.
+// The note stays retrievable at its id until deleted. Misskey writes times with milliseconds,
+// the others in whole seconds.
 func (i *Instance) Post(ctx context.Context, relayInbox, user, text string) (*Note, error) {
+	return i.PostVisible(ctx, relayInbox, user, text, Public)
+}
+
+// PostVisible is Post with the given visibility: the note and its Create (or Pleroma's
+// Announce) are addressed as v says (see Visibility). It sends the post to the relay whatever v
+// is, where the real servers send only public posts (Pleroma public and unlisted ones, and
+// GoToSocial unlisted ones when the relay push allows them), so a relay's filtering can be
+// tested.
+func (i *Instance) PostVisible(ctx context.Context, relayInbox, user, text string, v Visibility) (*Note, error) {
 	author, err := i.user(user)
 	if err != nil {
 		return nil, err
 	}
-	n := &Note{Author: author.id, Content: "<p>" + html.EscapeString(text) + "</p>", Published: time.Now().UTC().Truncate(time.Second), user: user}
+	precision := time.Second
+	if i.flavor == Misskey {
+		precision = time.Millisecond
+	}
+	n := &Note{Author: author.id, Content: "<p>" + html.EscapeString(text) + "</p>", Published: time.Now().UTC().Truncate(precision), Visibility: v, user: user}
 	var act map[string]any
 	switch i.flavor {
 	case Mastodon:
@@ -415,7 +445,7 @@ func (i *Instance) Post(ctx context.Context, relayInbox, user, text string) (*No
 		createID := i.base + "/activities/" + newUUID()
 		i.storeDoc(map[string]any{
 			"@context": i.litepubContext(), "id": createID, "type": "Create", "actor": author.id,
-			"object": note, "to": []any{publicIRI}, "cc": []any{author.id + "/followers"}, "published": note["published"],
+			"object": note, "to": note["to"], "cc": note["cc"], "published": note["published"],
 		})
 		act = map[string]any{
 			"@context": i.litepubContext(), "id": n.ActivityID, "type": "Announce", "actor": i.system.id,
@@ -427,12 +457,12 @@ func (i *Instance) Post(ctx context.Context, relayInbox, user, text string) (*No
 	case GoToSocial:
 		act = map[string]any{
 			"@context": asContext, "id": n.ActivityID, "type": "Create", "actor": author.id,
-			"published": note["published"], "to": publicIRI, "cc": author.id + "/followers", "object": note,
+			"published": note["published"], "to": note["to"], "cc": note["cc"], "object": note,
 		}
 	default:
 		act = map[string]any{
 			"@context": i.activityContext(), "id": n.ActivityID, "type": "Create", "actor": author.id,
-			"published": note["published"], "to": []any{publicIRI}, "cc": []any{author.id + "/followers"}, "object": note,
+			"published": note["published"], "to": note["to"], "cc": note["cc"], "object": note,
 		}
 	}
 	i.storeDoc(act)
@@ -485,10 +515,7 @@ func (i *Instance) Edit(ctx context.Context, relayInbox string, n *Note, text st
 	}
 	act := map[string]any{
 		"@context": i.activityContext(), "id": id, "type": "Update", "actor": author.id,
-		"published": updated, "to": []any{publicIRI}, "cc": []any{author.id + "/followers"}, "object": note,
-	}
-	if i.flavor == GoToSocial {
-		act["to"], act["cc"] = publicIRI, author.id+"/followers"
+		"published": updated, "to": note["to"], "cc": note["cc"], "object": note,
 	}
 	if err := i.ldSignIfFlavor(act, author); err != nil {
 		return err
@@ -561,8 +588,50 @@ func (i *Instance) Boost(ctx context.Context, relayInbox, user, objectID string)
 		act["@context"] = misskeyContext()
 	}
 	i.storeDoc(act)
+	i.mu.Lock()
+	i.sentBoosts[id] = copyMap(act)
+	i.mu.Unlock()
 	if err := i.ldSignIfFlavor(act, author); err != nil {
 		return "", err
 	}
 	return id, i.deliver(ctx, relayInbox, author, act)
+}
+
+// Unboost withdraws the boost boostID (made by Boost) and sends an Undo of it to relayInbox, as
+// Mastodon and Misskey send un-boosts of public posts to relays: Mastodon an Undo with id
+// <actor>#announces/<n>/undo, Misskey one with an id on its host; both embed the Announce, are
+// addressed to Public and LD-signed, and are HTTP-signed by the booster. Pleroma and
+// GoToSocial return ErrUnsupported, as for Boost.
+func (i *Instance) Unboost(ctx context.Context, relayInbox, boostID string) error {
+	if i.flavor.LitePub() {
+		return ErrUnsupported
+	}
+	i.mu.Lock()
+	announce, ok := i.sentBoosts[boostID]
+	delete(i.sentBoosts, boostID)
+	i.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("relaytest: %s is not a boost sent by this instance", boostID)
+	}
+	author, err := i.actorFor(idOf(announce["actor"]))
+	if err != nil {
+		return err
+	}
+	embedded := copyMap(announce)
+	delete(embedded, "@context")
+	i.markGone(boostID)
+	var id string
+	if i.flavor == Mastodon {
+		id = fmt.Sprintf("%s#announces/%d/undo", author.id, 110000000000000000+i.next())
+	} else {
+		id = i.base + "/" + newUUID()
+	}
+	undo := map[string]any{
+		"@context": announce["@context"], "id": id, "type": "Undo", "actor": author.id,
+		"to": []any{publicIRI}, "object": embedded,
+	}
+	if err := i.ldSignIfFlavor(undo, author); err != nil {
+		return err
+	}
+	return i.deliver(ctx, relayInbox, author, undo)
 }
