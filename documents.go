@@ -2,6 +2,8 @@ package relay
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"html/template"
@@ -359,4 +361,26 @@ func (r *Relay) undoFollowBack(followID, subscriber string) ([]byte, string, err
 // its port unless that is the scheme's default.
 func (r *Relay) acctHost() string {
 	return withoutDefaultPort(r.base.Scheme, r.base.Host)
+}
+
+// undoRelayedAnnounce builds the relay's Undo of its own Announce of
+// objectID (the Announce relayedAnnounce made for a post, whose id derives
+// from objectID alone), for the incoming un-boost undo. The Announce is
+// embedded: Misskey resolves an Undo's object given by IRI by fetching it,
+// and GoToSocial skips such an Undo. The Undo's id derives from undo's, so
+// a retried fan-out makes the same deliveries.
+func (r *Relay) undoRelayedAnnounce(undo *envelope, objectID string) ([]byte, string, error) {
+	announceID := r.announceID(&envelope{Type: "Announce"}, objectID)
+	a := vocab.AnnounceNew(vocab.ID(announceID), vocab.IRI(objectID))
+	a.Actor = vocab.IRI(r.actorID)
+	a.To = vocab.ItemCollection{vocab.IRI(PublicCollection)}
+	a.CC = vocab.ItemCollection{vocab.IRI(r.actorID + "/followers")}
+	sum := sha256.Sum256([]byte("undo " + undo.ID))
+	id := r.base.String() + "/activities/undo-" + hex.EncodeToString(sum[:16])
+	u := vocab.UndoNew(vocab.ID(id), a)
+	u.Actor = vocab.IRI(r.actorID)
+	u.To = vocab.ItemCollection{vocab.IRI(PublicCollection)}
+	u.CC = vocab.ItemCollection{vocab.IRI(r.actorID + "/followers")}
+	b, err := marshalDoc(u, false)
+	return b, id, err
 }
