@@ -525,7 +525,8 @@ func (i *Instance) Edit(ctx context.Context, relayInbox string, n *Note, text st
 
 // Delete deletes n (GET of its id answers 410 from now on) and sends a Delete to relayInbox:
 // Mastodon Delete{Tombstone} with id <status>#delete, LD-signed; Misskey Delete{Tombstone},
-// LD-signed; Pleroma and GoToSocial a Delete whose object is the note's id, by the author.
+// LD-signed; both addressed to the public whatever the note's visibility. Pleroma and
+// GoToSocial a Delete whose object is the note's id, by the author, addressed as the note.
 func (i *Instance) Delete(ctx context.Context, relayInbox string, n *Note) error {
 	author, err := i.noteAuthor(n)
 	if err != nil {
@@ -546,14 +547,16 @@ func (i *Instance) Delete(ctx context.Context, relayInbox string, n *Note) error
 			"object": map[string]any{"id": n.ID, "type": "Tombstone"}, "published": nowISO(), "to": []any{publicIRI},
 		}
 	case Pleroma:
+		to, cc := n.Visibility.addressing(author.id)
 		act = map[string]any{
 			"@context": i.litepubContext(), "id": i.base + "/activities/" + newUUID(), "type": "Delete", "actor": author.id,
-			"object": n.ID, "to": []any{publicIRI, author.id + "/followers"}, "cc": []any{}, "bto": []any{}, "bcc": []any{},
+			"object": n.ID, "to": append(to, cc...), "cc": []any{}, "bto": []any{}, "bcc": []any{},
 		}
 	case GoToSocial:
+		to, cc := n.Visibility.addressing(author.id)
 		act = map[string]any{
 			"@context": asContext, "id": n.ID + "/delete/" + randomULID(), "type": "Delete", "actor": author.id,
-			"object": n.ID, "to": publicIRI, "cc": author.id + "/followers",
+			"object": n.ID, "to": singleValued(to), "cc": singleValued(cc),
 		}
 	}
 	if err := i.ldSignIfFlavor(act, author); err != nil {
