@@ -363,6 +363,18 @@ func (r *Relay) acctHost() string {
 	return withoutDefaultPort(r.base.Scheme, r.base.Host)
 }
 
+// withoutDefaultPort returns host (host[:port]) without its port when that
+// is scheme's default (443 for https, 80 for http).
+func withoutDefaultPort(scheme, host string) string {
+	switch scheme {
+	case "https":
+		return strings.TrimSuffix(host, ":443")
+	case "http":
+		return strings.TrimSuffix(host, ":80")
+	}
+	return host
+}
+
 // undoRelayedAnnounce builds the relay's Undo of its own Announce of
 // objectID (the Announce relayedAnnounce made for a post, whose id derives
 // from objectID alone), for the incoming un-boost undo. The Announce is
