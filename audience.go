@@ -2,11 +2,8 @@ package relay
 
 import (
 	"bytes"
-	"cmp"
-	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"time"
 )
 
@@ -114,79 +111,4 @@ func parseTime(m json.RawMessage) time.Time {
 		return time.Time{}
 	}
 	return t
-}
-
-// relayable reports whether a post of visibility v may be relayed: public
-// ones, and unlisted ones when the operator opted in (Config.RelayUnlisted).
-func (r *Relay) relayable(v visibility) bool {
-	return v == visibilityPublic || v == visibilityUnlisted && r.cfg.RelayUnlisted
-}
-
-// checkAudience decides by its audience whether env (whose bytes are body)
-// may be relayed, and returns the announced object's published time when
-// it learnt one (for the date of the relay's Announce). The audience is
-// the narrower of the activity's and its embedded object's (a public
-// Create around a followers-only note is the note's); a Tombstone or an
-// object without addressing leaves the activity's. For a LitePub relay
-// actor's Announce (litePubAnnounce), whose addressing says nothing about
-// the post, only the object's audience counts: the embedded one, or the
-// one fetched from its origin (see fetchedAudience). An activity whose
-// audience is too narrow is accepted without effect (the sender did
-// nothing wrong, and must not retry); a malformed object is refused (400).
-func (r *Relay) checkAudience(ctx context.Context, env *envelope, body []byte, litePubAnnounce bool) (time.Time, error) {
-	obj, err := parseEmbeddedObject(body)
-	if err != nil {
-		return time.Time{}, refuse(http.StatusBadRequest, "%v", err)
-	}
-	addressed := obj.Embedded && env.Object.Type != "Tombstone" && len(obj.To)+len(obj.Cc) > 0
-	v := visibilityOf(env.To, env.Cc)
-	switch {
-	case litePubAnnounce && addressed:
-		v = obj.visibility()
-	case litePubAnnounce:
-		if v, obj.Published, err = r.fetchedAudience(ctx, env.Object.ID); err != nil {
-			return time.Time{}, err
-		}
-	case addressed:
-		v = min(v, obj.visibility())
-	}
-	if !r.relayable(v) {
-		return time.Time{}, accepted(fmt.Sprintf("%s %s is %s: not relayed", env.Type, cmp.Or(env.ID, env.Object.ID), v))
-	}
-	return obj.Published, nil
-}
-
-// fetchedAudience fetches the object objectID from its origin with the
-// relay's signed, guarded fetch, and returns the visibility and published
-// time its addressing gives. The fetched document must have objectID as
-// its id. A failure that may pass is a 503 for the sender to retry; any
-// other is an acceptance without effect: the relay never announces what it
-// cannot see.
-func (r *Relay) fetchedAudience(ctx context.Context, objectID string) (visibility, time.Time, error) {
-	b, err := r.fetch(ctx, objectID)
-	if err != nil {
-		if transientFetchError(err) {
-			return 0, time.Time{}, refuseRetry(http.StatusServiceUnavailable, time.Minute, "fetching the announced object: %v", err)
-		}
-		return 0, time.Time{}, accepted("announced object cannot be fetched: " + err.Error())
-	}
-	var doc struct {
-		ID        json.RawMessage `json:"id"`
-		To        json.RawMessage `json:"to"`
-		Cc        json.RawMessage `json:"cc"`
-		Published json.RawMessage `json:"published"`
-	}
-	if err := json.Unmarshal(b, &doc); err != nil {
-		return 0, time.Time{}, accepted("announced object " + objectID + " is malformed: " + err.Error())
-	}
-	id, err := idOf(doc.ID)
-	if err != nil || id != objectID {
-		return 0, time.Time{}, accepted(fmt.Sprintf("fetched %s, whose id is %q", objectID, id))
-	}
-	to, errTo := idList(doc.To)
-	cc, errCc := idList(doc.Cc)
-	if errTo != nil || errCc != nil {
-		return 0, time.Time{}, accepted("announced object " + objectID + " has malformed addressing")
-	}
-	return visibilityOf(to, cc), parseTime(doc.Published), nil
 }

@@ -95,3 +95,18 @@ func (r *Relay) discoverSoftware(ctx context.Context, actorID string) (string, e
 	}
 	return name, nil
 }
+
+// learnSoftware returns the software of actorID's server from its
+// NodeInfo (see discoverSoftware), waiting at most Config.KeyFetchTimeout,
+// or "" if it cannot be learnt: then the subscriber gets the forms every
+// server of its protocol applies.
+func (r *Relay) learnSoftware(ctx context.Context, actorID string) string {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.KeyFetchTimeout)
+	defer cancel()
+	name, err := r.discoverSoftware(ctx, actorID)
+	if err != nil {
+		r.log.Debug("relay: subscriber software unknown", "actor", actorID, "err", err)
+		return ""
+	}
+	return name
+}
