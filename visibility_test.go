@@ -241,6 +241,21 @@ func TestEditsBoostsAndUnboostsReachEveryFlavor(t *testing.T) {
 		}
 	})
 
+	t.Run("un-boost of a post the relay announced for its Create", func(t *testing.T) {
+		relayOwn := pleroma.WaitForMatch(t, wait, func(rc relaytest.Received) bool {
+			return rc.Type == "Announce" && rc.ObjectID == note.ID
+		}).ID
+		id, err := masto2.Boost(ctx, inbox, "bea", note.ID)
+		require.NoError(t, err)
+		misskey.WaitFor(t, wait, func([]relaytest.Received) bool { return misskey.HasBoost(id) })
+		require.NoError(t, masto2.Unboost(ctx, inbox, id))
+		misskey.WaitFor(t, wait, func([]relaytest.Received) bool { return !misskey.HasBoost(id) })
+		marker(t, r, masto2, pleroma, gts)
+		// The relay's Announce was not made for this boost: it stays.
+		assert.True(t, pleroma.HasBoost(relayOwn))
+		assert.Zero(t, countFor(pleroma, "Undo", relayOwn))
+	})
+
 	t.Run("delete", func(t *testing.T) {
 		require.NoError(t, masto.Delete(ctx, inbox, note))
 		for _, i := range []*relaytest.Instance{masto2, misskey} {
@@ -256,4 +271,36 @@ func TestEditsBoostsAndUnboostsReachEveryFlavor(t *testing.T) {
 	for _, i := range []*relaytest.Instance{masto, masto2, misskey, misskey2, pleroma, gts} {
 		assert.Empty(t, i.Rejected(), "%s refused requests from the relay", i.Flavor())
 	}
+}
+
+// TestLitePubAnnounceOfAnUnfetchableObject: the relay never announces what
+// it cannot see. A gone object is not relayed (202, so the sender does not
+// retry); an origin that fails for now gets a 503 to retry later.
+func TestLitePubAnnounceOfAnUnfetchableObject(t *testing.T) {
+	ctx := context.Background()
+	r := startRelay(t, relay.Config{})
+	inbox := r.InboxURL()
+	masto := newInstance(t, relaytest.Mastodon)
+	pleroma := newInstance(t, relaytest.Pleroma)
+	subscribe(t, r, masto, pleroma)
+
+	status := http.StatusGone
+	pleroma.SetFault(func(req *http.Request) int {
+		if req.Method == http.MethodGet && strings.HasPrefix(req.URL.Path, "/objects/") {
+			return status
+		}
+		return 0
+	})
+	gone, err := pleroma.Post(ctx, inbox, "pat", "gone before the relay looks")
+	require.NoError(t, err, "accepted without effect")
+
+	status = http.StatusServiceUnavailable
+	_, err = pleroma.Post(ctx, inbox, "pat", "origin down for now")
+	var he *relaytest.HTTPError
+	require.ErrorAs(t, err, &he)
+	assert.Equal(t, http.StatusServiceUnavailable, he.StatusCode)
+
+	pleroma.SetFault(nil)
+	marker(t, r, pleroma, masto)
+	assert.Zero(t, receivedAbout(masto, gone.ID))
 }
