@@ -91,3 +91,16 @@ func newTestRelay(t *testing.T) *Relay {
 	t.Cleanup(func() { _ = r.Close(context.Background()) })
 	return r
 }
+
+func TestRelayedAnnounceIgnoresFarFuturePublished(t *testing.T) {
+	r := newTestRelay(t)
+	env := &envelope{ID: "https://a.example/notes/2/activity", Type: "Create", Actor: "https://a.example/users/alice",
+		Published: r.now().Add(24 * time.Hour)}
+	b, _, err := r.relayedAnnounce(env, "https://a.example/notes/2")
+	require.NoError(t, err)
+	var doc struct{ Published string }
+	require.NoError(t, json.Unmarshal(b, &doc))
+	pub, err := time.Parse(time.RFC3339, doc.Published)
+	require.NoError(t, err)
+	assert.Less(t, pub.Sub(r.now()), time.Minute, "a post dated a day ahead does not date the Announce")
+}

@@ -266,7 +266,8 @@ func writeDoc(w http.ResponseWriter, r *Relay, contentType string, body []byte, 
 // LD signature) receive for the incoming activity env (see announceID).
 // GoToSocial refuses an Announce without to/cc. Its published time is
 // announceTime(r.now(), env.Published, notBefore...), where notBefore are
-// the publication times known of the announced object.
+// the publication times known of the announced object; a time more than
+// Config.ClockSkew ahead of the relay's clock is not believed.
 func (r *Relay) relayedAnnounce(env *envelope, objectID string, notBefore ...time.Time) ([]byte, string, error) {
 	id := r.announceID(env, objectID)
 	a := vocab.AnnounceNew(vocab.ID(id), vocab.IRI(objectID))
@@ -277,7 +278,14 @@ func (r *Relay) relayedAnnounce(env *envelope, objectID string, notBefore ...tim
 	if err != nil {
 		return nil, id, err
 	}
-	published := announceTime(r.now(), append(notBefore, env.Published)...)
+	now := r.now()
+	var believed []time.Time
+	for _, t := range append(notBefore, env.Published) {
+		if t.Sub(now) <= r.cfg.ClockSkew {
+			believed = append(believed, t)
+		}
+	}
+	published := announceTime(now, believed...)
 	return withPublished(b, published), id, nil
 }
 
