@@ -69,7 +69,7 @@ func TestRelayedAnnouncePublished(t *testing.T) {
 	r := newTestRelay(t)
 	posted := r.now().Add(250*time.Millisecond + 7*time.Microsecond)
 	env := &envelope{ID: "https://a.example/notes/1/activity", Type: "Create", Actor: "https://a.example/users/alice", Published: posted}
-	b, id, err := r.relayedAnnounce(env, "https://a.example/notes/1")
+	b, id, err := r.relayedAnnounce(env, relayable{objectID: "https://a.example/notes/1", visibility: visibilityPublic})
 	require.NoError(t, err)
 	var doc map[string]any
 	require.NoError(t, json.Unmarshal(b, &doc), string(b))
@@ -96,11 +96,28 @@ func TestRelayedAnnounceIgnoresFarFuturePublished(t *testing.T) {
 	r := newTestRelay(t)
 	env := &envelope{ID: "https://a.example/notes/2/activity", Type: "Create", Actor: "https://a.example/users/alice",
 		Published: r.now().Add(24 * time.Hour)}
-	b, _, err := r.relayedAnnounce(env, "https://a.example/notes/2")
+	b, _, err := r.relayedAnnounce(env, relayable{objectID: "https://a.example/notes/2", objectPublished: env.Published})
 	require.NoError(t, err)
 	var doc struct{ Published string }
 	require.NoError(t, json.Unmarshal(b, &doc))
 	pub, err := time.Parse(time.RFC3339, doc.Published)
 	require.NoError(t, err)
 	assert.Less(t, pub.Sub(r.now()), time.Minute, "a post dated a day ahead does not date the Announce")
+}
+
+func TestRelayedAnnounceKeepsTheAudience(t *testing.T) {
+	r := newTestRelay(t)
+	env := &envelope{ID: "https://a.example/notes/3/activity", Type: "Create", Actor: "https://a.example/users/alice"}
+	followers := r.actorID + "/followers"
+	for v, want := range map[visibility][2][]string{
+		visibilityPublic:   {{PublicCollection}, {followers}},
+		visibilityUnlisted: {{followers}, {PublicCollection}},
+	} {
+		b, _, err := r.relayedAnnounce(env, relayable{objectID: "https://a.example/notes/3", visibility: v})
+		require.NoError(t, err)
+		var doc struct{ To, Cc []string }
+		require.NoError(t, json.Unmarshal(b, &doc))
+		assert.Equal(t, want[0], doc.To, v)
+		assert.Equal(t, want[1], doc.Cc, v)
+	}
 }

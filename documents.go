@@ -261,32 +261,36 @@ func writeDoc(w http.ResponseWriter, r *Relay, contentType string, body []byte, 
 	_, _ = w.Write(body)
 }
 
-// relayedAnnounce builds the Announce of objectID by the relay actor that
-// LitePub subscribers (and Mastodon-style ones, for activities without an
-// LD signature) receive for the incoming activity env (see announceID).
-// GoToSocial refuses an Announce without to/cc. Its published time is
-// announceTime(r.now(), env.Published, notBefore...), where notBefore are
-// the publication times known of the announced object; a time more than
-// Config.ClockSkew ahead of the relay's clock is not believed.
-func (r *Relay) relayedAnnounce(env *envelope, objectID string, notBefore ...time.Time) ([]byte, string, error) {
-	id := r.announceID(env, objectID)
-	a := vocab.AnnounceNew(vocab.ID(id), vocab.IRI(objectID))
+// relayedAnnounce builds the Announce of rel.objectID by the relay actor
+// that LitePub subscribers (and Mastodon-style ones, for activities without
+// an LD signature) receive for the incoming activity env (see announceID).
+// It is addressed as the post is: to as:Public and cc the relay's
+// followers, or, for an unlisted post relayed on the operator's opt-in,
+// the other way round, so that receivers keep it out of public timelines
+// too (GoToSocial refuses an Announce without to/cc). Its published time
+// is announceTime(r.now(), env.Published, rel.objectPublished); a time
+// more than Config.ClockSkew ahead of the relay's clock is not believed.
+func (r *Relay) relayedAnnounce(env *envelope, rel relayable) ([]byte, string, error) {
+	id := r.announceID(env, rel.objectID)
+	a := vocab.AnnounceNew(vocab.ID(id), vocab.IRI(rel.objectID))
 	a.Actor = vocab.IRI(r.actorID)
-	a.To = vocab.ItemCollection{vocab.IRI(PublicCollection)}
-	a.CC = vocab.ItemCollection{vocab.IRI(r.actorID + "/followers")}
+	public, followers := vocab.ItemCollection{vocab.IRI(PublicCollection)}, vocab.ItemCollection{vocab.IRI(r.actorID + "/followers")}
+	a.To, a.CC = public, followers
+	if rel.visibility == visibilityUnlisted {
+		a.To, a.CC = followers, public
+	}
 	b, err := marshalDoc(a, false)
 	if err != nil {
 		return nil, id, err
 	}
 	now := r.now()
 	var believed []time.Time
-	for _, t := range append(notBefore, env.Published) {
+	for _, t := range []time.Time{env.Published, rel.objectPublished} {
 		if t.Sub(now) <= r.cfg.ClockSkew {
 			believed = append(believed, t)
 		}
 	}
-	published := announceTime(now, believed...)
-	return withPublished(b, published), id, nil
+	return withPublished(b, announceTime(now, believed...)), id, nil
 }
 
 // announceTime returns the published time of a relay Announce: now, or

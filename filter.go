@@ -21,6 +21,9 @@ type relayable struct {
 	// objectPublished is the publication time of the post, when known: the
 	// relay's Announce of it is never dated earlier.
 	objectPublished time.Time
+	// visibility is the audience of the post (public, or unlisted when the
+	// operator opted in): the relay's Announce keeps it.
+	visibility visibility
 }
 
 // filterActivity returns what env is about if env may be relayed:
@@ -48,11 +51,11 @@ func (r *Relay) filterActivity(ctx context.Context, env *envelope, body []byte, 
 	if relayedByRelay(env, signer, objectID, senders) {
 		return relayable{}, accepted("announce by a relay actor of an object from another origin")
 	}
-	published, err := r.checkAudience(ctx, env, body, litePubAnnounce)
+	v, published, err := r.checkAudience(ctx, env, body, litePubAnnounce)
 	if err != nil {
 		return relayable{}, err
 	}
-	return relayable{objectID: objectID, objectPublished: published}, nil
+	return relayable{objectID: objectID, objectPublished: published, visibility: v}, nil
 }
 
 // relayableObject returns the id of the object an activity is about, after
@@ -95,8 +98,8 @@ func (r *Relay) relayableVisibility(v visibility) bool {
 }
 
 // checkAudience decides by its audience whether env (whose bytes are body)
-// may be relayed, and returns the announced object's published time when
-// it learnt one (for the date of the relay's Announce). The audience is
+// may be relayed, and returns the audience and the announced object's
+// published time when it learnt one (for the relay's Announce). The audience is
 // the narrower of the activity's and its embedded object's (a public
 // Create around a followers-only note is the note's); a Tombstone or an
 // object without addressing leaves the activity's. For a LitePub relay
@@ -105,10 +108,10 @@ func (r *Relay) relayableVisibility(v visibility) bool {
 // one fetched from its origin (see fetchedAudience). An activity whose
 // audience is too narrow is accepted without effect (the sender did
 // nothing wrong, and must not retry); a malformed object is refused (400).
-func (r *Relay) checkAudience(ctx context.Context, env *envelope, body []byte, litePubAnnounce bool) (time.Time, error) {
+func (r *Relay) checkAudience(ctx context.Context, env *envelope, body []byte, litePubAnnounce bool) (visibility, time.Time, error) {
 	obj, err := parseEmbeddedObject(body)
 	if err != nil {
-		return time.Time{}, refuse(http.StatusBadRequest, "%v", err)
+		return 0, time.Time{}, refuse(http.StatusBadRequest, "%v", err)
 	}
 	addressed := obj.Embedded && env.Object.Type != "Tombstone" && len(obj.To)+len(obj.Cc) > 0
 	v := visibilityOf(env.To, env.Cc)
@@ -117,15 +120,15 @@ func (r *Relay) checkAudience(ctx context.Context, env *envelope, body []byte, l
 		v = obj.visibility()
 	case litePubAnnounce:
 		if v, obj.Published, err = r.fetchedAudience(ctx, env.Object.ID); err != nil {
-			return time.Time{}, err
+			return 0, time.Time{}, err
 		}
 	case addressed:
 		v = min(v, obj.visibility())
 	}
 	if !r.relayableVisibility(v) {
-		return time.Time{}, accepted(fmt.Sprintf("%s %s is %s: not relayed", env.Type, cmp.Or(env.ID, env.Object.ID), v))
+		return 0, time.Time{}, accepted(fmt.Sprintf("%s %s is %s: not relayed", env.Type, cmp.Or(env.ID, env.Object.ID), v))
 	}
-	return obj.Published, nil
+	return v, obj.Published, nil
 }
 
 // fetchedAudience fetches the object objectID from its origin with the

@@ -113,7 +113,7 @@ func (r *Relay) fanOutBatch(env *envelope, body []byte, rel relayable, senderHos
 				var id string
 				var err error
 				if isPost {
-					doc, id, err = r.relayedAnnounce(env, objectID, rel.objectPublished)
+					doc, id, err = r.relayedAnnounce(env, rel)
 				} else {
 					doc, id, err = r.undoRelayedAnnounce(env, env.Object.Object)
 				}

@@ -143,7 +143,12 @@ func TestRelayUnlistedOptIn(t *testing.T) {
 
 	n, err := gts.PostVisible(ctx, inbox, "gus", "unlisted", relaytest.Unlisted)
 	require.NoError(t, err)
-	waitFor(t, masto, "Announce", n.ID)
+	rc := waitFor(t, masto, "Announce", n.ID)
+	// The relay's Announce keeps the post unlisted.
+	var a struct{ To, Cc []string }
+	require.NoError(t, json.Unmarshal(rc.Body, &a))
+	assert.NotContains(t, a.To, relay.PublicCollection)
+	assert.Contains(t, a.Cc, relay.PublicCollection)
 
 	hidden, err := gts.PostVisible(ctx, inbox, "gus", "followers only", relaytest.FollowersOnly)
 	var he *relaytest.HTTPError
