@@ -112,3 +112,8 @@ func parseTime(m json.RawMessage) time.Time {
 	}
 	return t
 }
+
+// isUndoAnnounce reports an un-boost: an Undo embedding an Announce.
+func (e *envelope) isUndoAnnounce() bool {
+	return e.Type == "Undo" && e.Object.Embedded && e.Object.Type == "Announce"
+}

@@ -212,11 +212,6 @@ func formFor(s *store.Subscriber, env *envelope, wrap bool) deliveryForm {
 	return formNone
 }
 
-// isUndoAnnounce reports an un-boost: an Undo embedding an Announce.
-func (e *envelope) isUndoAnnounce() bool {
-	return e.Type == "Undo" && e.Object.Embedded && e.Object.Type == "Announce"
-}
-
 // boostedMark is the mark a boost takes when it makes the relay announce
 // its object (the relay had not announced it): its un-boost then undoes
 // the relay's Announce. It lives as long as the deduplication marks.
