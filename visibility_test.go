@@ -170,7 +170,8 @@ func TestEditsBoostsAndUnboostsReachEveryFlavor(t *testing.T) {
 	misskey2 := newInstance(t, relaytest.Misskey)
 	pleroma := newInstance(t, relaytest.Pleroma)
 	gts := newInstance(t, relaytest.GoToSocial)
-	subscribe(t, r, masto, masto2, misskey, misskey2, pleroma, gts)
+	friendica := newInstance(t, relaytest.Friendica)
+	subscribe(t, r, masto, masto2, misskey, misskey2, pleroma, gts, friendica)
 	require.Eventually(t, func() bool {
 		s, err := r.Subscriber(ctx, gts.RelayActorID())
 		return err == nil && s.Software == "gotosocial"
@@ -178,7 +179,7 @@ func TestEditsBoostsAndUnboostsReachEveryFlavor(t *testing.T) {
 
 	note, err := masto.Post(ctx, inbox, "alice", "first version")
 	require.NoError(t, err)
-	for _, i := range []*relaytest.Instance{masto2, misskey, pleroma, gts} {
+	for _, i := range []*relaytest.Instance{masto2, misskey, pleroma, gts, friendica} {
 		i.WaitFor(t, wait, func([]relaytest.Received) bool { _, ok := i.Status(note.ID); return ok })
 	}
 
@@ -195,11 +196,15 @@ func TestEditsBoostsAndUnboostsReachEveryFlavor(t *testing.T) {
 		// Misskey gets it and, as the real one, applies no edit of a note.
 		rc := waitFor(t, misskey, "Update", note.ID)
 		assert.True(t, rc.LDVerified)
-		// Pleroma can take no relayed edit: nothing is sent to it.
-		marker(t, r, masto, pleroma)
-		assert.Zero(t, countFor(pleroma, "Update", note.ID))
-		assert.Equal(t, 1, countFor(pleroma, "Announce", note.ID))
-		assert.Empty(t, pleroma.Rejected())
+		// Pleroma and Friendica can take no relayed edit: nothing is sent
+		// to them, and they keep the first version.
+		marker(t, r, masto, pleroma, friendica)
+		for _, i := range []*relaytest.Instance{pleroma, friendica} {
+			assert.Zero(t, countFor(i, "Update", note.ID), i.Flavor())
+			assert.Equal(t, 1, countFor(i, "Announce", note.ID), i.Flavor())
+			doc, _ := i.Status(note.ID)
+			assert.Contains(t, string(doc), "first version", i.Flavor())
+		}
 	})
 
 	t.Run("Announce date", func(t *testing.T) {
@@ -263,7 +268,8 @@ func TestEditsBoostsAndUnboostsReachEveryFlavor(t *testing.T) {
 
 	t.Run("delete", func(t *testing.T) {
 		require.NoError(t, masto.Delete(ctx, inbox, note))
-		for _, i := range []*relaytest.Instance{masto2, misskey} {
+		// Mastodon, Misskey and Friendica apply the LD-signed Delete.
+		for _, i := range []*relaytest.Instance{masto2, misskey, friendica} {
 			i.WaitFor(t, wait, func([]relaytest.Received) bool { _, ok := i.Status(note.ID); return !ok })
 		}
 		// Pleroma refuses relayed Deletes and GoToSocial ignores them:
@@ -273,7 +279,7 @@ func TestEditsBoostsAndUnboostsReachEveryFlavor(t *testing.T) {
 		assert.Zero(t, countFor(gts, "Delete", note.ID))
 	})
 
-	for _, i := range []*relaytest.Instance{masto, masto2, misskey, misskey2, pleroma, gts} {
+	for _, i := range []*relaytest.Instance{masto, masto2, misskey, misskey2, pleroma, gts, friendica} {
 		assert.Empty(t, i.Rejected(), "%s refused requests from the relay", i.Flavor())
 	}
 }

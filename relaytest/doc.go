@@ -1,8 +1,8 @@
 // Package relaytest provides fake fediverse instances for end-to-end tests of ActivityPub relays.
 //
 // An Instance behaves on the wire like one of the major relay clients — Mastodon, Misskey,
-// Pleroma (LitePub) or GoToSocial — as described in the relay protocol reference (FEP-ae0c and
-// what each server actually sends and checks). It serves its actors, keys, WebFinger and
+// Pleroma (LitePub), GoToSocial or Friendica — as described in the relay protocol reference
+// (FEP-ae0c and what each server actually sends and checks). It serves its actors, keys, WebFinger and
 // statuses; subscribes to and unsubscribes from a relay the way its flavor does; publishes posts
 // (public, unlisted or followers-only), edits, deletes, boosts and un-boosts to a relay; verifies
 // every request that reaches its inboxes the way its flavor would, recording what it accepted

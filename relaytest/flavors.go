@@ -20,8 +20,8 @@ const (
 	publicIRI       = "https://www.w3.org/ns/activitystreams#Public"
 )
 
-// ErrUnsupported is returned by operations a flavor does not perform (e.g. Boost for Pleroma and
-// GoToSocial, which do not push boosts to relays).
+// ErrUnsupported is returned by operations a flavor does not perform (e.g. Boost for Pleroma,
+// GoToSocial and Friendica, which do not push boosts to relays).
 var ErrUnsupported = errors.New("relaytest: operation not supported by this flavor")
 
 func (i *Instance) setup() {
@@ -37,6 +37,8 @@ func (i *Instance) setup() {
 		i.system = &localActor{id: i.base + "/relay", path: "/relay", username: "relay", typ: "Application", system: true}
 	case GoToSocial:
 		i.system = &localActor{id: i.base + "/users/" + hn, path: "/users/" + hn, username: hn, typ: "Application", system: true}
+	case Friendica:
+		i.system = &localActor{id: i.base + "/friendica", path: "/friendica", username: "friendica", typ: "Application", system: true}
 	}
 	i.actors[i.system.id] = i.system
 }
@@ -78,6 +80,8 @@ func (i *Instance) activityContext() any {
 		return misskeyContext()
 	case Pleroma:
 		return i.litepubContext()
+	case Friendica:
+		return []any{asContext, securityContext}
 	default:
 		return asContext
 	}
@@ -148,6 +152,8 @@ func (i *Instance) software() (name, version string) {
 		return "misskey", "2025.4.0"
 	case Pleroma:
 		return "pleroma", "2.9.1"
+	case Friendica:
+		return "friendica", "2024.12"
 	default:
 		return "gotosocial", "0.22.0"
 	}
@@ -196,7 +202,7 @@ func randomULID() string {
 
 // Subscribe makes the instance subscribe to the relay whose inbox is relayInbox, the way its
 // flavor does, and returns the id of the Follow it sent. relayActor is the relay actor's id; it
-// is the Follow's object for the LitePub flavors (Pleroma, GoToSocial) and may be "" for
+// is the Follow's object for the LitePub flavors (Pleroma, GoToSocial, Friendica) and may be "" for
 // Mastodon and Misskey, which follow as:Public. The subscription is pending until a matching
 // Accept arrives (see Subscribed). Subscribing again to the same inbox replaces the previous
 // subscription.
@@ -225,6 +231,9 @@ func (i *Instance) Subscribe(ctx context.Context, relayInbox, relayActor string)
 	case GoToSocial:
 		sub.followID = sys.id + "/follow/" + randomULID()
 		follow = map[string]any{"@context": asContext, "id": sub.followID, "type": "Follow", "actor": sys.id, "object": relayActor, "to": relayActor}
+	case Friendica:
+		sub.followID = i.base + "/activity/" + newUUID()
+		follow = map[string]any{"@context": i.activityContext(), "id": sub.followID, "type": "Follow", "actor": sys.id, "object": relayActor, "to": []any{relayActor}}
 	}
 	sub.follow = follow
 	i.mu.Lock()
@@ -278,6 +287,13 @@ func (i *Instance) Unsubscribe(ctx context.Context, relayInbox string) error {
 		}
 	case GoToSocial:
 		return nil
+	case Friendica:
+		embedded := copyMap(sub.follow)
+		delete(embedded, "@context")
+		undo = map[string]any{
+			"@context": i.activityContext(), "id": i.base + "/activity/" + newUUID(), "type": "Undo", "actor": sys.id,
+			"object": embedded, "to": []any{sub.relayActor},
+		}
 	}
 	return i.deliver(ctx, relayInbox, sys, undo)
 }
@@ -376,6 +392,8 @@ func (i *Instance) ldSignIfFlavor(doc map[string]any, author *localActor) error 
 		return ldSign(doc, i.keyOf(author), i.keyID(author), time.Now(), "")
 	case Misskey:
 		return ldSign(doc, i.keyOf(author), i.keyID(author), time.Now(), randomHex(32))
+	case Friendica:
+		return ldSign(doc, i.keyOf(author), i.keyID(author), time.Now(), "")
 	}
 	return nil
 }
@@ -398,6 +416,8 @@ func (i *Instance) storeDoc(doc map[string]any) {
 //     Announce{actor: <base>/relay, object: <note id>, to: [<base>/relay/followers]}.
 //   - GoToSocial: Create{Note} by the author with single-valued to/cc, HTTP-signed by the
 //     instance actor (hs2019), no LD signature.
+//   - Friendica: Create{Note} (ids <base>/objects/<uuid>[/Create]), LD-signed, HTTP-signed by
+//     the author.
 //
 // The note stays retrievable at its id until deleted. Misskey writes times with milliseconds,
 // the others in whole seconds.
@@ -434,6 +454,9 @@ func (i *Instance) PostVisible(ctx context.Context, relayInbox, user, text strin
 	case GoToSocial:
 		n.ID = author.id + "/statuses/" + randomULID()
 		n.ActivityID = n.ID + "/activity"
+	case Friendica:
+		n.ID = i.base + "/objects/" + newUUID()
+		n.ActivityID = n.ID + "/Create"
 	}
 	note := i.noteDoc(n, author, "")
 	stored := copyMap(note)
@@ -512,6 +535,8 @@ func (i *Instance) Edit(ctx context.Context, relayInbox string, n *Note, text st
 		id = i.base + "/activities/" + newUUID()
 	case GoToSocial:
 		id = n.ID + "/updates/" + randomULID()
+	case Friendica:
+		id = i.base + "/activity/" + newUUID()
 	}
 	act := map[string]any{
 		"@context": i.activityContext(), "id": id, "type": "Update", "actor": author.id,
@@ -558,6 +583,11 @@ func (i *Instance) Delete(ctx context.Context, relayInbox string, n *Note) error
 			"@context": asContext, "id": n.ID + "/delete/" + randomULID(), "type": "Delete", "actor": author.id,
 			"object": n.ID, "to": singleValued(to), "cc": singleValued(cc),
 		}
+	case Friendica:
+		act = map[string]any{
+			"@context": i.activityContext(), "id": n.ID + "/Delete", "type": "Delete", "actor": author.id,
+			"object": map[string]any{"id": n.ID, "type": "Tombstone"}, "to": []any{publicIRI},
+		}
 	}
 	if err := i.ldSignIfFlavor(act, author); err != nil {
 		return err
@@ -567,8 +597,8 @@ func (i *Instance) Delete(ctx context.Context, relayInbox string, n *Note) error
 
 // Boost sends an Announce of objectID by user to relayInbox and returns the Announce's id:
 // Mastodon <base>/users/<user>/statuses/<n>/activity, Misskey <base>/notes/<aid>/activity, both
-// with the object as an IRI, to Public, LD-signed. Pleroma and GoToSocial do not push boosts to
-// relays and return ErrUnsupported.
+// with the object as an IRI, to Public, LD-signed. Pleroma, GoToSocial and Friendica do not push
+// boosts to relays and return ErrUnsupported.
 func (i *Instance) Boost(ctx context.Context, relayInbox, user, objectID string) (string, error) {
 	if i.flavor.LitePub() {
 		return "", ErrUnsupported
@@ -603,8 +633,8 @@ func (i *Instance) Boost(ctx context.Context, relayInbox, user, objectID string)
 // Unboost withdraws the boost boostID (made by Boost) and sends an Undo of it to relayInbox, as
 // Mastodon and Misskey send un-boosts of public posts to relays: Mastodon an Undo with id
 // <actor>#announces/<n>/undo, Misskey one with an id on its host; both embed the Announce, are
-// addressed to Public and LD-signed, and are HTTP-signed by the booster. Pleroma and
-// GoToSocial return ErrUnsupported, as for Boost.
+// addressed to Public and LD-signed, and are HTTP-signed by the booster. The LitePub flavors
+// return ErrUnsupported, as for Boost.
 func (i *Instance) Unboost(ctx context.Context, relayInbox, boostID string) error {
 	if i.flavor.LitePub() {
 		return ErrUnsupported

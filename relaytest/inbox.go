@@ -232,6 +232,8 @@ func (i *Instance) serveInbox(w http.ResponseWriter, r *http.Request, owner *loc
 		status, reason, jobs = i.processPleroma(rec, act)
 	case GoToSocial:
 		status, reason, jobs = i.processGoToSocial(rec, act)
+	case Friendica:
+		jobs = i.processFriendica(r.Context(), rec, act)
 	}
 	if status != 0 {
 		i.refuse(w, r, body, status, reason, keyID)
@@ -654,7 +656,7 @@ func (i *Instance) acceptBackJob(follower string, follow map[string]any) job {
 		}
 		delete(follow, "@context")
 		accept := map[string]any{
-			"@context": i.litepubContext(), "id": i.base + "/activities/" + newUUID(), "type": "Accept",
+			"@context": i.activityContext(), "id": i.base + "/activities/" + newUUID(), "type": "Accept",
 			"actor": i.system.id, "object": follow, "to": []any{follower}, "cc": []any{},
 		}
 		if err := i.deliver(ctx, inbox, i.system, accept); err != nil && ctx.Err() == nil {
@@ -743,6 +745,107 @@ func (i *Instance) processGoToSocial(rec *Received, act map[string]any) (int, st
 	return 0, "", nil
 }
 
+// friendicaContentTypes are the object types Friendica takes as posts (Receiver::CONTENT_TYPES).
+var friendicaContentTypes = map[string]bool{
+	"Note": true, "Article": true, "Question": true, "Page": true, "Event": true, "Audio": true, "Video": true, "Image": true,
+}
+
+// isFriendicaRelayActor is APContact::isRelay for the relays a fake meets: an Application named
+// relay at /actor or /relay.
+func (i *Instance) isFriendicaRelayActor(ctx context.Context, id string) bool {
+	if id == "" {
+		return false
+	}
+	ra, err := i.remoteActorFor(ctx, id)
+	if err != nil {
+		return false
+	}
+	u, err := url.Parse(id)
+	return err == nil && ra.typ == "Application" && ra.username == "relay" && (u.Path == "/actor" || u.Path == "/relay")
+}
+
+func (i *Instance) processFriendica(ctx context.Context, rec *Received, act map[string]any) []job {
+	relayPost := rec.ObjectID != "" && (rec.Type == "Announce" ||
+		(rec.Type == "Create" || rec.Type == "Update") && friendicaContentTypes[rec.ObjectType])
+	if relayPost && (i.isFriendicaRelayActor(ctx, rec.Actor) || i.isFriendicaRelayActor(ctx, rec.Signer)) {
+		// Receiver::processRelayPost: the object is fetched from its id, unless Friendica has it.
+		if i.hasStatus(rec.ObjectID) {
+			drop(rec, "Relayed message already exists: %s", rec.ObjectID)
+			return nil
+		}
+		rec.Reason = "post from a relay: fetching the object from its origin"
+		return []job{i.fetchJob(rec, rec.ObjectID)}
+	}
+	trusted := rec.Signer == rec.Actor
+	if !trusted && rec.LDSigned {
+		if owner, err := ldVerify(act, i.ldKeyLookup(ctx)); err == nil && owner == rec.Actor {
+			trusted, rec.LDVerified = true, true
+		}
+	}
+	if !trusted && rec.Type == "Delete" {
+		// Processor::isActivityGone: a Delete of an object that answers 410 is applied.
+		rec.Reason = "untrusted Delete: checking whether the object is gone"
+		return []job{i.goneJob(rec)}
+	}
+	if !trusted {
+		drop(rec, "%s by %s signed by %s without a valid LD signature: not trusted", rec.Type, rec.Actor, rec.Signer)
+		return nil
+	}
+	switch rec.Type {
+	case "Follow":
+		if rec.ObjectID != i.system.id {
+			drop(rec, "Follow of %s is not processed", rec.ObjectID)
+			return nil
+		}
+		followMap, _ := copyAny(act).(map[string]any)
+		i.mu.Lock()
+		i.followers[rec.Actor] = rec.ID
+		i.mu.Unlock()
+		rec.Reason = "follow of the system actor: accepting"
+		return []job{i.acceptBackJob(rec.Actor, followMap)}
+	case "Accept", "Reject":
+		i.subscriptionReply(rec, act)
+	case "Create", "Update":
+		i.keepEmbedded(rec, act)
+	case "Delete":
+		i.deleteStatus(rec)
+	case "Undo":
+		if m, ok := act["object"].(map[string]any); ok && typeOf(m) == "Follow" && idOf(m["object"]) == i.system.id {
+			i.mu.Lock()
+			delete(i.followers, rec.Actor)
+			i.mu.Unlock()
+			rec.Reason = "unfollowed the system actor"
+			return nil
+		}
+		i.undoAnnounce(rec, act)
+	}
+	return nil
+}
+
+// goneJob applies a Delete whose object answers 410 Gone, and drops it otherwise.
+func (i *Instance) goneJob(rec *Received) job {
+	rec.FetchURL = rec.ObjectID
+	return func(ctx context.Context) {
+		status, _, _, err := i.fetchJSON(ctx, rec.ObjectID)
+		gone := status == http.StatusGone
+		if gone {
+			i.forgetStatus(rec.ObjectID)
+		}
+		i.mu.Lock()
+		defer i.mu.Unlock()
+		rec.FetchDone, rec.FetchStatus = true, status
+		if err != nil && !gone {
+			rec.FetchErr = err.Error()
+		}
+		if gone {
+			rec.Reason += "; the object is gone: deleted"
+			return
+		}
+		rec.Dropped = true
+		rec.Reason += fmt.Sprintf("; the object answers %d: not deleted", status)
+	}
+}
+
 var followRelayRE = regexp.MustCompile(`follow-relay/(\w+)`)
 
 // subscriptionReply applies an Accept or Reject to the matching subscription per the flavor's
@@ -779,7 +882,7 @@ func (i *Instance) subscriptionReply(rec *Received, act map[string]any) {
 				match = s
 			}
 		}
-	case Pleroma, GoToSocial:
+	case Pleroma, GoToSocial, Friendica:
 		if i.flavor == GoToSocial && rec.ID == "" {
 			drop(rec, "%s without id", rec.Type)
 			return

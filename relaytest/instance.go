@@ -60,6 +60,14 @@ const (
 	// has and a relayed Delete, and undoes an Announce only for an Undo embedding it and signed by
 	// its actor.
 	GoToSocial
+	// Friendica subscribes LitePub-style from its system actor (/friendica), accepts the relay's
+	// reciprocal Follow, and publishes public posts to the relay as LD-signed Creates by their
+	// authors. An Announce, Create or Update that comes from a relay actor (an Application named
+	// relay at /actor or /relay, as actor or as HTTP signer) is a relayed post: its object is
+	// fetched from its origin unless Friendica has it already (so a relayed edit never shows).
+	// Anything else relayed needs an LD signature by its actor, except a Delete of an object
+	// that answers 410, which is applied. It does not push boosts to relays.
+	Friendica
 )
 
 // String returns the flavor's name.
@@ -73,13 +81,15 @@ func (f Flavor) String() string {
 		return "Pleroma"
 	case GoToSocial:
 		return "GoToSocial"
+	case Friendica:
+		return "Friendica"
 	}
 	return fmt.Sprintf("Flavor(%d)", int(f))
 }
 
 // LitePub reports whether the flavor subscribes LitePub-style (following the relay actor) rather
 // than Mastodon-style (following as:Public).
-func (f Flavor) LitePub() bool { return f == Pleroma || f == GoToSocial }
+func (f Flavor) LitePub() bool { return f == Pleroma || f == GoToSocial || f == Friendica }
 
 // Options configures NewInstance.
 type Options struct {
@@ -304,7 +314,7 @@ var (
 // opts.Network it is registered on that network under opts.Host.
 func NewInstance(t testing.TB, flavor Flavor, opts Options) *Instance {
 	t.Helper()
-	if flavor < Mastodon || flavor > GoToSocial {
+	if flavor < Mastodon || flavor > Friendica {
 		t.Fatalf("relaytest: unknown flavor %d", int(flavor))
 	}
 	warmKeys()
@@ -406,8 +416,8 @@ func (i *Instance) URL() string { return i.base }
 func (i *Instance) Host() string { return i.host }
 
 // RelayActorID returns the id of the actor that subscribes to relays: the instance actor
-// (Mastodon <base>/actor, GoToSocial <base>/users/<host>), Misskey's system user relay.actor or
-// Pleroma's <base>/relay.
+// (Mastodon <base>/actor, GoToSocial <base>/users/<host>), Misskey's system user relay.actor,
+// Pleroma's <base>/relay or Friendica's system actor <base>/friendica.
 func (i *Instance) RelayActorID() string { return i.system.id }
 
 // ActorID returns the actor id of the local user name (created on demand), or of the relay
