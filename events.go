@@ -165,9 +165,11 @@ var knownSoftware = []string{
 var majorVersion = regexp.MustCompile(`^[/ ]v?([0-9]{1,4})[.;) ]`)
 
 // softwareBook remembers the software family of each subscribed host, read
-// from the User-Agent of its authenticated inbox requests, for
-// Observer.Delivered and the status page. It lives in memory: after a
-// restart a host is "unknown" until it sends something.
+// from the User-Agent of its authenticated inbox requests (name and major
+// version) or else from the NodeInfo name its subscriber record keeps
+// (store.Subscriber.Software), for Observer.Delivered and the status
+// pages. It lives in memory, seeded from the store at Start and every
+// summaryInterval.
 type softwareBook struct {
 	mu sync.Mutex
 	m  map[string]string
@@ -189,6 +191,33 @@ func (b *softwareBook) learn(host, userAgent string) {
 	}
 }
 
+// seed records the software of host from its NodeInfo name (see
+// store.Subscriber.Software) unless a User-Agent told it already.
+func (b *softwareBook) seed(host, nodeInfoName string) {
+	if nodeInfoName == "" {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.m == nil {
+		b.m = map[string]string{}
+	}
+	if _, ok := b.m[host]; !ok {
+		b.m[host] = SoftwareFamily(nodeInfoName)
+	}
+}
+
+// seedAll seeds the book from the subscribers' stored software and drops
+// hosts without a subscriber.
+func (b *softwareBook) seedAll(subs []store.Subscriber) {
+	hosts := make(map[string]bool, len(subs))
+	for i := range subs {
+		hosts[subs[i].Host] = true
+		b.seed(subs[i].Host, subs[i].Software)
+	}
+	b.keepOnly(hosts)
+}
+
 // of returns the software family of host, or "unknown".
 func (b *softwareBook) of(host string) string {
 	b.mu.Lock()
@@ -199,7 +228,7 @@ func (b *softwareBook) of(host string) string {
 	return "unknown"
 }
 
-// forget drops hosts without a subscriber, so the book stays as large as
+// keepOnly drops hosts without a subscriber, so the book stays as large as
 // the subscriber list.
 func (b *softwareBook) keepOnly(hosts map[string]bool) {
 	b.mu.Lock()
@@ -212,8 +241,8 @@ func (b *softwareBook) keepOnly(hosts map[string]bool) {
 }
 
 // SoftwareOf returns the software family (see SoftwareFamily) of the
-// server at host, learnt from the User-Agent of its inbox requests since
-// the relay started, or "unknown". It is safe for concurrent use.
+// server at host, learnt from the User-Agent of its inbox requests or its
+// subscriber's NodeInfo, or "unknown". It is safe for concurrent use.
 func (r *Relay) SoftwareOf(host string) string { return r.software.of(host) }
 
 // observedStore reports the duration of every Store call to an Observer.

@@ -84,6 +84,7 @@ func (r *Relay) PublicStatus(ctx context.Context) (PublicStatus, error) {
 	st.Subscribers = len(subs)
 	counts := map[string]int{}
 	for i := range subs {
+		r.software.seed(subs[i].Host, subs[i].Software)
 		counts[r.software.of(subs[i].Host)]++
 	}
 	for s, n := range counts {
@@ -238,6 +239,7 @@ func (r *Relay) operatorPage(ctx context.Context) (operatorPage, error) {
 	}
 	states := map[string]int{}
 	for _, s := range statuses {
+		r.software.seed(s.Host, s.Software)
 		states[string(s.State)]++
 		row := operatorRow{
 			ActorID: s.ActorID, State: string(s.State), Protocol: string(s.Protocol),

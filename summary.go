@@ -143,6 +143,11 @@ func (q *deliveryQueue) observe(d store.Delivery, status int, err error) {
 // something happened, until the relay closes.
 func (r *Relay) logSummaries() {
 	defer r.bg.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	if subs, err := r.store.ListSubscribers(ctx, store.SubscriberFilter{}); err == nil {
+		r.software.seedAll(subs)
+	}
+	cancel()
 	for {
 		select {
 		case <-r.closed:
@@ -162,11 +167,7 @@ func (r *Relay) logSummary() {
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
 	if subs, err := r.store.ListSubscribers(ctx, store.SubscriberFilter{}); err == nil {
-		hosts := make(map[string]bool, len(subs))
-		for i := range subs {
-			hosts[subs[i].Host] = true
-		}
-		r.software.keepOnly(hosts)
+		r.software.seedAll(subs)
 	}
 	if relayed == 0 && delivered == 0 && failed == 0 {
 		return
