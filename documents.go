@@ -35,7 +35,8 @@ const (
 //	GET  P/{$}                    the status page: HTML for browsers, JSON
 //	                              with ?format=json or Accept: application/json,
 //	                              plain text otherwise (see PublicStatus)
-//	GET  P/status.css             the status page's style sheet
+//	GET  P/status.css             the status page's style sheet and icon
+//	GET  P/favicon.svg
 //	GET  /.well-known/webfinger   acct:relay@host and the actor URL
 //	GET  /.well-known/nodeinfo
 //	GET  /.well-known/host-meta
@@ -57,6 +58,7 @@ func (r *Relay) routes() http.Handler {
 	mux.HandleFunc("GET "+p+"/nodeinfo/{version}", r.serveNodeInfo)
 	mux.HandleFunc("GET "+p+"/{$}", r.serveIndex)
 	mux.HandleFunc("GET "+p+"/status.css", serveCSS)
+	mux.HandleFunc("GET "+p+"/favicon.svg", serveIcon)
 	mux.HandleFunc("GET /.well-known/webfinger", r.serveWebFinger)
 	mux.HandleFunc("GET /.well-known/nodeinfo", r.serveNodeInfoLinks)
 	mux.HandleFunc("GET /.well-known/host-meta", r.serveHostMeta)

@@ -19,13 +19,14 @@ import (
 	"github.com/fedirelay/relay/store"
 )
 
-//go:embed templates/status.html templates/operator.html templates/status.css
+//go:embed templates/status.html templates/operator.html templates/status.css templates/favicon.svg
 var templateFiles embed.FS
 
 var (
 	statusTemplate   = template.Must(template.ParseFS(templateFiles, "templates/status.html"))
 	operatorTemplate = template.Must(template.ParseFS(templateFiles, "templates/operator.html"))
 	statusCSS        = mustRead("templates/status.css")
+	favicon          = mustRead("templates/favicon.svg")
 )
 
 func mustRead(name string) []byte {
@@ -57,6 +58,7 @@ type PublicStatus struct {
 	BlockedCount     int             `json:"blocked_domains_count"`
 	BlockedDomains   []string        `json:"blocked_domains,omitempty"`
 	CSS              string          `json:"-"`
+	Icon             string          `json:"-"`
 }
 
 // SoftwareCount is the number of accepted subscribers running a software
@@ -76,6 +78,7 @@ func (r *Relay) PublicStatus(ctx context.Context) (PublicStatus, error) {
 		PostsLastHour:    r.PostsLastHour(),
 		BySoftware:       []SoftwareCount{},
 		CSS:              r.prefix + "/status.css",
+		Icon:             r.prefix + "/favicon.svg",
 	}
 	subs, err := r.store.ListSubscribers(ctx, store.SubscriberFilter{State: store.StateAccepted})
 	if err != nil {
@@ -161,10 +164,19 @@ func serveCSS(w http.ResponseWriter, _ *http.Request) {
 	_, _ = w.Write(statusCSS)
 }
 
+// serveIcon serves the status pages' icon.
+func serveIcon(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "image/svg+xml")
+	w.Header().Set("Cache-Control", "max-age=86400")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	_, _ = w.Write(favicon)
+}
+
 // operatorRow is one subscriber on the operator page.
 type operatorRow struct {
 	ActorID, State, Protocol, Software string
 	LastSuccess, FailingSince          string
+	LastSuccessAt, FailingSinceAt      string // full timestamps
 	Failing                            bool
 	Failed                             int64
 	Backlog                            int
@@ -190,8 +202,8 @@ type operatorPage struct {
 // the delivery queue and, for every subscriber (pending and rejected ones
 // included), its state, software, last success, failing run, backlog,
 // circuit breaker and last error or note. It serves the page for any path
-// not ending in "/status.css", and the style sheet for that path, so it
-// can be mounted at any prefix. It shows actor ids and notes: serve it
+// not ending in "/status.css" or "/favicon.svg", and the style sheet and
+// icon for those, so it can be mounted at any prefix. It shows actor ids and notes: serve it
 // only where the operator alone can reach it (examples/relay serves it on
 // the admin listener). It costs one CountDeliveries per subscriber.
 func (r *Relay) OperatorHandler() http.Handler {
@@ -200,8 +212,12 @@ func (r *Relay) OperatorHandler() http.Handler {
 			http.Error(w, "relay: method not allowed", http.StatusMethodNotAllowed)
 			return
 		}
-		if strings.HasSuffix(req.URL.Path, "/status.css") {
+		switch {
+		case strings.HasSuffix(req.URL.Path, "/status.css"):
 			serveCSS(w, req)
+			return
+		case strings.HasSuffix(req.URL.Path, "/favicon.svg"):
+			serveIcon(w, req)
 			return
 		}
 		page, err := r.operatorPage(req.Context())
@@ -225,7 +241,7 @@ func (r *Relay) operatorPage(ctx context.Context) (operatorPage, error) {
 		return p, err
 	}
 	p.Now = now.UTC().Format("2006-01-02 15:04:05 MST")
-	p.Lag = p.Queue.Lag.Round(time.Second).String()
+	p.Lag = roughly(p.Queue.Lag)
 	breakers := map[string]string{}
 	for _, h := range p.Queue.Hosts {
 		breakers[h.Host] = h.Circuit
@@ -245,6 +261,7 @@ func (r *Relay) operatorPage(ctx context.Context) (operatorPage, error) {
 			ActorID: s.ActorID, State: string(s.State), Protocol: string(s.Protocol),
 			Software: r.software.of(s.Host), LastSuccess: ago(now, s.LastSuccess),
 			FailingSince: ago(now, s.FailingSince), Failing: !s.FailingSince.IsZero(),
+			LastSuccessAt: stamp(s.LastSuccess), FailingSinceAt: stamp(s.FailingSince),
 			Failed: s.Failed, Backlog: s.Backlog, Breaker: cmp.Or(breakers[s.Host], "closed"),
 			Detail: cmp.Or(s.LastError, s.Note),
 		}
@@ -264,9 +281,26 @@ func ago(now, t time.Time) string {
 	if t.IsZero() {
 		return "never"
 	}
-	d := now.Sub(t).Round(time.Second)
-	if d < 0 {
-		d = 0
+	return roughly(now.Sub(t)) + " ago"
+}
+
+// stamp formats t in full for the operator page's tooltips: "" for zero.
+func stamp(t time.Time) string {
+	if t.IsZero() {
+		return ""
 	}
-	return t.UTC().Format("2006-01-02 15:04") + " (" + d.String() + " ago)"
+	return t.UTC().Format(time.RFC3339)
+}
+
+// roughly formats a duration the way people say it: 45s, 12m, 5h, 9d.
+func roughly(d time.Duration) string {
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", max(int(d.Seconds()), 0))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
 }

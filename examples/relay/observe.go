@@ -14,7 +14,8 @@ import (
 //	GET /healthz       200 while the process serves
 //	GET /readyz        200 when the store answers and delivery runs, else 503
 //	GET /              the operator status page (per-subscriber health)
-//	GET /status.css    its style sheet
+//	GET /status.css    its style sheet and icon
+//	GET /favicon.svg
 func observeHandler(r *relay.Relay, exp *promrelay.Exporter) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", exp.Handler())
@@ -23,5 +24,6 @@ func observeHandler(r *relay.Relay, exp *promrelay.Exporter) http.Handler {
 	operator := r.OperatorHandler()
 	mux.Handle("GET /{$}", operator)
 	mux.Handle("GET /status.css", operator)
+	mux.Handle("GET /favicon.svg", operator)
 	return mux
 }
