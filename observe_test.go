@@ -162,13 +162,13 @@ func TestStatusPagePublishesBlocksWhenAsked(t *testing.T) {
 
 func TestSoftwareFamily(t *testing.T) {
 	for ua, want := range map[string]string{
-		"http.rb/5.2.0 (Mastodon/4.3.2; +https://mastodon.example/)":              "mastodon/4",
-		"Misskey/2025.4.0 (https://misskey.example)":                              "misskey/2025",
-		"Pleroma 2.9.1; https://pleroma.example <admin@pleroma.example>":          "pleroma/2",
-		"Akkoma 3.13.2; https://akkoma.example <admin@akkoma.example>":            "akkoma/3",
-		"gotosocial (+https://gts.example) gotosocial/0.19.1":                     "gotosocial/0",
-		"Friendica 'Yellow Archangel' 2024.12-1576; https://friendica.example":    "friendica",
-		"mastodon/4.5.0 (relaytest; +http://127.0.0.1:1/)":                        "mastodon/4",
+		"http.rb/5.2.0 (Mastodon/4.3.2; +https://mastodon.example/)":           "mastodon/4",
+		"Misskey/2025.4.0 (https://misskey.example)":                           "misskey/2025",
+		"Pleroma 2.9.1; https://pleroma.example <admin@pleroma.example>":       "pleroma/2",
+		"Akkoma 3.13.2; https://akkoma.example <admin@akkoma.example>":         "akkoma/3",
+		"gotosocial (+https://gts.example) gotosocial/0.19.1":                  "gotosocial/0",
+		"Friendica 'Yellow Archangel' 2024.12-1576; https://friendica.example": "friendica",
+		"mastodon/4.5.0 (relaytest; +http://127.0.0.1:1/)":                     "mastodon/4",
 		"curl/8.0":                 "other",
 		"":                         "other",
 		"Mastodon/123456789.0 (x)": "mastodon",
