@@ -344,3 +344,28 @@ func keyFetchOutcome(err error) string {
 	}
 	return "error"
 }
+
+func (s observedStore) DeleteValue(ctx context.Context, key string) error {
+	defer s.since("DeleteValue", time.Now())
+	return s.Store.DeleteValue(ctx, key)
+}
+
+func (s observedStore) ListValues(ctx context.Context, prefix string) (map[string][]byte, error) {
+	defer s.since("ListValues", time.Now())
+	return s.Store.ListValues(ctx, prefix)
+}
+
+func (s observedStore) DeleteSubscriber(ctx context.Context, actorID string) error {
+	defer s.since("DeleteSubscriber", time.Now())
+	return s.Store.DeleteSubscriber(ctx, actorID)
+}
+
+func (s observedStore) MarkSeen(ctx context.Context, id string, until time.Time) (bool, error) {
+	defer s.since("MarkSeen", time.Now())
+	return s.Store.MarkSeen(ctx, id, until)
+}
+
+func (s observedStore) ForgetSeen(ctx context.Context, id string) error {
+	defer s.since("ForgetSeen", time.Now())
+	return s.Store.ForgetSeen(ctx, id)
+}

@@ -70,7 +70,7 @@ func (r *Relay) Ready(ctx context.Context) error {
 }
 
 // baseStore returns the store without the Observer's wrapper.
-func (r *Relay) baseStore() any {
+func (r *Relay) baseStore() store.Store {
 	if o, ok := r.store.(observedStore); ok {
 		return o.Store
 	}

@@ -538,7 +538,7 @@ func (r *Relay) ActorID() string { return r.actorID }
 func (r *Relay) InboxURL() string { return r.inboxURL }
 
 // Store returns the store the relay uses.
-func (r *Relay) Store() store.Store { return r.store }
+func (r *Relay) Store() store.Store { return r.baseStore() }
 
 // Start starts delivering queued activities in the background. It returns
 // an error if the relay is closed or already started.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -230,3 +231,39 @@ func TestStatusPageInBrowser(t *testing.T) {
 }
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// TestObserveRoutes: the admin listener's metrics, health checks and
+// operator page.
+func TestObserveRoutes(t *testing.T) {
+	_, _, admin := seededRelay(t)
+	get := func(path string) (int, string, string) {
+		resp, err := http.Get(admin + path)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, resp.Header.Get("Content-Type"), string(b)
+	}
+	code, _, body := get("metrics")
+	assert.Equal(t, http.StatusOK, code)
+	assert.Contains(t, body, `fedirelay_subscribers{protocol="mastodon",state="accepted"} 2`)
+	assert.Contains(t, body, `fedirelay_subscribers{protocol="litepub",state="pending"} 1`)
+	assert.Contains(t, body, "fedirelay_queue_deliveries 7")
+	assert.Contains(t, body, "go_goroutines ")
+	assert.Contains(t, body, "process_start_time_seconds ")
+	code, _, body = get("healthz")
+	assert.Equal(t, http.StatusOK, code)
+	assert.Equal(t, "ok\n", body)
+	code, _, body = get("readyz")
+	assert.Equal(t, http.StatusOK, code)
+	assert.Equal(t, "ready\n", body)
+	code, ctype, body := get("")
+	assert.Equal(t, http.StatusOK, code)
+	assert.Equal(t, "text/html; charset=utf-8", ctype)
+	assert.Contains(t, body, "https://pending.example/relay")
+	code, ctype, _ = get("status.css")
+	assert.Equal(t, http.StatusOK, code)
+	assert.Equal(t, "text/css; charset=utf-8", ctype)
+	code, _, _ = get("nothing-here")
+	assert.Equal(t, http.StatusNotFound, code)
+}

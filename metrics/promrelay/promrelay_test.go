@@ -239,6 +239,6 @@ func TestLabelsDoNotGrowWithSubscribers(t *testing.T) {
 	assert.Equal(t, few, many)
 }
 
-var storeMethods = []string{"GetValue", "PutValue", "CreateValue", "GetSubscriber", "UpdateSubscriber",
-	"ListSubscribers", "Enqueue", "Lease", "GetPayload", "Complete", "Retry", "CountDeliveries",
-	"ShedDeliveries", "DropDeliveries"}
+var storeMethods = []string{"GetValue", "PutValue", "CreateValue", "DeleteValue", "ListValues",
+	"GetSubscriber", "UpdateSubscriber", "DeleteSubscriber", "ListSubscribers", "MarkSeen", "ForgetSeen",
+	"Enqueue", "Lease", "GetPayload", "Complete", "Retry", "CountDeliveries", "ShedDeliveries", "DropDeliveries"}
