@@ -220,3 +220,43 @@ func TestLogsFollowTraffic(t *testing.T) {
 	assert.Regexp(t, `level=INFO msg="relay: delivery refused, not retried" subscriber=`+regexp.QuoteMeta(refuser.RelayActorID())+` .*status=413`, out)
 	assert.Regexp(t, `level=DEBUG msg="relay: delivery failed" .*status=413`, out)
 }
+
+// TestTrafficSummary: every 10 minutes the relay logs a summary at info,
+// only when something happened.
+func TestTrafficSummary(t *testing.T) {
+	var logs lockedBuffer
+	e := newMemEnv(t, relay.Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	summaries := func() int { return strings.Count(logs.String(), `msg="relay: traffic summary"`) }
+	// nextSummary advances the clock by the summary interval and waits
+	// until the summary loop waits for the next one: it has then logged
+	// this period's summary, if any.
+	nextSummary := func() {
+		e.clock.Advance(10 * time.Minute)
+		next := e.clock.Now().Add(10 * time.Minute)
+		e.eventually(func() bool {
+			e.clock.mu.Lock()
+			defer e.clock.mu.Unlock()
+			for _, w := range e.clock.waiters {
+				if w.at.Equal(next) {
+					return true
+				}
+			}
+			return false
+		}, "the summary loop waits for the next period")
+	}
+
+	nextSummary()
+	assert.Zero(t, summaries(), "nothing happened")
+
+	is := e.subscribed("a.test", "b.test", "c.test")
+	e.post(is[0], "hello")
+	e.eventually(func() bool { return e.backlog("b.test") == 0 && e.backlog("c.test") == 0 })
+	e.settled()
+	nextSummary()
+	require.Equal(t, 1, summaries())
+	// The subscriptions' Accepts (3) and the post's deliveries (2).
+	assert.Regexp(t, `msg="relay: traffic summary" period=10m0s relayed=1 delivered=5 failed=0 backlog=0\n$`, logs.String())
+
+	nextSummary()
+	assert.Equal(t, 1, summaries(), "nothing happened in that period")
+}
