@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"strings"
 	"time"
@@ -59,33 +60,30 @@ type objectRef struct {
 // errMalformed wraps every parse failure of an incoming activity.
 var errMalformed = errors.New("relay: malformed activity")
 
+// envelopeFields are the top-level fields of an activity the relay reads
+// (see fieldsOf for how).
+var envelopeFields = []string{"id", "type", "actor", "object", "to", "cc", "attributedTo", "published", "signature", "proof"}
+
+// objectFields are the fields the relay reads of an embedded object.
+var objectFields = []string{"id", "type", "actor", "object", "to", "cc", "attributedTo"}
+
 // parseEnvelope decodes the fields the relay needs from an activity
 // document. It accepts addressing as a string or an array, actors and
-// objects as IRIs or embedded objects, and ignores everything else.
+// objects as IRIs or embedded objects, and ignores everything else. Fields
+// are read as receivers read them (see fieldsOf): an activity that spells
+// one of them twice, or in another case, is malformed.
 func parseEnvelope(body []byte) (*envelope, error) {
-	var raw struct {
-		ID        json.RawMessage `json:"id"`
-		Type      json.RawMessage `json:"type"`
-		Actor     json.RawMessage `json:"actor"`
-		Object    json.RawMessage `json:"object"`
-		To        json.RawMessage `json:"to"`
-		Cc        json.RawMessage `json:"cc"`
-		Published json.RawMessage `json:"published"`
-		Signature json.RawMessage `json:"signature"`
-		Proof     json.RawMessage `json:"proof"`
-	}
 	if err := checkJSONDepth(body, maxJSONDepth); err != nil {
 		return nil, fmt.Errorf("%w: %v", errMalformed, err)
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(&raw); err != nil {
+	f, err := fieldsOf(body, envelopeFields...)
+	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errMalformed, err)
 	}
-	if dec.More() {
-		return nil, fmt.Errorf("%w: trailing data after the JSON document", errMalformed)
+	raw := struct{ ID, Type, Actor, Object, To, Cc, Published, Signature, Proof json.RawMessage }{
+		f["id"], f["type"], f["actor"], f["object"], f["to"], f["cc"], f["published"], f["signature"], f["proof"],
 	}
 	e := &envelope{}
-	var err error
 	if e.ID, err = idOf(raw.ID); err != nil {
 		return nil, fmt.Errorf("%w: id: %v", errMalformed, err)
 	}
@@ -135,6 +133,57 @@ func parseEnvelope(body []byte) (*envelope, error) {
 		return nil, fmt.Errorf("%w: actor: %v", errMalformed, err)
 	}
 	return e, nil
+}
+
+// fieldsOf returns the raw values of the named members of the JSON object
+// m, read as ActivityPub receivers read them: names are matched exactly
+// (case-sensitively), as JSON-LD and JavaScript, Ruby and Go map decoding
+// do. Because encoding/json's struct decoding matches names ignoring case
+// (Unicode simple folding, so "Actor", "ACTOR" and "\u0041ctor" all match
+// "actor") and takes the last of duplicates, a member whose name equals one
+// of names only when case is ignored, or a named member that appears twice,
+// is an error: receivers would disagree on what the object says, and the
+// relay would vouch for one reading while another is delivered. The value
+// of each named member is checked to be valid JSON; other members are
+// skipped. m must be a single object with nothing after it.
+func fieldsOf(m []byte, names ...string) (map[string]json.RawMessage, error) {
+	dec := json.NewDecoder(bytes.NewReader(m))
+	if tok, err := dec.Token(); err != nil {
+		return nil, err
+	} else if tok != json.Delim('{') {
+		return nil, errors.New("not a JSON object")
+	}
+	out := make(map[string]json.RawMessage, len(names))
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		key, _ := tok.(string)
+		var value json.RawMessage
+		if err := dec.Decode(&value); err != nil {
+			return nil, err
+		}
+		for _, name := range names {
+			if !strings.EqualFold(key, name) {
+				continue
+			}
+			if key != name {
+				return nil, fmt.Errorf("member %q differs from %q only in case", key, name)
+			}
+			if _, dup := out[name]; dup {
+				return nil, fmt.Errorf("member %q appears twice", name)
+			}
+			out[name] = value
+		}
+	}
+	if _, err := dec.Token(); err != nil { // the closing '}'
+		return nil, err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("trailing data after the JSON document")
+	}
+	return out, nil
 }
 
 // maxIDLength is the longest id (of an activity, its actor, its object,
@@ -206,13 +255,11 @@ func idOf(m json.RawMessage) (string, error) {
 		err := json.Unmarshal(m, &s)
 		return s, err
 	case '{':
-		var o struct {
-			ID json.RawMessage `json:"id"`
-		}
-		if err := json.Unmarshal(m, &o); err != nil {
+		f, err := fieldsOf(m, "id")
+		if err != nil {
 			return "", err
 		}
-		return idOf(o.ID)
+		return idOf(f["id"])
 	case '[':
 		// An array of actors: take the first (Mastodon does the same).
 		var l []json.RawMessage
@@ -284,18 +331,12 @@ func parseObject(m json.RawMessage) (objectRef, error) {
 		id, err := idOf(m)
 		return objectRef{ID: id}, err
 	}
-	var o struct {
-		ID           json.RawMessage `json:"id"`
-		Type         json.RawMessage `json:"type"`
-		Actor        json.RawMessage `json:"actor"`
-		Object       json.RawMessage `json:"object"`
-		AttributedTo json.RawMessage `json:"attributedTo"`
-	}
-	if err := json.Unmarshal(m, &o); err != nil {
+	f, err := fieldsOf(m, objectFields...)
+	if err != nil {
 		return objectRef{}, err
 	}
+	o := struct{ ID, Type, Actor, Object, AttributedTo json.RawMessage }{f["id"], f["type"], f["actor"], f["object"], f["attributedTo"]}
 	ref := objectRef{Embedded: true}
-	var err error
 	if ref.ID, err = idOf(o.ID); err != nil {
 		return ref, err
 	}
@@ -350,7 +391,8 @@ func hasProof(m json.RawMessage) bool {
 	return false
 }
 
-// checkIRI requires an absolute http(s) URL with a host and no user info.
+// checkIRI requires an absolute http(s) URL with a host that has a
+// canonical form (see canonicalHost) and no user info.
 func checkIRI(s string) error {
 	u, err := url.Parse(s)
 	if err != nil {
@@ -362,16 +404,10 @@ func checkIRI(s string) error {
 	if u.Host == "" || u.User != nil {
 		return fmt.Errorf("%q has no host or has user info", s)
 	}
-	return nil
-}
-
-// hostOf returns the lower-cased host[:port] of an absolute URL, or "".
-func hostOf(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return ""
+	if _, err := canonicalHost(u.Scheme, u.Host); err != nil {
+		return err
 	}
-	return strings.ToLower(u.Host)
+	return nil
 }
 
 // stripFragment returns s without its #fragment.

@@ -108,6 +108,9 @@ func (g *guard) checkURL(u *url.URL) error {
 	if host == "" {
 		return fmt.Errorf("%w: %s: URL has no host", ErrOutboundRefused, u.Redacted())
 	}
+	if _, err := canonicalHost(u.Scheme, u.Host); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrOutboundRefused, u.Redacted(), err)
+	}
 	if g.blocked.contains(host) {
 		return fmt.Errorf("%w: %s is on a blocked domain", ErrOutboundRefused, host)
 	}
@@ -201,15 +204,25 @@ func newDomainSet(domains []string) domainSet {
 	return s
 }
 
-// normalizeDomain lower-cases d and drops surrounding space, a leading
-// "*." or ".", a trailing dot and any port.
+// normalizeDomain returns the canonical form (see canonicalHost) of the
+// domain or host d without its port, after dropping surrounding space and
+// a leading "*." or ".": block-list entries and the hosts they are matched
+// against are compared in that form. IPv6 literals lose their brackets. A
+// d with no canonical form is only lower-cased.
 func normalizeDomain(d string) string {
 	d = strings.ToLower(strings.TrimSpace(d))
 	d = strings.TrimPrefix(strings.TrimPrefix(d, "*."), ".")
-	if h, _, err := net.SplitHostPort(d); err == nil {
-		d = h
+	host, _, err := splitHostPort(d)
+	if err != nil {
+		return d
 	}
-	return strings.Trim(strings.TrimSuffix(d, "."), "[]")
+	if ip, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+		return ip.WithZone("").String()
+	}
+	if h, err := canonicalName(host); err == nil {
+		return h
+	}
+	return strings.TrimSuffix(host, ".")
 }
 
 // contains reports whether host (with or without a port) is a blocked

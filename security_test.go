@@ -709,7 +709,7 @@ func TestKeyOwnerBinding(t *testing.T) {
 	assert.Contains(t, text, "does not list key")
 	code, text = send(actors.base+"/keys/elsewhere", "o1", "o1")
 	assert.Equal(t, http.StatusUnauthorized, code, text)
-	assert.Contains(t, text, "owner on another host")
+	assert.Contains(t, text, "owner of another origin")
 	code, text = send(actors.keyID("o2"), "o1", "o2") // o2 signs o1's post
 	assert.Equal(t, http.StatusUnauthorized, code, text)
 	code, text = send(actors.keyID("o1"), "o1", "o1")
