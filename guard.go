@@ -120,6 +120,47 @@ func (g *guard) checkURL(u *url.URL) error {
 	return nil
 }
 
+// internalSuffixes are names that only mean something inside a network:
+// special-use and private-use domains (RFC 6761, RFC 6762, RFC 8375) and
+// the names cloud platforms give their metadata services
+// (metadata.google.internal).
+var internalSuffixes = []string{"localhost", "local", "internal", "home.arpa", "lan", "intranet"}
+
+// checkObjectIRI is the check every object IRI the relay passes on to its
+// subscribers (the object of a relayed activity, which receivers fetch)
+// must pass: an absolute http(s) URL that checkIRI accepts (a canonical
+// host, no user info), no longer than maxIDLength, that the outbound guard
+// would request (https unless Config.AllowHTTP, no blocked domain, no IP
+// literal in a private or reserved range unless Config.AllowPrivate allows
+// it), and whose host is not a single label (resolved through search
+// domains) or an internal name (internalSuffixes). So no javascript: or
+// data: IRI, and no cloud metadata address, is ever announced.
+func (g *guard) checkObjectIRI(s string) error {
+	if len(s) > maxIDLength {
+		return fmt.Errorf("object IRI is %d bytes long, over the %d-byte limit for ids", len(s), maxIDLength)
+	}
+	if err := checkIRI(s); err != nil {
+		return err
+	}
+	u, _ := url.Parse(s) // checkIRI parsed it
+	if err := g.checkURL(u); err != nil {
+		return err
+	}
+	host := strings.TrimSuffix(strings.ToLower(u.Hostname()), ".")
+	if _, err := netip.ParseAddr(host); err == nil {
+		return nil // checked by checkURL
+	}
+	if !strings.Contains(host, ".") {
+		return fmt.Errorf("%q: a host name of one label is not public", s)
+	}
+	for _, suffix := range internalSuffixes {
+		if host == suffix || strings.HasSuffix(host, "."+suffix) {
+			return fmt.Errorf("%q: %s is an internal name", s, host)
+		}
+	}
+	return nil
+}
+
 // control is a net.Dialer Control function: it runs for every address a
 // host name resolved to, after resolution and before connecting, so a name
 // that resolves (or is rebound) to a private address is refused.

@@ -4,6 +4,8 @@ import (
 	"crypto/ed25519"
 	"crypto/rsa"
 	"math/big"
+	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -97,4 +99,25 @@ func TestCheckPublicKey(t *testing.T) {
 		assert.Equal(t, tt.ok, err == nil, "%d bits, e=%d: %v", tt.bits, tt.e, err)
 	}
 	assert.NoError(t, checkPublicKey(make(ed25519.PublicKey, ed25519.PublicKeySize)))
+}
+
+// Object IRIs that receivers would fetch pass the guard's checks.
+func TestCheckObjectIRI(t *testing.T) {
+	g := newGuard(&Config{BlockedDomains: []string{"blocked.example"}})
+	for _, s := range []string{"https://a.example/notes/1", "https://A.example.:443/notes/1?x#y", "https://[2001:4860::8888]/n", "https://8.8.8.8/n"} {
+		assert.NoError(t, g.checkObjectIRI(s), s)
+	}
+	for _, s := range []string{
+		"javascript:alert(1)", "data:text/html,x", "file:///etc/passwd", "ftp://a.example/x", "//a.example/x", "/notes/1", "",
+		"http://a.example/n", "https://user@a.example/n", "https://169.254.169.254/latest/meta-data/",
+		"https://[::ffff:169.254.169.254]/x", "https://127.0.0.1/x", "https://10.0.0.1/x", "https://[fd00::1]/x",
+		"https://metadata.google.internal/computeMetadata/v1/", "https://localhost/x", "https://a.localhost/x",
+		"https://printer.local/x", "https://router.home.arpa/x", "https://intranet/x", "https://x.blocked.example/n",
+		"https://bücher.example/n", "https://a.example:99999/n", "https://" + strings.Repeat("a", 2050) + ".example/n",
+	} {
+		assert.Error(t, g.checkObjectIRI(s), s)
+	}
+	g = newGuard(&Config{AllowHTTP: true, AllowPrivate: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	assert.NoError(t, g.checkObjectIRI("http://127.0.0.1:8080/n"), "allowed for tests")
+	assert.Error(t, g.checkObjectIRI("http://169.254.169.254/n"))
 }
