@@ -581,6 +581,33 @@ func (r *Relay) hostHasSubscriber(ctx context.Context, host string) bool {
 	return false
 }
 
+// signatureFailuresSpent reports whether host (a canonical keyId host) has
+// spent its budget of failed signature verifications
+// (Config.SignatureFailureLimit; hosts with an accepted or dormant
+// subscriber have their own, larger buckets), and if so when it will have
+// a token again. It looks at the store only when the host's bucket for
+// hosts without a subscriber is empty.
+func (r *Relay) signatureFailuresSpent(ctx context.Context, host string) (bool, time.Duration) {
+	now := r.now()
+	if empty, after := r.sigFailS.empty(host, now); empty {
+		return true, after
+	}
+	if empty, after := r.sigFail.empty(host, now); empty && !r.hostHasSubscriber(ctx, host) {
+		return true, after
+	}
+	return false, 0
+}
+
+// countSignatureFailure takes a token from host's budget of failed
+// signature verifications.
+func (r *Relay) countSignatureFailure(ctx context.Context, host string) {
+	lim := r.sigFail
+	if r.hostHasSubscriber(ctx, host) {
+		lim = r.sigFailS
+	}
+	lim.allow(host, r.now())
+}
+
 // subscribedHosts returns the hosts with an accepted (or dormant)
 // subscriber. A store error gives none.
 func (r *Relay) subscribedHosts() map[string]bool {
