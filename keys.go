@@ -18,6 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/fedirelay/relay/httpsig"
 	"github.com/fedirelay/relay/store"
 )
 
@@ -788,7 +789,7 @@ func (r *Relay) resolveKey(ctx context.Context, keyID string) (*remoteKey, error
 	if !sameOrigin(entry.Owner, keyID) {
 		return nil, fmt.Errorf("relay: key %s claims an owner of another origin: %s", keyID, entry.Owner)
 	}
-	pub, err := ParsePublicKeyPEM(entry.PublicKeyPem)
+	pub, err := httpsig.ParsePublicKeyPEM(entry.PublicKeyPem)
 	if err == nil {
 		err = checkPublicKey(pub)
 	}
