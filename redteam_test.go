@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"log/slog"
 	"math/big"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -20,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fedirelay/relay"
+	"github.com/fedirelay/relay/httpsig"
 	"github.com/fedirelay/relay/store"
 )
 
@@ -81,7 +83,7 @@ func redirectVia(victim *fakeActors, target string) string {
 
 func publicKeyPEM(t *testing.T, k *rsa.PrivateKey) string {
 	t.Helper()
-	s, err := relay.MarshalPublicKeyPEM(&k.PublicKey)
+	s, err := httpsig.MarshalPublicKeyPEM(&k.PublicKey)
 	require.NoError(t, err)
 	return s
 }
@@ -101,7 +103,7 @@ func TestOpenRedirectLendsNoIdentity(t *testing.T) {
 
 	sendAs := func(keyID string, body []byte) (int, string) {
 		code, text, _ := post(t, r.InboxURL(), body, func(req *http.Request) {
-			require.NoError(t, (&relay.Signer{KeyID: keyID, Key: attackerKey}).SignRequest(req, body, time.Now()))
+			require.NoError(t, (&httpsig.Signer{KeyID: keyID, Key: attackerKey}).SignRequest(req, body, time.Now()))
 		})
 		return code, text
 	}
@@ -221,7 +223,7 @@ func TestHugeKeysAreRefused(t *testing.T) {
 	} {
 		body := note(actors.actorID("u"), randomID(), time.Time{})
 		code, text, _ := post(t, r.InboxURL(), body, func(req *http.Request) {
-			require.NoError(t, (&relay.Signer{KeyID: actors.base + path, Key: actors.key("u")}).SignRequest(req, body, time.Now()))
+			require.NoError(t, (&httpsig.Signer{KeyID: actors.base + path, Key: actors.key("u")}).SignRequest(req, body, time.Now()))
 		})
 		assert.Equal(t, http.StatusUnauthorized, code, "%s: %s", path, text)
 		assert.Contains(t, logs.String(), want)
@@ -246,7 +248,7 @@ func TestHostSpellingsShareOneBudget(t *testing.T) {
 		body := note("http://"+hp+"/users/u", randomID(), time.Time{})
 		code, text, _ := post(t, r.InboxURL(), body, func(req *http.Request) {
 			keyID := "http://" + hp + "/missing/" + strconv.Itoa(i) + "#main-key"
-			require.NoError(t, (&relay.Signer{KeyID: keyID, Key: actors.key("u")}).SignRequest(req, body, time.Now()))
+			require.NoError(t, (&httpsig.Signer{KeyID: keyID, Key: actors.key("u")}).SignRequest(req, body, time.Now()))
 		})
 		codes = append(codes, code)
 		_ = text
@@ -272,7 +274,7 @@ func TestUnicodeHostsAreRefused(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			body := note(tt.actor, randomID(), time.Time{})
 			code, text, _ := post(t, r.InboxURL(), body, func(req *http.Request) {
-				require.NoError(t, (&relay.Signer{KeyID: tt.keyID, Key: key}).SignRequest(req, body, time.Now()))
+				require.NoError(t, (&httpsig.Signer{KeyID: tt.keyID, Key: key}).SignRequest(req, body, time.Now()))
 			})
 			assert.Equal(t, tt.want, code, text)
 		})
@@ -315,4 +317,241 @@ func TestFieldsAreReadAsReceiversReadThem(t *testing.T) {
 	body := []byte(`{"id":"` + id + `/a","type":"Create","actor":"` + sub + `","to":"` + relay.PublicCollection + `","object":{"id":"` + id + `","type":"Note","attributedTo":"` + sub + `"}}`)
 	code, text, _ = post(t, r.InboxURL(), body, func(req *http.Request) { actors.signCavage(req, "sub", body) })
 	assert.Equal(t, http.StatusAccepted, code, text)
+}
+
+// actorWithInboxes makes f serve, for every user whose name starts with
+// prefix, an actor document whose inbox and shared inbox inboxes returns.
+func actorWithInboxes(t *testing.T, f *fakeActors, prefix string, inboxes func(user string) (inbox, shared string)) {
+	prev := f.getHook
+	f.getHook = func(w http.ResponseWriter, r *http.Request) bool {
+		user, ok := strings.CutPrefix(r.URL.Path, "/users/")
+		if !ok || !strings.HasPrefix(user, prefix) {
+			return prev != nil && prev(w, r)
+		}
+		inbox, shared := inboxes(user)
+		doc := map[string]any{
+			"id": f.actorID(user), "type": "Person", "inbox": inbox,
+			"publicKey": map[string]any{"id": f.keyID(user), "owner": f.actorID(user), "publicKeyPem": publicKeyPEM(t, f.key(user))},
+		}
+		if shared != "" {
+			doc["endpoints"] = map[string]any{"sharedInbox": shared}
+		}
+		w.Header().Set("Content-Type", "application/activity+json")
+		_, _ = w.Write(mustJSON(doc))
+		return true
+	}
+}
+
+// settle waits until r has no delivery queued or in flight.
+func settle(t *testing.T, r *relay.Relay) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		st, err := r.DeliveryStatus(t.Context())
+		return err == nil && st.Backlog == 0 && st.InFlight == 0
+	}, wait, time.Millisecond, "deliveries do not finish")
+}
+
+// An actor whose inbox or shared inbox is on another origin cannot
+// subscribe: the relay sends nothing off the actor's origin (no Accept,
+// no relayed post), and a Reject only to an inbox on the actor's origin.
+// Ten strangers naming variants of one victim's inbox give the victim
+// nothing.
+func TestInboxesMustBeOnTheActorsOrigin(t *testing.T) {
+	victim, attacker := newFakeActors(t), newFakeActors(t)
+	actorWithInboxes(t, attacker, "v", func(user string) (string, string) {
+		n := strings.TrimPrefix(user, "v")
+		variants := []string{"?n=" + n, "?n=" + n + "#x", "/", "//", "/."}
+		i, _ := strconv.Atoi(n)
+		return victim.inboxURL() + variants[i%len(variants)], strings.ToUpper(victim.base) + "/inbox?shared=" + n
+	})
+	actorWithInboxes(t, attacker, "mixed", func(string) (string, string) { return attacker.inboxURL(), victim.inboxURL() })
+	actorWithInboxes(t, attacker, "elsewhere", func(string) (string, string) { return victim.inboxURL(), "" })
+	r := newRelayServer(t, relay.Config{AllowHTTP: true, AllowPrivate: loopback}, nil)
+
+	follow := func(f *fakeActors, user string) (int, string) {
+		body := followDoc(f.actorID(user))
+		code, text, _ := post(t, r.InboxURL(), body, func(req *http.Request) { f.signCavage(req, user, body) })
+		return code, text
+	}
+	for i := range 10 {
+		code, text := follow(attacker, "v"+strconv.Itoa(i))
+		assert.Equal(t, http.StatusForbidden, code, text)
+		assert.Contains(t, text, "not on the actor's origin")
+	}
+	code, text := follow(attacker, "mixed")
+	assert.Equal(t, http.StatusForbidden, code, text)
+	code, text = follow(attacker, "elsewhere")
+	assert.Equal(t, http.StatusForbidden, code, text)
+
+	// A genuine subscriber posts: nothing reaches the victim.
+	code, text = follow(attacker, "poster")
+	require.Equal(t, http.StatusAccepted, code, text)
+	create := note(attacker.actorID("poster"), randomID(), time.Time{})
+	code, text, _ = postBody(t, r, attacker, "poster", create)
+	require.Equal(t, http.StatusAccepted, code, text)
+	settle(t, r)
+
+	_, got := victim.received()
+	assert.Len(t, got, 0, "nothing is sent to an inbox off the actor's origin")
+	var rejects, accepts int
+	_, bodies := attacker.received()
+	for _, b := range bodies {
+		switch {
+		case bytes.Contains(b, []byte(`"type":"Reject"`)):
+			rejects++
+			assert.Contains(t, string(b), attacker.actorID("mixed"), "only the actor with an inbox on its origin gets a Reject")
+		case bytes.Contains(b, []byte(`"type":"Accept"`)):
+			accepts++
+		}
+	}
+	assert.Equal(t, 1, rejects)
+	assert.Equal(t, 1, accepts, "the genuine subscriber's")
+	subs, err := r.Subscribers(t.Context(), store.SubscriberFilter{})
+	require.NoError(t, err)
+	assert.Len(t, subs, 1)
+}
+
+// postBody sends body to r's inbox signed by f's user.
+func postBody(t *testing.T, r *relay.Relay, f *fakeActors, user string, body []byte) (int, string, http.Header) {
+	t.Helper()
+	return post(t, r.InboxURL(), body, func(req *http.Request) { f.signCavage(req, user, body) })
+}
+
+// Subscribers of one server naming spellings of one inbox (query strings,
+// case, default port, fragment, path spellings) get one copy of each
+// relayed post.
+func TestInboxSpellingsGetOneCopy(t *testing.T) {
+	host, sender := newFakeActors(t), newFakeActors(t)
+	hp := strings.TrimPrefix(host.base, "http://")
+	variants := []string{
+		host.inboxURL(), host.inboxURL() + "?a=1", host.inboxURL() + "?a=2", host.inboxURL() + "#f",
+		"HTTP://" + strings.ToUpper(hp) + "/inbox", host.inboxURL() + "/", host.base + "//inbox",
+		host.base + "/./inbox", host.base + "/x/../inbox", host.inboxURL() + "?",
+	}
+	actorWithInboxes(t, host, "u", func(user string) (string, string) {
+		i, _ := strconv.Atoi(strings.TrimPrefix(user, "u"))
+		return variants[i], variants[(i+3)%len(variants)]
+	})
+	r := newRelayServer(t, relay.Config{AllowHTTP: true, AllowPrivate: loopback}, nil)
+	for i := range variants {
+		user := "u" + strconv.Itoa(i)
+		code, text, _ := postBody(t, r, host, user, followDoc(host.actorID(user)))
+		require.Equal(t, http.StatusAccepted, code, text)
+	}
+	code, text, _ := postBody(t, r, sender, "s", followDoc(sender.actorID("s")))
+	require.Equal(t, http.StatusAccepted, code, text)
+	settle(t, r)
+	id := randomID()
+	code, text, _ = postBody(t, r, sender, "s", note(sender.actorID("s"), id, time.Time{}))
+	require.Equal(t, http.StatusAccepted, code, text)
+	settle(t, r)
+	copies := 0
+	_, bodies := host.received()
+	for _, b := range bodies {
+		if bytes.Contains(b, []byte("/statuses/"+id)) {
+			copies++
+		}
+	}
+	assert.Equal(t, 1, copies)
+}
+
+// Announce and Delete objects are checked like ids: an absolute http(s)
+// URL the guard would request, and for a Delete, on the actor's origin.
+func TestAnnounceAndDeleteObjectsAreChecked(t *testing.T) {
+	sender, receiver := newFakeActors(t), newFakeActors(t)
+	r := newRelayServer(t, relay.Config{AllowHTTP: true, AllowPrivate: loopback}, nil)
+	for _, f := range []*fakeActors{sender, receiver} {
+		code, text, _ := postBody(t, r, f, "a", followDoc(f.actorID("a")))
+		require.Equal(t, http.StatusAccepted, code, text)
+	}
+	settle(t, r)
+	actor := sender.actorID("a")
+	activity := func(typ string, object any) []byte {
+		return mustJSON(map[string]any{"id": actor + "/activities/" + randomID(), "type": typ, "actor": actor, "object": object, "to": relay.PublicCollection})
+	}
+	for _, tt := range []struct {
+		name string
+		body []byte
+		want int
+	}{
+		{"Announce of javascript:", activity("Announce", "javascript:alert(1)"), http.StatusBadRequest},
+		{"Announce of data:", activity("Announce", "data:text/html,<script>alert(1)</script>"), http.StatusBadRequest},
+		{"Announce of a metadata address", activity("Announce", "http://169.254.169.254/latest/meta-data/"), http.StatusBadRequest},
+		{"Announce of an internal name", activity("Announce", "http://metadata.google.internal/computeMetadata/v1/"), http.StatusBadRequest},
+		{"Announce of a relative IRI", activity("Announce", "/statuses/1"), http.StatusBadRequest},
+		{"Announce embedding javascript:", activity("Announce", map[string]any{"id": "javascript:alert(1)", "type": "Note"}), http.StatusBadRequest},
+		{"Delete by IRI of another origin", activity("Delete", "https://victim.example/statuses/1"), http.StatusForbidden},
+		{"Delete by IRI of javascript:", activity("Delete", "javascript:alert(1)"), http.StatusBadRequest},
+		{"Update by IRI of another origin", activity("Update", "https://victim.example/statuses/1"), http.StatusForbidden},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			code, text, _ := postBody(t, r, sender, "a", tt.body)
+			assert.Equal(t, tt.want, code, text)
+		})
+	}
+	// Still relayed: a boost of another origin's post, a Delete of the
+	// actor's own post, and of the actor itself.
+	for _, body := range [][]byte{
+		activity("Announce", receiver.actorID("a")+"/statuses/1"),
+		activity("Delete", actor+"/statuses/1"),
+		activity("Delete", actor),
+	} {
+		code, text, _ := postBody(t, r, sender, "a", body)
+		assert.Equal(t, http.StatusAccepted, code, text)
+	}
+	settle(t, r)
+	_, bodies := receiver.received()
+	for _, b := range bodies {
+		assert.NotContains(t, string(b), "javascript:")
+		assert.NotContains(t, string(b), "169.254.169.254")
+		assert.NotContains(t, string(b), "victim.example")
+	}
+}
+
+// A stranger learns nothing from the 401 about the URL it named as keyId
+// (status, content type, connection error, guard decision): the body is
+// generic, the details go to the debug log.
+func TestKeyFetchErrorsAreNotEchoed(t *testing.T) {
+	target := newFakeActors(t)
+	target.getHook = func(w http.ResponseWriter, r *http.Request) bool {
+		switch r.URL.Path {
+		case "/html":
+			w.Header().Set("Content-Type", "text/html; charset=secret-charset")
+			_, _ = w.Write([]byte("<html>admin panel</html>"))
+		case "/error":
+			w.WriteHeader(http.StatusTeapot)
+		case "/other":
+			w.Header().Set("Content-Type", "application/activity+json")
+			_, _ = w.Write([]byte(`{"id":"` + target.base + `/other","type":"Person","inbox":"x"}`))
+		default:
+			return false
+		}
+		return true
+	}
+	_, teapot := trap(t, "127.0.0.1")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	refused := ln.Addr().String()
+	require.NoError(t, ln.Close())
+	var logs logBuffer
+	r := newRelayServer(t, relay.Config{AllowHTTP: true, AllowPrivate: loopback, Logger: logs.logger()}, nil)
+	key := testKeys()[0]
+	for _, tt := range []struct{ keyID, secret string }{
+		{target.base + "/html#k", "secret-charset"},
+		{target.base + "/error#k", "418"},
+		{target.base + "/missing#k", "404"},
+		{target.base + "/other#k", "does not contain key"},
+		{"http://" + teapot + "/x#k", "418"},
+		{"http://" + refused + "/x#k", "connection refused"},
+		{"http://10.1.2.3/x#k", "private or reserved"},
+	} {
+		body := note(target.actorID("a"), randomID(), time.Time{})
+		code, text, _ := post(t, r.InboxURL(), body, func(req *http.Request) {
+			require.NoError(t, (&httpsig.Signer{KeyID: tt.keyID, Key: key}).SignRequest(req, body, time.Now()))
+		})
+		assert.Equal(t, http.StatusUnauthorized, code, text)
+		assert.NotContains(t, text, tt.secret)
+		assert.Equal(t, "relay: cannot get key "+tt.keyID+"\n", text)
+		assert.Contains(t, logs.String(), tt.secret, "the details are logged")
+	}
 }

@@ -436,6 +436,22 @@ func (p *SignatureParams) verify(r *http.Request, pub crypto.PublicKey, withQuer
 	if err != nil {
 		return false, err
 	}
+	return p.verifyString(msg, pub)
+}
+
+// VerifyString checks the signature over msg, a signing string built by
+// SigningString, with pub (as Verify does, without its fallbacks): callers
+// that build the candidate signing strings themselves verify each once.
+// VerifyString does not run Check. Every failure wraps ErrBadSignature.
+func (p *SignatureParams) VerifyString(msg string, pub crypto.PublicKey) error {
+	ok, err := p.verifyString(msg, pub)
+	if err == nil && !ok {
+		err = errSig("signature does not match")
+	}
+	return err
+}
+
+func (p *SignatureParams) verifyString(msg string, pub crypto.PublicKey) (bool, error) {
 	switch k := pub.(type) {
 	case *rsa.PublicKey:
 		switch {
