@@ -11,7 +11,9 @@ import (
 
 // filterActivity returns the id of the object env is about if env may be
 // relayed: addressed to the public (a LitePub relay actor's Announce needs
-// not be), its embedded object from the actor's origin (relayableObject),
+// not be), its object IRI one receivers may fetch (guard.checkObjectIRI,
+// else 400), its object from the actor's origin unless it is an Announce
+// (relayableObject),
 // a post no older than Config.MaxActivityAge, and not an Announce relayed
 // by another relay (relayedByRelay). sender and senders are admitSender's
 // results. A refusal is an inboxError; an activity ignored is accepted.
@@ -20,6 +22,11 @@ func (r *Relay) filterActivity(env *envelope, signer *remoteActor, sender *store
 	litePubAnnounce := env.Type == "Announce" && sender.Protocol == store.ProtocolLitePub && sender.ActorID == env.Actor
 	if !env.IsPublic() && !litePubAnnounce {
 		return "", refuse(http.StatusForbidden, "activity is not addressed to the public")
+	}
+	if env.Object.ID != "" {
+		if err := r.guard.checkObjectIRI(env.Object.ID); err != nil {
+			return "", refuse(http.StatusBadRequest, "object: %v", err)
+		}
 	}
 	objectID, err := relayableObject(env)
 	if err != nil {
@@ -36,14 +43,18 @@ func (r *Relay) filterActivity(env *envelope, signer *remoteActor, sender *store
 }
 
 // relayableObject returns the id of the object an activity is about, after
-// checking that an embedded object comes from the actor's origin.
+// checking that the object of a Create, Update or Delete (by IRI or
+// embedded, with its attributedTo) comes from the actor's origin: only an
+// Announce may be about another origin's object, and a Delete by IRI of
+// another host's post would make subscribers (and the relay's Announce to
+// LitePub ones) act on a post its author never deleted.
 func relayableObject(env *envelope) (string, error) {
 	o := env.Object
-	if o.Embedded && (env.Type == "Create" || env.Type == "Update" || env.Type == "Delete") {
+	if env.Type == "Create" || env.Type == "Update" || env.Type == "Delete" {
 		if o.ID != "" && !sameOrigin(o.ID, env.Actor) {
 			return "", refuse(http.StatusForbidden, "object %s is not from the actor's origin", o.ID)
 		}
-		if o.AttributedTo != "" && !sameOrigin(o.AttributedTo, env.Actor) {
+		if o.Embedded && o.AttributedTo != "" && !sameOrigin(o.AttributedTo, env.Actor) {
 			return "", refuse(http.StatusForbidden, "object attributed to %s is not from the actor's origin", o.AttributedTo)
 		}
 	}
