@@ -295,7 +295,8 @@ func (q *deliveryQueue) checkActor(d store.Delivery) {
 }
 
 // removeIfGone fetches the actor of a subscriber and ends the subscription
-// if the fetch answers 410 Gone. It reports whether it did.
+// if the fetch answers 410 Gone from the actor's origin (see fetch). It
+// reports whether it did.
 func (r *Relay) removeIfGone(ctx context.Context, actorID string) bool {
 	if _, err := r.store.GetSubscriber(ctx, actorID); err != nil {
 		return false
