@@ -555,3 +555,31 @@ func TestKeyFetchErrorsAreNotEchoed(t *testing.T) {
 		assert.Contains(t, logs.String(), tt.secret, "the details are logged")
 	}
 }
+
+// Signatures that fail to verify are counted per keyId host: once the
+// host's budget is spent, its requests get 429 before anything is
+// verified (or fetched); other hosts are not affected.
+func TestFailedSignaturesAreLimitedPerHost(t *testing.T) {
+	a, b := newFakeActors(t), newFakeActors(t)
+	r := newRelayServer(t, relay.Config{
+		AllowHTTP: true, AllowPrivate: loopback, SignatureFailureLimit: relay.RateLimit{Rate: 0.001, Burst: 2},
+	}, nil)
+	forged := func(f *fakeActors, user string) (int, string, http.Header) {
+		body := note(f.actorID(user), randomID(), time.Time{})
+		return post(t, r.InboxURL(), body, func(req *http.Request) {
+			require.NoError(t, (&httpsig.Signer{KeyID: f.keyID(user), Key: otherKey(f.key(user))}).SignRequest(req, body, time.Now()))
+		})
+	}
+	for range 2 {
+		code, text, _ := forged(a, "u1")
+		require.Equal(t, http.StatusUnauthorized, code, text)
+	}
+	code, text, h := forged(a, "u2")
+	assert.Equal(t, http.StatusTooManyRequests, code, text)
+	assert.NotEmpty(t, h.Get("Retry-After"))
+	assert.Zero(t, a.getCount("/users/u2"), "nothing fetched once the budget is spent")
+	code, text, _ = postBody(t, r, a, "u3", note(a.actorID("u3"), randomID(), time.Time{}))
+	assert.Equal(t, http.StatusTooManyRequests, code, "a genuine request from the host waits too: %s", text)
+	code, text, _ = postBody(t, r, b, "u1", note(b.actorID("u1"), randomID(), time.Time{}))
+	assert.Equal(t, http.StatusForbidden, code, "another host: authenticated, not subscribed: %s", text)
+}
