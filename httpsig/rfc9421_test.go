@@ -283,3 +283,32 @@ func TestRFC9421Rules(t *testing.T) {
 		})
 	}
 }
+
+// rsa-v1_5-sha256 has no example in RFC 9421: a known answer instead. The
+// signer's signature base for the RFC's test request, written out by hand
+// from RFC 9421 §2.5, signed with the draft-cavage Appendix C key
+// (RSASSA-PKCS1-v1_5 is deterministic); the signature below was computed
+// independently with `openssl dgst -sha256 -sign` over that base.
+func TestRFC9421RSAv15KnownAnswer(t *testing.T) {
+	body := []byte(`{"hello": "world"}`)
+	req := httptest.NewRequest(http.MethodPost, "https://example.com/foo?param=Value&Pet=dog", bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	key := sigAppendixKey(t)
+	require.NoError(t, (&httpsig.Signer{KeyID: "test-key", Key: key}).SignRequestRFC9421(req, body, time.Unix(1618884473, 0)))
+
+	params := `("@method" "@target-uri" "content-type" "content-digest");created=1618884473;keyid="test-key";alg="rsa-v1_5-sha256"`
+	assert.Equal(t, "sig1="+params, req.Header.Get("Signature-Input"))
+	assert.Equal(t, "sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:", req.Header.Get("Content-Digest"))
+	m, err := httpsig.MessageSignatureFromRequest(req)
+	require.NoError(t, err)
+	base, err := m.SignatureBase(req)
+	require.NoError(t, err)
+	assert.Equal(t, `"@method": POST
+"@target-uri": https://example.com/foo?param=Value&Pet=dog
+"content-type": application/json
+"content-digest": sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:
+"@signature-params": `+params, base)
+	assert.Equal(t, "sig1=:BpZMNMUC1AehhJUJ6cAVeLo2DAQmFl/h+0LUa+XNsFqSF4KEOsoAf/thrEBe+tjFSB8kdph6Qs0AQGy7wCU8dZ1IkXoF6dUERVcd/tiZpJC/ur8fm8yCPx+skXxHgmgLHPev7Y4Q6RgExHyFEet+wLdaoGC1M5AOh+mTP0YLaHY=:",
+		req.Header.Get("Signature"))
+	assert.NoError(t, m.Verify(req, &key.PublicKey))
+}
