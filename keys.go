@@ -833,8 +833,9 @@ func (r *Relay) fetchOwner(ctx context.Context, ownerID, keyID string) (*remoteA
 // bits (Misskey, Friendica), with exponent 65537, and Ed25519 keys. The
 // cost of an RSA verification grows with the square of the modulus size
 // and with the exponent's length: a 262,144-bit key made each forged
-// request cost over a second of CPU, while an 8,192-bit one costs well
-// under a millisecond.
+// request cost over a second of CPU, an 8,192-bit one costs a few
+// milliseconds and a 2,048-bit one a fraction of a millisecond. Failed
+// verifications are limited per host besides (Config.SignatureFailureLimit).
 const (
 	minRSABits = 1024
 	maxRSABits = 8192

@@ -276,8 +276,9 @@ type Config struct {
 	// SignatureFailureLimit limits the signatures that fail to verify per
 	// keyId host. Each failure takes a token; while the host's bucket is
 	// empty, its requests get 429 with Retry-After before any signature is
-	// verified, so that forged requests (with a large key, a verification
-	// costs up to a millisecond) cannot keep the relay busy verifying.
+	// verified, so that forged requests (with an 8,192-bit key, a
+	// verification costs a few milliseconds) cannot keep the relay busy
+	// verifying.
 	// Hosts with an accepted (or dormant) subscriber have their own
 	// buckets, ten times as large (rate and burst), and forged requests
 	// naming their keys delay, but do not lose, their activities (senders
