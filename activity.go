@@ -34,6 +34,7 @@ type envelope struct {
 	Type      string
 	Actor     string
 	Object    objectRef
+	Target    string // a Move's new account
 	To, Cc    []string
 	Published time.Time
 	// LDSigned reports an embedded Linked Data signature (RsaSignature2017)
@@ -62,7 +63,7 @@ var errMalformed = errors.New("relay: malformed activity")
 
 // envelopeFields are the top-level fields of an activity the relay reads
 // (see fieldsOf for how).
-var envelopeFields = []string{"id", "type", "actor", "object", "to", "cc", "attributedTo", "published", "signature", "proof"}
+var envelopeFields = []string{"id", "type", "actor", "object", "target", "to", "cc", "attributedTo", "published", "signature", "proof"}
 
 // objectFields are the fields the relay reads of an embedded object.
 var objectFields = []string{"id", "type", "actor", "object", "to", "cc", "attributedTo"}
@@ -96,6 +97,9 @@ func parseEnvelope(body []byte) (*envelope, error) {
 	if e.Object, err = parseObject(raw.Object); err != nil {
 		return nil, fmt.Errorf("%w: object: %v", errMalformed, err)
 	}
+	if e.Target, err = idOf(f["target"]); err != nil {
+		return nil, fmt.Errorf("%w: target: %v", errMalformed, err)
+	}
 	if e.To, err = idList(raw.To); err != nil {
 		return nil, fmt.Errorf("%w: to: %v", errMalformed, err)
 	}
@@ -122,7 +126,7 @@ func parseEnvelope(body []byte) (*envelope, error) {
 		return nil, fmt.Errorf("%w: no id", errMalformed)
 	}
 	for _, f := range []struct{ name, id string }{
-		{"id", e.ID}, {"actor", e.Actor}, {"object id", e.Object.ID}, {"object actor", e.Object.Actor},
+		{"id", e.ID}, {"actor", e.Actor}, {"object id", e.Object.ID}, {"object actor", e.Object.Actor}, {"target", e.Target},
 		{"object's object", e.Object.Object}, {"object attributedTo", e.Object.AttributedTo},
 	} {
 		if len(f.id) > maxIDLength {

@@ -11,8 +11,8 @@ import (
 
 // filterActivity returns the id of the object env is about if env may be
 // relayed: addressed to the public (a LitePub relay actor's Announce needs
-// not be), its object IRI one receivers may fetch (guard.checkObjectIRI,
-// else 400), its object from the actor's origin unless it is an Announce
+// not be), its object IRI (and a Move's target) one receivers may fetch
+// (guard.checkObjectIRI, else 400), its object from the actor's origin unless it is an Announce
 // (relayableObject),
 // a post no older than Config.MaxActivityAge, and not an Announce relayed
 // by another relay (relayedByRelay). sender and senders are admitSender's
@@ -23,9 +23,12 @@ func (r *Relay) filterActivity(env *envelope, signer *remoteActor, sender *store
 	if !env.IsPublic() && !litePubAnnounce {
 		return "", refuse(http.StatusForbidden, "activity is not addressed to the public")
 	}
-	if env.Object.ID != "" {
-		if err := r.guard.checkObjectIRI(env.Object.ID); err != nil {
-			return "", refuse(http.StatusBadRequest, "object: %v", err)
+	for _, f := range []struct{ name, iri string }{{"object", env.Object.ID}, {"target", env.Target}} {
+		if f.iri == "" {
+			continue
+		}
+		if err := r.guard.checkObjectIRI(f.iri); err != nil {
+			return "", refuse(http.StatusBadRequest, "%s: %v", f.name, err)
 		}
 	}
 	objectID, err := relayableObject(env)

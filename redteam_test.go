@@ -483,6 +483,9 @@ func TestAnnounceAndDeleteObjectsAreChecked(t *testing.T) {
 		{"Delete by IRI of another origin", activity("Delete", "https://victim.example/statuses/1"), http.StatusForbidden},
 		{"Delete by IRI of javascript:", activity("Delete", "javascript:alert(1)"), http.StatusBadRequest},
 		{"Update by IRI of another origin", activity("Update", "https://victim.example/statuses/1"), http.StatusForbidden},
+		{"Move to javascript:", func() []byte {
+			return mustJSON(map[string]any{"id": actor + "#move", "type": "Move", "actor": actor, "object": actor, "target": "javascript:alert(1)", "to": relay.PublicCollection})
+		}(), http.StatusBadRequest},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			code, text, _ := postBody(t, r, sender, "a", tt.body)
