@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/url"
 	"strings"
 	"time"
@@ -62,28 +61,50 @@ type objectRef struct {
 var errMalformed = errors.New("relay: malformed activity")
 
 // envelopeFields are the top-level fields of an activity the relay reads
-// (see fieldsOf for how).
+// (see checkMemberNames for how).
 var envelopeFields = []string{"id", "type", "actor", "object", "target", "to", "cc", "attributedTo", "published", "signature", "proof"}
 
 // objectFields are the fields the relay reads of an embedded object.
 var objectFields = []string{"id", "type", "actor", "object", "to", "cc", "attributedTo"}
 
+// idField is the field the relay reads of an embedded actor or address.
+var idField = []string{"id"}
+
 // parseEnvelope decodes the fields the relay needs from an activity
 // document. It accepts addressing as a string or an array, actors and
 // objects as IRIs or embedded objects, and ignores everything else. Fields
-// are read as receivers read them (see fieldsOf): an activity that spells
+// are read as receivers read them (see checkMemberNames): an activity that spells
 // one of them twice, or in another case, is malformed.
 func parseEnvelope(body []byte) (*envelope, error) {
 	if err := checkJSONDepth(body, maxJSONDepth); err != nil {
 		return nil, fmt.Errorf("%w: %v", errMalformed, err)
 	}
-	f, err := fieldsOf(body, envelopeFields...)
-	if err != nil {
+	if err := checkMemberNames(body, envelopeFields); err != nil {
 		return nil, fmt.Errorf("%w: %v", errMalformed, err)
 	}
-	raw := struct{ ID, Type, Actor, Object, To, Cc, Published, Signature, Proof json.RawMessage }{
-		f["id"], f["type"], f["actor"], f["object"], f["to"], f["cc"], f["published"], f["signature"], f["proof"],
+	// Decoding into a struct matches names ignoring case; with no member
+	// that differs from a field's name only in case, and none twice, it
+	// reads exactly the members receivers read.
+	var raw struct {
+		ID        json.RawMessage `json:"id"`
+		Type      json.RawMessage `json:"type"`
+		Actor     json.RawMessage `json:"actor"`
+		Object    json.RawMessage `json:"object"`
+		Target    json.RawMessage `json:"target"`
+		To        json.RawMessage `json:"to"`
+		Cc        json.RawMessage `json:"cc"`
+		Published json.RawMessage `json:"published"`
+		Signature json.RawMessage `json:"signature"`
+		Proof     json.RawMessage `json:"proof"`
 	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(&raw); err != nil {
+		return nil, fmt.Errorf("%w: %v", errMalformed, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%w: trailing data after the JSON document", errMalformed)
+	}
+	var err error
 	e := &envelope{}
 	if e.ID, err = idOf(raw.ID); err != nil {
 		return nil, fmt.Errorf("%w: id: %v", errMalformed, err)
@@ -97,7 +118,7 @@ func parseEnvelope(body []byte) (*envelope, error) {
 	if e.Object, err = parseObject(raw.Object); err != nil {
 		return nil, fmt.Errorf("%w: object: %v", errMalformed, err)
 	}
-	if e.Target, err = idOf(f["target"]); err != nil {
+	if e.Target, err = idOf(raw.Target); err != nil {
 		return nil, fmt.Errorf("%w: target: %v", errMalformed, err)
 	}
 	if e.To, err = idList(raw.To); err != nil {
@@ -139,53 +160,92 @@ func parseEnvelope(body []byte) (*envelope, error) {
 	return e, nil
 }
 
-// fieldsOf returns the raw values of the named members of the JSON object
-// m, read as ActivityPub receivers read them: names are matched exactly
-// (case-sensitively), as JSON-LD and JavaScript, Ruby and Go map decoding
-// do. Because encoding/json's struct decoding matches names ignoring case
-// (Unicode simple folding, so "Actor", "ACTOR" and "\u0041ctor" all match
-// "actor") and takes the last of duplicates, a member whose name equals one
-// of names only when case is ignored, or a named member that appears twice,
-// is an error: receivers would disagree on what the object says, and the
-// relay would vouch for one reading while another is delivered. The value
-// of each named member is checked to be valid JSON; other members are
-// skipped. m must be a single object with nothing after it.
-func fieldsOf(m []byte, names ...string) (map[string]json.RawMessage, error) {
-	dec := json.NewDecoder(bytes.NewReader(m))
-	if tok, err := dec.Token(); err != nil {
-		return nil, err
-	} else if tok != json.Delim('{') {
-		return nil, errors.New("not a JSON object")
+// checkMemberNames makes sure the relay reads the members names of the
+// JSON object m as ActivityPub receivers read them: by exact,
+// case-sensitive name, as JSON-LD and JavaScript, Ruby and Go map decoding
+// do. encoding/json's struct decoding matches names ignoring case (Unicode
+// simple folding, so "Actor", "ACTOR", "\u0041ctor" all match "actor")
+// and takes the last of duplicates; so checkMemberNames refuses a member
+// whose name equals one of names only when case is ignored, and a named
+// member that appears twice: receivers would disagree on what the object
+// says, and the relay would vouch for one reading while another is
+// delivered. With neither, decoding m into a struct with those names as
+// tags reads exactly the members receivers read.
+//
+// It scans m's top-level member names in one pass without decoding the
+// values (names with escapes are unescaped); m must be an object, and is
+// otherwise validated by the decoding that follows, not here.
+func checkMemberNames(m []byte, names []string) error {
+	i := 0
+	for i < len(m) && (m[i] == ' ' || m[i] == '\t' || m[i] == '\n' || m[i] == '\r') {
+		i++
 	}
-	out := make(map[string]json.RawMessage, len(names))
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, err
-		}
-		key, _ := tok.(string)
-		var value json.RawMessage
-		if err := dec.Decode(&value); err != nil {
-			return nil, err
-		}
-		for _, name := range names {
-			if !strings.EqualFold(key, name) {
+	if i == len(m) || m[i] != '{' {
+		return errors.New("not a JSON object")
+	}
+	var seen uint64 // bit k: names[k] seen
+	depth, expectName := 0, false
+	for ; i < len(m); i++ {
+		switch c := m[i]; c {
+		case '"':
+			start, escaped := i, false
+			for i++; i < len(m) && m[i] != '"'; i++ {
+				if m[i] == '\\' {
+					escaped = true
+					i++
+				}
+			}
+			if depth != 1 || !expectName || i >= len(m) {
 				continue
 			}
-			if key != name {
-				return nil, fmt.Errorf("member %q differs from %q only in case", key, name)
+			expectName = false
+			name := string(m[start+1 : i])
+			if escaped {
+				if json.Unmarshal(m[start:i+1], &name) != nil {
+					return errors.New("bad member name")
+				}
 			}
-			if _, dup := out[name]; dup {
-				return nil, fmt.Errorf("member %q appears twice", name)
+			for k, want := range names {
+				if !strings.EqualFold(name, want) {
+					continue
+				}
+				if name != want {
+					return fmt.Errorf("member %q differs from %q only in case", name, want)
+				}
+				if seen&(1<<k) != 0 {
+					return fmt.Errorf("member %q appears twice", want)
+				}
+				seen |= 1 << k
 			}
-			out[name] = value
+		case '{', '[':
+			depth++
+			expectName = depth == 1
+		case '}', ']':
+			depth--
+		case ',':
+			expectName = depth == 1
 		}
 	}
-	if _, err := dec.Token(); err != nil { // the closing '}'
+	return nil
+}
+
+// fieldsOf returns the raw values of the named members of the JSON object
+// m, read as receivers read them (see checkMemberNames: a member named
+// twice or in another case is an error). It is for documents read once,
+// such as fetched actors and keys; the inbox decodes into structs.
+func fieldsOf(m []byte, names ...string) (map[string]json.RawMessage, error) {
+	if err := checkMemberNames(m, names); err != nil {
 		return nil, err
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errors.New("trailing data after the JSON document")
+	var all map[string]json.RawMessage
+	if err := json.Unmarshal(m, &all); err != nil {
+		return nil, err
+	}
+	out := make(map[string]json.RawMessage, len(names))
+	for _, name := range names {
+		if v, ok := all[name]; ok {
+			out[name] = v
+		}
 	}
 	return out, nil
 }
@@ -259,11 +319,16 @@ func idOf(m json.RawMessage) (string, error) {
 		err := json.Unmarshal(m, &s)
 		return s, err
 	case '{':
-		f, err := fieldsOf(m, "id")
-		if err != nil {
+		if err := checkMemberNames(m, idField); err != nil {
 			return "", err
 		}
-		return idOf(f["id"])
+		var o struct {
+			ID json.RawMessage `json:"id"`
+		}
+		if err := json.Unmarshal(m, &o); err != nil {
+			return "", err
+		}
+		return idOf(o.ID)
 	case '[':
 		// An array of actors: take the first (Mastodon does the same).
 		var l []json.RawMessage
@@ -335,12 +400,21 @@ func parseObject(m json.RawMessage) (objectRef, error) {
 		id, err := idOf(m)
 		return objectRef{ID: id}, err
 	}
-	f, err := fieldsOf(m, objectFields...)
-	if err != nil {
+	if err := checkMemberNames(m, objectFields); err != nil {
 		return objectRef{}, err
 	}
-	o := struct{ ID, Type, Actor, Object, AttributedTo json.RawMessage }{f["id"], f["type"], f["actor"], f["object"], f["attributedTo"]}
+	var o struct {
+		ID           json.RawMessage `json:"id"`
+		Type         json.RawMessage `json:"type"`
+		Actor        json.RawMessage `json:"actor"`
+		Object       json.RawMessage `json:"object"`
+		AttributedTo json.RawMessage `json:"attributedTo"`
+	}
+	if err := json.Unmarshal(m, &o); err != nil {
+		return objectRef{}, err
+	}
 	ref := objectRef{Embedded: true}
+	var err error
 	if ref.ID, err = idOf(o.ID); err != nil {
 		return ref, err
 	}
