@@ -541,10 +541,10 @@ func TestKeyFetchErrorsAreNotEchoed(t *testing.T) {
 	key := testKeys()[0]
 	for _, tt := range []struct{ keyID, secret string }{
 		{target.base + "/html#k", "secret-charset"},
-		{target.base + "/error#k", "418"},
-		{target.base + "/missing#k", "404"},
+		{target.base + "/error#k", "HTTP 418"},
+		{target.base + "/missing#k", "HTTP 404"},
 		{target.base + "/other#k", "does not contain key"},
-		{"http://" + teapot + "/x#k", "418"},
+		{"http://" + teapot + "/x#k", "HTTP 418"},
 		{"http://" + refused + "/x#k", "connection refused"},
 		{"http://10.1.2.3/x#k", "private or reserved"},
 	} {
