@@ -586,3 +586,21 @@ func TestFailedSignaturesAreLimitedPerHost(t *testing.T) {
 	code, text, _ = postBody(t, r, b, "u1", note(b.actorID("u1"), randomID(), time.Time{}))
 	assert.Equal(t, http.StatusForbidden, code, "another host: authenticated, not subscribed: %s", text)
 }
+
+// A blocked domain is blocked however its keyIds and actors spell it.
+func TestBlockedDomainSpellings(t *testing.T) {
+	r := newRelayServer(t, relay.Config{AllowHTTP: true, AllowPrivate: loopback, BlockedDomains: []string{"Blocked.Example."}}, nil)
+	key := testKeys()[0]
+	for _, host := range []string{"blocked.example", "BLOCKED.example.", "blocked.example:0443", "blocked.example:", "sub.Blocked.EXAMPLE"} {
+		for _, tt := range []struct{ keyID, actor string }{
+			{"https://" + host + "/users/u#main-key", "https://ok.example/users/u"},
+			{"https://ok.example/users/u#main-key", "https://" + host + "/users/u"},
+		} {
+			body := note(tt.actor, randomID(), time.Time{})
+			code, text, _ := post(t, r.InboxURL(), body, func(req *http.Request) {
+				require.NoError(t, (&httpsig.Signer{KeyID: tt.keyID, Key: key}).SignRequest(req, body, time.Now()))
+			})
+			assert.Equal(t, http.StatusForbidden, code, "%s %s: %s", tt.keyID, tt.actor, text)
+		}
+	}
+}
