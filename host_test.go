@@ -1,9 +1,6 @@
 package relay
 
 import (
-	"crypto/ed25519"
-	"crypto/rsa"
-	"math/big"
 	"net/netip"
 	"strings"
 	"testing"
@@ -79,26 +76,6 @@ func TestInboxKey(t *testing.T) {
 	for _, s := range []string{"https://victim.example/users/a/inbox", "http://victim.example/inbox", "https://victim.example:8443/inbox", "https://other.example/inbox"} {
 		assert.NotEqual(t, want, inboxKey(s), s)
 	}
-}
-
-// The bounds of remote keys, at their edges.
-func TestCheckPublicKey(t *testing.T) {
-	modulus := func(bits int) *big.Int {
-		n := new(big.Int).Lsh(big.NewInt(1), uint(bits-1))
-		return n.Or(n, big.NewInt(1))
-	}
-	for _, tt := range []struct {
-		bits, e int
-		ok      bool
-	}{
-		{1024, 65537, true}, {2048, 65537, true}, {4096, 65537, true}, {8192, 65537, true}, {2048, 3, true},
-		{1023, 65537, false}, {8193, 65537, false}, {16384, 65537, false}, {262144, 65537, false},
-		{2048, 65539, false}, {2048, 1<<31 - 1, false}, {2048, 1, false}, {2048, 65536, false},
-	} {
-		err := checkPublicKey(&rsa.PublicKey{N: modulus(tt.bits), E: tt.e})
-		assert.Equal(t, tt.ok, err == nil, "%d bits, e=%d: %v", tt.bits, tt.e, err)
-	}
-	assert.NoError(t, checkPublicKey(make(ed25519.PublicKey, ed25519.PublicKeySize)))
 }
 
 // Object IRIs that receivers would fetch pass the guard's checks.

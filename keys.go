@@ -3,7 +3,6 @@ package relay
 import (
 	"context"
 	"crypto"
-	"crypto/rsa"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -754,7 +753,8 @@ func boolCompare(a, b bool) int {
 // accepts keys embedded in the actor document (keyId = actor#main-key),
 // GoToSocial's key stubs (keyId = actor/main-key, a document whose
 // publicKey.id is the keyId) and bare Key documents. The key itself must
-// pass checkPublicKey.
+// be within httpsig.ParsePublicKeyPEM's bounds (RSA keys of at most
+// httpsig.MaxRSABits), checked before the key is cached or used.
 func (r *Relay) resolveKey(ctx context.Context, keyID string) (*remoteKey, error) {
 	if err := checkIRI(keyID); err != nil {
 		return nil, fmt.Errorf("relay: keyId: %w", err)
@@ -789,10 +789,7 @@ func (r *Relay) resolveKey(ctx context.Context, keyID string) (*remoteKey, error
 	if !sameOrigin(entry.Owner, keyID) {
 		return nil, fmt.Errorf("relay: key %s claims an owner of another origin: %s", keyID, entry.Owner)
 	}
-	pub, err := httpsig.ParsePublicKeyPEM(entry.PublicKeyPem)
-	if err == nil {
-		err = checkPublicKey(pub)
-	}
+	pub, err := httpsig.ParsePublicKeyPEM(entry.PublicKeyPem) // bounds RSA keys
 	if err != nil {
 		return nil, fmt.Errorf("relay: key %s: %w", keyID, err)
 	}
@@ -826,39 +823,4 @@ func (r *Relay) fetchOwner(ctx context.Context, ownerID, keyID string) (*remoteA
 		}
 	}
 	return nil, fmt.Errorf("relay: actor %s does not list key %s", ownerID, keyID)
-}
-
-// Bounds of the remote keys the relay verifies with. Fediverse servers use
-// RSA keys of 2,048 bits (Mastodon, Pleroma, Akkoma, GoToSocial) or 4,096
-// bits (Misskey, Friendica), with exponent 65537, and Ed25519 keys. The
-// cost of an RSA verification grows with the square of the modulus size
-// and with the exponent's length: a 262,144-bit key made each forged
-// request cost over a second of CPU, an 8,192-bit one costs a few
-// milliseconds and a 2,048-bit one a fraction of a millisecond. Failed
-// verifications are limited per host besides (Config.SignatureFailureLimit).
-const (
-	minRSABits = 1024
-	maxRSABits = 8192
-	// maxRSAExponent is the largest RSA public exponent accepted: 65537
-	// (F4), which every fediverse key uses. Smaller odd exponents (3, 17)
-	// are accepted too.
-	maxRSAExponent = 65537
-)
-
-// checkPublicKey refuses a remote key the relay does not verify with: an
-// RSA key whose modulus is under minRSABits or over maxRSABits, or whose
-// exponent is even, under 3 or over maxRSAExponent. It runs when the key
-// document is parsed, before the key is cached or used.
-func checkPublicKey(pub crypto.PublicKey) error {
-	k, ok := pub.(*rsa.PublicKey)
-	if !ok {
-		return nil // Ed25519: fixed size
-	}
-	if n := k.N.BitLen(); n < minRSABits || n > maxRSABits {
-		return fmt.Errorf("RSA key of %d bits: only %d to %d bits are accepted", n, minRSABits, maxRSABits)
-	}
-	if k.E < 3 || k.E > maxRSAExponent || k.E%2 == 0 {
-		return fmt.Errorf("RSA public exponent %d is not accepted (odd, 3 to %d)", k.E, maxRSAExponent)
-	}
-	return nil
 }
