@@ -174,7 +174,8 @@ func parseEnvelope(body []byte) (*envelope, error) {
 //
 // It scans m's top-level member names in one pass without decoding the
 // values (names with escapes are unescaped); m must be an object, and is
-// otherwise validated by the decoding that follows, not here.
+// otherwise validated by the decoding that follows, not here. names holds
+// at most 64 names.
 func checkMemberNames(m []byte, names []string) error {
 	i := 0
 	for i < len(m) && (m[i] == ' ' || m[i] == '\t' || m[i] == '\n' || m[i] == '\r') {
