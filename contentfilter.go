@@ -8,12 +8,15 @@ package relay
 // it alone; topic actors (topics.go) route by the same Post.
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/fedirelay/relay/store"
 )
 
 // Post is what content filters know of a post the relay is about to
@@ -418,4 +421,52 @@ func readTags(m json.RawMessage) []string {
 	}
 	slices.Sort(tags)
 	return tags
+}
+
+// SetSubscriberFilter sets the content filter and rate budget of the
+// subscriber actorID; a zero spec removes them. The spec is kept with the
+// subscription in the store (store.Subscriber.Filter), so it survives
+// restarts and is shared by processes using the store. It returns
+// ErrNotSubscribed if there is no such subscriber, and an error wrapping
+// the reason for an invalid spec (see FilterSpec.Compile).
+func (r *Relay) SetSubscriberFilter(ctx context.Context, actorID string, spec FilterSpec) error {
+	if _, err := spec.Compile(); err != nil {
+		return err
+	}
+	text := ""
+	if !spec.IsZero() {
+		b, err := json.Marshal(spec)
+		if err != nil {
+			return err
+		}
+		text = string(b)
+	}
+	_, err := r.store.UpdateSubscriber(ctx, actorID, func(s *store.Subscriber, found bool) error {
+		if !found {
+			return ErrNotSubscribed
+		}
+		s.Filter = text
+		s.UpdatedAt = r.now().UTC()
+		return nil
+	})
+	return err
+}
+
+// SubscriberFilter returns the filter of the subscriber actorID (zero if
+// it has none), or ErrNotSubscribed.
+func (r *Relay) SubscriberFilter(ctx context.Context, actorID string) (FilterSpec, error) {
+	s, err := r.store.GetSubscriber(ctx, actorID)
+	if errors.Is(err, store.ErrNotFound) {
+		return FilterSpec{}, ErrNotSubscribed
+	}
+	if err != nil {
+		return FilterSpec{}, err
+	}
+	var spec FilterSpec
+	if s.Filter != "" {
+		if err := json.Unmarshal([]byte(s.Filter), &spec); err != nil {
+			return FilterSpec{}, fmt.Errorf("relay: stored filter of %s: %w", actorID, err)
+		}
+	}
+	return spec, nil
 }

@@ -14,7 +14,8 @@ import (
 )
 
 // fanOut queues the activity for every accepted subscriber on another
-// host, one delivery per inbox: the original bytes for Mastodon-style
+// host that selectRecipients chose, and for the topic followers it chose
+// (addTopicDeliveries), one delivery per inbox: the original bytes for Mastodon-style
 // subscribers when receivers can authenticate them (an LD signature or
 // proof; Update, Delete and Move are forwarded as they are) and the body is
 // at most maxVerbatimBytes, an Announce by the relay otherwise.
@@ -32,6 +33,10 @@ func (r *Relay) fanOut(ctx context.Context, env *envelope, body []byte, objectID
 	if err != nil {
 		return err
 	}
+	sel, err := r.selectRecipients(ctx, env, body, objectID, subs)
+	if err != nil {
+		return err
+	}
 	until := r.now().Add(r.cfg.DedupWindow)
 	marks := []store.Mark{{ID: "activity:" + env.ID, Until: until}}
 	if env.ID == "" {
@@ -42,7 +47,7 @@ func (r *Relay) fanOut(ctx context.Context, env *envelope, body []byte, objectID
 	}
 	announce := objectID != ""
 	for {
-		b, err := r.fanOutBatch(env, body, objectID, senderHost, subs, announce)
+		b, err := r.fanOutBatch(env, body, objectID, senderHost, subs, announce, sel)
 		if err != nil {
 			return err
 		}
@@ -50,6 +55,9 @@ func (r *Relay) fanOut(ctx context.Context, env *envelope, body []byte, objectID
 		var seen *store.SeenError
 		switch {
 		case !errors.As(err, &seen):
+			if err == nil {
+				r.budgets.spend(sel.charge, r.now())
+			}
 			return err
 		case seen.Has(marks[0].ID):
 			return accepted("duplicate " + marks[0].ID)
@@ -62,10 +70,11 @@ func (r *Relay) fanOut(ctx context.Context, env *envelope, body []byte, objectID
 	}
 }
 
-// fanOutBatch builds fanOut's deliveries; announce says whether the relay
-// may announce the object (the Announces to LitePub subscribers, and to
-// everyone for posts it cannot forward verbatim).
-func (r *Relay) fanOutBatch(env *envelope, body []byte, objectID, senderHost string, subs []store.Subscriber, announce bool) (*batch, error) {
+// fanOutBatch builds fanOut's deliveries to the subscribers and topic
+// followers sel chose; announce says whether the relay may announce the
+// object (the Announces to LitePub subscribers, and to everyone for posts
+// it cannot forward verbatim).
+func (r *Relay) fanOutBatch(env *envelope, body []byte, objectID, senderHost string, subs []store.Subscriber, announce bool, sel *selection) (*batch, error) {
 	verbatim := store.Payload{ID: payloadID(body), Body: body}
 	var announcement store.Payload
 	isPost := env.isPost()
@@ -83,7 +92,7 @@ func (r *Relay) fanOutBatch(env *envelope, body []byte, objectID, senderHost str
 	b := newBatch(r)
 	for i := range subs {
 		s := &subs[i]
-		if s.Host == senderHost {
+		if s.Host == senderHost || sel.skips(i) {
 			continue
 		}
 		if s.Protocol == store.ProtocolLitePub || wrapUnsigned {
@@ -103,6 +112,9 @@ func (r *Relay) fanOutBatch(env *envelope, body []byte, objectID, senderHost str
 			continue
 		}
 		b.add(verbatim, s.DeliveryInbox(), s.ActorID, env.Type)
+	}
+	if err := r.addTopicDeliveries(b, env, objectID, senderHost, sel, announce, wrapUnsigned, verbatim); err != nil {
+		return nil, err
 	}
 	return b, nil
 }
