@@ -106,6 +106,9 @@ func (i *Instance) renderActor(a *localActor) map[string]any {
 	if i.flavor != GoToSocial {
 		doc["endpoints"] = map[string]any{"sharedInbox": i.base + "/inbox"}
 	}
+	for k, v := range a.profile {
+		doc[k] = v
+	}
 	switch i.flavor {
 	case Mastodon:
 		if a.system {
@@ -385,6 +388,11 @@ func (i *Instance) storeDoc(doc map[string]any) {
 //
 // The note stays retrievable at its id until deleted.
 func (i *Instance) Post(ctx context.Context, relayInbox, user, text string) (*Note, error) {
+	return i.publish(ctx, relayInbox, user, text, PostOptions{})
+}
+
+// publish is Post with the extras of PostWith.
+func (i *Instance) publish(ctx context.Context, relayInbox, user, text string, opts PostOptions) (*Note, error) {
 	author, err := i.user(user)
 	if err != nil {
 		return nil, err
@@ -406,6 +414,7 @@ func (i *Instance) Post(ctx context.Context, relayInbox, user, text string) (*No
 		n.ActivityID = n.ID + "/activity"
 	}
 	note := i.noteDoc(n, author, "")
+	opts.apply(i, note)
 	stored := copyMap(note)
 	stored["@context"] = i.activityContext()
 	i.storeDoc(stored)
