@@ -378,3 +378,21 @@ func TestTopicLimits(t *testing.T) {
 	assert.NotContains(t, objectsReceived(a), first.ID)
 	_ = store.StateAccepted
 }
+
+// A global filter an embedder plugs in applies to every subscriber; a post
+// it refuses is accepted and relayed to nobody.
+func TestGlobalFilter(t *testing.T) {
+	var network memnet.Network
+	noSpam := relay.FilterFunc(func(p *relay.Post) bool { return !slices.Contains(p.Tags, "spam") })
+	r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{Filters: relay.FilterSet{noSpam}})
+	ctx := context.Background()
+	pub := memInstance(t, &network, relaytest.Mastodon, "pub.test")
+	sub := memInstance(t, &network, relaytest.Pleroma, "sub.test")
+	subscribe(t, r, pub, sub)
+	_, err := pub.PostWith(ctx, r.InboxURL(), "alice", "buy now", relaytest.PostOptions{Tags: []string{"SPAM"}})
+	require.NoError(t, err, "accepted (202)")
+	ok, err := pub.PostWith(ctx, r.InboxURL(), "alice", "hello", relaytest.PostOptions{Tags: []string{"cats"}})
+	require.NoError(t, err)
+	drained(t, r)
+	assert.Equal(t, []string{ok.ID}, objectsReceived(sub))
+}
