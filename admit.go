@@ -84,3 +84,14 @@ func (r *Relay) admitSender(ctx context.Context, env *envelope, signer *remoteAc
 	}
 	return sender, senders, nil
 }
+
+// subscriberWithActor returns the subscription of subs whose actor is
+// actorID, whatever its state, or nil.
+func subscriberWithActor(subs []store.Subscriber, actorID string) *store.Subscriber {
+	for i := range subs {
+		if subs[i].ActorID == actorID {
+			return &subs[i]
+		}
+	}
+	return nil
+}

@@ -63,14 +63,3 @@ func relayedByRelay(env *envelope, signer *remoteActor, objectID string, subscri
 	return env.Type == "Announce" && signer.ID == env.Actor && subscriberWithActor(subscribers, env.Actor) != nil &&
 		objectID != "" && !sameOrigin(objectID, env.Actor)
 }
-
-// subscriberWithActor returns the subscription of subs whose actor is
-// actorID, whatever its state, or nil.
-func subscriberWithActor(subs []store.Subscriber, actorID string) *store.Subscriber {
-	for i := range subs {
-		if subs[i].ActorID == actorID {
-			return &subs[i]
-		}
-	}
-	return nil
-}

@@ -40,6 +40,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fedirelay/relay/httpsig"
 	"github.com/fedirelay/relay/store"
 	"github.com/fedirelay/relay/store/memstore"
 )
@@ -331,7 +332,7 @@ type Relay struct {
 	actorID  string
 	inboxURL string
 	keyID    string
-	signer   *Signer
+	signer   *httpsig.Signer
 	pubPEM   string
 	keys     *keyCache
 	guard    *guard
@@ -421,8 +422,8 @@ func New(cfg Config) (*Relay, error) {
 	if err := r.loadTopics(ctx); err != nil {
 		return nil, err
 	}
-	r.signer = &Signer{KeyID: r.keyID, Key: key}
-	if r.pubPEM, err = MarshalPublicKeyPEM(&key.PublicKey); err != nil {
+	r.signer = &httpsig.Signer{KeyID: r.keyID, Key: key}
+	if r.pubPEM, err = httpsig.MarshalPublicKeyPEM(&key.PublicKey); err != nil {
 		return nil, err
 	}
 	r.keys = newKeyCache(r)
@@ -446,10 +447,10 @@ func setDefaults(cfg *Config, base *url.URL) {
 		cfg.MaxBodyBytes = 1 << 20
 	}
 	if cfg.SignatureMaxAge <= 0 {
-		cfg.SignatureMaxAge = DefaultMaxSignatureAge
+		cfg.SignatureMaxAge = httpsig.DefaultMaxSignatureAge
 	}
 	if cfg.ClockSkew <= 0 {
-		cfg.ClockSkew = DefaultMaxClockSkew
+		cfg.ClockSkew = httpsig.DefaultMaxClockSkew
 	}
 	if cfg.DedupWindow <= 0 {
 		cfg.DedupWindow = 48 * time.Hour
@@ -513,11 +514,11 @@ func setDefaults(cfg *Config, base *url.URL) {
 func (r *Relay) loadKey(ctx context.Context) (*rsa.PrivateKey, error) {
 	pemBytes, err := r.store.GetValue(ctx, keyValueName)
 	if errors.Is(err, store.ErrNotFound) {
-		key, err := GenerateKey()
+		key, err := httpsig.GenerateKey()
 		if err != nil {
 			return nil, fmt.Errorf("relay: generating key: %w", err)
 		}
-		fresh, err := MarshalPrivateKeyPEM(key)
+		fresh, err := httpsig.MarshalPrivateKeyPEM(key)
 		if err != nil {
 			return nil, err
 		}
@@ -527,7 +528,7 @@ func (r *Relay) loadKey(ctx context.Context) (*rsa.PrivateKey, error) {
 	} else if err != nil {
 		return nil, fmt.Errorf("relay: loading key: %w", err)
 	}
-	key, err := ParsePrivateKeyPEM(pemBytes)
+	key, err := httpsig.ParsePrivateKeyPEM(pemBytes)
 	if err != nil {
 		return nil, fmt.Errorf("relay: stored key %q: %w", keyValueName, err)
 	}

@@ -33,6 +33,7 @@ import (
 
 	vocab "github.com/go-ap/activitypub"
 
+	"github.com/fedirelay/relay/httpsig"
 	"github.com/fedirelay/relay/store"
 )
 
@@ -360,11 +361,11 @@ func (r *Relay) topicSenders(host string) []store.Subscriber {
 
 // signerFor returns the signer of deliveries by actor: the relay actor's
 // for "", else the topic actor's keyId with the shared key.
-func (r *Relay) signerFor(actor string) *Signer {
+func (r *Relay) signerFor(actor string) *httpsig.Signer {
 	if actor == "" || actor == r.actorID {
 		return r.signer
 	}
-	return &Signer{KeyID: actor + "#main-key", Key: r.signer.Key}
+	return &httpsig.Signer{KeyID: actor + "#main-key", Key: r.signer.Key}
 }
 
 // addAs queues p for inbox, signed by actor (see signerFor), for no
