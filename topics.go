@@ -18,6 +18,7 @@ package relay
 // its admin entered.
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -264,7 +265,9 @@ func (t *topicRegistry) rebuild() {
 			v.contentTopics = true
 		}
 	}
-	byActor := func(a, b *TopicFollower) int { return strings.Compare(a.Actor+" "+a.Topic, b.Actor+" "+b.Topic) }
+	byActor := func(a, b *TopicFollower) int {
+		return cmp.Or(strings.Compare(a.Actor, b.Actor), strings.Compare(a.Topic, b.Topic))
+	}
 	for _, l := range v.byTopic {
 		slices.SortFunc(l, byActor)
 	}
