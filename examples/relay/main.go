@@ -92,6 +92,7 @@ func run(args []string) error {
 		}
 		return nil
 	})
+	applyTopicFlags := addTopicFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -119,6 +120,9 @@ func run(args []string) error {
 	}
 	if *approval {
 		cfg.FollowPolicy = relay.ManualApproval
+	}
+	if err := applyTopicFlags(&cfg); err != nil {
+		return err
 	}
 	if len(allowPrivate) > 0 {
 		cfg.AllowPrivate, cfg.AllowHTTP = allowPrivate, true
