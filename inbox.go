@@ -100,10 +100,10 @@ func (r *Relay) receive(ctx context.Context, w http.ResponseWriter, req *http.Re
 	}
 	env.rfc9421 = sig.rfc9421()
 	env.inboxTopic = r.topicOfInboxPath(req.URL.EscapedPath())
-	if env.Actor == r.actorID || keyID == r.keyID {
+	if env.Actor == r.actorID || keyID == r.keyID || r.topicOfActor(env.Actor) != "" || r.topicOfActor(stripFragment(keyID)) != "" {
 		// An echo of the relay's own activity (a loop through another
 		// relay), or a forgery: either way there is nothing to do, and the
-		// relay's own key is not fetched.
+		// relay's own key (its topic actors' included) is not fetched.
 		return accepted("activity of this relay itself")
 	}
 	if host := r.blockedHost(env); host != "" {

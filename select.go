@@ -123,6 +123,11 @@ func (r *Relay) selectRecipients(ctx context.Context, env *envelope, body []byte
 	var who *author
 	readAuthor := func() *author {
 		if who == nil {
+			if p.Author == "" && !p.ObjectKnown && objectID != "" {
+				// A boost or a relay's Announce names its author in the
+				// object only.
+				p = r.readPost(ctx, env, body, objectID, true)
+			}
 			who = &author{}
 			if a, ok := r.readAuthor(ctx, p); ok {
 				*who = a

@@ -835,7 +835,7 @@ func (r *Relay) addTopicDeliveries(b *batch, env *envelope, objectID, senderHost
 	for _, t := range sel.topics {
 		f := t.f
 		inbox := f.deliveryInbox()
-		if f.Host == senderHost || b.servesInbox(inbox) {
+		if f.Host == senderHost || b.servesInbox(inbox) || r.guard.blocked.blockedURL(inbox) {
 			continue
 		}
 		asIs := false
