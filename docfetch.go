@@ -30,7 +30,6 @@ type docCache struct {
 	mu      sync.Mutex
 	entries map[string]docEntry
 	calls   map[string]*docCall
-	fetches int // fetches started, for tests
 }
 
 type docEntry struct {
@@ -64,7 +63,6 @@ func (r *Relay) fetchDoc(ctx context.Context, id string) ([]byte, error) {
 		}
 		call = &docCall{done: make(chan struct{})}
 		c.calls[id] = call
-		c.fetches++
 		go r.runDocFetch(id, call)
 	}
 	c.mu.Unlock()

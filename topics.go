@@ -281,6 +281,8 @@ func (t *topicRegistry) rebuild() {
 // loadTopics reads the topic followers from the store (New, and every
 // policy refresh, so that processes sharing a store see each other's).
 func (r *Relay) loadTopics(ctx context.Context) error {
+	r.topics.mu.Lock() // no follow is saved between the read and the swap
+	defer r.topics.mu.Unlock()
 	vals, err := r.store.ListValues(ctx, topicValuePrefix)
 	if err != nil {
 		return fmt.Errorf("relay: loading topic followers: %w", err)
@@ -294,10 +296,8 @@ func (r *Relay) loadTopics(ctx context.Context) error {
 		}
 		m[k] = &f
 	}
-	r.topics.mu.Lock()
 	r.topics.followers = m
 	r.topics.rebuild()
-	r.topics.mu.Unlock()
 	return nil
 }
 

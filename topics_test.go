@@ -400,3 +400,36 @@ func TestGlobalFilter(t *testing.T) {
 	drained(t, r)
 	assert.Equal(t, []string{ok.ID}, objectsReceived(sub))
 }
+
+// When the object of a LitePub Announce cannot be fetched (here the origin
+// never answers the relay), the inbox does not wait beyond KeyFetchTimeout
+// and the post goes to the subscribers without filters only.
+func TestUnfetchableObjectGoesToUnfilteredOnly(t *testing.T) {
+	var network memnet.Network
+	r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{KeyFetchTimeout: 200 * time.Millisecond})
+	ctx := context.Background()
+	pleroma := memInstance(t, &network, relaytest.Pleroma, "pleroma.test")
+	plain := memInstance(t, &network, relaytest.Mastodon, "plain.test")
+	filtered := memInstance(t, &network, relaytest.Mastodon, "filtered.test")
+	subscribe(t, r, pleroma, plain, filtered)
+	require.NoError(t, r.SetSubscriberFilter(ctx, filtered.RelayActorID(), relay.FilterSpec{AllowTags: []string{"cats"}}))
+	follower := memInstance(t, &network, relaytest.Mastodon, "follower.test")
+	_, err := follower.Subscribe(ctx, "https://relay.test/tag/cats", "")
+	require.NoError(t, err)
+	follower.WaitSubscribed(t, wait)
+
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	pleroma.SetFault(func(req *http.Request) int {
+		if req.Method == http.MethodGet && strings.Contains(req.URL.Path, "/objects/") && strings.HasPrefix(req.UserAgent(), "fedirelay/") {
+			<-release
+		}
+		return 0
+	})
+	note, err := pleroma.PostWith(ctx, r.InboxURL(), "pat", "a cat", relaytest.PostOptions{Tags: []string{"cats"}})
+	require.NoError(t, err, "the inbox answers although the object fetch hangs")
+	waitFor(t, plain, "Announce", note.ID)
+	drained(t, r)
+	assert.Empty(t, objectsReceived(filtered), "its filter needs the object")
+	assert.Empty(t, objectsReceived(follower), "topics need the object")
+}
