@@ -479,6 +479,10 @@ func (r *Relay) topicActorDocument(key string) vocab.Item {
 	a.Summary = vocab.DefaultNaturalLanguageValue(name + ", relayed by " + r.cfg.Name + ". Instances follow it as a relay (the actor URL is its inbox); anyone may follow it to get an Announce of each post.")
 	a.URL = vocab.IRI(id)
 	a.Inbox = vocab.IRI(id)
+	// Mastodon accepts relayed posts from the relay whose inbox its admin
+	// entered, Misskey from one whose inbox or shared inbox it is: both
+	// forms work for Misskey, the actor URL for Mastodon.
+	a.Endpoints = &vocab.Endpoints{SharedInbox: vocab.IRI(id + "/inbox")}
 	a.Outbox = vocab.IRI(id + "/outbox")
 	a.Followers = vocab.IRI(id + "/followers")
 	a.Following = vocab.IRI(id + "/following")
