@@ -455,9 +455,29 @@ func (r *Relay) serveTopicInbox(w http.ResponseWriter, req *http.Request) {
 }
 
 // topicUsername is the preferredUsername (and WebFinger name) of a topic
-// actor: "tag.cats", "language.en", "instance.example.org".
+// actor: "tag.cats", "language.en", "instance.example.org". A value
+// outside ASCII is written "x-" and its UTF-8 in hex ("tag.x-e78cab" for
+// #猫), since Misskey refuses actors whose names are not ASCII word
+// characters.
 func topicUsername(key string) string {
-	return strings.Replace(key, "/", ".", 1)
+	kind, value, _ := strings.Cut(key, "/")
+	for _, c := range value {
+		if c > 0x7f {
+			return kind + ".x-" + hex.EncodeToString([]byte(value))
+		}
+	}
+	return kind + "." + value
+}
+
+// topicOfUsername returns the topic key of a topic actor's username, or "".
+func topicOfUsername(user string) string {
+	kind, value, _ := strings.Cut(user, ".")
+	if h, ok := strings.CutPrefix(value, "x-"); ok {
+		if b, err := hex.DecodeString(h); err == nil {
+			value = string(b)
+		}
+	}
+	return canonicalTopic(strings.ToLower(kind), value)
 }
 
 // topicActorDocument builds the actor of a topic.
@@ -500,8 +520,7 @@ func (r *Relay) topicWebFinger(resource string) (JRD, bool) {
 		if !ok || (!strings.EqualFold(host, r.base.Hostname()) && !strings.EqualFold(host, r.base.Host)) {
 			return JRD{}, false
 		}
-		kind, value, _ := strings.Cut(user, ".")
-		key = canonicalTopic(strings.ToLower(kind), value)
+		key = topicOfUsername(user)
 	}
 	if !r.topicExists(key) {
 		return JRD{}, false

@@ -186,6 +186,15 @@ func TestTopicActorDocuments(t *testing.T) {
 	assert.Equal(t, "https://relay.test/tag/cats", jrd.Links[0].Href)
 	_, ok = r.WebFinger("acct:tag.spam@relay.test")
 	assert.False(t, ok)
+	for _, acct := range []string{"acct:tag.x-e78cab@relay.test", "acct:tag.猫@relay.test"} {
+		jrd, ok = r.WebFinger(acct)
+		require.True(t, ok, acct)
+		assert.Equal(t, "acct:tag.x-e78cab@relay.test", jrd.Subject)
+		assert.Equal(t, "https://relay.test/tag/%E7%8C%AB", jrd.Links[0].Href)
+	}
+	resp, doc = get("https://relay.test/tag/%E7%8C%AB")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, "tag.x-e78cab", doc["preferredUsername"])
 
 	off := memRelay(t, &network, "off.test", newMemStore(t), relay.Config{Topics: relay.TopicConfig{Disabled: true}})
 	resp, _ = get("https://off.test/tag/cats")
