@@ -240,6 +240,9 @@ func (r *Relay) readPost(ctx context.Context, env *envelope, body []byte, object
 			Object json.RawMessage `json:"object"`
 		}
 		if err := json.Unmarshal(body, &a); err == nil && p.readObject(a.Object) == nil {
+			if p.Author != "" && !sameOrigin(p.Author, objectID) {
+				p.Author = "" // an author of another origin than the object is not believed
+			}
 			return p
 		}
 	}
