@@ -134,6 +134,9 @@ func (r *Relay) receive(ctx context.Context, w http.ResponseWriter, req *http.Re
 		}
 		return r.handleFollow(ctx, env, key.Owner)
 	case "Undo":
+		if env.isUndoAnnounce() {
+			return r.relayActivity(ctx, env, body, key.Owner)
+		}
 		if done, err := r.handleTopicUndo(ctx, env, key.Owner); done {
 			return err
 		}
@@ -171,9 +174,9 @@ func (r *Relay) relayActivity(ctx context.Context, env *envelope, body []byte, s
 			}
 		}
 	}
-	objectID, err := r.filterActivity(env, signer, sender, senders)
+	rel, err := r.filterActivity(ctx, env, body, signer, sender, senders)
 	if err != nil {
 		return err
 	}
-	return r.fanOut(ctx, env, body, objectID, hostOf(env.Actor))
+	return r.fanOut(ctx, env, body, rel, hostOf(env.Actor))
 }

@@ -55,6 +55,10 @@ func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteA
 			return err
 		}
 	}
+	software := ""
+	if decision != DecisionReject && (!found || existing.Software == "") {
+		software = r.learnSoftware(ctx, env.Actor)
+	}
 	now := r.now().UTC()
 	s, err := r.store.UpdateSubscriber(ctx, env.Actor, func(s *store.Subscriber, found bool) error {
 		// Checked again here, atomically with the write: BlockDomain may
@@ -96,6 +100,9 @@ func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteA
 		}
 		if env.rfc9421 && s.SignatureScheme == "" {
 			s.SignatureScheme = store.SignatureRFC9421 // it signs so, it accepts so
+		}
+		if software != "" && s.Software == "" {
+			s.Software = software
 		}
 		return nil
 	})

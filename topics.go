@@ -818,22 +818,33 @@ func (r *Relay) actorUndoFollow(actor, followID, followed string) ([]byte, error
 	return marshalDoc(u, false)
 }
 
-// topicAnnounce builds the Announce of objectID by a topic actor for the
-// incoming activity env, its id derived from the topic actor and the
-// relay's own Announce id (a retried fan-out sends the same Announce).
-func (r *Relay) topicAnnounce(actor string, env *envelope, objectID string) (store.Payload, error) {
-	sum := sha256.Sum256([]byte(actor + " " + r.announceID(env, objectID)))
+// topicAnnounce builds the Announce of a post by a topic actor for the
+// incoming activity env, as relayedAnnounce builds the relay actor's (the
+// post's visibility kept, dated no earlier than the post), its id derived
+// from the topic actor and the relay's own Announce id, so a retried
+// fan-out sends the same Announce.
+func (r *Relay) topicAnnounce(actor string, env *envelope, rel relayable) (store.Payload, error) {
+	sum := sha256.Sum256([]byte(actor + " " + r.announceID(env, rel.objectID)))
 	id := r.base.String() + "/activities/announce-" + hex.EncodeToString(sum[:16])
-	a := vocab.AnnounceNew(vocab.ID(id), vocab.IRI(objectID))
+	a := vocab.AnnounceNew(vocab.ID(id), vocab.IRI(rel.objectID))
 	a.Actor = vocab.IRI(actor)
-	a.Published = r.now().UTC().Truncate(time.Second)
-	a.To = vocab.ItemCollection{vocab.IRI(PublicCollection)}
-	a.CC = vocab.ItemCollection{vocab.IRI(actor + "/followers")}
+	public, followers := vocab.ItemCollection{vocab.IRI(PublicCollection)}, vocab.ItemCollection{vocab.IRI(actor + "/followers")}
+	a.To, a.CC = public, followers
+	if rel.visibility == visibilityUnlisted {
+		a.To, a.CC = followers, public
+	}
 	b, err := marshalDoc(a, false)
 	if err != nil {
 		return store.Payload{}, err
 	}
-	return store.Payload{ID: payloadID([]byte(id)), Body: b}, nil
+	now := r.now()
+	var believed []time.Time
+	for _, t := range []time.Time{env.Published, rel.objectPublished} {
+		if t.Sub(now) <= r.cfg.ClockSkew {
+			believed = append(believed, t)
+		}
+	}
+	return store.Payload{ID: payloadID([]byte(id)), Body: withPublished(b, announceTime(now, believed...))}, nil
 }
 
 // topicRecipient is one follower a post goes to, and the topic actor it
@@ -845,12 +856,12 @@ type topicRecipient struct {
 
 // addTopicDeliveries queues an activity for the topic followers selection
 // chose: one delivery per inbox, none to an inbox the relay actor's
-// fan-out serves or on the sender's host. Instances following Mastodon
-// style get what a Mastodon-style subscriber gets (the original bytes when
-// verbatim, else an Announce); LitePub instances and persons an Announce
-// by the topic actor, except that persons get Updates, Deletes and Moves
-// as they are (their servers accept them by LD signature).
-func (r *Relay) addTopicDeliveries(b *batch, env *envelope, objectID, senderHost string, sel *selection, announce, wrapUnsigned bool, verbatim store.Payload) error {
+// fan-out serves, on the sender's host or on a blocked domain. Instances
+// get the form formFor gives a subscriber of their protocol (the topic
+// actor's Announce instead of the relay's); persons get posts as the topic
+// actor's Announce, and Updates, Deletes and Moves as they are (their
+// servers apply them by LD signature).
+func (r *Relay) addTopicDeliveries(b *batch, env *envelope, rel relayable, senderHost string, sel *selection, announce, wrapUnsigned bool, verbatim store.Payload) error {
 	if sel == nil || len(sel.topics) == 0 {
 		return nil
 	}
@@ -861,29 +872,35 @@ func (r *Relay) addTopicDeliveries(b *batch, env *envelope, objectID, senderHost
 		if f.Host == senderHost || b.servesInbox(inbox) || r.guard.blocked.blockedURL(inbox) {
 			continue
 		}
-		asIs := false
+		var form deliveryForm
 		switch f.Kind {
 		case followerMastodon:
-			asIs = !wrapUnsigned
+			form = formFor(&store.Subscriber{Protocol: store.ProtocolMastodon}, env, wrapUnsigned)
+		case followerLitePub:
+			form = formFor(&store.Subscriber{Protocol: store.ProtocolLitePub}, env, wrapUnsigned)
 		case followerPerson:
-			asIs = !env.isPost()
-		}
-		if asIs {
-			b.addAs(verbatim, inbox, t.actor, env.Type)
-			continue
-		}
-		if !announce || objectID == "" {
-			continue
-		}
-		p, ok := announcements[t.actor]
-		if !ok {
-			var err error
-			if p, err = r.topicAnnounce(t.actor, env, objectID); err != nil {
-				return err
+			form = formVerbatim
+			if env.isPost() {
+				form = formAnnounce
 			}
-			announcements[t.actor] = p
 		}
-		b.addAs(p, inbox, t.actor, env.Type)
+		switch form {
+		case formVerbatim:
+			b.addAs(verbatim, inbox, t.actor, env.Type)
+		case formAnnounce:
+			if !announce || rel.objectID == "" {
+				continue
+			}
+			p, ok := announcements[t.actor]
+			if !ok {
+				var err error
+				if p, err = r.topicAnnounce(t.actor, env, rel); err != nil {
+					return err
+				}
+				announcements[t.actor] = p
+			}
+			b.addAs(p, inbox, t.actor, env.Type)
+		}
 	}
 	return nil
 }

@@ -410,32 +410,39 @@ func TestGlobalFilter(t *testing.T) {
 	assert.Equal(t, []string{ok.ID}, objectsReceived(sub))
 }
 
-// When the object of a LitePub Announce cannot be fetched (here the origin
-// never answers the relay), the inbox does not wait beyond KeyFetchTimeout
-// and the post goes to the subscribers without filters only.
+// When the object of a boost cannot be fetched (here its origin never
+// answers the relay), the inbox does not wait beyond KeyFetchTimeout and
+// the boost goes to the subscribers without filters only. (A LitePub relay
+// actor's Announce whose object cannot be fetched is not relayed at all:
+// see filter.go.)
 func TestUnfetchableObjectGoesToUnfilteredOnly(t *testing.T) {
 	var network memnet.Network
 	r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{KeyFetchTimeout: 200 * time.Millisecond})
 	ctx := context.Background()
-	pleroma := memInstance(t, &network, relaytest.Pleroma, "pleroma.test")
+	masto := memInstance(t, &network, relaytest.Mastodon, "masto.test")
 	plain := memInstance(t, &network, relaytest.Mastodon, "plain.test")
 	filtered := memInstance(t, &network, relaytest.Mastodon, "filtered.test")
-	subscribe(t, r, pleroma, plain, filtered)
+	subscribe(t, r, masto, plain, filtered)
 	require.NoError(t, r.SetSubscriberFilter(ctx, filtered.RelayActorID(), relay.FilterSpec{AllowTags: []string{"cats"}}))
 	follower := memInstance(t, &network, relaytest.Mastodon, "follower.test")
 	_, err := follower.Subscribe(ctx, "https://relay.test/tag/cats", "")
 	require.NoError(t, err)
 	follower.WaitSubscribed(t, wait)
 
+	// A post of a server that is not subscribed (the relay refuses it),
+	// boosted by a subscriber's user.
+	origin := memInstance(t, &network, relaytest.Mastodon, "origin.test")
+	note, err := origin.PostWith(ctx, r.InboxURL(), "ola", "a cat", relaytest.PostOptions{Tags: []string{"cats"}})
+	require.Error(t, err)
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) })
-	pleroma.SetFault(func(req *http.Request) int {
-		if req.Method == http.MethodGet && strings.Contains(req.URL.Path, "/objects/") && strings.HasPrefix(req.UserAgent(), "fedirelay/") {
+	origin.SetFault(func(req *http.Request) int {
+		if req.Method == http.MethodGet && req.URL.Path != "/users/ola" && strings.HasPrefix(req.UserAgent(), "fedirelay/") {
 			<-release
 		}
 		return 0
 	})
-	note, err := pleroma.PostWith(ctx, r.InboxURL(), "pat", "a cat", relaytest.PostOptions{Tags: []string{"cats"}})
+	_, err = masto.Boost(ctx, r.InboxURL(), "bob", note.ID)
 	require.NoError(t, err, "the inbox answers although the object fetch hangs")
 	waitFor(t, plain, "Announce", note.ID)
 	drained(t, r)

@@ -68,7 +68,7 @@ func (o PostOptions) apply(i *Instance, note map[string]any) {
 
 // PostWith publishes a note like Post, with the content o describes.
 func (i *Instance) PostWith(ctx context.Context, relayInbox, user, text string, o PostOptions) (*Note, error) {
-	return i.publish(ctx, relayInbox, user, text, o)
+	return i.publish(ctx, relayInbox, user, text, Public, o)
 }
 
 // SetProfile sets extra properties of the actor document of user (created

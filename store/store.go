@@ -132,6 +132,12 @@ type Subscriber struct {
 	// an Accept or Reject arrives (some servers never answer).
 	FollowBackID    string `json:"follow_back_id,omitempty"`
 	FollowBackState State  `json:"follow_back_state,omitempty"`
+	// Software is the subscriber's server software as its NodeInfo names it
+	// (software.name, lower case: "mastodon", "misskey", "gotosocial",
+	// "pleroma", ...), read when it subscribes; "" when unknown. The relay
+	// sends edits, deletions and un-boosts in the form that software
+	// applies. The operator may set it.
+	Software string `json:"software,omitempty"`
 	// Note is free text kept for the operator, such as a rejection reason.
 	Note string `json:"note,omitempty"`
 	// SignatureScheme is how deliveries to the subscriber are signed:

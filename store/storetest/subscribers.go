@@ -22,6 +22,7 @@ func sampleSubscriber(actorID string) store.Subscriber {
 		Protocol:        store.ProtocolLitePub,
 		State:           store.StateAccepted,
 		SignatureScheme: store.SignatureRFC9421,
+		Software:        "gotosocial",
 		FollowID:        actorID + "#follows/1",
 		Inbox:           actorID + "/inbox",
 		SharedInbox:     "https://" + host + "/inbox",
