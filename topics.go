@@ -23,6 +23,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -565,9 +566,9 @@ func (r *Relay) followedTopic(env *envelope) string {
 // handleTopicFollow processes a Follow of a topic: stored first, then
 // answered by the topic actor (Accept, Reject, or nothing while pending),
 // with a follow-back for an instance following LitePub style. Instances
-// are decided by the FollowPolicy (FollowRequest.Topic set); persons only
-// receive, and are accepted. A repeated Follow is answered again; a refused
-// follower stays refused.
+// are decided by the FollowPolicy (FollowRequest.Topic set), and refused
+// if the relay actor refused them; persons only receive, and are accepted.
+// A repeated Follow is answered again; a refused follower stays refused.
 func (r *Relay) handleTopicFollow(ctx context.Context, env *envelope, signer *remoteActor, topic string) error {
 	if err := requireSelf(env, signer); err != nil {
 		return err
@@ -599,8 +600,16 @@ func (r *Relay) handleTopicFollow(ctx context.Context, env *envelope, signer *re
 	if old != nil {
 		f.CreatedAt, f.FollowBackID, f.FollowBackState = old.CreatedAt, old.FollowBackID, old.FollowBackState
 	}
+	mainSub, err := r.store.GetSubscriber(ctx, env.Actor)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
 	switch {
 	case old != nil && old.State == store.StateRejected:
+		f.State = store.StateRejected
+	case err == nil && mainSub.State == store.StateRejected && kind != followerPerson:
+		// Refused by the relay actor, refused by its topics: an instance
+		// following a topic may publish.
 		f.State = store.StateRejected
 	case old != nil && old.State == store.StateAccepted, kind == followerPerson:
 	default:

@@ -449,3 +449,40 @@ func TestUnfetchableObjectGoesToUnfilteredOnly(t *testing.T) {
 	assert.Empty(t, objectsReceived(filtered), "its filter needs the object")
 	assert.Empty(t, objectsReceived(follower), "topics need the object")
 }
+
+// An instance the relay actor refused cannot publish by following a topic;
+// a held instance follow waits for ApproveTopicFollower.
+func TestTopicFollowOfRefusedOrHeldInstance(t *testing.T) {
+	var network memnet.Network
+	r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{FollowPolicy: relay.ManualApproval})
+	ctx := context.Background()
+	bad := memInstance(t, &network, relaytest.Mastodon, "bad.test")
+	_, err := bad.Subscribe(ctx, r.InboxURL(), "")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { _, err := r.Subscriber(ctx, bad.RelayActorID()); return err == nil }, wait, 10*time.Millisecond)
+	require.NoError(t, r.Refuse(ctx, bad.RelayActorID(), "spam"))
+	_, err = bad.Subscribe(ctx, "https://relay.test/tag/cats", "")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		return bad.SubscriptionState("https://relay.test/tag/cats") == relaytest.StateRejected
+	}, wait, 10*time.Millisecond, "the topic refuses it too")
+	_, err = bad.Post(ctx, r.InboxURL(), "alice", "spam")
+	var he *relaytest.HTTPError
+	require.ErrorAs(t, err, &he)
+	assert.Equal(t, http.StatusForbidden, he.StatusCode)
+
+	held := memInstance(t, &network, relaytest.Pleroma, "held.test")
+	_, err = held.Subscribe(ctx, "https://relay.test/tag/cats", "https://relay.test/tag/cats")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		for _, f := range r.TopicFollowers() {
+			if f.Actor == held.RelayActorID() {
+				return f.State == store.StatePending
+			}
+		}
+		return false
+	}, wait, 10*time.Millisecond)
+	require.NoError(t, r.ApproveTopicFollower(ctx, "tag/#Cats", held.RelayActorID()))
+	held.WaitSubscribed(t, wait)
+	assert.ErrorIs(t, r.ApproveTopicFollower(ctx, "tag/dogs", held.RelayActorID()), relay.ErrNotSubscribed)
+}
