@@ -343,14 +343,18 @@ func (r *Relay) TopicFollowers() []TopicFollower {
 
 // topicSenders returns the accepted instance follows of topics on host as
 // subscriptions, so that admission (admitSender) lets an instance that
-// follows only topics publish all its public posts.
-func (r *Relay) topicSenders(host string) []store.Subscriber {
+// follows only topics publish all its public posts. subs are the host's
+// subscriptions of the relay actor: an actor refused there is left out.
+func (r *Relay) topicSenders(host string, subs []store.Subscriber) []store.Subscriber {
 	if r.cfg.Topics.Disabled {
 		return nil
 	}
 	fs := r.topics.current().byHost[host]
 	out := make([]store.Subscriber, 0, len(fs))
 	for _, f := range fs {
+		if s := subscriberWithActor(subs, f.Actor); s != nil && s.State == store.StateRejected {
+			continue
+		}
 		proto := store.ProtocolLitePub
 		if f.Kind == followerMastodon {
 			proto = store.ProtocolMastodon

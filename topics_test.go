@@ -484,5 +484,32 @@ func TestTopicFollowOfRefusedOrHeldInstance(t *testing.T) {
 	}, wait, 10*time.Millisecond)
 	require.NoError(t, r.ApproveTopicFollower(ctx, "tag/#Cats", held.RelayActorID()))
 	held.WaitSubscribed(t, wait)
+	_, err = held.Post(ctx, "https://relay.test/tag/cats", "pat", "hello")
+	require.NoError(t, err, "an accepted topic follower publishes")
+
+	// Refused by the relay actor after its topic follow was accepted: it
+	// no longer publishes.
+	late := memInstance(t, &network, relaytest.Mastodon, "late.test")
+	_, err = late.Subscribe(ctx, "https://relay.test/tag/cats", "")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		for _, f := range r.TopicFollowers() {
+			if f.Actor == late.RelayActorID() {
+				return true
+			}
+		}
+		return false
+	}, wait, 10*time.Millisecond)
+	require.NoError(t, r.ApproveTopicFollower(ctx, "tag/cats", late.RelayActorID()))
+	late.WaitSubscribed(t, wait)
+	_, err = late.Post(ctx, r.InboxURL(), "alice", "allowed")
+	require.NoError(t, err)
+	_, err = late.Subscribe(ctx, r.InboxURL(), "")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { _, err := r.Subscriber(ctx, late.RelayActorID()); return err == nil }, wait, 10*time.Millisecond)
+	require.NoError(t, r.Refuse(ctx, late.RelayActorID(), "no"))
+	_, err = late.Post(ctx, r.InboxURL(), "alice", "refused")
+	require.ErrorAs(t, err, &he)
+	assert.Equal(t, http.StatusForbidden, he.StatusCode)
 	assert.ErrorIs(t, r.ApproveTopicFollower(ctx, "tag/dogs", held.RelayActorID()), relay.ErrNotSubscribed)
 }
