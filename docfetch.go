@@ -8,8 +8,6 @@ package relay
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 	"sync"
 	"time"
 )
@@ -47,7 +45,7 @@ type docCall struct {
 // fetchDoc returns the document id, from the cache or fetched. The fetch
 // runs on its own (bounded by KeyFetchTimeout), so a caller whose ctx ends
 // gets ctx.Err() while others still get the result. The document's own id
-// must be id.
+// must be id, and it must be served from id's origin (fetchByID).
 func (r *Relay) fetchDoc(ctx context.Context, id string) ([]byte, error) {
 	c := &r.docs
 	now := r.now()
@@ -77,19 +75,10 @@ func (r *Relay) fetchDoc(ctx context.Context, id string) ([]byte, error) {
 func (r *Relay) runDocFetch(id string, call *docCall) {
 	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.KeyFetchTimeout)
 	defer cancel()
-	body, err := r.fetch(ctx, id)
+	var body []byte
+	d, err := r.fetchByID(ctx, id)
 	if err == nil {
-		var d struct {
-			ID json.RawMessage `json:"id"`
-		}
-		if err = json.Unmarshal(body, &d); err == nil {
-			if got, _ := idOf(d.ID); got != id {
-				err = fmt.Errorf("relay: fetched %s has id %q", id, got)
-			}
-		}
-	}
-	if err != nil {
-		body = nil
+		body = d.body
 	}
 	call.body, call.err = body, err
 	c := &r.docs

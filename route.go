@@ -106,7 +106,11 @@ func (r *Relay) fanOutBatch(env *envelope, body []byte, rel relayable, senderHos
 	b := newBatch(r)
 	for i := range subs {
 		s := &subs[i]
-		if s.Host == senderHost || sel.skips(i) {
+		if s.Host == senderHost || sel.skips(i) || !sameOrigin(s.DeliveryInbox(), s.ActorID) {
+			// Nothing goes back to the sender's host, nor to subscribers the
+			// content stage left out, nor to an inbox off
+			// the subscriber's origin (a subscription stored before
+			// handleFollow refused those).
 			continue
 		}
 		switch formFor(s, env, wrapUnsigned) {

@@ -75,7 +75,7 @@ func canonicalTopic(kind, value string) string {
 	case topicLanguage:
 		v = normalizeLanguage(value)
 	case topicInstance:
-		v = canonicalHost(value)
+		v = topicHost(value)
 	}
 	if v == "" {
 		return ""
@@ -92,10 +92,10 @@ func parseTopicKey(key string) string {
 	return canonicalTopic(kind, value)
 }
 
-// canonicalHost returns host (an ASCII host name or IP with an optional
+// topicHost returns host (an ASCII host name or IP with an optional
 // port) lower-cased, without a trailing dot or the default https port, or
 // "" if it is not one.
-func canonicalHost(h string) string {
+func topicHost(h string) string {
 	h = strings.ToLower(strings.TrimSpace(h))
 	u, err := url.Parse("https://" + h + "/")
 	if err != nil || u.Host != h || u.User != nil || u.Hostname() == "" {
