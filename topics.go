@@ -583,6 +583,10 @@ func (r *Relay) handleTopicFollow(ctx context.Context, env *envelope, signer *re
 	if signer.Inbox == "" {
 		return refuse(http.StatusBadRequest, "actor %s has no inbox", env.Actor)
 	}
+	if foreign := signer.foreignInbox(); foreign != "" {
+		// Nothing is sent off the actor's origin (see rejectForeignInbox).
+		return refuse(http.StatusForbidden, "inbox %s is not on the actor's origin", foreign)
+	}
 	if r.guard.blocked.blockedURL(env.Actor) {
 		return refuse(http.StatusForbidden, "%s is on a blocked domain", hostOf(env.Actor))
 	}
@@ -869,7 +873,8 @@ type topicRecipient struct {
 
 // addTopicDeliveries queues an activity for the topic followers selection
 // chose: one delivery per inbox, none to an inbox the relay actor's
-// fan-out serves, on the sender's host or on a blocked domain. Instances
+// fan-out serves, on the sender's host, on a blocked domain or off the
+// follower's origin. Instances
 // get the form formFor gives a subscriber of their protocol (the topic
 // actor's Announce instead of the relay's); persons get posts as the topic
 // actor's Announce, and Updates, Deletes and Moves as they are (their
@@ -882,7 +887,7 @@ func (r *Relay) addTopicDeliveries(b *batch, env *envelope, rel relayable, sende
 	for _, t := range sel.topics {
 		f := t.f
 		inbox := f.deliveryInbox()
-		if f.Host == senderHost || b.servesInbox(inbox) || r.guard.blocked.blockedURL(inbox) {
+		if f.Host == senderHost || b.servesInbox(inbox) || r.guard.blocked.blockedURL(inbox) || !sameOrigin(inbox, f.Actor) {
 			continue
 		}
 		var form deliveryForm
