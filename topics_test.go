@@ -253,7 +253,18 @@ func TestPersonsFollowTopic(t *testing.T) {
 				assert.Equal(t, "/inbox", rc.Inbox, "the shared inbox")
 			}
 		}
+		i.ResetRecords()
 	}
+
+	// cem unfollows; ann still follows for people.test.
+	require.NoError(t, others.Unfollow(ctx, "cem", topic))
+	require.NoError(t, people.Unfollow(ctx, "ben", topic))
+	require.Eventually(t, func() bool { return len(r.TopicFollowers()) == 1 }, wait, 10*time.Millisecond)
+	four, err := pub.PostWith(ctx, r.InboxURL(), "alice", "four", relaytest.PostOptions{Tags: []string{"x"}})
+	require.NoError(t, err)
+	drained(t, r)
+	assert.Equal(t, []string{four.ID}, objectsReceived(people))
+	assert.Empty(t, objectsReceived(others))
 }
 
 // A LitePub relay actor announces a tagged post by id: the relay fetches

@@ -160,3 +160,34 @@ func (i *Instance) personFollowReply(rec *Received) bool {
 	}
 	return false
 }
+
+// Unfollow undoes the local user's follow of target: an Undo embedding the
+// Follow, signed by the user, sent to target's inbox.
+func (i *Instance) Unfollow(ctx context.Context, user, target string) error {
+	a, err := i.user(user)
+	if err != nil {
+		return err
+	}
+	var f *personFollow
+	i.mu.Lock()
+	for k, c := range i.follows {
+		if c.user == a.id && c.target == target {
+			f = c
+			i.follows = append(i.follows[:k], i.follows[k+1:]...)
+			break
+		}
+	}
+	i.mu.Unlock()
+	if f == nil {
+		return fmt.Errorf("relaytest: %s does not follow %s", user, target)
+	}
+	ra, err := i.remoteActorFor(ctx, target)
+	if err != nil {
+		return err
+	}
+	undo := map[string]any{
+		"@context": asContext, "id": fmt.Sprintf("%s#follows/%d/undo", a.id, i.next()), "type": "Undo", "actor": a.id,
+		"object": map[string]any{"id": f.followID, "type": "Follow", "actor": a.id, "object": target},
+	}
+	return i.deliver(ctx, ra.inbox, a, undo)
+}
