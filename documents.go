@@ -249,6 +249,7 @@ func (r *Relay) serveIndex(w http.ResponseWriter, req *http.Request) {
 		"Mastodon, Misskey: subscribe with the inbox URL  %s\n"+
 		"Pleroma, Akkoma, Friendica, GoToSocial: follow the actor  %s\n\n"+
 		"%d subscribed servers.\n", r.cfg.Name, Version, r.inboxURL, r.actorID, n)
+	body += r.topicsIndexText()
 	writeDoc(w, r, "text/plain; charset=utf-8", []byte(body), nil)
 }
 

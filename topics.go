@@ -553,6 +553,16 @@ func (r *Relay) addTopicsNodeInfo(meta map[string]any) {
 	meta["topics"] = map[string]any{"enabled": !r.cfg.Topics.Disabled, "followed": followed}
 }
 
+// topicsIndexText is what the relay's index page says of topics.
+func (r *Relay) topicsIndexText() string {
+	if r.cfg.Topics.Disabled {
+		return ""
+	}
+	b := r.base.String()
+	return "\nTopic relays: subscribe with, or follow, " + b + "/tag/{hashtag}, " + b + "/language/{code} or " +
+		b + "/instance/{host}\n(for Mastodon, the actor URL itself: " + b + "/tag/cats).\n"
+}
+
 // --- following -------------------------------------------------------------
 
 // followedTopic returns the topic a Follow is for: its object is a topic
