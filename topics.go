@@ -164,12 +164,22 @@ func (r *Relay) topicOfActor(id string) string {
 }
 
 // topicOfInboxPath returns the topic whose inbox (the actor URL, or the
-// actor URL + "/inbox") has the escaped request path p, or "".
+// actor URL + "/inbox", in any form that normalises to it) has the
+// escaped request path p, or "".
 func (r *Relay) topicOfInboxPath(p string) string {
-	p = strings.TrimSuffix(p, "/inbox")
-	u := *r.base
-	u.Path, u.RawPath = "", ""
-	return r.topicOfActor(u.String() + p)
+	rest, ok := strings.CutPrefix(p, r.prefix+"/")
+	if !ok {
+		return ""
+	}
+	kind, value, ok := strings.Cut(strings.TrimSuffix(rest, "/inbox"), "/")
+	if !ok || strings.Contains(value, "/") {
+		return ""
+	}
+	v, err := url.PathUnescape(value)
+	if err != nil {
+		return ""
+	}
+	return canonicalTopic(kind, v)
 }
 
 // TopicFollower is a follow of a topic actor.
@@ -421,7 +431,7 @@ func (r *Relay) requestTopic(req *http.Request) (key string, canonical bool) {
 	if !r.topicExists(key) {
 		return "", false
 	}
-	want := strings.TrimPrefix(r.topicActorID(key), r.base.String())
+	want := r.prefix + strings.TrimPrefix(r.topicActorID(key), r.base.String())
 	return key, strings.HasPrefix(req.URL.EscapedPath(), want) &&
 		(len(req.URL.EscapedPath()) == len(want) || req.URL.EscapedPath()[len(want)] == '/')
 }

@@ -524,3 +524,34 @@ func TestTopicFollowOfRefusedOrHeldInstance(t *testing.T) {
 	assert.Equal(t, http.StatusForbidden, he.StatusCode)
 	assert.ErrorIs(t, r.ApproveTopicFollower(ctx, "tag/dogs", held.RelayActorID()), relay.ErrNotSubscribed)
 }
+
+// Below a path prefix, topic URLs are canonical with the prefix, and a
+// subscription made with a non-canonical URL follows the canonical topic.
+func TestTopicsBelowPrefix(t *testing.T) {
+	var network memnet.Network
+	r, err := relay.New(relay.Config{BaseURL: "https://p.test/r", Transport: &network, Store: newMemStore(t), Logger: quietLogger()})
+	require.NoError(t, err)
+	network.Handle("p.test", r.Handler())
+	require.NoError(t, r.Start())
+	t.Cleanup(func() { _ = r.Close(context.Background()) })
+	client := &http.Client{Transport: &network, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := client.Get("https://p.test/r/tag/cats")
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	resp, err = client.Get("https://p.test/r/tag/Cats")
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusPermanentRedirect, resp.StatusCode)
+	assert.Equal(t, "https://p.test/r/tag/cats", resp.Header.Get("Location"))
+
+	m := memInstance(t, &network, relaytest.Mastodon, "m.test")
+	_, err = m.Subscribe(context.Background(), "https://p.test/r/tag/Cats/inbox", "")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return len(r.TopicFollowers()) == 1 }, wait, 10*time.Millisecond)
+	f := r.TopicFollowers()[0]
+	assert.Equal(t, "tag/cats", f.Topic)
+	assert.Equal(t, "mastodon", f.Kind)
+	_, err = r.Subscriber(context.Background(), m.RelayActorID())
+	assert.ErrorIs(t, err, relay.ErrNotSubscribed, "not a subscription of the relay actor")
+}
