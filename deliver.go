@@ -428,6 +428,10 @@ func (q *deliveryQueue) deliver(d store.Delivery) (outcome, time.Duration) {
 		q.complete(d)
 		r.subscriberGone(q.bgCtx, d.Subscriber, d.Inbox)
 		return outcomeRefused, 0
+	case err == nil && status == http.StatusGone && d.Signer != "":
+		q.complete(d)
+		r.topicInboxGone(q.bgCtx, d.Inbox)
+		return outcomeRefused, 0
 	case err == nil && status >= 400 && !transientStatus(status):
 		// The receiver refuses this message; repeating it will not help.
 		q.complete(d)

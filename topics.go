@@ -406,6 +406,26 @@ func (b *batch) servesInbox(inbox string) bool {
 	return false
 }
 
+// topicInboxGone ends the follows of topics delivered to inbox, which
+// answered 410 Gone to a topic actor's delivery.
+func (r *Relay) topicInboxGone(ctx context.Context, inbox string) {
+	r.topics.mu.Lock()
+	defer r.topics.mu.Unlock()
+	var gone []*TopicFollower
+	for _, f := range r.topics.followers {
+		if f.deliveryInbox() == inbox {
+			gone = append(gone, f)
+		}
+	}
+	for _, f := range gone {
+		r.log.Info("relay: topic follower gone, removing it", "topic", f.Topic, "actor", f.Actor, "inbox", inbox)
+		if err := r.saveTopicFollower(ctx, f.Topic, f.Actor, nil); err != nil {
+			r.log.Error("relay: removing gone topic follower", "actor", f.Actor, "err", err)
+			return
+		}
+	}
+}
+
 // --- routes and documents ------------------------------------------------
 
 // topicRoutes registers the topic actors' routes on mux.

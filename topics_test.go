@@ -555,3 +555,27 @@ func TestTopicsBelowPrefix(t *testing.T) {
 	_, err = r.Subscriber(context.Background(), m.RelayActorID())
 	assert.ErrorIs(t, err, relay.ErrNotSubscribed, "not a subscription of the relay actor")
 }
+
+// A topic follower whose inbox answers 410 Gone is removed.
+func TestGoneTopicFollowerIsRemoved(t *testing.T) {
+	var network memnet.Network
+	r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{})
+	ctx := context.Background()
+	pub := memInstance(t, &network, relaytest.Mastodon, "pub.test")
+	subscribe(t, r, pub)
+	people := memInstance(t, &network, relaytest.Mastodon, "people.test")
+	const topic = "https://relay.test/tag/x"
+	_, err := people.Follow(ctx, "ann", topic)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return people.Follows("ann", topic) }, wait, 10*time.Millisecond)
+	require.Len(t, r.TopicFollowers(), 1)
+	people.SetFault(func(req *http.Request) int {
+		if req.Method == http.MethodPost {
+			return http.StatusGone
+		}
+		return 0
+	})
+	_, err = pub.PostWith(ctx, r.InboxURL(), "alice", "x", relaytest.PostOptions{Tags: []string{"x"}})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return len(r.TopicFollowers()) == 0 }, wait, 10*time.Millisecond)
+}
