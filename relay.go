@@ -88,6 +88,7 @@ type FollowRequest struct {
 	Host      string         // lower-cased host[:port] of Actor
 	Protocol  store.Protocol // which relay protocol it asked for
 	FollowID  string         // the Follow activity's id
+	Topic     string         // the followed topic ("tag/cats"), "" for the relay actor
 }
 
 // FollowPolicy decides what happens to a subscription request. It returns
@@ -301,6 +302,21 @@ type Config struct {
 	// relayed. See docs/protocol.md, "Only what authors made public".
 	RelayUnlisted bool
 
+	// Filters apply to every post (Create, Announce, Update) before it is
+	// routed: a post one of them refuses is accepted (202) and relayed to
+	// nobody. Each subscriber may have its own filter as well (see
+	// Relay.SetSubscriberFilter), and Deletes and Moves are never
+	// filtered. See contentfilter.go and docs/operating.md.
+	Filters FilterSet
+
+	// Topics configures the topic actors P/tag/{tag}, P/language/{code}
+	// and P/instance/{host}; the zero value offers them all.
+	Topics TopicConfig
+
+	// OptOuts says where authors' opt-outs (indexable: false, #nobot,
+	// #norelay) are honoured; the zero value: for topic actors only.
+	OptOuts OptOutConfig
+
 	// Events receives the relay's events, for metrics (see Observer and
 	// package metrics/promrelay). If nil, nothing is reported.
 	Events Observer
@@ -364,10 +380,16 @@ type Relay struct {
 	inflight sync.WaitGroup // inbox requests being handled
 	bg       sync.WaitGroup // background loops other than delivery
 	policyMu sync.Mutex     // serialises changes of the run-time block list
-	events   Observer       // Config.Events, or a NopObserver
-	software softwareBook   // software family of subscribed hosts
-	activity activityLog    // counts for the status page and the log summary
-	health   healthState    // what /readyz reports on
+
+	topics     topicRegistry     // topic followers (topics.go)
+	subFilters subscriberFilters // compiled subscriber filters (select.go)
+	budgets    budgets           // rate budgets (budget.go)
+	docs       docCache          // objects and authors fetched for filters (docfetch.go)
+
+	events   Observer     // Config.Events, or a NopObserver
+	software softwareBook // software family of subscribed hosts
+	activity activityLog  // counts for the status page and the log summary
+	health   healthState  // what /readyz reports on
 }
 
 // Store key under which the relay's private key is kept (PKCS#8 PEM).
@@ -388,6 +410,12 @@ func New(cfg Config) (*Relay, error) {
 	base.Path = strings.TrimSuffix(base.Path, "/")
 	base.RawPath = ""
 	setDefaults(&cfg, base)
+	if cfg.Topics.Allow, err = normalizeTopicList(cfg.Topics.Allow); err != nil {
+		return nil, err
+	}
+	if cfg.Topics.Block, err = normalizeTopicList(cfg.Topics.Block); err != nil {
+		return nil, err
+	}
 
 	r := &Relay{
 		cfg:       cfg,
@@ -435,6 +463,9 @@ func New(cfg Config) (*Relay, error) {
 		return nil, err
 	}
 	r.guard.blocked.set(blocked)
+	if err := r.loadTopics(ctx); err != nil {
+		return nil, err
+	}
 	r.signer = &httpsig.Signer{KeyID: r.keyID, Key: key}
 	if r.pubPEM, err = httpsig.MarshalPublicKeyPEM(&key.PublicKey); err != nil {
 		return nil, err

@@ -57,8 +57,11 @@ type PublicStatus struct {
 	PostsLastHour    int64           `json:"posts_last_hour"`
 	BlockedCount     int             `json:"blocked_domains_count"`
 	BlockedDomains   []string        `json:"blocked_domains,omitempty"`
-	CSS              string          `json:"-"`
-	Icon             string          `json:"-"`
+	// Topics lists the topic actors' URL patterns (see Config.Topics),
+	// such as P/tag/{hashtag}; empty when topics are disabled.
+	Topics []string `json:"topics,omitempty"`
+	CSS    string   `json:"-"`
+	Icon   string   `json:"-"`
 }
 
 // SoftwareCount is the number of accepted subscribers running a software
@@ -77,6 +80,7 @@ func (r *Relay) PublicStatus(ctx context.Context) (PublicStatus, error) {
 		ApprovalRequired: r.approvalRequired(),
 		PostsLastHour:    r.PostsLastHour(),
 		BySoftware:       []SoftwareCount{},
+		Topics:           r.topicPatterns(),
 		CSS:              r.prefix + "/status.css",
 		Icon:             r.prefix + "/favicon.svg",
 	}
@@ -110,6 +114,15 @@ func (r *Relay) PublicStatus(ctx context.Context) (PublicStatus, error) {
 	return st, nil
 }
 
+// topicPatterns returns the URL patterns of the topic actors, or nil.
+func (r *Relay) topicPatterns() []string {
+	if r.cfg.Topics.Disabled {
+		return nil
+	}
+	b := r.base.String()
+	return []string{b + "/tag/{hashtag}", b + "/language/{code}", b + "/instance/{host}"}
+}
+
 // approvalRequired reports whether the FollowPolicy is ManualApproval.
 // (A custom policy counts as not requiring approval.)
 func (r *Relay) approvalRequired() bool {
@@ -137,6 +150,7 @@ func (r *Relay) serveIndex(w http.ResponseWriter, req *http.Request) {
 			"Mastodon, Misskey: subscribe with the inbox URL  %s\n"+
 			"Pleroma, Akkoma, Friendica, GoToSocial: follow the actor  %s\n\n"+
 			"%d subscribed servers.\n", st.Name, Version, st.InboxURL, st.ActorURL, st.Subscribers)
+		body += r.topicsIndexText()
 		writeDoc(w, r, "text/plain; charset=utf-8", []byte(body), nil)
 	}
 }

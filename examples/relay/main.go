@@ -69,6 +69,9 @@ func run(args []string) error {
 	if len(args) > 0 && (args[0] == "export" || args[0] == "import") {
 		return runBackup(args[0], args[1:], os.Stdin, os.Stdout)
 	}
+	if len(args) > 0 && args[0] == "filter" {
+		return runFilter(args[1:], os.Stdin, os.Stdout)
+	}
 	fs := flag.NewFlagSet("relay", flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), usage)
@@ -94,6 +97,7 @@ func run(args []string) error {
 		}
 		return nil
 	})
+	applyTopicFlags := addTopicFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -125,6 +129,9 @@ func run(args []string) error {
 	}
 	if *approval {
 		cfg.FollowPolicy = relay.ManualApproval
+	}
+	if err := applyTopicFlags(&cfg); err != nil {
+		return err
 	}
 	if len(allowPrivate) > 0 {
 		cfg.AllowPrivate, cfg.AllowHTTP = allowPrivate, true
@@ -208,6 +215,10 @@ const usage = `Usage:
   relay import [-data DIR] < FILE    read such a document into the data directory
                                      (the relay must not be running); subscribers
                                      and values it holds replace those stored
+  relay filter [-data DIR] ACTOR [FILE|-|none]
+                                     print, set (a JSON filter, see docs/operating.md)
+                                     or remove a subscriber's filter (the relay must
+                                     not be running)
 
 Backups hold the relay's private key: keep them as secret as the key.
 
