@@ -175,7 +175,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 	pages := []pageCheck{
 		{name: "public", url: public, shot: "status-page.png",
 			want: []string{"Example relay", "A relay for small instances about gardening.", public + "inbox", public + "actor",
-				"approved by the operator", "Subscribed servers", "mastodon", "misskey", "gotosocial", "Posts relayed in the last hour",
+				"approved by the operator", "/tag/{hashtag}", "Subscribed servers", "mastodon", "misskey", "gotosocial", "Posts relayed in the last hour",
 				"Domains blocked: 1"},
 			absent: []string{"pending.example", "private note", "refused.example", "spam source", "sleepy.example", "spam.example"}},
 		{name: "operator", url: operator, shot: "operator-page.png",
