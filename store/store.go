@@ -429,3 +429,23 @@ type Store interface {
 	// notices that its lease expired (at the latest at the next Lease).
 	ShedDeliveries(ctx context.Context, host string, keep int, types []string) (int, error)
 }
+
+// Notifier is implemented by stores that several processes share and that
+// can tell one process about another's changes (store/pgstore does, with
+// LISTEN/NOTIFY). The relay checks for it with a type assertion: its
+// delivery loop wakes on QueueChanged instead of waiting for its next
+// poll, and it re-reads the block list and policies on ValuesChanged
+// instead of waiting for the next periodic reload.
+//
+// Each method returns the same channel every time; a store sends on it
+// without blocking, so signals coalesce while the receiver is busy: one
+// value means "something may have changed since you last looked". A store
+// may send spurious signals (after a reconnection it cannot know what it
+// missed), never a value for a change it has not committed. Each channel
+// is meant for one receiver.
+type Notifier interface {
+	// QueueChanged signals that deliveries were enqueued or rescheduled.
+	QueueChanged() <-chan struct{}
+	// ValuesChanged signals that a value was put, created or deleted.
+	ValuesChanged() <-chan struct{}
+}
