@@ -199,6 +199,10 @@ func (q *deliveryQueue) dispatch() {
 	batchWait.Stop()
 	defer batchWait.Stop()
 	force := false
+	var enqueued <-chan struct{} // by another process sharing the store
+	if n, ok := q.r.store.(store.Notifier); ok {
+		enqueued = n.QueueChanged()
+	}
 	for {
 		n, held, err := q.leaseSome(force)
 		force = false
@@ -226,6 +230,7 @@ func (q *deliveryQueue) dispatch() {
 		case <-q.stopCh:
 			return
 		case <-q.wakeCh:
+		case <-enqueued:
 		case <-tick:
 			tick = nil
 		case <-batched:
@@ -676,6 +681,11 @@ func (q *deliveryQueue) failure(d store.Delivery, cause error) bool {
 		if !found {
 			return store.ErrNotFound
 		}
+		if s.RevivedAt.After(since) || s.LastSuccess.After(since) {
+			// Another process revived the subscriber, or delivered to
+			// it, after this run of failures began: the run is over.
+			return nil
+		}
 		if s.State == store.StateAccepted {
 			s.State = store.StateDormant
 			s.UpdatedAt = now
@@ -685,6 +695,9 @@ func (q *deliveryQueue) failure(d store.Delivery, cause error) bool {
 		}
 		return nil
 	})
+	if err == nil && s.State != store.StateDormant {
+		q.stats.restart(d.Subscriber, s)
+	}
 	if err != nil || s.State != store.StateDormant {
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			r.log.Error("relay: making subscriber dormant", "actor", d.Subscriber, "err", err)

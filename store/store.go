@@ -156,6 +156,11 @@ type Subscriber struct {
 	// FailingSince is when the current run of failed deliveries began; zero
 	// while deliveries succeed.
 	FailingSince time.Time `json:"failing_since,omitzero"`
+	// RevivedAt is when the subscriber last came back from StateDormant: a
+	// run of failures that a process observed before it is over. Processes
+	// sharing a store compare their statistics with it (and with
+	// LastSuccess) instead of overwriting each other's.
+	RevivedAt time.Time `json:"revived_at,omitzero"`
 }
 
 // Signature schemes of Subscriber.SignatureScheme.

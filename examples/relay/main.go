@@ -125,7 +125,7 @@ func run(args []string) error {
 	defer st.Close()
 	cfg := relay.Config{
 		BaseURL: *baseURL,
-		Store:   st,
+		Store:   st.Store, // the store itself: the relay checks it for store.Notifier
 		Logger:  logger,
 		Name:    *name,
 		Summary: *summary,
