@@ -92,31 +92,35 @@ type deliveryQueue struct {
 	done     map[string]completion       // answered 2xx, Complete pending or failed
 	breakers map[string]*breaker         // hosts whose breaker is not closed and clean
 	backlog  map[string]int              // upper estimate of each host's queued deliveries
-	checked  map[string]time.Time        // when a subscriber's actor was last checked for 410
+	// queuedSince counts what this process queued per host since it last
+	// counted the host's backlog.
+	queuedSince map[string]int
+	checked     map[string]time.Time // when a subscriber's actor was last checked for 410
 }
 
 func newDeliveryQueue(r *Relay) *deliveryQueue {
 	ctx, cancel := context.WithCancel(context.Background())
 	bgCtx, bgCancel := context.WithCancel(context.Background())
 	return &deliveryQueue{
-		r:          r,
-		stats:      newDeliveryStats(r),
-		bodies:     newPayloadCache(payloadCacheBytes),
-		wakeCh:     make(chan struct{}, 1),
-		work:       make(chan store.Delivery),
-		ctx:        ctx,
-		cancel:     cancel,
-		bgCtx:      bgCtx,
-		bgCancel:   bgCancel,
-		stopCh:     make(chan struct{}),
-		completeCh: make(chan store.LeaseRef, completeChBuffer),
-		perHost:    map[string]int{},
-		overflow:   map[string][]store.Delivery{},
-		held:       map[string]string{},
-		done:       map[string]completion{},
-		breakers:   map[string]*breaker{},
-		backlog:    map[string]int{},
-		checked:    map[string]time.Time{},
+		r:           r,
+		stats:       newDeliveryStats(r),
+		bodies:      newPayloadCache(payloadCacheBytes),
+		wakeCh:      make(chan struct{}, 1),
+		work:        make(chan store.Delivery),
+		ctx:         ctx,
+		cancel:      cancel,
+		bgCtx:       bgCtx,
+		bgCancel:    bgCancel,
+		stopCh:      make(chan struct{}),
+		completeCh:  make(chan store.LeaseRef, completeChBuffer),
+		perHost:     map[string]int{},
+		overflow:    map[string][]store.Delivery{},
+		held:        map[string]string{},
+		done:        map[string]completion{},
+		breakers:    map[string]*breaker{},
+		backlog:     map[string]int{},
+		queuedSince: map[string]int{},
+		checked:     map[string]time.Time{},
 	}
 }
 
@@ -716,17 +720,27 @@ func (q *deliveryQueue) failure(d store.Delivery, cause error) bool {
 // Announces (Update, Delete, Move and subscription messages are kept). It
 // counts a host's deliveries only when an upper estimate of its backlog
 // (the last count plus what was queued since) is over the bound, so it
-// costs the store nothing most of the time. Failures are logged: the
-// deliveries are stored whatever happens here.
+// costs the store nothing most of the time. On a store shared with other
+// processes (a store.Notifier), whose queueing this one does not see, it
+// also counts whenever this process queued another eighth of the bound
+// for the host since its last count, so that N processes overshoot the
+// bound by at most N/8 of it. Failures are logged: the deliveries are
+// stored whatever happens here.
 func (q *deliveryQueue) bound(ctx context.Context, ds []store.Delivery) {
 	limit := q.r.cfg.MaxHostBacklog
 	if limit <= 0 {
 		return
 	}
+	_, shared := q.r.store.(store.Notifier)
 	var over []string
 	q.mu.Lock()
 	for _, d := range ds {
-		if q.backlog[d.Host]++; q.backlog[d.Host] > limit && !slices.Contains(over, d.Host) {
+		q.backlog[d.Host]++
+		if shared {
+			q.queuedSince[d.Host]++
+		}
+		due := q.backlog[d.Host] > limit || shared && q.queuedSince[d.Host] >= max(limit/8, 1)
+		if due && !slices.Contains(over, d.Host) {
 			over = append(over, d.Host)
 		}
 	}
@@ -747,6 +761,7 @@ func (q *deliveryQueue) bound(ctx context.Context, ds []store.Delivery) {
 		}
 		q.mu.Lock()
 		q.backlog[h] = n
+		delete(q.queuedSince, h)
 		q.mu.Unlock()
 	}
 }
