@@ -34,11 +34,9 @@ import (
 //     costs the store one Lease share and one Complete.
 
 // leaseDuration is how long a leased delivery stays reserved for this
-// process. It is far longer than an attempt can take (RequestTimeout) plus
-// the time it may wait behind its host's other deliveries, so a delivery
-// is re-leased only when the process holding it died.
+// process (Config.LeaseDuration).
 func (q *deliveryQueue) leaseDuration() time.Duration {
-	return 10*q.r.cfg.RequestTimeout + time.Minute
+	return q.r.cfg.LeaseDuration
 }
 
 // pollInterval bounds how long due retries wait when nothing wakes the

@@ -133,6 +133,9 @@ func run(args []string) error {
 	if *approval {
 		cfg.FollowPolicy = relay.ManualApproval
 	}
+	if testConfig != nil {
+		testConfig(&cfg)
+	}
 	if len(allowPrivate) > 0 {
 		cfg.AllowPrivate, cfg.AllowHTTP = allowPrivate, true
 		logger.Info("outbound guard relaxed for local testing: plain http and private ranges allowed", "ranges", allowPrivate)

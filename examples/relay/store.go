@@ -9,9 +9,16 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/fedirelay/relay"
 	"github.com/fedirelay/relay/store"
 	"github.com/fedirelay/relay/store/pgstore"
 )
+
+// testConfig, when set (only by this command's tests, in the relay child
+// process they start), adjusts the relay's configuration before the relay
+// is created: short leases, so that a test sees survivors take over a
+// killed process's deliveries in seconds.
+var testConfig func(*relay.Config)
 
 // Store selection: the file store in -data (the default), or PostgreSQL
 // when -database-url, or else the DATABASE_URL environment variable, names
