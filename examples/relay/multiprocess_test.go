@@ -88,8 +88,8 @@ func TestSeveralProcessesOneDatabase(t *testing.T) {
 	const (
 		processes = 3
 		instances = 12
-		notes     = 3                      // per instance
-		delay     = time.Second            // per delivery, so that the fan-out takes seconds
+		notes     = 3           // per instance
+		delay     = time.Second // per delivery, so that the fan-out takes seconds
 		lease     = 4 * time.Second
 		settled   = time.Second
 		wait      = 60 * time.Second // failure bound, not a performance check
