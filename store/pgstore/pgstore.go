@@ -71,7 +71,8 @@ type Store struct {
 }
 
 // Open connects to the database named by connString (a postgres:// URL or
-// key=value pairs, as libpq takes them, Unix socket directories included),
+// key=value pairs, as libpq takes them, Unix socket directories included;
+// pool_max_conns sets the pool size, 16 by default),
 // creates or migrates the schema and starts listening for other
 // processes' notifications. ctx bounds the connection and the migration.
 // The Store owns the connections: Close releases them.
@@ -81,8 +82,17 @@ func Open(ctx context.Context, connString string) (*Store, error) {
 		// pgx's parse errors may quote the string, password included.
 		return nil, errors.New("pgstore: invalid connection string")
 	}
+	if !strings.Contains(connString, "pool_max_conns") {
+		// pgxpool's default, 4 (or the number of CPUs), leaves the relay's
+		// workers waiting for connections; one is held for LISTEN.
+		cfg.MaxConns = max(cfg.MaxConns, defaultMaxConns)
+	}
 	return OpenConfig(ctx, cfg)
 }
+
+// defaultMaxConns is the size of the connection pool unless the connection
+// string sets pool_max_conns.
+const defaultMaxConns = 16
 
 // OpenConfig is Open with a parsed pool configuration, for callers that
 // set pool sizes or connection parameters themselves.

@@ -148,7 +148,7 @@ func (s *Store) Lease(ctx context.Context, r store.LeaseRequest) ([]store.Delive
 	}
 	candidates := r.Limit
 	if r.PerHost > 0 {
-		candidates = min(r.Limit*8, 100_000)
+		candidates = min(r.Limit*2, 100_000)
 	}
 	rows, err := s.pool.Query(ctx, `WITH candidate AS (
 			SELECT id_hash, host, not_before, seq FROM fedirelay_deliveries
