@@ -384,7 +384,8 @@ func takeMarks(ctx context.Context, tx pgx.Tx, marks []store.Mark) ([]string, er
 	}
 	// Check-only marks (already expired) need not stay; the reaper in
 	// Lease would reclaim them anyway.
-	_, err = tx.Exec(ctx, `DELETE FROM fedirelay_marks WHERE id = ANY($1) AND until <= now()`, ids)
+	_, err = tx.Exec(ctx, `DELETE FROM fedirelay_marks
+		WHERE id_hash IN (SELECT fedirelay_hash(id) FROM unnest($1::text[]) AS id) AND until <= now()`, ids)
 	return nil, err
 }
 

@@ -92,7 +92,8 @@ func (s *Store) Enqueue(ctx context.Context, payloads []store.Payload, deliverie
 		}
 		// New payloads that no delivery refers to would never be removed.
 		if len(pIDs) > 0 {
-			if _, err := tx.Exec(ctx, `DELETE FROM fedirelay_payloads p WHERE p.id = ANY($1)
+			if _, err := tx.Exec(ctx, `DELETE FROM fedirelay_payloads p
+				WHERE p.id_hash IN (SELECT fedirelay_hash(id) FROM unnest($1::text[]) AS id)
 				AND NOT EXISTS (SELECT 1 FROM fedirelay_deliveries d WHERE d.payload_hash = p.id_hash)`, pIDs); err != nil {
 				return err
 			}
@@ -312,11 +313,26 @@ func (s *Store) DropDeliveries(ctx context.Context, f store.DeliveryFilter) (int
 	var n int
 	err := s.tx(ctx, func(tx pgx.Tx) error {
 		var err error
-		n, err = removeDeliveries(ctx, tx, `SELECT id_hash FROM fedirelay_deliveries
-			WHERE ($1 = '' OR host = $1) AND ($2 = '' OR subscriber = $2)`, f.Host, f.Subscriber)
+		where, args := deliveryFilter(f)
+		n, err = removeDeliveries(ctx, tx, `SELECT id_hash FROM fedirelay_deliveries WHERE `+where, args...)
 		return err
 	})
 	return n, s.wrap(ctx, "DropDeliveries", err)
+}
+
+// deliveryFilter returns the WHERE condition selecting f and its
+// arguments, naming only the set fields so that the hash indexes serve it.
+func deliveryFilter(f store.DeliveryFilter) (string, []any) {
+	where, args := "true", []any{}
+	if f.Host != "" {
+		args = append(args, f.Host)
+		where += " AND host = $" + strconv.Itoa(len(args))
+	}
+	if f.Subscriber != "" {
+		args = append(args, f.Subscriber)
+		where += " AND subscriber = $" + strconv.Itoa(len(args))
+	}
+	return where, args
 }
 
 // CountDeliveries returns how many deliveries, leased or not, match f.
@@ -325,8 +341,8 @@ func (s *Store) CountDeliveries(ctx context.Context, f store.DeliveryFilter) (in
 		return 0, err
 	}
 	var n int64
-	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM fedirelay_deliveries
-		WHERE ($1 = '' OR host = $1) AND ($2 = '' OR subscriber = $2)`, f.Host, f.Subscriber).Scan(&n)
+	where, args := deliveryFilter(f)
+	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM fedirelay_deliveries WHERE `+where, args...).Scan(&n)
 	return int(n), s.wrap(ctx, "CountDeliveries", err)
 }
 

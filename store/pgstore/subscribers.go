@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 
 	"github.com/jackc/pgx/v5"
 
@@ -135,8 +136,16 @@ func (s *Store) ListSubscribers(ctx context.Context, f store.SubscriberFilter) (
 	if err := s.check(ctx); err != nil {
 		return nil, err
 	}
-	rows, err := s.pool.Query(ctx, `SELECT data FROM fedirelay_subscribers
-		WHERE ($1 = '' OR host = $1) AND ($2 = '' OR state = $2) ORDER BY actor_id`, f.Host, string(f.State))
+	where, args := "true", []any{}
+	if f.Host != "" {
+		args = append(args, f.Host)
+		where += " AND host = $1"
+	}
+	if f.State != "" {
+		args = append(args, string(f.State))
+		where += " AND state = $" + strconv.Itoa(len(args))
+	}
+	rows, err := s.pool.Query(ctx, `SELECT data FROM fedirelay_subscribers WHERE `+where+` ORDER BY actor_id`, args...)
 	out := []store.Subscriber{}
 	if err == nil {
 		var data []byte
