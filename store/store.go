@@ -5,15 +5,18 @@
 //
 // Implementations live in sub-packages: memstore keeps everything in memory
 // (tests and ephemeral relays); filestore keeps everything durably in one
-// local file (the standalone relay's default). Every implementation must pass
-// the conformance suite in storetest. Export and Import move a relay's state
-// between stores as JSON.
+// local file (the standalone relay's default); pgstore keeps it in
+// PostgreSQL, for several relay processes sharing one database. Every
+// implementation must pass the conformance suite in storetest. Export and
+// Import move a relay's state between stores as JSON.
 //
 // The contract is written so that several relay processes can share one
 // Store backed by a distributed engine (PostgreSQL, Redis): every method is
 // atomic on its own, read-modify-write goes through UpdateSubscriber, and the
-// delivery queue hands out time-limited leases, so a delivery leased by a
-// process that dies becomes due again when its lease expires.
+// delivery queue hands out time-limited leases with tokens, so a delivery
+// leased by a process that dies becomes due again when its lease expires,
+// and a process whose lease ran out cannot finish a delivery another one
+// took over (see LeaseRef).
 package store
 
 import (
