@@ -40,19 +40,14 @@ func (s *Store) listen() {
 		<-s.closed
 		cancel()
 	}()
-	ready := false
 	lastReap := time.Time{}
 	for ctx.Err() == nil {
-		err := s.listenOnce(ctx, &lastReap, func() {
-			if !ready {
-				ready = true
-				close(s.listenReady)
-			}
-		})
+		// A failed connection is retried after a pause; the signals sent
+		// once listening again cover what was missed meanwhile.
+		_ = s.listenOnce(ctx, &lastReap)
 		if ctx.Err() != nil {
 			return
 		}
-		_ = err // the pool logs nothing; retry after a pause
 		select {
 		case <-ctx.Done():
 			return
@@ -62,7 +57,7 @@ func (s *Store) listen() {
 }
 
 // listenOnce listens on one connection until it fails or ctx ends.
-func (s *Store) listenOnce(ctx context.Context, lastReap *time.Time, ready func()) error {
+func (s *Store) listenOnce(ctx context.Context, lastReap *time.Time) error {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return err
@@ -75,7 +70,6 @@ func (s *Store) listenOnce(ctx context.Context, lastReap *time.Time, ready func(
 	if _, err := conn.Exec(ctx, "LISTEN "+queueChannel+"; LISTEN "+valuesChannel); err != nil {
 		return err
 	}
-	ready()
 	// Whatever happened while no connection listened: look again.
 	signal(s.queueWake)
 	signal(s.valuesWake)

@@ -65,9 +65,8 @@ type Store struct {
 	closed    chan struct{}
 	listening sync.WaitGroup
 
-	queueWake   chan struct{}
-	valuesWake  chan struct{}
-	listenReady chan struct{} // closed once LISTEN took effect the first time
+	queueWake  chan struct{}
+	valuesWake chan struct{}
 }
 
 // Open connects to the database named by connString (a postgres:// URL or
@@ -106,11 +105,10 @@ func OpenConfig(ctx context.Context, cfg *pgxpool.Config) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{
-		pool:        pool,
-		closed:      make(chan struct{}),
-		queueWake:   make(chan struct{}, 1),
-		valuesWake:  make(chan struct{}, 1),
-		listenReady: make(chan struct{}),
+		pool:       pool,
+		closed:     make(chan struct{}),
+		queueWake:  make(chan struct{}, 1),
+		valuesWake: make(chan struct{}, 1),
 	}
 	s.listening.Add(1)
 	go s.listen()
