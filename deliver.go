@@ -90,35 +90,33 @@ type deliveryQueue struct {
 	done     map[string]completion       // answered 2xx, Complete pending or failed
 	breakers map[string]*breaker         // hosts whose breaker is not closed and clean
 	backlog  map[string]int              // upper estimate of each host's queued deliveries
-	// queuedSince counts what this process queued per host since it last
-	// counted the host's backlog.
-	queuedSince map[string]int
-	checked     map[string]time.Time // when a subscriber's actor was last checked for 410
+	added    map[string]int              // queued here per host since its backlog was counted (shared stores)
+	checked  map[string]time.Time        // when a subscriber's actor was last checked for 410
 }
 
 func newDeliveryQueue(r *Relay) *deliveryQueue {
 	ctx, cancel := context.WithCancel(context.Background())
 	bgCtx, bgCancel := context.WithCancel(context.Background())
 	return &deliveryQueue{
-		r:           r,
-		stats:       newDeliveryStats(r),
-		bodies:      newPayloadCache(payloadCacheBytes),
-		wakeCh:      make(chan struct{}, 1),
-		work:        make(chan store.Delivery),
-		ctx:         ctx,
-		cancel:      cancel,
-		bgCtx:       bgCtx,
-		bgCancel:    bgCancel,
-		stopCh:      make(chan struct{}),
-		completeCh:  make(chan store.LeaseRef, completeChBuffer),
-		perHost:     map[string]int{},
-		overflow:    map[string][]store.Delivery{},
-		held:        map[string]string{},
-		done:        map[string]completion{},
-		breakers:    map[string]*breaker{},
-		backlog:     map[string]int{},
-		queuedSince: map[string]int{},
-		checked:     map[string]time.Time{},
+		r:          r,
+		stats:      newDeliveryStats(r),
+		bodies:     newPayloadCache(payloadCacheBytes),
+		wakeCh:     make(chan struct{}, 1),
+		work:       make(chan store.Delivery),
+		ctx:        ctx,
+		cancel:     cancel,
+		bgCtx:      bgCtx,
+		bgCancel:   bgCancel,
+		stopCh:     make(chan struct{}),
+		completeCh: make(chan store.LeaseRef, completeChBuffer),
+		perHost:    map[string]int{},
+		overflow:   map[string][]store.Delivery{},
+		held:       map[string]string{},
+		done:       map[string]completion{},
+		breakers:   map[string]*breaker{},
+		backlog:    map[string]int{},
+		added:      map[string]int{},
+		checked:    map[string]time.Time{},
 	}
 }
 
@@ -735,9 +733,9 @@ func (q *deliveryQueue) bound(ctx context.Context, ds []store.Delivery) {
 	for _, d := range ds {
 		q.backlog[d.Host]++
 		if shared {
-			q.queuedSince[d.Host]++
+			q.added[d.Host]++
 		}
-		due := q.backlog[d.Host] > limit || shared && q.queuedSince[d.Host] >= max(limit/8, 1)
+		due := q.backlog[d.Host] > limit || shared && q.added[d.Host] >= max(limit/8, 1)
 		if due && !slices.Contains(over, d.Host) {
 			over = append(over, d.Host)
 		}
@@ -759,7 +757,7 @@ func (q *deliveryQueue) bound(ctx context.Context, ds []store.Delivery) {
 		}
 		q.mu.Lock()
 		q.backlog[h] = n
-		delete(q.queuedSince, h)
+		delete(q.added, h)
 		q.mu.Unlock()
 	}
 }
