@@ -163,13 +163,24 @@ type Config struct {
 	// Workers is the number of deliveries in flight at once; they wait on
 	// the network concurrently while signing uses every core. Default
 	// 16 × GOMAXPROCS. PerHostWorkers caps the deliveries in flight to one
-	// host so a slow host cannot take them all. Default 4.
+	// host so a slow host cannot take them all. Default 4. Both are per
+	// relay process: N processes sharing a store send up to N ×
+	// PerHostWorkers requests to one host at once (see docs/operating.md).
 	Workers        int
 	PerHostWorkers int
 
 	// RequestTimeout bounds each outbound request, from dialling to the end
 	// of the response. Default 30 seconds.
 	RequestTimeout time.Duration
+
+	// LeaseDuration is how long a delivery this relay leased from the
+	// store stays reserved for it. When a relay process dies, the others
+	// sharing its store take its deliveries over once their leases end;
+	// a lease that ends while its delivery is still being attempted or
+	// waits for its host lets another process send it too (at least
+	// once). Default 10 × RequestTimeout + 1 minute, far longer than an
+	// attempt plus its wait behind the host's other deliveries.
+	LeaseDuration time.Duration
 
 	// RetryBackoff is the delay before the first retry of a failed
 	// delivery; it doubles on every attempt, with jitter, up to 6 hours.
@@ -492,6 +503,9 @@ func setDefaults(cfg *Config, base *url.URL) {
 	}
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = 30 * time.Second
+	}
+	if cfg.LeaseDuration <= 0 {
+		cfg.LeaseDuration = 10*cfg.RequestTimeout + time.Minute
 	}
 	if cfg.RetryBackoff <= 0 {
 		cfg.RetryBackoff = 30 * time.Second
