@@ -12,16 +12,32 @@
 //     Announce of each relayed object.
 //
 // Create a Relay with New, mount Relay.Handler on your server, call Start to
-// begin delivering, and Close to stop:
+// begin delivering, and Close to stop. Mounted under /relay/ of a server
+// (BaseURL "https://example.org/relay"), WebFinger, NodeInfo and host-meta
+// still belong at the root of the host:
 //
-//	r, err := relay.New(relay.Config{BaseURL: "https://relay.example.org"})
-//	if err != nil { ... }
-//	mux.Handle("/", r.Handler())
-//	r.Start()
+//	r, err := relay.New(relay.Config{BaseURL: "https://example.org/relay"})
+//	if err != nil {
+//		return err
+//	}
+//	mux.Handle("/relay/", r.Handler())
+//	mux.Handle("GET /.well-known/webfinger", r.Handler())
+//	mux.Handle("GET /.well-known/nodeinfo", r.Handler())
+//	mux.Handle("GET /.well-known/host-meta", r.Handler())
+//	if err := r.Start(); err != nil {
+//		return err
+//	}
 //	defer r.Close(context.Background())
 //
 // State (subscribers, the relay key, the delivery queue) lives in a
-// store.Store; the default is in memory and lost on restart.
+// store.Store; the default is in memory and lost on restart, so a server
+// passes a durable one, such as store/filestore, in Config.Store.
+//
+// Further reading, in the repository: docs/embedding.md
+// (mounting, policies, the operator API), docs/operating.md (deployment,
+// backups, logs), docs/protocol.md (what is relayed how, per server) and
+// docs/store.md (the Store contract). Package httpsig holds the HTTP
+// signature code.
 package relay
 
 import (
