@@ -245,6 +245,8 @@ func (b *softwareBook) keepOnly(hosts map[string]bool) {
 // subscriber's NodeInfo, or "unknown". It is safe for concurrent use.
 func (r *Relay) SoftwareOf(host string) string { return r.software.of(host) }
 
+var _ store.Store = observedStore{}
+
 // observedStore reports the duration of every Store call to an Observer.
 type observedStore struct {
 	store.Store
@@ -298,9 +300,9 @@ func (s observedStore) GetPayload(ctx context.Context, id string) ([]byte, error
 	return s.Store.GetPayload(ctx, id)
 }
 
-func (s observedStore) Complete(ctx context.Context, ids ...string) error {
+func (s observedStore) Complete(ctx context.Context, refs ...store.LeaseRef) error {
 	defer s.since("Complete", time.Now())
-	return s.Store.Complete(ctx, ids...)
+	return s.Store.Complete(ctx, refs...)
 }
 
 func (s observedStore) Retry(ctx context.Context, d store.Delivery) error {

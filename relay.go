@@ -12,16 +12,32 @@
 //     Announce of each relayed object.
 //
 // Create a Relay with New, mount Relay.Handler on your server, call Start to
-// begin delivering, and Close to stop:
+// begin delivering, and Close to stop. Mounted under /relay/ of a server
+// (BaseURL "https://example.org/relay"), WebFinger, NodeInfo and host-meta
+// still belong at the root of the host:
 //
-//	r, err := relay.New(relay.Config{BaseURL: "https://relay.example.org"})
-//	if err != nil { ... }
-//	mux.Handle("/", r.Handler())
-//	r.Start()
+//	r, err := relay.New(relay.Config{BaseURL: "https://example.org/relay"})
+//	if err != nil {
+//		return err
+//	}
+//	mux.Handle("/relay/", r.Handler())
+//	mux.Handle("GET /.well-known/webfinger", r.Handler())
+//	mux.Handle("GET /.well-known/nodeinfo", r.Handler())
+//	mux.Handle("GET /.well-known/host-meta", r.Handler())
+//	if err := r.Start(); err != nil {
+//		return err
+//	}
 //	defer r.Close(context.Background())
 //
 // State (subscribers, the relay key, the delivery queue) lives in a
-// store.Store; the default is in memory and lost on restart.
+// store.Store; the default is in memory and lost on restart, so a server
+// passes a durable one, such as store/filestore, in Config.Store.
+//
+// Further reading, in the repository: docs/embedding.md
+// (mounting, policies, the operator API), docs/operating.md (deployment,
+// backups, logs), docs/protocol.md (what is relayed how, per server) and
+// docs/store.md (the Store contract). Package httpsig holds the HTTP
+// signature code.
 package relay
 
 import (
@@ -163,13 +179,24 @@ type Config struct {
 	// Workers is the number of deliveries in flight at once; they wait on
 	// the network concurrently while signing uses every core. Default
 	// 16 × GOMAXPROCS. PerHostWorkers caps the deliveries in flight to one
-	// host so a slow host cannot take them all. Default 4.
+	// host so a slow host cannot take them all. Default 4. Both are per
+	// relay process: N processes sharing a store send up to N ×
+	// PerHostWorkers requests to one host at once (see docs/operating.md).
 	Workers        int
 	PerHostWorkers int
 
 	// RequestTimeout bounds each outbound request, from dialling to the end
 	// of the response. Default 30 seconds.
 	RequestTimeout time.Duration
+
+	// LeaseDuration is how long a delivery this relay leased from the
+	// store stays reserved for it. When a relay process dies, the others
+	// sharing its store take its deliveries over once their leases end;
+	// a lease that ends while its delivery is still being attempted or
+	// waits for its host lets another process send it too (at least
+	// once). Default 10 × RequestTimeout + 1 minute, far longer than an
+	// attempt plus its wait behind the host's other deliveries.
+	LeaseDuration time.Duration
 
 	// RetryBackoff is the delay before the first retry of a failed
 	// delivery; it doubles on every attempt, with jitter, up to 6 hours.
@@ -510,6 +537,9 @@ func setDefaults(cfg *Config, base *url.URL) {
 	}
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = 30 * time.Second
+	}
+	if cfg.LeaseDuration <= 0 {
+		cfg.LeaseDuration = 10*cfg.RequestTimeout + time.Minute
 	}
 	if cfg.RetryBackoff <= 0 {
 		cfg.RetryBackoff = 30 * time.Second

@@ -24,6 +24,16 @@
 //	relay export -data ./relay-data > backup.json
 //	relay import -data ./new-data < backup.json
 //
+// With -database-url (or DATABASE_URL in the environment) state lives in
+// PostgreSQL instead, and several relay processes may share the database
+// (see docs/operating.md). The connection string is a postgres:// URL or
+// key=value pairs ("host=/run/postgresql dbname=relay" for a Unix socket);
+// it is never logged with its password. Export from one store and import
+// into the other to move a relay:
+//
+//	relay export -data ./relay-data > backup.json
+//	relay import -database-url postgres:///relay < backup.json
+//
 // The data directory should be private (mode 0700): the relay creates it
 // so, and warns at start when an existing one is open to other users. If
 // the store fails to write to disk (a full disk, an I/O error), the relay
@@ -80,6 +90,7 @@ func run(args []string) error {
 	addr := fs.String("addr", "localhost:8080", "address to listen on")
 	baseURL := fs.String("base-url", "http://localhost:8080", "public URL of the relay (https://... in production)")
 	dataDir := fs.String("data", "relay-data", dataHelp)
+	databaseURL := databaseURLFlag(fs)
 	name := fs.String("name", "fedirelay", "relay name shown to subscribers")
 	summary := fs.String("summary", "", "relay description")
 	approval := fs.Bool("approval", false, "hold subscription requests for manual approval")
@@ -110,8 +121,10 @@ func run(args []string) error {
 		logger.Debug("soft memory limit: GC once a quarter of the live heap (at least 8 MiB) is allocated; set GOMEMLIMIT to choose another")
 	}
 
-	warnDataDirMode(*dataDir, func(msg string) { logger.Warn(msg, "dir", absPath(*dataDir)) })
-	st, err := openStore(*dataDir)
+	if *databaseURL == "" {
+		warnDataDirMode(*dataDir, func(msg string) { logger.Warn(msg, "dir", absPath(*dataDir)) })
+	}
+	st, err := openRelayStore(*dataDir, *databaseURL)
 	if err != nil {
 		return err
 	}
@@ -119,7 +132,7 @@ func run(args []string) error {
 	metrics := promrelay.New()
 	cfg := relay.Config{
 		BaseURL: *baseURL,
-		Store:   st,
+		Store:   st.Store, // the store itself: the relay checks it for store.Notifier
 		Logger:  logger,
 		Name:    *name,
 		Summary: *summary,
@@ -132,6 +145,9 @@ func run(args []string) error {
 	}
 	if err := applyTopicFlags(&cfg); err != nil {
 		return err
+	}
+	if testConfig != nil {
+		testConfig(&cfg)
 	}
 	if len(allowPrivate) > 0 {
 		cfg.AllowPrivate, cfg.AllowHTTP = allowPrivate, true
@@ -165,7 +181,7 @@ func run(args []string) error {
 	fmt.Printf("fedirelay listening on http://%s\n", ln.Addr())
 	fmt.Printf("  public URL  %s\n", *baseURL)
 	fmt.Printf("  subscribe   Mastodon/Misskey inbox %s, Pleroma/Akkoma/GoToSocial actor %s\n", r.InboxURL(), r.ActorID())
-	fmt.Printf("  state in    %s\n", absPath(*dataDir))
+	fmt.Printf("  state in    %s\n", st.where)
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
@@ -219,6 +235,8 @@ const usage = `Usage:
                                      print, set (a JSON filter, see docs/operating.md)
                                      or remove a subscriber's filter (the relay must
                                      not be running)
+  (export and import take -database-url too: export from the file store and
+  import into PostgreSQL, or the other way, to move a relay between them)
 
 Backups hold the relay's private key: keep them as secret as the key.
 
@@ -270,13 +288,14 @@ func runBackup(cmd string, args []string, stdin io.Reader, stdout io.Writer) err
 		fs.PrintDefaults()
 	}
 	dataDir := fs.String("data", "relay-data", dataHelp)
+	databaseURL := databaseURLFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("%s: unexpected arguments %q", cmd, fs.Args())
 	}
-	if cmd == "export" { // do not create an empty store where there was none
+	if cmd == "export" && *databaseURL == "" { // do not create an empty store where there was none
 		_, err := os.Stat(filepath.Join(*dataDir, filestore.FileName))
 		if errors.Is(err, os.ErrNotExist) {
 			_, err = os.Stat(filepath.Join(*dataDir, legacyKeyFile))
@@ -285,8 +304,10 @@ func runBackup(cmd string, args []string, stdin io.Reader, stdout io.Writer) err
 			return fmt.Errorf("export: no relay state in %s: %w", *dataDir, err)
 		}
 	}
-	warnDataDirMode(*dataDir, func(msg string) { fmt.Fprintf(os.Stderr, "relay %s: warning: %s: %s\n", cmd, *dataDir, msg) })
-	st, err := openStore(*dataDir)
+	if *databaseURL == "" {
+		warnDataDirMode(*dataDir, func(msg string) { fmt.Fprintf(os.Stderr, "relay %s: warning: %s: %s\n", cmd, *dataDir, msg) })
+	}
+	st, err := openRelayStore(*dataDir, *databaseURL)
 	if err != nil {
 		return err
 	}

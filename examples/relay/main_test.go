@@ -44,6 +44,7 @@ func TestMain(m *testing.M) {
 type relayProcess struct {
 	cmd     *exec.Cmd
 	BaseURL string
+	addr    string
 	exited  chan error
 }
 
@@ -80,7 +81,7 @@ func startRelayAt(t *testing.T, addr, dataDir string, args ...string) *relayProc
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
-	p := &relayProcess{cmd: cmd, BaseURL: base, exited: make(chan error, 1)}
+	p := &relayProcess{cmd: cmd, BaseURL: base, addr: addr, exited: make(chan error, 1)}
 	ready := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -101,6 +102,10 @@ func startRelayAt(t *testing.T, addr, dataDir string, args ...string) *relayProc
 	}
 	return p
 }
+
+// BackendURL returns the URL of the address the process listens on,
+// which differs from BaseURL when a -base-url was given (a proxy's).
+func (p *relayProcess) BackendURL() string { return "http://" + p.addr }
 
 // stop sends SIGTERM and waits for a clean exit.
 func (p *relayProcess) stop(t *testing.T) {
