@@ -190,16 +190,17 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 	e.net.Handle("b.test", h)
 
 	first := e.post(in[0], "one")
+	// The worker writes the retry to the store, then records the pause in
+	// the host's breaker: wait for both.
 	var d store.Delivery
 	e.eventually(func() bool {
 		rs := e.st.retriesWith(1)
 		if len(rs) == 1 {
 			d = rs[0]
 		}
-		return len(rs) == 1
-	})
+		return len(rs) == 1 && e.circuit("b.test").Circuit == "open"
+	}, "the 429 is retried and pauses the host")
 	assert.Equal(t, 600*time.Second, d.NotBefore.Sub(e.clock.Now()), "Retry-After, not the 1 s backoff")
-	assert.Equal(t, "open", e.circuit("b.test").Circuit)
 
 	// Another activity for the paused host waits too.
 	second := e.post(in[0], "two")
