@@ -31,10 +31,7 @@ func TestMain(m *testing.M) {
 		for _, setup := range childSetups {
 			setup()
 		}
-		if err := run(os.Args[1:]); err != nil {
-			os.Stderr.WriteString("relay: " + err.Error() + "\n")
-			os.Exit(1)
-		}
+		main()
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
