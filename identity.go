@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/fedirelay/relay/httpsig"
 )
 
 // Defaults of the relay actor's identity (see Config.Username and
@@ -64,13 +66,12 @@ func (c *Config) Validate() error {
 			Reason: "must be " + strings.Join(actorTypes, " or ")}
 	}
 	if len(c.PrivateKeyPEM) > 0 {
-		k, err := ParsePrivateKeyPEM(c.PrivateKeyPEM)
+		k, err := httpsig.ParsePrivateKeyPEM(c.PrivateKeyPEM)
 		if err == nil && k.N.BitLen() < 2048 {
-			err = fmt.Errorf("relay: RSA private key has %d bits, fewer than 2048", k.N.BitLen())
+			err = fmt.Errorf("the RSA key has %d bits, fewer than 2048", k.N.BitLen())
 		}
 		if err != nil {
-			return &ConfigError{Field: "PrivateKeyPEM", Err: err,
-				Reason: "is not a usable RSA private key: " + strings.TrimPrefix(err.Error(), "relay: ")}
+			return &ConfigError{Field: "PrivateKeyPEM", Err: err, Reason: "is not a usable RSA private key: " + err.Error()}
 		}
 	}
 	for i, ps := range [][]netip.Prefix{c.AllowPrivate, c.TrustedProxies} {
