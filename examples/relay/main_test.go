@@ -2,11 +2,14 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -42,6 +45,8 @@ type relayProcess struct {
 	cmd     *exec.Cmd
 	BaseURL string
 	exited  chan error
+	stdout  syncBuffer // what it printed, up to the end of its start-up lines
+	stderr  syncBuffer // its logs
 }
 
 // freeAddr returns a loopback address with a port that was free a moment ago.
@@ -70,19 +75,28 @@ func startRelayAt(t *testing.T, addr, dataDir string, args ...string) *relayProc
 	base := "http://" + addr
 	// The fake instances serve plain http on loopback, which the relay
 	// refuses by default.
-	cmd := exec.Command(os.Args[0], append([]string{"-addr", addr, "-base-url", base, "-data", dataDir, "-log-level", "warn",
+	return startRelayArgs(t, base, append([]string{"-addr", addr, "-base-url", base, "-data", dataDir, "-log-level", "warn",
 		"-allow-private", "127.0.0.0/8"}, args...)...)
+}
+
+// startRelayArgs runs the relay command with args, whose public URL is
+// base, and waits until it prints that it listens. Its standard error goes
+// to the test's and to p.Stderr.
+func startRelayArgs(t *testing.T, base string, args ...string) *relayProcess {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), runAsRelay+"=1")
-	cmd.Stderr = os.Stderr
+	p := &relayProcess{cmd: cmd, BaseURL: base, exited: make(chan error, 1)}
+	cmd.Stderr = io.MultiWriter(os.Stderr, &p.stderr)
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
-	p := &relayProcess{cmd: cmd, BaseURL: base, exited: make(chan error, 1)}
 	ready := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
-			if strings.HasPrefix(sc.Text(), "fedirelay listening on") {
+			p.stdout.Write([]byte(sc.Text() + "\n"))
+			if strings.HasPrefix(sc.Text(), "  state in") {
 				ready <- sc.Text()
 			}
 		}
@@ -97,6 +111,24 @@ func startRelayAt(t *testing.T, addr, dataDir string, args ...string) *relayProc
 		t.Fatal("relay did not start listening")
 	}
 	return p
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent use.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // stop sends SIGTERM and waits for a clean exit.
