@@ -805,3 +805,16 @@ func TestChunkedFanOutRepeated(t *testing.T) {
 		assert.Len(t, announcesOf(i, objectID), 1, i.Host())
 	}
 }
+
+// Close waits for nothing but the work in flight: on a fake clock that
+// never moves, with deliveries done, an idle dispatcher, flusher and
+// policy refresher (all waiting on the clock), Close returns without a
+// deadline.
+func TestCloseDoesNotWaitOnTheClock(t *testing.T) {
+	e := newMemEnv(t, relay.Config{})
+	in := e.subscribed("a.test", "b.test")
+	note := e.post(in[0], "one")
+	waitFor(t, in[1], "Create", note.ID)
+	e.settled()
+	require.NoError(t, e.r.Close(context.Background()))
+}
