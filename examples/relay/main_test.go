@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -18,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fedirelay/relay/relaytest"
+	"github.com/fedirelay/relay/store/filestore"
 )
 
 // runAsRelay makes the test binary act as the relay command when a test
@@ -38,6 +40,14 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
+}
+
+// relayEnv is the environment of the relay command run as a child
+// process. Under the race detector a process sleeps a second before it
+// exits (to catch races at exit, GORACE's atexit_sleep_ms): the children
+// do not, so that a relay's stop takes as long as its shutdown.
+func relayEnv() []string {
+	return append(os.Environ(), runAsRelay+"=1", "GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 }
 
 // relayProcess is the relay command running as a child process.
@@ -70,13 +80,32 @@ func startRelayProcess(t *testing.T, dataDir string, args ...string) *relayProce
 // startRelayAt is startRelayProcess on a given address, so that a relay
 // restarted (after a crash, or on another data directory) keeps its URL.
 // Later args override earlier ones (-log-level error, say).
+//
+// A relay started on a new data directory gets a fixed test key (through
+// the key file earlier versions kept, which the relay adopts) instead of
+// generating one, which takes a time that varies with the machine's load.
 func startRelayAt(t *testing.T, addr, dataDir string, args ...string) *relayProcess {
 	t.Helper()
+	seedTestKey(t, dataDir)
 	base := "http://" + addr
 	// The fake instances serve plain http on loopback, which the relay
 	// refuses by default.
 	return startRelayArgs(t, base, append([]string{"-addr", addr, "-base-url", base, "-data", dataDir, "-log-level", "warn",
 		"-allow-private", "127.0.0.0/8"}, args...)...)
+}
+
+// seedTestKey gives a new data directory the test key of testdata.
+func seedTestKey(t *testing.T, dataDir string) {
+	t.Helper()
+	for _, name := range []string{filestore.FileName, legacyKeyFile} {
+		if _, err := os.Stat(filepath.Join(dataDir, name)); err == nil {
+			return
+		}
+	}
+	key, err := os.ReadFile(filepath.Join("testdata", legacyKeyFile))
+	require.NoError(t, err)
+	require.NoError(t, os.MkdirAll(dataDir, 0o700))
+	require.NoError(t, os.WriteFile(filepath.Join(dataDir, legacyKeyFile), key, 0o600))
 }
 
 // startRelayArgs runs the relay command with args, whose public URL is
@@ -85,7 +114,7 @@ func startRelayAt(t *testing.T, addr, dataDir string, args ...string) *relayProc
 func startRelayArgs(t *testing.T, base string, args ...string) *relayProcess {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), runAsRelay+"=1")
+	cmd.Env = relayEnv()
 	p := &relayProcess{cmd: cmd, BaseURL: base, exited: make(chan error, 1)}
 	cmd.Stderr = io.MultiWriter(os.Stderr, &p.stderr)
 	stdout, err := cmd.StdoutPipe()
