@@ -428,7 +428,7 @@ func (q *deliveryQueue) deliver(d store.Delivery) {
 		q.reschedule(d, r.now().Add(r.cfg.RetryBackoff))
 		return
 	}
-	status, retryAfter, err := r.post(ctx, d.Inbox, d.Subscriber, body)
+	status, retryAfter, err := r.post(ctx, d.Inbox, d.Subscriber, d.Signer, body)
 	o := outcomeOf(ctx, status, err)
 	q.settle(d, o, retryAfter)
 	switch o {
@@ -444,10 +444,11 @@ func (q *deliveryQueue) deliver(d store.Delivery) {
 		// The receiver refuses this message; repeating it will not help.
 		q.complete(d)
 		switch {
-		case d.Subscriber == "":
-		case status == http.StatusGone:
+		case status == http.StatusGone && d.Subscriber != "":
 			r.subscriberGone(q.bgCtx, d.Subscriber, d.Inbox)
-		default:
+		case status == http.StatusGone && d.Signer != "":
+			r.topicInboxGone(q.bgCtx, d.Inbox)
+		case d.Subscriber != "":
 			q.failure(d, fmt.Errorf("HTTP %d", status))
 			if status == http.StatusUnauthorized || status == http.StatusForbidden || status == http.StatusNotFound {
 				q.checkActor(d)
@@ -490,10 +491,11 @@ func (q *deliveryQueue) payload(ctx context.Context, id string) ([]byte, error) 
 	return b, err
 }
 
-// post signs (see signDelivery) and sends one delivery. It returns the
+// post signs (see signDelivery; signer is the Delivery's Signer) and
+// sends one delivery. It returns the
 // status, a Retry-After delay if the receiver gave one, and a transport
 // error.
-func (r *Relay) post(ctx context.Context, inbox, subscriber string, body []byte) (int, time.Duration, error) {
+func (r *Relay) post(ctx context.Context, inbox, subscriber, signer string, body []byte) (int, time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.RequestTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, inbox, bytes.NewReader(body))
@@ -503,7 +505,7 @@ func (r *Relay) post(ctx context.Context, inbox, subscriber string, body []byte)
 	req.Header.Set("Content-Type", activityJSON)
 	req.Header.Set("Accept", acceptActivity)
 	req.Header.Set("User-Agent", r.cfg.UserAgent)
-	if err := r.signDelivery(ctx, req, body, subscriber); err != nil {
+	if err := r.signDelivery(ctx, req, body, subscriber, signer); err != nil {
 		return 0, 0, err
 	}
 	resp, err := r.transport.RoundTrip(req)

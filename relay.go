@@ -88,6 +88,7 @@ type FollowRequest struct {
 	Host      string         // lower-cased host[:port] of Actor
 	Protocol  store.Protocol // which relay protocol it asked for
 	FollowID  string         // the Follow activity's id
+	Topic     string         // the followed topic ("tag/cats"), "" for the relay actor
 }
 
 // FollowPolicy decides what happens to a subscription request. It returns
@@ -273,12 +274,48 @@ type Config struct {
 	// Default 50 per second, bursts of 500.
 	InboxLimit RateLimit
 
+	// SignatureFailureLimit limits the signatures that fail to verify per
+	// keyId host. Each failure takes a token; while the host's bucket is
+	// empty, its requests get 429 with Retry-After before any signature is
+	// verified, so that forged requests (with an 8,192-bit key, a
+	// verification costs a few milliseconds) cannot keep the relay busy
+	// verifying.
+	// Hosts with an accepted (or dormant) subscriber have their own
+	// buckets, ten times as large (rate and burst), and forged requests
+	// naming their keys delay, but do not lose, their activities (senders
+	// retry after 429). Default 10 per second, bursts of 100; a negative
+	// Rate disables it.
+	SignatureFailureLimit RateLimit
+
 	// MaxActivityAge is how old a Create or Announce may be, by its
 	// published time, to be relayed. Older ones are accepted (202) and
 	// dropped, so that replays of old posts are not amplified and their
 	// senders do not retry. Activities without published (such as
 	// Mastodon's Deletes) and other types are not affected. Default 1 hour.
 	MaxActivityAge time.Duration
+
+	// RelayUnlisted relays unlisted posts too: posts with as:Public in cc
+	// but not in to, which their authors keep out of public timelines. It
+	// is a privacy choice of the operator, off by default: a relay puts what
+	// it relays into its subscribers' federated timelines, which is what
+	// unlisted means to avoid. Followers-only and direct posts are never
+	// relayed. See docs/protocol.md, "Only what authors made public".
+	RelayUnlisted bool
+
+	// Filters apply to every post (Create, Announce, Update) before it is
+	// routed: a post one of them refuses is accepted (202) and relayed to
+	// nobody. Each subscriber may have its own filter as well (see
+	// Relay.SetSubscriberFilter), and Deletes and Moves are never
+	// filtered. See contentfilter.go and docs/operating.md.
+	Filters FilterSet
+
+	// Topics configures the topic actors P/tag/{tag}, P/language/{code}
+	// and P/instance/{host}; the zero value offers them all.
+	Topics TopicConfig
+
+	// OptOuts says where authors' opt-outs (indexable: false, #nobot,
+	// #norelay) are honoured; the zero value: for topic actors only.
+	OptOuts OptOutConfig
 
 	// ApprovalRequired says that the operator approves every subscription
 	// (Relay.Approve, Relay.Refuse): NodeInfo then reports
@@ -321,6 +358,7 @@ var (
 	defaultKeyFetchLimit      = RateLimit{Rate: 5, Burst: 50}
 	defaultKeyFetchTotalLimit = RateLimit{Rate: 20, Burst: 200}
 	defaultInboxLimit         = RateLimit{Rate: 50, Burst: 500}
+	defaultSignatureFailures  = RateLimit{Rate: 10, Burst: 100}
 )
 
 const (
@@ -360,6 +398,8 @@ type Relay struct {
 	keyAll   *limiter // all key fetches per keyId host without a subscriber
 	keySub   *limiter // all key fetches per keyId host with a subscriber
 	inLimit  *limiter // authenticated inbox requests per signer host
+	sigFail  *limiter // failed signature verifications per keyId host without a subscriber
+	sigFailS *limiter // failed signature verifications per keyId host with a subscriber
 	handler  http.Handler
 	queue    *deliveryQueue
 	closed   chan struct{}
@@ -367,6 +407,11 @@ type Relay struct {
 	inflight sync.WaitGroup // inbox requests being handled
 	bg       sync.WaitGroup // background loops other than delivery
 	policyMu sync.Mutex     // serialises changes of the run-time block list
+
+	topics     topicRegistry     // topic followers (topics.go)
+	subFilters subscriberFilters // compiled subscriber filters (select.go)
+	budgets    budgets           // rate budgets (budget.go)
+	docs       docCache          // objects and authors fetched for filters (docfetch.go)
 }
 
 // Store key under which the relay's private key is kept (PKCS#8 PEM).
@@ -388,6 +433,13 @@ func New(cfg Config) (*Relay, error) {
 	}
 	base, _ := parseBaseURL(cfg.BaseURL)
 	setDefaults(&cfg, base)
+	var err error
+	if cfg.Topics.Allow, err = normalizeTopicList(cfg.Topics.Allow); err != nil {
+		return nil, err
+	}
+	if cfg.Topics.Block, err = normalizeTopicList(cfg.Topics.Block); err != nil {
+		return nil, err
+	}
 
 	r := &Relay{
 		cfg:       cfg,
@@ -414,6 +466,8 @@ func New(cfg Config) (*Relay, error) {
 	r.keyAll = newLimiter(cfg.KeyFetchTotalLimit)
 	r.keySub = newLimiter(RateLimit{Rate: 10 * cfg.KeyFetchTotalLimit.Rate, Burst: 10 * max(cfg.KeyFetchTotalLimit.Burst, 1)})
 	r.inLimit = newLimiter(cfg.InboxLimit)
+	r.sigFail = newLimiter(cfg.SignatureFailureLimit)
+	r.sigFailS = newLimiter(RateLimit{Rate: 10 * cfg.SignatureFailureLimit.Rate, Burst: 10 * max(cfg.SignatureFailureLimit.Burst, 1)})
 	r.actorID = base.String() + "/actor"
 	r.inboxURL = base.String() + "/inbox"
 	r.keyID = r.actorID + "#main-key"
@@ -439,6 +493,9 @@ func New(cfg Config) (*Relay, error) {
 		return nil, err
 	}
 	r.guard.blocked.set(blocked)
+	if err := r.loadTopics(ctx); err != nil {
+		return nil, err
+	}
 	r.signer = &httpsig.Signer{KeyID: r.keyID, Key: key}
 	if r.pubPEM, err = httpsig.MarshalPublicKeyPEM(&key.PublicKey); err != nil {
 		return nil, err
@@ -529,6 +586,9 @@ func setDefaults(cfg *Config, base *url.URL) {
 	}
 	if cfg.InboxLimit == (RateLimit{}) {
 		cfg.InboxLimit = defaultInboxLimit
+	}
+	if cfg.SignatureFailureLimit == (RateLimit{}) {
+		cfg.SignatureFailureLimit = defaultSignatureFailures
 	}
 	if cfg.MaxActivityAge <= 0 {
 		cfg.MaxActivityAge = defaultMaxActivityAge

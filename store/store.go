@@ -132,6 +132,12 @@ type Subscriber struct {
 	// an Accept or Reject arrives (some servers never answer).
 	FollowBackID    string `json:"follow_back_id,omitempty"`
 	FollowBackState State  `json:"follow_back_state,omitempty"`
+	// Software is the subscriber's server software as its NodeInfo names it
+	// (software.name, lower case: "mastodon", "misskey", "gotosocial",
+	// "pleroma", ...), read when it subscribes; "" when unknown. The relay
+	// sends edits, deletions and un-boosts in the form that software
+	// applies. The operator may set it.
+	Software string `json:"software,omitempty"`
 	// Note is free text kept for the operator, such as a rejection reason.
 	Note string `json:"note,omitempty"`
 	// SignatureScheme is how deliveries to the subscriber are signed:
@@ -152,6 +158,11 @@ type Subscriber struct {
 	// FailingSince is when the current run of failed deliveries began; zero
 	// while deliveries succeed.
 	FailingSince time.Time `json:"failing_since,omitzero"`
+
+	// Filter is the subscriber's own content filter and rate budget as the
+	// relay encodes it (the JSON of a relay.FilterSpec), or "" for none:
+	// set with relay.Relay.SetSubscriberFilter.
+	Filter string `json:"filter,omitempty"`
 }
 
 // Signature schemes of Subscriber.SignatureScheme.
@@ -229,6 +240,10 @@ type Delivery struct {
 	LastError string
 	// Created is when the delivery was first enqueued.
 	Created time.Time
+	// Signer is the id of the relay's actor whose key signs the delivery:
+	// "" for the relay actor, else a topic actor (such as
+	// https://relay.example/tag/cats).
+	Signer string
 }
 
 // LeaseRequest asks Lease for due deliveries.

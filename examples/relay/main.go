@@ -126,6 +126,8 @@ func init() {
 			"to standard output as JSON", backupCommand("export")},
 		{"import", "[-data DIR] < FILE", "read such a document into the data directory (the relay must not\n" +
 			"be running); subscribers and values it holds replace those stored", backupCommand("import")},
+		{"filter", "[-data DIR] ACTOR [FILE|-|none]", "print, set (a JSON filter, see docs/operating.md) or remove\n" +
+			"a subscriber's filter (the relay must not be running)", runFilter},
 		{"help", "", "print this text", func(args []string, _ io.Reader, stdout io.Writer) error {
 			if len(args) > 0 {
 				return usageErrorf("help: unexpected argument %q", args[0])
@@ -199,17 +201,20 @@ func newServeFlags() (*flag.FlagSet, *config, *rawFlags) {
 	fs.StringVar(&c.relay.Name, "name", "fedirelay", "relay name shown to subscribers")
 	fs.StringVar(&c.relay.Summary, "summary", "", "relay description")
 	fs.BoolVar(&c.relay.ApprovalRequired, "approval", false, "hold subscription requests for manual approval")
+	fs.BoolVar(&c.relay.RelayUnlisted, "relay-unlisted", false, "relay unlisted posts too (as:Public in cc only): a privacy choice, see docs/protocol.md")
 	fs.StringVar(&raw.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&raw.allowPrivate, "allow-private", "", "for local testing: let the relay fetch from and deliver to these private or reserved\n"+
 		"address ranges (comma-separated CIDRs, e.g. 127.0.0.0/8), and over plain http")
 	fs.StringVar(&raw.trustedProxies, "trusted-proxies", "", "address ranges of the reverse proxies in front of the relay (comma-separated CIDRs,\n"+
 		"e.g. 127.0.0.1/32): for their requests, logs show the client from X-Forwarded-For or Forwarded")
+	raw.applyTopics = addTopicFlags(fs)
 	return fs, c, raw
 }
 
 // rawFlags are the flag values parseFlags checks and converts.
 type rawFlags struct {
 	baseURL, logLevel, allowPrivate, trustedProxies string
+	applyTopics                                     func(*relay.Config) error // topic and filter flags (topics.go)
 }
 
 // parseFlags parses and checks the relay's flags. It writes the usage
@@ -258,6 +263,9 @@ func (c *config) check(raw *rawFlags) error {
 	c.relay.AllowHTTP = len(c.relay.AllowPrivate) > 0
 	if c.relay.TrustedProxies, err = parsePrefixes("-trusted-proxies", raw.trustedProxies); err != nil {
 		return err
+	}
+	if err := raw.applyTopics(&c.relay); err != nil {
+		return usageErrorf("%v", err)
 	}
 	c.relay.BaseURL = raw.baseURL
 	if c.relay.BaseURL == "" {
