@@ -420,11 +420,13 @@ func printUsage(w io.Writer) {
 		if c.synopsis != "" {
 			line += " " + c.synopsis
 		}
-		for i, s := range strings.Split(c.summary, "\n") {
-			if i > 0 {
-				line = ""
-			}
+		if len(line) > 34 { // the summary goes below
+			fmt.Fprintf(w, "  %s\n", line)
+			line = ""
+		}
+		for _, s := range strings.Split(c.summary, "\n") {
 			fmt.Fprintf(w, "  %-34s %s\n", line, s)
+			line = ""
 		}
 	}
 	fmt.Fprint(w, "\nBackups hold the relay's private key: keep them as secret as the key.\n\nFlags:\n")
