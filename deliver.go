@@ -202,7 +202,7 @@ func (q *deliveryQueue) dispatch() {
 	defer batchWait.Stop()
 	force := false
 	var enqueued <-chan struct{} // by another process sharing the store
-	if n, ok := q.r.store.(store.Notifier); ok {
+	if n, ok := q.r.baseStore().(store.Notifier); ok {
 		enqueued = n.QueueChanged()
 	}
 	for {
@@ -349,17 +349,28 @@ func (q *deliveryQueue) leaseDueLocked() bool {
 	return free > 0 && (q.busy == 0 || free >= q.r.cfg.Workers/4)
 }
 
-// finished records the outcome of d for its host's breaker, releases d's
-// worker slot and returns the next delivery waiting for that host, if any.
-// wake reports whether the dispatcher should be woken: when a batch of
-// workers is free, or the first one after all were busy (the dispatcher
-// then leases for it after leaseBatchWait at the latest).
-func (q *deliveryQueue) finished(d store.Delivery, o outcome, retryAfter time.Duration) (next store.Delivery, ok, wake bool) {
+// settle records the outcome of an attempt at d (or of not attempting
+// it) for its host's breaker and forgets that d is being attempted. It
+// comes before d goes back to the store (Retry, Complete), so that the
+// store never shows a delivery whose outcome the queue has not taken into
+// account: the dispatcher may lease a rescheduled delivery at once, and a
+// status read after the store shows the retry sees the host's pause.
+func (q *deliveryQueue) settle(d store.Delivery, o outcome, retryAfter time.Duration) {
 	now := q.r.now()
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.recordLocked(d.Host, o, retryAfter, now)
 	delete(q.held, d.ID)
+}
+
+// finished releases the worker slot of d, settled, and returns the next
+// delivery waiting for that host, if any. wake reports whether the
+// dispatcher should be woken: when a batch of workers is free, or the
+// first one after all were busy (the dispatcher then leases for it after
+// leaseBatchWait at the latest).
+func (q *deliveryQueue) finished(d store.Delivery) (next store.Delivery, ok, wake bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
 	q.busy--
 	if q.perHost[d.Host]--; q.perHost[d.Host] <= 0 {
 		delete(q.perHost, d.Host)
@@ -381,8 +392,8 @@ func (q *deliveryQueue) worker() {
 	defer q.wg.Done()
 	for d := range q.work {
 		for {
-			o, retryAfter := q.process(d)
-			next, ok, wake := q.finished(d, o, retryAfter)
+			q.process(d)
+			next, ok, wake := q.finished(d)
 			if wake {
 				q.wake()
 			}
@@ -396,83 +407,97 @@ func (q *deliveryQueue) worker() {
 
 // process attempts d unless the relay is stopping or the host's breaker
 // holds it back, in which case d is rescheduled without using an attempt.
-func (q *deliveryQueue) process(d store.Delivery) (outcome, time.Duration) {
+// It settles d.
+func (q *deliveryQueue) process(d store.Delivery) {
 	now := q.r.now()
 	if q.stopping() {
+		q.settle(d, outcomeSkipped, 0)
 		q.reschedule(d, now)
-		return outcomeSkipped, 0
+		return
 	}
 	q.mu.Lock()
 	ok, until := q.admitLocked(d.Host, now)
 	q.mu.Unlock()
 	if !ok {
+		q.settle(d, outcomeSkipped, 0)
 		q.reschedule(d, until)
-		return outcomeSkipped, 0
+		return
 	}
-	return q.deliver(d)
+	q.deliver(d)
 }
 
-// deliver makes one attempt at d and records the outcome.
-func (q *deliveryQueue) deliver(d store.Delivery) (outcome, time.Duration) {
+// deliver makes one attempt at d, settles it and records the outcome.
+func (q *deliveryQueue) deliver(d store.Delivery) {
 	r := q.r
 	ctx := q.ctx
 	body, err := q.payload(ctx, d.PayloadID)
-	if errors.Is(err, store.ErrNotFound) {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		q.settle(d, outcomeSkipped, 0)
 		q.complete(d) // dropped meanwhile
-		return outcomeSkipped, 0
-	}
-	if err != nil {
-		if ctx.Err() != nil {
-			q.reschedule(d, r.now())
-			return outcomeCanceled, 0
-		}
+		return
+	case err != nil && ctx.Err() != nil:
+		q.settle(d, outcomeCanceled, 0)
+		q.reschedule(d, r.now())
+		return
+	case err != nil:
 		r.log.Error("relay: reading payload", "payload", d.PayloadID, "err", err)
+		q.settle(d, outcomeSkipped, 0)
 		q.reschedule(d, r.now().Add(r.cfg.RetryBackoff))
-		return outcomeSkipped, 0
+		return
 	}
 	status, retryAfter, err := r.post(ctx, d.Inbox, d.Subscriber, d.Signer, body)
+	o := outcomeOf(ctx, status, err)
 	q.observe(d, status, err)
-	switch {
-	case ctx.Err() != nil:
+	q.settle(d, o, retryAfter)
+	switch o {
+	case outcomeCanceled:
 		// Shutting down: the delivery is released for a later attempt.
 		q.reschedule(d, r.now())
-		return outcomeCanceled, 0
-	case err == nil && status >= 200 && status < 300:
+	case outcomeDelivered:
 		q.complete(d)
 		if d.Subscriber != "" {
 			q.stats.success(q.bgCtx, d.Subscriber, r.now().UTC())
 		}
-		return outcomeDelivered, 0
-	case err == nil && status == http.StatusGone && d.Subscriber != "":
-		q.complete(d)
-		r.subscriberGone(q.bgCtx, d.Subscriber, d.Inbox)
-		return outcomeRefused, 0
-	case err == nil && status == http.StatusGone && d.Signer != "":
-		q.complete(d)
-		r.topicInboxGone(q.bgCtx, d.Inbox)
-		return outcomeRefused, 0
-	case err == nil && status >= 400 && !transientStatus(status):
+	case outcomeRefused:
 		// The receiver refuses this message; repeating it will not help.
 		q.complete(d)
-		r.log.Info("relay: delivery refused, not retried", "subscriber", d.Subscriber, "inbox", d.Inbox, "status", status, "type", d.ActivityType)
-		r.events.Dropped("budget", 1)
-		if d.Subscriber != "" {
+		switch {
+		case status == http.StatusGone && d.Subscriber != "":
+			r.subscriberGone(q.bgCtx, d.Subscriber, d.Inbox)
+		case status == http.StatusGone && d.Signer != "":
+			r.topicInboxGone(q.bgCtx, d.Inbox)
+		case d.Subscriber != "":
+			r.log.Info("relay: delivery refused, not retried", "subscriber", d.Subscriber, "inbox", d.Inbox, "status", status, "type", d.ActivityType)
+			r.events.Dropped("budget", 1)
 			q.failure(d, fmt.Errorf("HTTP %d", status))
 			if status == http.StatusUnauthorized || status == http.StatusForbidden || status == http.StatusNotFound {
 				q.checkActor(d)
 			}
 		}
-		return outcomeRefused, 0
-	case err == nil && status == http.StatusTooManyRequests:
-		q.retry(d, fmt.Errorf("HTTP %d", status), retryAfter)
-		return outcomeThrottled, retryAfter
-	default:
+	default: // outcomeThrottled, outcomeFailed
 		if err == nil {
 			err = fmt.Errorf("HTTP %d", status)
 		}
 		q.retry(d, err, retryAfter)
-		return outcomeFailed, 0
 	}
+}
+
+// outcomeOf classifies an attempt that got status or err.
+func outcomeOf(ctx context.Context, status int, err error) outcome {
+	switch {
+	case ctx.Err() != nil:
+		return outcomeCanceled
+	case err != nil:
+		return outcomeFailed
+	case status >= 200 && status < 300:
+		return outcomeDelivered
+	case status == http.StatusTooManyRequests:
+		return outcomeThrottled
+	case status >= 400 && !transientStatus(status):
+		return outcomeRefused
+	}
+	return outcomeFailed
 }
 
 // payload returns a payload's body, from the cache when possible.
@@ -743,7 +768,7 @@ func (q *deliveryQueue) bound(ctx context.Context, ds []store.Delivery) {
 	if limit <= 0 {
 		return
 	}
-	_, shared := q.r.store.(store.Notifier)
+	_, shared := q.r.baseStore().(store.Notifier)
 	var over []string
 	q.mu.Lock()
 	for _, d := range ds {

@@ -99,6 +99,7 @@ func TestStatusPageNegotiates(t *testing.T) {
 	r, err := relay.New(relay.Config{BaseURL: "https://relay.example/sub", Store: st, Logger: quietLogger(),
 		Name: "Garden relay", FollowPolicy: relay.ManualApproval, BlockedDomains: []string{"spam.example"}})
 	require.NoError(t, err)
+	t.Cleanup(func() { _ = r.Close(context.Background()) })
 	get := func(target, accept string) *httptest.ResponseRecorder {
 		rec := httptest.NewRecorder()
 		req := httptest.NewRequest(http.MethodGet, target, nil)
@@ -153,6 +154,7 @@ func TestStatusPagePublishesBlocksWhenAsked(t *testing.T) {
 	r, err := relay.New(relay.Config{BaseURL: "https://relay.example", Logger: quietLogger(),
 		BlockedDomains: []string{"spam.example"}, PublishBlocks: true})
 	require.NoError(t, err)
+	t.Cleanup(func() { _ = r.Close(context.Background()) })
 	require.NoError(t, r.BlockDomain(context.Background(), "bad.example"))
 	st, err := r.PublicStatus(context.Background())
 	require.NoError(t, err)

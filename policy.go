@@ -133,7 +133,7 @@ func (r *Relay) readBlocked(ctx context.Context) ([]string, error) {
 func (r *Relay) refreshPolicies() {
 	defer r.bg.Done()
 	var changed <-chan struct{}
-	if n, ok := r.store.(store.Notifier); ok {
+	if n, ok := r.baseStore().(store.Notifier); ok {
 		changed = n.ValuesChanged()
 	}
 	for {

@@ -344,6 +344,41 @@ type Config struct {
 	// #norelay) are honoured; the zero value: for topic actors only.
 	OptOuts OptOutConfig
 
+	// ApprovalRequired says that the operator approves every subscription
+	// (Relay.Approve, Relay.Refuse): NodeInfo then reports
+	// openRegistrations false, and a nil FollowPolicy defaults to
+	// ManualApproval. A FollowPolicy that is set still decides on every
+	// request; set ApprovalRequired with it when that policy holds them.
+	ApprovalRequired bool
+
+	// TrustedProxies lists the address ranges of the reverse proxies in
+	// front of the relay. For a request whose peer address is in them, the
+	// client address the relay logs (remote=) is taken from
+	// X-Forwarded-For (the rightmost address not in TrustedProxies) or,
+	// without it, from Forwarded's for= parameters, read the same way;
+	// otherwise, and for every other request, it is the peer address.
+	// Headers from peers outside these ranges are never believed. The
+	// relay uses the client address only in logs.
+	TrustedProxies []netip.Prefix
+
+	// Username is the relay actor's preferredUsername and the user part
+	// of its account, acct:Username@host (see Relay.WebFinger). Default
+	// "relay". Letters, digits, '_', '-' and '.' (not first or last), at
+	// most 64 bytes. Two relays in one process must not claim the same
+	// account: see New.
+	Username string
+
+	// ActorType is the relay actor's ActivityStreams type: "Application"
+	// (the default, what Mastodon and Pleroma relays use) or "Service".
+	ActorType string
+
+	// PrivateKeyPEM is the relay's RSA private key in PEM form, PKCS#8
+	// ("PRIVATE KEY") or PKCS#1 ("RSA PRIVATE KEY"), not encrypted, of at
+	// least 2048 bits. If set, the relay signs with it and neither reads
+	// nor replaces the key kept in the Store; if empty, the relay uses the
+	// Store's key, generating and storing one on first use.
+	PrivateKeyPEM []byte
+
 	// Events receives the relay's events, for metrics (see Observer and
 	// package metrics/promrelay). If nil, nothing is reported.
 	Events Observer
@@ -390,6 +425,7 @@ type Relay struct {
 	actorID  string
 	inboxURL string
 	keyID    string
+	account  string // acct:Username@host, lower case (see claimAccount)
 	signer   *httpsig.Signer
 	pubPEM   string
 	keys     *keyCache
@@ -422,21 +458,23 @@ type Relay struct {
 // Store key under which the relay's private key is kept (PKCS#8 PEM).
 const keyValueName = "relay/private-key.pem"
 
-// New validates cfg, loads the relay key from the store (generating and
-// storing one on first use) and returns a Relay ready to serve. Deliveries
+// New validates cfg (see Config.Validate), loads the relay key (see
+// Config.PrivateKeyPEM) and returns a Relay ready to serve. Deliveries
 // start only after Start.
+//
+// Within one process, relays must be told apart by their accounts
+// (acct:Username@host, host with BaseURL's port unless it is the scheme's
+// default): New returns an error wrapping ErrAccountTaken while another
+// relay that claims the same account is open, for WebFinger could answer
+// for only one of them. Close releases the account; a Relay never closed
+// keeps it for the life of the process.
 func New(cfg Config) (*Relay, error) {
-	base, err := url.Parse(strings.TrimSpace(cfg.BaseURL))
-	if err != nil || (base.Scheme != "https" && base.Scheme != "http") || base.Host == "" {
-		return nil, fmt.Errorf("relay: BaseURL must be an absolute http(s) URL, got %q", cfg.BaseURL)
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
-	if base.RawQuery != "" || base.Fragment != "" || base.User != nil {
-		return nil, fmt.Errorf("relay: BaseURL %q must not have a query, fragment or user info", cfg.BaseURL)
-	}
-	base.Host = strings.ToLower(base.Host)
-	base.Path = strings.TrimSuffix(base.Path, "/")
-	base.RawPath = ""
+	base, _ := parseBaseURL(cfg.BaseURL)
 	setDefaults(&cfg, base)
+	var err error
 	if cfg.Topics.Allow, err = normalizeTopicList(cfg.Topics.Allow); err != nil {
 		return nil, err
 	}
@@ -481,6 +519,16 @@ func New(cfg Config) (*Relay, error) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	r.account = "acct:" + strings.ToLower(cfg.Username) + "@" + r.acctHost()
+	if err := claimAccount(r.account); err != nil {
+		return nil, err
+	}
+	claimed := true
+	defer func() {
+		if claimed {
+			releaseAccount(r.account)
+		}
+	}()
 	key, err := r.loadKey(ctx)
 	if err != nil {
 		return nil, err
@@ -501,6 +549,7 @@ func New(cfg Config) (*Relay, error) {
 	r.enqueueChunk = enqueueChunk
 	r.queue = newDeliveryQueue(r)
 	r.handler = r.routes()
+	claimed = false // the Relay holds the account until Close
 	return r, nil
 }
 
@@ -513,6 +562,15 @@ func setDefaults(cfg *Config, base *url.URL) {
 	}
 	if cfg.FollowPolicy == nil {
 		cfg.FollowPolicy = AcceptAll
+		if cfg.ApprovalRequired {
+			cfg.FollowPolicy = ManualApproval
+		}
+	}
+	if cfg.Username == "" {
+		cfg.Username = defaultUsername
+	}
+	if cfg.ActorType == "" {
+		cfg.ActorType = defaultActorType
 	}
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 1 << 20
@@ -585,15 +643,19 @@ func setDefaults(cfg *Config, base *url.URL) {
 	}
 }
 
-// loadKey returns the relay's RSA key from the store, generating and
-// storing one if there is none. Concurrent processes sharing a store end up
-// with the same key because CreateValue keeps the first one stored.
+// loadKey returns Config.PrivateKeyPEM's key if set, else the relay's RSA
+// key from the store, generating and storing one if there is none.
+// Concurrent processes sharing a store end up with the same key because
+// CreateValue keeps the first one stored.
 func (r *Relay) loadKey(ctx context.Context) (*rsa.PrivateKey, error) {
+	if len(r.cfg.PrivateKeyPEM) > 0 {
+		return httpsig.ParsePrivateKeyPEM(r.cfg.PrivateKeyPEM) // checked by Validate
+	}
 	pemBytes, err := r.store.GetValue(ctx, keyValueName)
 	if errors.Is(err, store.ErrNotFound) {
 		key, err := httpsig.GenerateKey()
 		if err != nil {
-			return nil, fmt.Errorf("relay: generating key: %w", err)
+			return nil, err
 		}
 		fresh, err := httpsig.MarshalPrivateKeyPEM(key)
 		if err != nil {
@@ -607,7 +669,7 @@ func (r *Relay) loadKey(ctx context.Context) (*rsa.PrivateKey, error) {
 	}
 	key, err := httpsig.ParsePrivateKeyPEM(pemBytes)
 	if err != nil {
-		return nil, fmt.Errorf("relay: stored key %q: %w", keyValueName, err)
+		return nil, wrapf(err, "stored key %q", keyValueName)
 	}
 	return key, nil
 }
@@ -663,6 +725,7 @@ func (r *Relay) Close(ctx context.Context) error {
 	}
 	close(r.closed)
 	r.closeMu.Unlock()
+	defer releaseAccount(r.account)
 
 	done := make(chan struct{})
 	go func() { r.inflight.Wait(); close(done) }()

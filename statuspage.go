@@ -123,10 +123,11 @@ func (r *Relay) topicPatterns() []string {
 	return []string{b + "/tag/{hashtag}", b + "/language/{code}", b + "/instance/{host}"}
 }
 
-// approvalRequired reports whether the FollowPolicy is ManualApproval.
-// (A custom policy counts as not requiring approval.)
+// approvalRequired reports whether subscriptions wait for the operator:
+// Config.ApprovalRequired, or a FollowPolicy that is ManualApproval.
 func (r *Relay) approvalRequired() bool {
-	return reflect.ValueOf(r.cfg.FollowPolicy).Pointer() == reflect.ValueOf(ManualApproval).Pointer()
+	return r.cfg.ApprovalRequired ||
+		reflect.ValueOf(r.cfg.FollowPolicy).Pointer() == reflect.ValueOf(ManualApproval).Pointer()
 }
 
 // serveIndex serves the status page at P/: JSON with ?format=json or

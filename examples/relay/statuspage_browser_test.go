@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -229,8 +228,6 @@ func TestStatusPageInBrowser(t *testing.T) {
 	defer mu.Unlock()
 	assert.Empty(t, problems, "console errors or warnings")
 }
-
-func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 // TestObserveRoutes: the admin listener's metrics, health checks and
 // operator page.
