@@ -229,6 +229,7 @@ func (r *Relay) serveNodeInfo(w http.ResponseWriter, req *http.Request) {
 	if r.cfg.Summary != "" {
 		n.Metadata["nodeDescription"] = r.cfg.Summary
 	}
+	r.nodeInfoPolicies(req.Context(), n.Metadata)
 	b, err := json.Marshal(n)
 	writeDoc(w, r, `application/json; profile="`+nodeInfoSchema+version+`#"`, b, err)
 }
@@ -274,14 +275,18 @@ func (r *Relay) relayedAnnounce(env *envelope, objectID string) ([]byte, string,
 
 // followReply builds the Accept or Reject of a Follow, embedding the whole
 // Follow with its id byte-identical (Misskey and old Mastodon require the
-// embedded form; Pleroma requires the actor to be the followed actor).
-func (r *Relay) followReply(typ vocab.ActivityVocabularyType, followID, follower, followed string) ([]byte, string, error) {
+// embedded form; Pleroma requires the actor to be the followed actor). A
+// reason, if not empty, is sent as the reply's summary.
+func (r *Relay) followReply(typ vocab.ActivityVocabularyType, followID, follower, followed, reason string) ([]byte, string, error) {
 	follow := vocab.FollowNew(vocab.ID(followID), vocab.IRI(followed))
 	follow.Actor = vocab.IRI(follower)
 	id := r.newID()
 	reply := vocab.ActivityNew(vocab.ID(id), typ, follow)
 	reply.Actor = vocab.IRI(r.actorID)
 	reply.To = vocab.ItemCollection{vocab.IRI(follower)}
+	if reason != "" {
+		reply.Summary = vocab.DefaultNaturalLanguageValue(reason)
+	}
 	b, err := marshalDoc(reply, false)
 	return b, id, err
 }

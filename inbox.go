@@ -478,6 +478,9 @@ func (r *Relay) relayActivity(ctx context.Context, env *envelope, body []byte, s
 			}
 		}
 	}
+	if r.receiveOnly(sender) {
+		return accepted("the sender is receive-only: what it sends is not relayed")
+	}
 	// A LitePub relay actor announces public posts to its followers only.
 	litePubAnnounce := env.Type == "Announce" && sender.Protocol == store.ProtocolLitePub && sender.ActorID == env.Actor
 	if !env.IsPublic() && !litePubAnnounce {
@@ -568,7 +571,7 @@ func (r *Relay) fanOutBatch(env *envelope, body []byte, objectID, senderHost str
 	b := newBatch(r)
 	for i := range subs {
 		s := &subs[i]
-		if s.Host == senderHost {
+		if s.Host == senderHost || !s.Receives() { // send-only subscribers get nothing
 			continue
 		}
 		if s.Protocol == store.ProtocolLitePub || wrapUnsigned {

@@ -92,7 +92,8 @@ type FollowRequest struct {
 }
 
 // FollowPolicy decides what happens to a subscription request. It returns
-// a decision and, for a rejection, a reason kept in the subscriber's Note.
+// a decision and, for a rejection, a reason kept in the subscriber's Reason
+// and sent with the Reject.
 // It is called from the inbox handler and must return quickly.
 type FollowPolicy func(ctx context.Context, req FollowRequest) (Decision, string)
 
@@ -280,6 +281,19 @@ type Config struct {
 	// senders do not retry. Activities without published (such as
 	// Mastodon's Deletes) and other types are not affected. Default 1 hour.
 	MaxActivityAge time.Duration
+
+	// Rules are the built-in rules for subscription requests (allowlist
+	// mode, software and actor type policies), checked before
+	// FollowPolicy. The zero value refuses nothing.
+	Rules SubscriptionRules
+
+	// HideBlocks keeps the run-time block list out of NodeInfo, which by
+	// default publishes its blocking domains with their public reasons
+	// (metadata "blocks" and "block_reasons"). HideApprovalRequired keeps
+	// out metadata "approval_required", which says whether subscription
+	// requests wait for the operator.
+	HideBlocks           bool
+	HideApprovalRequired bool
 }
 
 // Defaults of the Config fields that limit what the relay accepts.
@@ -331,7 +345,8 @@ type Relay struct {
 	closeMu  sync.Mutex
 	inflight sync.WaitGroup // inbox requests being handled
 	bg       sync.WaitGroup // background loops other than delivery
-	policyMu sync.Mutex     // serialises changes of the run-time block list
+	policyMu sync.Mutex     // serialises changes of the run-time block list and allowlist
+	rules    *followRules   // Config.Rules and the allowlist
 }
 
 // Store key under which the relay's private key is kept (PKCS#8 PEM).
@@ -393,6 +408,11 @@ func New(cfg Config) (*Relay, error) {
 		return nil, err
 	}
 	r.guard.blocked.set(blocked)
+	r.rules = newFollowRules(r, cfg.Rules)
+	r.policy = r.rules.policy(cfg.FollowPolicy)
+	if _, err := r.reloadAllowed(ctx); err != nil {
+		return nil, err
+	}
 	r.signer = &Signer{KeyID: r.keyID, Key: key}
 	if r.pubPEM, err = MarshalPublicKeyPEM(&key.PublicKey); err != nil {
 		return nil, err

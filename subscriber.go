@@ -40,6 +40,7 @@ func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteA
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
+	software := r.rules.softwareOf(ctx, env.Actor)
 	decision, reason := DecisionAccept, ""
 	switch {
 	case found && existing.State == store.StateRejected:
@@ -78,6 +79,9 @@ func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteA
 		s.Protocol = proto
 		s.FollowID = env.ID
 		s.Inbox, s.SharedInbox = signer.Inbox, signer.SharedInbox
+		if software != "" {
+			s.Software = software
+		}
 		s.UpdatedAt = now
 		switch decision {
 		case DecisionAccept:
@@ -88,7 +92,7 @@ func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteA
 		case DecisionReject:
 			s.State = store.StateRejected
 			if reason != "" {
-				s.Note = reason
+				s.Reason = reason
 			}
 		default:
 			s.State = store.StatePending
@@ -113,7 +117,10 @@ func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteA
 	if s.State == store.StateAccepted && (!found || existing.State != store.StateAccepted) {
 		r.queue.stats.revive(s.ActorID)
 	}
-	r.log.Info("relay: subscription request", "actor", s.ActorID, "protocol", s.Protocol, "state", s.State)
+	r.log.Info("relay: subscription request", "actor", s.ActorID, "protocol", s.Protocol, "state", s.State, "reason", s.Reason)
+	if s.State == store.StatePending {
+		r.log.Info("relay: subscription request awaits approval", "actor", s.ActorID, "software", s.Software, "host", s.Host)
+	}
 	return r.sendDecision(ctx, &s, followBack)
 }
 
@@ -136,7 +143,7 @@ func (r *Relay) sendDecision(ctx context.Context, s *store.Subscriber, followBac
 	default:
 		return nil
 	}
-	reply, _, err := r.followReply(typ, s.FollowID, s.ActorID, followed)
+	reply, _, err := r.followReply(typ, s.FollowID, s.ActorID, followed, s.Reason)
 	if err != nil {
 		return err
 	}
@@ -275,7 +282,8 @@ func (r *Relay) Approve(ctx context.Context, actorID string) error {
 
 // Refuse rejects a subscription, pending or accepted: the subscriber gets a
 // Reject, nothing more is delivered to it or accepted from it, and the
-// record stays (state rejected, with reason in Note) until Remove. The
+// record stays (state rejected, with reason in Reason, which the Reject
+// carries as its summary) until Remove. The
 // refusal lasts: a new Follow from the actor (or an Undo followed by a
 // Follow) is answered with a Reject again, without asking the
 // FollowPolicy, until Approve accepts it or Remove deletes the record
@@ -302,7 +310,7 @@ func (r *Relay) decide(ctx context.Context, actorID string, state store.State, r
 		}
 		s.State = state
 		if reason != "" {
-			s.Note = reason
+			s.Reason = reason
 		}
 		if followBackID != "" {
 			s.FollowBackID, s.FollowBackState = followBackID, store.StatePending
@@ -333,7 +341,7 @@ func (r *Relay) Remove(ctx context.Context, actorID string) error {
 	if s.Protocol == store.ProtocolMastodon {
 		followed = PublicCollection
 	}
-	reject, _, err := r.followReply(vocab.RejectType, s.FollowID, s.ActorID, followed)
+	reject, _, err := r.followReply(vocab.RejectType, s.FollowID, s.ActorID, followed, "")
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,298 @@
+package relay
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fedirelay/relay/store"
+)
+
+// SubscriptionRules are the relay's built-in rules for subscription
+// requests, checked when a Follow arrives, before Config.FollowPolicy
+// (which decides only the requests they let through). A request a rule
+// refuses is answered with a Reject carrying the reason, and recorded as a
+// rejected subscriber (see Relay.Refuse). The zero value refuses nothing.
+//
+// Domains on the block list never get this far: their requests are
+// refused with 403 before anything is fetched (see Config.BlockedDomains).
+type SubscriptionRules struct {
+	// AllowlistOnly lets only servers on the allowlist (Relay.AllowDomain,
+	// kept in the store) subscribe; a domain covers its subdomains.
+	AllowlistOnly bool
+
+	// AllowSoftware, if not empty, lists the only software that may
+	// subscribe, and DenySoftware software that may not, by the name the
+	// follower's server gives in its NodeInfo ("mastodon", "misskey",
+	// "gotosocial"; compared without regard to case). The relay reads
+	// NodeInfo through its outbound guard, signed, within
+	// Config.KeyFetchTimeout, and remembers the answer for an hour (a
+	// failure for five minutes). A server whose NodeInfo cannot be read
+	// has no software name: it is refused when AllowSoftware is set and
+	// passes DenySoftware.
+	AllowSoftware []string
+	DenySoftware  []string
+
+	// ActorTypes, if not empty, lists the ActivityStreams types of actors
+	// that may subscribe, such as "Application", "Service" and "Group"
+	// (Mastodon, Misskey and Pleroma follow with an Application, or a
+	// Service or Group actor for some).
+	ActorTypes []string
+}
+
+// allowedDomainsValue is the store value holding the allowlist, as
+// {"domains": [...]}.
+const allowedDomainsValue = "relay/allowed-domains"
+
+type allowedDomainsDoc struct {
+	Domains []string `json:"domains"`
+}
+
+// followRules applies Config.Rules, holding the allowlist and the cache of
+// NodeInfo software names.
+type followRules struct {
+	r       *Relay
+	cfg     SubscriptionRules
+	allowed atomic.Pointer[domainSet]
+
+	mu       sync.Mutex
+	software map[string]softwareEntry // by host
+}
+
+type softwareEntry struct {
+	name  string // "" when NodeInfo could not be read
+	until time.Time
+}
+
+// NodeInfo cache lifetimes and bound.
+const (
+	softwareTTL        = time.Hour
+	softwareFailureTTL = 5 * time.Minute
+	maxSoftwareEntries = 10000
+)
+
+func newFollowRules(r *Relay, cfg SubscriptionRules) *followRules {
+	f := &followRules{r: r, cfg: cfg, software: map[string]softwareEntry{}}
+	empty := domainSet{}
+	f.allowed.Store(&empty)
+	return f
+}
+
+// policy returns the FollowPolicy that applies the rules, then next.
+func (f *followRules) policy(next FollowPolicy) FollowPolicy {
+	return func(ctx context.Context, req FollowRequest) (Decision, string) {
+		if d, reason := f.decide(ctx, req); d != DecisionAccept {
+			return d, reason
+		}
+		return next(ctx, req)
+	}
+}
+
+// decide applies the rules: DecisionAccept lets the request through to
+// the FollowPolicy, DecisionReject refuses it with a reason.
+func (f *followRules) decide(ctx context.Context, req FollowRequest) (Decision, string) {
+	c := &f.cfg
+	if c.AllowlistOnly && !f.allowed.Load().contains(req.Host) {
+		return DecisionReject, "this relay accepts only servers on its allowlist"
+	}
+	if len(c.ActorTypes) > 0 && !slices.ContainsFunc(c.ActorTypes, func(t string) bool { return strings.EqualFold(t, req.ActorType) }) {
+		return DecisionReject, fmt.Sprintf("actors of type %q may not subscribe", req.ActorType)
+	}
+	if len(c.AllowSoftware) == 0 && len(c.DenySoftware) == 0 {
+		return DecisionAccept, ""
+	}
+	name := f.softwareOf(ctx, req.Actor)
+	match := func(s string) bool { return strings.EqualFold(strings.TrimSpace(s), name) }
+	if name != "" && slices.ContainsFunc(c.DenySoftware, match) {
+		return DecisionReject, fmt.Sprintf("servers running %s may not subscribe", name)
+	}
+	if len(c.AllowSoftware) > 0 && (name == "" || !slices.ContainsFunc(c.AllowSoftware, match)) {
+		if name == "" {
+			return DecisionReject, "the software of your server could not be read from its NodeInfo"
+		}
+		return DecisionReject, fmt.Sprintf("servers running %s may not subscribe", name)
+	}
+	return DecisionAccept, ""
+}
+
+// cachedSoftware returns the software name remembered for the host of
+// actor, or "".
+func (f *followRules) cachedSoftware(actor string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.software[hostOf(actor)].name
+}
+
+// softwareOf returns the lower-cased software name of actor's server from
+// its NodeInfo, cached, or "" when it cannot be read.
+func (f *followRules) softwareOf(ctx context.Context, actor string) string {
+	host := hostOf(actor)
+	now := f.r.now()
+	f.mu.Lock()
+	e, ok := f.software[host]
+	f.mu.Unlock()
+	if ok && now.Before(e.until) {
+		return e.name
+	}
+	ctx, cancel := context.WithTimeout(ctx, f.r.cfg.KeyFetchTimeout)
+	defer cancel()
+	name, err := f.r.fetchSoftware(ctx, actor)
+	e = softwareEntry{name: name, until: now.Add(softwareTTL)}
+	if err != nil {
+		f.r.log.Info("relay: cannot read the NodeInfo of a follower's server", "host", host, "err", err)
+		e = softwareEntry{until: now.Add(softwareFailureTTL)}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.software) >= maxSoftwareEntries {
+		clear(f.software)
+	}
+	f.software[host] = e
+	return e.name
+}
+
+// fetchSoftware reads the software name from the NodeInfo of actor's
+// server: /.well-known/nodeinfo, then the 2.x document it links to (on
+// the same host).
+func (r *Relay) fetchSoftware(ctx context.Context, actor string) (string, error) {
+	u, err := url.Parse(actor)
+	if err != nil || u.Host == "" {
+		return "", fmt.Errorf("relay: actor %q has no host", actor)
+	}
+	b, err := r.fetch(ctx, u.Scheme+"://"+u.Host+"/.well-known/nodeinfo")
+	if err != nil {
+		return "", err
+	}
+	var links struct {
+		Links []JRDLink `json:"links"`
+	}
+	if err := json.Unmarshal(b, &links); err != nil {
+		return "", fmt.Errorf("relay: nodeinfo links of %s: %w", u.Host, err)
+	}
+	href, rel := "", ""
+	for _, l := range links.Links {
+		if strings.HasPrefix(l.Rel, nodeInfoSchema+"2.") && l.Rel > rel { // the latest 2.x
+			href, rel = l.Href, l.Rel
+		}
+	}
+	if href == "" || hostOf(href) != strings.ToLower(u.Host) {
+		return "", fmt.Errorf("relay: %s links no NodeInfo 2.x document on its host", u.Host)
+	}
+	if b, err = r.fetch(ctx, href); err != nil {
+		return "", err
+	}
+	var doc struct {
+		Software struct {
+			Name string `json:"name"`
+		} `json:"software"`
+	}
+	if err := json.Unmarshal(b, &doc); err != nil {
+		return "", fmt.Errorf("relay: nodeinfo of %s: %w", u.Host, err)
+	}
+	name := strings.ToLower(strings.TrimSpace(doc.Software.Name))
+	if name == "" || len(name) > 100 {
+		return "", fmt.Errorf("relay: nodeinfo of %s names no software", u.Host)
+	}
+	return name, nil
+}
+
+// AllowDomain adds domain (a host name, covering its subdomains) to the
+// allowlist kept in the store, which SubscriptionRules.AllowlistOnly
+// enforces. Relays sharing the store see the change within a minute.
+// Allowing a domain already allowed changes nothing.
+func (r *Relay) AllowDomain(ctx context.Context, domain string) error {
+	b, err := DomainBlock{Domain: domain}.Check()
+	if err != nil {
+		return err
+	}
+	return r.changeAllowed(ctx, func(list []string) []string {
+		if !slices.Contains(list, b.Domain) {
+			list = append(list, b.Domain)
+		}
+		return list
+	})
+}
+
+// DisallowDomain removes domain from the allowlist. Subscriptions already
+// accepted stay (Remove them to end them). Removing a domain that is not
+// on the list returns nil.
+func (r *Relay) DisallowDomain(ctx context.Context, domain string) error {
+	d, err := checkDomain(domain)
+	if err != nil {
+		return err
+	}
+	return r.changeAllowed(ctx, func(list []string) []string {
+		return slices.DeleteFunc(list, func(s string) bool { return s == d })
+	})
+}
+
+// AllowedDomains returns the allowlist, sorted; empty, not nil, when the
+// list is.
+func (r *Relay) AllowedDomains(ctx context.Context) ([]string, error) {
+	return r.reloadAllowed(ctx)
+}
+
+func (r *Relay) changeAllowed(ctx context.Context, change func([]string) []string) error {
+	r.policyMu.Lock()
+	defer r.policyMu.Unlock()
+	list, err := r.readAllowed(ctx)
+	if err != nil {
+		return err
+	}
+	list = change(list)
+	slices.Sort(list)
+	b, err := json.Marshal(allowedDomainsDoc{Domains: list})
+	if err != nil {
+		return err
+	}
+	if err := r.store.PutValue(ctx, allowedDomainsValue, b); err != nil {
+		return err
+	}
+	r.rules.setAllowed(list)
+	return nil
+}
+
+func (r *Relay) reloadAllowed(ctx context.Context) ([]string, error) {
+	r.policyMu.Lock()
+	defer r.policyMu.Unlock()
+	list, err := r.readAllowed(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r.rules.setAllowed(list)
+	return list, nil
+}
+
+func (f *followRules) setAllowed(list []string) {
+	s := newDomainSet(list)
+	f.allowed.Store(&s)
+}
+
+func (r *Relay) readAllowed(ctx context.Context) ([]string, error) {
+	b, err := r.store.GetValue(ctx, allowedDomainsValue)
+	if errors.Is(err, store.ErrNotFound) {
+		return []string{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var doc allowedDomainsDoc
+	if err := json.Unmarshal(b, &doc); err != nil {
+		return nil, fmt.Errorf("relay: store value %s: %w", allowedDomainsValue, err)
+	}
+	list := []string{}
+	for _, d := range doc.Domains {
+		if d = normalizeDomain(d); d != "" {
+			list = append(list, d)
+		}
+	}
+	slices.Sort(list)
+	return slices.Compact(list), nil
+}
