@@ -130,7 +130,7 @@ func parsePlainBlockList(data []byte) ([]DomainBlock, error) {
 		}
 		b, err := DomainBlock{Domain: line}.Check()
 		if err != nil {
-			return nil, fmt.Errorf("line %d: %w", n, err)
+			return nil, lineError(n, err)
 		}
 		out = append(out, b)
 	}
@@ -186,10 +186,15 @@ func parseMastodonCSV(data []byte) ([]DomainBlock, error) {
 			}
 		}
 		if b, err = b.Check(); err != nil {
-			return nil, fmt.Errorf("line %d: %w", line, err)
+			return nil, lineError(line, err)
 		}
 		out = append(out, b)
 	}
+}
+
+// lineError names the line of a block list an error is about.
+func lineError(line int, err error) error {
+	return fmt.Errorf("line %d: %s", line, strings.TrimPrefix(err.Error(), "relay: "))
 }
 
 // WriteBlockList writes blocks as Mastodon's admin interface exports them:
