@@ -67,11 +67,20 @@ func run(args []string) error {
 	if len(args) > 0 && (args[0] == "export" || args[0] == "import") {
 		return runBackup(args[0], args[1:], os.Stdin, os.Stdout)
 	}
+	if len(args) > 0 && args[0] == "help" {
+		fmt.Print(usage, "  (run relay -h for the flags)\n\n", adminUsage())
+		return nil
+	}
+	if _, ok := adminCommands[firstArg(args)]; ok {
+		return runAdminCommand(args[0], args[1:], os.Stdin, os.Stdout)
+	}
 	fs := flag.NewFlagSet("relay", flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), usage)
 		fs.PrintDefaults()
+		fmt.Fprint(fs.Output(), "\n", adminUsage())
 	}
+	admin := addAdminFlags(fs)
 	addr := fs.String("addr", "localhost:8080", "address to listen on")
 	baseURL := fs.String("base-url", "http://localhost:8080", "public URL of the relay (https://... in production)")
 	dataDir := fs.String("data", "relay-data", dataHelp)
@@ -98,6 +107,10 @@ func run(args []string) error {
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("-log-level: %w", err)
 	}
+	adminToken, err := admin.token()
+	if err != nil {
+		return err
+	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	if setMemoryLimit() {
 		logger.Debug("soft memory limit: GC once a quarter of the live heap (at least 8 MiB) is allocated; set GOMEMLIMIT to choose another")
@@ -119,6 +132,7 @@ func run(args []string) error {
 	if *approval {
 		cfg.FollowPolicy = relay.ManualApproval
 	}
+	admin.apply(&cfg)
 	if len(allowPrivate) > 0 {
 		cfg.AllowPrivate, cfg.AllowHTTP = allowPrivate, true
 		logger.Info("outbound guard relaxed for local testing: plain http and private ranges allowed", "ranges", allowPrivate)
@@ -146,10 +160,17 @@ func run(args []string) error {
 	if err := r.Start(); err != nil {
 		return err
 	}
+	adminSrv, err := startAdmin(r, *dataDir, admin, adminToken, logger)
+	if err != nil {
+		_ = r.Close(context.Background())
+		return err
+	}
+	defer adminSrv.close(context.Background())
 	fmt.Printf("fedirelay listening on http://%s\n", ln.Addr())
 	fmt.Printf("  public URL  %s\n", *baseURL)
 	fmt.Printf("  subscribe   Mastodon/Misskey inbox %s, Pleroma/Akkoma/GoToSocial actor %s\n", r.InboxURL(), r.ActorID())
 	fmt.Printf("  state in    %s\n", absPath(*dataDir))
+	fmt.Printf("  admin       relay subscribers -data %s   (relay help lists the commands)\n", *dataDir)
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
@@ -191,6 +212,14 @@ func warnDataDirMode(dir string, warn func(msg string)) {
 	}
 }
 
+// firstArg returns args[0], or "" without arguments.
+func firstArg(args []string) string {
+	if len(args) == 0 {
+		return ""
+	}
+	return args[0]
+}
+
 // usage is the help text printed before the flags.
 const usage = `Usage:
   relay [flags]                      run the relay
@@ -199,6 +228,7 @@ const usage = `Usage:
   relay import [-data DIR] < FILE    read such a document into the data directory
                                      (the relay must not be running); subscribers
                                      and values it holds replace those stored
+  relay help                         list every command
 
 Backups hold the relay's private key: keep them as secret as the key.
 
