@@ -32,9 +32,11 @@ type SubscriptionRules struct {
 	// subscribe, and DenySoftware software that may not, by the name the
 	// follower's server gives in its NodeInfo ("mastodon", "misskey",
 	// "gotosocial"; compared without regard to case). The relay reads
-	// NodeInfo through its outbound guard, signed, within
-	// Config.KeyFetchTimeout, and remembers the answer for an hour (a
-	// failure for five minutes). A server whose NodeInfo cannot be read
+	// NodeInfo through its outbound guard, signed, within 5 seconds (or
+	// Config.KeyFetchTimeout if shorter), and remembers the answer for an
+	// hour (a failure for five minutes). It reads it for every new
+	// subscription request anyway, to record the subscriber's
+	// store.Subscriber.Software. A server whose NodeInfo cannot be read
 	// has no software name: it is refused when AllowSoftware is set and
 	// passes DenySoftware.
 	AllowSoftware []string
@@ -73,6 +75,7 @@ type softwareEntry struct {
 
 // NodeInfo cache lifetimes and bound.
 const (
+	nodeInfoTimeout    = 5 * time.Second
 	softwareTTL        = time.Hour
 	softwareFailureTTL = 5 * time.Minute
 	maxSoftwareEntries = 10000
@@ -141,7 +144,7 @@ func (f *followRules) softwareOf(ctx context.Context, actor string) string {
 	if ok && now.Before(e.until) {
 		return e.name
 	}
-	ctx, cancel := context.WithTimeout(ctx, f.r.cfg.KeyFetchTimeout)
+	ctx, cancel := context.WithTimeout(ctx, min(nodeInfoTimeout, f.r.cfg.KeyFetchTimeout))
 	defer cancel()
 	name, err := f.r.fetchSoftware(ctx, actor)
 	e = softwareEntry{name: name, until: now.Add(softwareTTL)}

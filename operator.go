@@ -20,7 +20,8 @@ func (r *Relay) receiveOnly(sender *store.Subscriber) bool {
 // not relayed; a send-only one is sent nothing from the next fan-out on
 // (deliveries already queued for it still go out). It returns an error
 // matching ErrNotSubscribed for an unknown actor, and store errors as they
-// are. The mode lasts across Follows, until changed.
+// are. The mode lasts as long as the subscriber's record: a repeated
+// Follow keeps it, an Undo or Remove ends it with the record.
 func (r *Relay) SetMode(ctx context.Context, actorID string, mode store.Mode) error {
 	if _, err := store.ParseMode(string(mode)); err != nil {
 		return err

@@ -21,6 +21,11 @@ import (
 // adminSocketName is the admin API's Unix socket in the data directory.
 const adminSocketName = "admin.sock"
 
+// maxSocketPath is the longest Unix socket path every supported system
+// accepts (sun_path holds 104 bytes on the BSDs and macOS, 108 on Linux,
+// with a terminating NUL).
+const maxSocketPath = 103
+
 // adminFlags are the relay's flags for the admin API and the subscription
 // rules.
 type adminFlags struct {
@@ -138,6 +143,9 @@ type adminServer struct {
 func startAdmin(r *relay.Relay, dataDir string, f *adminFlags, token string, logger *slog.Logger) (*adminServer, error) {
 	a := &adminServer{}
 	sock := filepath.Join(dataDir, adminSocketName)
+	if len(sock) > maxSocketPath {
+		return nil, fmt.Errorf("admin socket %s: the path is longer than a Unix socket allows (%d bytes): use a shorter -data path", sock, maxSocketPath)
+	}
 	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}

@@ -24,6 +24,15 @@
 //	relay export -data ./relay-data > backup.json
 //	relay import -data ./new-data < backup.json
 //
+// While it runs, the relay serves its admin API on the Unix socket
+// admin.sock in the data directory (mode 0600, so only its user may use
+// it), and, with -admin-addr, on TCP with the bearer token of
+// -admin-token-file. Subcommands act on the running relay through the
+// socket; relay help lists them, docs/operating.md explains each task:
+//
+//	relay subscribers -data ./relay-data -state pending
+//	relay approve -data ./relay-data https://example.social/actor
+//
 // The data directory should be private (mode 0700): the relay creates it
 // so, and warns at start when an existing one is open to other users. If
 // the store fails to write to disk (a full disk, an I/O error), the relay
