@@ -155,7 +155,7 @@ func (r *Relay) endSubscriptionsOn(ctx context.Context, domains []string) error 
 			if err := r.removeSubscriber(ctx, s, nil); err != nil {
 				return err
 			}
-			r.log.Info("subscription ended: domain blocked", "actor", s.ActorID)
+			r.log.Info("subscription ended: domain blocked", "actor", s.ActorID, "host", s.Host)
 		}
 	}
 	return nil
