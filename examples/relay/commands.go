@@ -262,7 +262,11 @@ func cmdNote(c *commandEnv) error {
 	if err := c.needArgs(2, 2, "ACTOR and the note"); err != nil {
 		return err
 	}
-	return c.call("POST", "/api/v1/subscriber/note", jsonBody(map[string]string{"actor": c.fs.Arg(0), "note": c.fs.Arg(1)}), nil)
+	if err := c.call("POST", "/api/v1/subscriber/note", jsonBody(map[string]string{"actor": c.fs.Arg(0), "note": c.fs.Arg(1)}), nil); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "note set on %s\n", c.fs.Arg(0))
+	return nil
 }
 
 func cmdBlock(c *commandEnv) error {
