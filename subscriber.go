@@ -135,15 +135,15 @@ func (r *Relay) sendDecision(ctx context.Context, s *store.Subscriber, followBac
 	if s.Protocol == store.ProtocolMastodon {
 		followed = PublicCollection
 	}
-	typ := vocab.AcceptType
+	typ, reason := vocab.AcceptType, ""
 	switch s.State {
 	case store.StateAccepted:
 	case store.StateRejected:
-		typ = vocab.RejectType
+		typ, reason = vocab.RejectType, s.Reason
 	default:
 		return nil
 	}
-	reply, _, err := r.followReply(typ, s.FollowID, s.ActorID, followed, s.Reason)
+	reply, _, err := r.followReply(typ, s.FollowID, s.ActorID, followed, reason)
 	if err != nil {
 		return err
 	}
@@ -283,11 +283,11 @@ func (r *Relay) Approve(ctx context.Context, actorID string) error {
 // Refuse rejects a subscription, pending or accepted: the subscriber gets a
 // Reject, nothing more is delivered to it or accepted from it, and the
 // record stays (state rejected, with reason in Reason, which the Reject
-// carries as its summary) until Remove. The
-// refusal lasts: a new Follow from the actor (or an Undo followed by a
-// Follow) is answered with a Reject again, without asking the
-// FollowPolicy, until Approve accepts it or Remove deletes the record
-// (after which a new Follow is decided afresh).
+// carries as its summary; an empty reason keeps the one stored) until
+// Remove. The refusal lasts: a new Follow from the actor (or an Undo
+// followed by a Follow) is answered with a Reject again, without asking
+// the FollowPolicy, until Approve accepts it (clearing Reason) or Remove
+// deletes the record (after which a new Follow is decided afresh).
 func (r *Relay) Refuse(ctx context.Context, actorID, reason string) error {
 	return r.decide(ctx, actorID, store.StateRejected, reason)
 }
@@ -309,7 +309,9 @@ func (r *Relay) decide(ctx context.Context, actorID string, state store.State, r
 			s.FailingSince = time.Time{} // a new start, e.g. for a dormant subscriber
 		}
 		s.State = state
-		if reason != "" {
+		if state == store.StateAccepted {
+			s.Reason = "" // the refusal, if any, is over
+		} else if reason != "" {
 			s.Reason = reason
 		}
 		if followBackID != "" {
