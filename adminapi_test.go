@@ -145,6 +145,12 @@ func TestAdminAPIApprovalRoundTrip(t *testing.T) {
 	assert.Equal(t, store.ModeReceiveOnly, got.Mode)
 	assert.Equal(t, "asked by mail", got.Note)
 
+	s = a.action("approve", misskey.RelayActorID(), "")
+	assert.Empty(t, s.Reason, "approval ends the refusal")
+	misskey.WaitSubscribed(t, wait)
+	rc = misskey.WaitForMatch(t, wait, func(rc relaytest.Received) bool { return rc.Type == "Accept" })
+	assert.NotContains(t, string(rc.Body), "no bots", "an Accept carries no reason")
+
 	a.action("remove", masto.RelayActorID(), "")
 	code, body := a.do("GET", "/api/v1/subscriber?actor="+masto.RelayActorID(), "")
 	assert.Equal(t, http.StatusNotFound, code)
