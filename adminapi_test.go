@@ -138,8 +138,11 @@ func TestAdminAPIApprovalRoundTrip(t *testing.T) {
 	assert.Equal(t, 0, status.Subscribers[store.StatePending])
 	assert.True(t, status.ApprovalRequired)
 
-	// Another relay on the same store sees every change.
-	r2 := memRelay(t, &network, "relay2.test", st, relay.Config{})
+	// Another relay on the same store sees every change (not started: it
+	// would deliver the shared queue under its own name).
+	r2, err := relay.New(relay.Config{BaseURL: "https://relay.test", Transport: &network, Store: st, Logger: quietLogger()})
+	require.NoError(t, err)
+	defer r2.Close(ctx)
 	got, err := r2.Subscriber(ctx, gts.RelayActorID())
 	require.NoError(t, err)
 	assert.Equal(t, store.ModeReceiveOnly, got.Mode)

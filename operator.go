@@ -7,14 +7,6 @@ import (
 	"github.com/fedirelay/relay/store"
 )
 
-// receiveOnly reports whether what sender sends is not relayed: its mode
-// is store.ModeReceiveOnly, or its domain is blocked with severity
-// silence. (Its counterpart, a send-only subscriber receiving nothing, is
-// store.Subscriber.Receives, checked where the fan-out picks receivers.)
-func (r *Relay) receiveOnly(sender *store.Subscriber) bool {
-	return !sender.Publishes() || r.guard.blocked.isSilenced(sender.Host)
-}
-
 // SetMode sets which way activities flow for a subscriber (see
 // store.Mode): a receive-only subscriber's activities are answered 202 and
 // not relayed; a send-only one is sent nothing from the next fan-out on

@@ -81,61 +81,6 @@ func (b *blockList) isSilenced(host string) bool {
 	return b != nil && b.silenced.Load().contains(host)
 }
 
-// BlockDomain adds domain to the relay's run-time block list, kept in the
-// store, and ends every subscription on it or its subdomains (their
-// records and queued deliveries are deleted; no Reject is sent to a
-// blocked domain). From then on the relay treats the domain as it treats
-// Config.BlockedDomains: inbox requests whose keyId, actor or object is on
-// it are refused with 403 before anything is fetched, and the relay
-// neither fetches from nor delivers to it. Blocking a domain already
-// blocked only ends its subscriptions again. It is BlockDomains with one
-// DomainBlock of severity suspend and no reason.
-//
-// domain is a host name ("example.com"; a leading "*." or "." and a port
-// are ignored) in its ASCII form; an empty or malformed one is an error.
-// Changes made through one Relay are serialised; relays sharing a store
-// see them within a minute (a started relay reads the list again every
-// minute), and two relays changing the list at the same instant may lose
-// one of the changes.
-func (r *Relay) BlockDomain(ctx context.Context, domain string) error {
-	return r.BlockDomains(ctx, DomainBlock{Domain: domain})
-}
-
-// BlockDomains adds blocks to the run-time block list in one store change,
-// each replacing the entry of the same domain, then ends the subscriptions
-// on the domains they block (severity suspend: see BlockDomain). If any
-// entry is invalid (see DomainBlock.Check), nothing changes and the error
-// names it. Calling it without blocks changes nothing.
-func (r *Relay) BlockDomains(ctx context.Context, blocks ...DomainBlock) error {
-	if len(blocks) == 0 {
-		return nil
-	}
-	fresh := make(map[string]DomainBlock, len(blocks))
-	for i := range blocks {
-		b, err := blocks[i].Check()
-		if err != nil {
-			return err
-		}
-		fresh[b.Domain] = b
-	}
-	if err := r.changeBlocked(ctx, func(list []DomainBlock) []DomainBlock {
-		list = slices.DeleteFunc(list, func(e DomainBlock) bool { _, ok := fresh[e.Domain]; return ok })
-		for _, b := range fresh {
-			list = append(list, b)
-		}
-		return list
-	}); err != nil {
-		return err
-	}
-	var ended []string
-	for d, b := range fresh {
-		if b.Severity == SeveritySuspend {
-			ended = append(ended, d)
-		}
-	}
-	return r.endSubscriptionsOn(ctx, ended)
-}
-
 // endSubscriptionsOn ends every subscription on domains or their
 // subdomains. The list is installed before subscriptions are looked for,
 // and a Follow being stored checks it again (handleFollow), so no
@@ -159,43 +104,6 @@ func (r *Relay) endSubscriptionsOn(ctx context.Context, domains []string) error 
 		}
 	}
 	return nil
-}
-
-// UnblockDomain removes domain from the run-time block list. Domains in
-// Config.BlockedDomains stay blocked. Unblocking a domain that is not on
-// the list returns nil. Subscriptions ended by BlockDomain do not come
-// back: the servers must follow the relay again.
-func (r *Relay) UnblockDomain(ctx context.Context, domain string) error {
-	d, err := checkDomain(domain)
-	if err != nil {
-		return err
-	}
-	return r.changeBlocked(ctx, func(list []DomainBlock) []DomainBlock {
-		return slices.DeleteFunc(list, func(e DomainBlock) bool { return e.Domain == d })
-	})
-}
-
-// BlockedDomains returns the domains the run-time block list blocks
-// (severity suspend), as stored, sorted (not Config.BlockedDomains). It is
-// empty, not nil, when nothing is blocked.
-func (r *Relay) BlockedDomains(ctx context.Context) ([]string, error) {
-	blocks, err := r.reloadBlocked(ctx)
-	if err != nil {
-		return nil, err
-	}
-	list := []string{}
-	for _, b := range blocks {
-		if b.Severity == SeveritySuspend {
-			list = append(list, b.Domain)
-		}
-	}
-	return list, nil
-}
-
-// DomainBlocks returns every entry of the run-time block list, whatever
-// its severity, sorted by domain. It is empty, not nil, when the list is.
-func (r *Relay) DomainBlocks(ctx context.Context) ([]DomainBlock, error) {
-	return r.reloadBlocked(ctx)
 }
 
 // reloadBlocked reads the stored list and installs it, under policyMu so
