@@ -1,5 +1,7 @@
 package relay
 
+// The admin API: the operator API (admin.go) as JSON over HTTP.
+
 import (
 	"encoding/json"
 	"errors"

@@ -1,5 +1,8 @@
 package relay
 
+// The block list's entries (severity, public reason, private note) and
+// its file formats: Mastodon's CSV and plain text.
+
 import (
 	"bufio"
 	"bytes"

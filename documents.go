@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"html/template"
@@ -329,4 +330,36 @@ func withoutDefaultPort(scheme, host string) string {
 		return strings.TrimSuffix(host, ":80")
 	}
 	return host
+}
+
+// nodeInfoPolicies adds to NodeInfo metadata what the relay publishes of
+// its policies: "approval_required" (as ActivityRelay names it) unless
+// Config.HideApprovalRequired, and unless Config.HideBlocks the domains
+// the run-time block list blocks or silences, "blocks" (as AodeRelay
+// names it), with their public reasons in "block_reasons" (domain to
+// reason, for those that have one). Config.BlockedDomains are not
+// published.
+func (r *Relay) nodeInfoPolicies(ctx context.Context, meta map[string]any) {
+	if !r.cfg.HideApprovalRequired {
+		meta["approval_required"] = r.approvalRequired()
+	}
+	if r.cfg.HideBlocks {
+		return
+	}
+	blocks, err := r.readBlocked(ctx)
+	if err != nil {
+		r.log.Error("relay: nodeinfo: reading the block list", "err", err)
+		return
+	}
+	domains, reasons := []string{}, map[string]string{}
+	for _, b := range blocks {
+		if b.Severity == SeverityNoop {
+			continue
+		}
+		domains = append(domains, b.Domain)
+		if b.Reason != "" {
+			reasons[b.Domain] = b.Reason
+		}
+	}
+	meta["blocks"], meta["block_reasons"] = domains, reasons
 }

@@ -1,5 +1,9 @@
 package relay
 
+// Subscription rules decided when a Follow arrives (allowlist, software
+// from the follower's NodeInfo, actor type), before Config.FollowPolicy;
+// and the allowlist's storage.
+
 import (
 	"context"
 	"encoding/json"
@@ -125,14 +129,6 @@ func (f *followRules) decide(ctx context.Context, req FollowRequest) (Decision, 
 	return DecisionAccept, ""
 }
 
-// cachedSoftware returns the software name remembered for the host of
-// actor, or "".
-func (f *followRules) cachedSoftware(actor string) string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.software[hostOf(actor)].name
-}
-
 // softwareOf returns the lower-cased software name of actor's server from
 // its NodeInfo, cached, or "" when it cannot be read.
 func (f *followRules) softwareOf(ctx context.Context, actor string) string {
@@ -204,42 +200,6 @@ func (r *Relay) fetchSoftware(ctx context.Context, actor string) (string, error)
 		return "", fmt.Errorf("relay: nodeinfo of %s names no software", u.Host)
 	}
 	return name, nil
-}
-
-// AllowDomain adds domain (a host name, covering its subdomains) to the
-// allowlist kept in the store, which SubscriptionRules.AllowlistOnly
-// enforces. Relays sharing the store see the change within a minute.
-// Allowing a domain already allowed changes nothing.
-func (r *Relay) AllowDomain(ctx context.Context, domain string) error {
-	b, err := DomainBlock{Domain: domain}.Check()
-	if err != nil {
-		return err
-	}
-	return r.changeAllowed(ctx, func(list []string) []string {
-		if !slices.Contains(list, b.Domain) {
-			list = append(list, b.Domain)
-		}
-		return list
-	})
-}
-
-// DisallowDomain removes domain from the allowlist. Subscriptions already
-// accepted stay (Remove them to end them). Removing a domain that is not
-// on the list returns nil.
-func (r *Relay) DisallowDomain(ctx context.Context, domain string) error {
-	d, err := checkDomain(domain)
-	if err != nil {
-		return err
-	}
-	return r.changeAllowed(ctx, func(list []string) []string {
-		return slices.DeleteFunc(list, func(s string) bool { return s == d })
-	})
-}
-
-// AllowedDomains returns the allowlist, sorted; empty, not nil, when the
-// list is.
-func (r *Relay) AllowedDomains(ctx context.Context) ([]string, error) {
-	return r.reloadAllowed(ctx)
 }
 
 func (r *Relay) changeAllowed(ctx context.Context, change func([]string) []string) error {
