@@ -184,11 +184,47 @@ func TestAdminCommandsBlockList(t *testing.T) {
 		assert.Error(t, err, "%v", c)
 	}
 
+	relayCmd(t, dir, "mode", good.RelayActorID(), "send-only")
 	p.stop(t)
 	_, err = os.Stat(filepath.Join(dir, adminSocketName))
 	assert.ErrorIs(t, err, os.ErrNotExist, "the socket is removed at exit")
 	_, err = relayCmdErr(dir, nil, "status")
 	assert.EqualError(t, err, "no relay is running on "+dir)
+
+	// Everything was stored: a restarted relay has it.
+	startRelayProcess(t, dir)
+	assert.Contains(t, relayCmd(t, dir, "blocks"), "third.example")
+	subs := listSubscribers(t, dir)
+	require.Len(t, subs, 1)
+	assert.Equal(t, "send-only", subs[0].Mode)
+}
+
+// -allowlist and -deny-software decide Follows: refused requests get a
+// Reject with the reason; relay allow lets a domain in.
+func TestAdminFlagsSubscriptionRules(t *testing.T) {
+	dir := t.TempDir()
+	p := startRelayProcess(t, dir, "-allowlist", "-deny-software", "misskey")
+	inbox, actor := p.BaseURL+"/inbox", p.BaseURL+"/actor"
+	ctx := context.Background()
+	gts := quietInstance(t, relaytest.GoToSocial)
+	misskey := quietInstance(t, relaytest.Misskey)
+	_, err := gts.Subscribe(ctx, inbox, actor)
+	require.NoError(t, err)
+	rc := gts.WaitForMatch(t, 10*time.Second, func(rc relaytest.Received) bool { return rc.Type == "Reject" })
+	assert.Contains(t, string(rc.Body), "allowlist")
+
+	for _, i := range []*relaytest.Instance{gts, misskey} {
+		relayCmd(t, dir, "allow", strings.Split(i.Host(), ":")[0])
+	}
+	relayCmd(t, dir, "remove", gts.RelayActorID()) // the refusal lasts until removed
+	_, err = gts.Subscribe(ctx, inbox, actor)
+	require.NoError(t, err)
+	gts.WaitSubscribed(t, 10*time.Second)
+	_, err = misskey.Subscribe(ctx, inbox, actor)
+	require.NoError(t, err)
+	rc = misskey.WaitForMatch(t, 10*time.Second, func(rc relaytest.Received) bool { return rc.Type == "Reject" })
+	assert.Contains(t, string(rc.Body), "servers running misskey may not subscribe")
+	assert.Contains(t, relayCmd(t, dir, "subscribers", "-software", "gotosocial"), gts.RelayActorID())
 }
 
 // The binary exits 1 with one line for an admin command that fails, and
