@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/fedirelay/relay"
+	"github.com/fedirelay/relay/store"
 )
 
 // adminSocketName is the admin API's Unix socket in the data directory.
@@ -173,6 +174,10 @@ func startAdmin(r *relay.Relay, dataDir string, f *adminFlags, token string, log
 		}
 		a.serve(tln, h, logger)
 		logger.Info("admin API on TCP", "addr", tln.Addr().String(), "token", token != "")
+	}
+	if pending, err := r.Subscribers(context.Background(), store.SubscriberFilter{State: store.StatePending}); err == nil && len(pending) > 0 {
+		logger.Info("subscription requests await approval: list them with relay subscribers -state pending",
+			"count", len(pending), "data", dataDir)
 	}
 	return a, nil
 }
