@@ -196,6 +196,10 @@ func (r *Relay) adminSubscriberAction(w http.ResponseWriter, req *http.Request) 
 	case "remove":
 		err = r.Remove(ctx, body.Actor)
 	case "mode":
+		if body.Mode == "" {
+			writeAdminError(w, http.StatusBadRequest, "missing mode (both, receive-only or send-only)")
+			return
+		}
 		m, perr := store.ParseMode(body.Mode)
 		if perr != nil {
 			writeAdminError(w, http.StatusBadRequest, "%v", perr)

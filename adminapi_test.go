@@ -189,6 +189,7 @@ func TestAdminAPIBadInput(t *testing.T) {
 		{"POST", "/api/v1/subscriber/approve", `{"actor": "x"} {}`, 400, "more than one"},
 		{"POST", "/api/v1/subscriber/mode", `{"actor": "` + actor + `", "mode": "sideways"}`, 400, "unknown mode"},
 		{"POST", "/api/v1/subscriber/note", `{"actor": "` + actor + `"}`, 400, "missing note"},
+		{"POST", "/api/v1/subscriber/mode", `{"actor": "` + actor + `"}`, 400, "missing mode"},
 		{"POST", "/api/v1/subscriber/explode", `{"actor": "` + actor + `"}`, 404, "unknown subscriber action"},
 		{"PUT", "/api/v1/blocks/not%20a%20domain", ``, 400, "not a domain"},
 		{"PUT", "/api/v1/blocks/b%C3%A4d.test", ``, 400, "ASCII"},
