@@ -1,12 +1,16 @@
 package relay
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"html/template"
 	"net/http"
 	"strings"
+	"time"
 
 	vocab "github.com/go-ap/activitypub"
 	"github.com/go-ap/jsonld"
@@ -259,19 +263,76 @@ func writeDoc(w http.ResponseWriter, r *Relay, contentType string, body []byte, 
 	_, _ = w.Write(body)
 }
 
-// relayedAnnounce builds the Announce of objectID by the relay actor that
-// LitePub subscribers (and Mastodon-style ones, for activities without an
-// LD signature) receive for the incoming activity env (see announceID).
-// GoToSocial refuses an Announce without to/cc.
-func (r *Relay) relayedAnnounce(env *envelope, objectID string) ([]byte, string, error) {
-	id := r.announceID(env, objectID)
-	a := vocab.AnnounceNew(vocab.ID(id), vocab.IRI(objectID))
+// relayedAnnounce builds the Announce of rel.objectID by the relay actor
+// that LitePub subscribers (and Mastodon-style ones, for activities without
+// an LD signature) receive for the incoming activity env (see announceID).
+// It is addressed as the post is: to as:Public and cc the relay's
+// followers, or, for an unlisted post relayed on the operator's opt-in,
+// the other way round, so that receivers keep it out of public timelines
+// too (GoToSocial refuses an Announce without to/cc). Its published time
+// is announceTime(r.now(), env.Published, rel.objectPublished); a time
+// more than Config.ClockSkew ahead of the relay's clock is not believed.
+func (r *Relay) relayedAnnounce(env *envelope, rel relayable) ([]byte, string, error) {
+	id := r.announceID(env, rel.objectID)
+	a := vocab.AnnounceNew(vocab.ID(id), vocab.IRI(rel.objectID))
 	a.Actor = vocab.IRI(r.actorID)
-	a.Published = r.now().UTC().Truncate(1e9)
-	a.To = vocab.ItemCollection{vocab.IRI(PublicCollection)}
-	a.CC = vocab.ItemCollection{vocab.IRI(r.actorID + "/followers")}
+	public, followers := vocab.ItemCollection{vocab.IRI(PublicCollection)}, vocab.ItemCollection{vocab.IRI(r.actorID + "/followers")}
+	a.To, a.CC = public, followers
+	if rel.visibility == visibilityUnlisted {
+		a.To, a.CC = followers, public
+	}
 	b, err := marshalDoc(a, false)
-	return b, id, err
+	if err != nil {
+		return nil, id, err
+	}
+	now := r.now()
+	var believed []time.Time
+	for _, t := range []time.Time{env.Published, rel.objectPublished} {
+		if t.Sub(now) <= r.cfg.ClockSkew {
+			believed = append(believed, t)
+		}
+	}
+	return withPublished(b, announceTime(now, believed...)), id, nil
+}
+
+// announceTime returns the published time of a relay Announce: now, or
+// the latest of notBefore if that is later (the origin's clock may be
+// ahead of the relay's), rounded up to the millisecond. Misskey drops an
+// Announce dated before the note it announces ("skip: malformed
+// createdAt"), comparing at millisecond precision, so the time is never
+// earlier than any of notBefore.
+func announceTime(now time.Time, notBefore ...time.Time) time.Time {
+	t := now
+	for _, nb := range notBefore {
+		if nb.After(t) {
+			t = nb
+		}
+	}
+	t = t.UTC().Round(0)
+	if ms := t.Truncate(time.Millisecond); !ms.Equal(t) {
+		t = ms.Add(time.Millisecond)
+	}
+	return t
+}
+
+// announceTimeLayout is RFC 3339 with exactly three fractional digits, as
+// Mastodon and Misskey write times.
+const announceTimeLayout = "2006-01-02T15:04:05.000Z07:00"
+
+// withPublished adds "published": t (announceTimeLayout) to the JSON
+// object doc, which must not have one: go-ap writes times in whole seconds
+// only.
+func withPublished(doc []byte, t time.Time) []byte {
+	end := bytes.LastIndexByte(doc, '}')
+	if end < 0 {
+		return doc
+	}
+	out := make([]byte, 0, len(doc)+48)
+	out = append(out, doc[:end]...)
+	out = append(out, `,"published":"`...)
+	out = t.AppendFormat(out, announceTimeLayout)
+	out = append(out, `"}`...)
+	return append(out, doc[end+1:]...)
 }
 
 // followReply builds the Accept or Reject of a Follow, embedding the whole
@@ -330,6 +391,28 @@ func withoutDefaultPort(scheme, host string) string {
 		return strings.TrimSuffix(host, ":80")
 	}
 	return host
+}
+
+// undoRelayedAnnounce builds the relay's Undo of its own Announce of
+// objectID (the Announce relayedAnnounce made for a post, whose id derives
+// from objectID alone), for the incoming un-boost undo. The Announce is
+// embedded: Misskey resolves an Undo's object given by IRI by fetching it,
+// and GoToSocial skips such an Undo. The Undo's id derives from undo's, so
+// a retried fan-out makes the same deliveries.
+func (r *Relay) undoRelayedAnnounce(undo *envelope, objectID string) ([]byte, string, error) {
+	announceID := r.announceID(&envelope{Type: "Announce"}, objectID)
+	a := vocab.AnnounceNew(vocab.ID(announceID), vocab.IRI(objectID))
+	a.Actor = vocab.IRI(r.actorID)
+	a.To = vocab.ItemCollection{vocab.IRI(PublicCollection)}
+	a.CC = vocab.ItemCollection{vocab.IRI(r.actorID + "/followers")}
+	sum := sha256.Sum256([]byte("undo " + undo.ID))
+	id := r.base.String() + "/activities/undo-" + hex.EncodeToString(sum[:16])
+	u := vocab.UndoNew(vocab.ID(id), a)
+	u.Actor = vocab.IRI(r.actorID)
+	u.To = vocab.ItemCollection{vocab.IRI(PublicCollection)}
+	u.CC = vocab.ItemCollection{vocab.IRI(r.actorID + "/followers")}
+	b, err := marshalDoc(u, false)
+	return b, id, err
 }
 
 // nodeInfoPolicies adds to NodeInfo metadata what the relay publishes of

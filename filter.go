@@ -1,44 +1,71 @@
 package relay
 
-// Filtering: what may be relayed (public activities, objects from the
-// actor's origin, recent posts, no relay loops).
+// Filtering: what may be relayed (what authors made public, objects from
+// the actor's origin, recent posts, no relay loops).
 
 import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/fedirelay/relay/store"
 )
 
-// filterActivity returns the id of the object env is about if env may be
-// relayed: addressed to the public (a LitePub relay actor's Announce needs
-// not be), its embedded object from the actor's origin (relayableObject),
-// a post no older than Config.MaxActivityAge, and not an Announce relayed
-// by another relay (relayedByRelay). sender and senders are admitSender's
-// results. A refusal is an inboxError; an activity ignored is accepted.
-func (r *Relay) filterActivity(env *envelope, signer *remoteActor, sender *store.Subscriber, senders []store.Subscriber) (string, error) {
+// relayable is what filterActivity learnt of an activity it lets through.
+type relayable struct {
+	// objectID is the id of the object the activity is about ("" if none).
+	objectID string
+	// objectPublished is the publication time of the post, when known: the
+	// relay's Announce of it is never dated earlier.
+	objectPublished time.Time
+	// visibility is the audience of the post (public, or unlisted when the
+	// operator opted in): the relay's Announce keeps it.
+	visibility visibility
+}
+
+// filterActivity returns what env is about if env may be relayed:
+// addressed to the public (a LitePub relay actor's Announce needs not be),
+// its embedded object from the actor's origin (relayableObject), a post
+// no older than Config.MaxActivityAge, not an Announce relayed by another
+// relay (relayedByRelay), and only what its author made public
+// (checkAudience, last, as it may fetch). sender and senders are
+// admitSender's results. A refusal is an inboxError; an activity ignored
+// is accepted.
+func (r *Relay) filterActivity(ctx context.Context, env *envelope, body []byte, signer *remoteActor, sender *store.Subscriber, senders []store.Subscriber) (relayable, error) {
 	// A LitePub relay actor announces public posts to its followers only.
 	litePubAnnounce := env.Type == "Announce" && sender.Protocol == store.ProtocolLitePub && sender.ActorID == env.Actor
 	if !env.IsPublic() && !litePubAnnounce {
-		return "", refuse(http.StatusForbidden, "activity is not addressed to the public")
+		return relayable{}, refuse(http.StatusForbidden, "activity is not addressed to the public")
 	}
 	objectID, err := relayableObject(env)
 	if err != nil {
-		return "", err
+		return relayable{}, err
 	}
 	if env.isPost() && !env.Published.IsZero() &&
 		r.now().Sub(env.Published) > r.cfg.MaxActivityAge {
-		return "", accepted("published " + env.Published.String() + ", longer ago than the maximum age")
+		return relayable{}, accepted("published " + env.Published.String() + ", longer ago than the maximum age")
 	}
 	if relayedByRelay(env, signer, objectID, senders) {
-		return "", accepted("announce by a relay actor of an object from another origin")
+		return relayable{}, accepted("announce by a relay actor of an object from another origin")
 	}
-	return objectID, nil
+	v, published, err := r.checkAudience(ctx, env, body, litePubAnnounce)
+	if err != nil {
+		return relayable{}, err
+	}
+	return relayable{objectID: objectID, objectPublished: published, visibility: v}, nil
 }
 
 // relayableObject returns the id of the object an activity is about, after
-// checking that an embedded object comes from the actor's origin.
+// checking that an embedded object comes from the actor's origin, and that
+// the Announce an un-boost undoes is the Undo actor's own.
 func relayableObject(env *envelope) (string, error) {
 	o := env.Object
+	if env.isUndoAnnounce() && o.Actor != env.Actor {
+		return "", refuse(http.StatusForbidden, "undo by %s of an Announce by %s", env.Actor, o.Actor)
+	}
 	if o.Embedded && (env.Type == "Create" || env.Type == "Update" || env.Type == "Delete") {
 		if o.ID != "" && !sameOrigin(o.ID, env.Actor) {
 			return "", refuse(http.StatusForbidden, "object %s is not from the actor's origin", o.ID)
@@ -62,4 +89,79 @@ func relayableObject(env *envelope) (string, error) {
 func relayedByRelay(env *envelope, signer *remoteActor, objectID string, subscribers []store.Subscriber) bool {
 	return env.Type == "Announce" && signer.ID == env.Actor && subscriberWithActor(subscribers, env.Actor) != nil &&
 		objectID != "" && !sameOrigin(objectID, env.Actor)
+}
+
+// relayableVisibility reports whether a post of visibility v may be relayed: public
+// ones, and unlisted ones when the operator opted in (Config.RelayUnlisted).
+func (r *Relay) relayableVisibility(v visibility) bool {
+	return v == visibilityPublic || v == visibilityUnlisted && r.cfg.RelayUnlisted
+}
+
+// checkAudience decides by its audience whether env (whose bytes are body)
+// may be relayed, and returns the audience and the announced object's
+// published time when it learnt one (for the relay's Announce). The audience is
+// the narrower of the activity's and its embedded object's (a public
+// Create around a followers-only note is the note's); a Tombstone or an
+// object without addressing leaves the activity's. For a LitePub relay
+// actor's Announce (litePubAnnounce), whose addressing says nothing about
+// the post, only the object's audience counts: the embedded one, or the
+// one fetched from its origin (see fetchedAudience). An activity whose
+// audience is too narrow is accepted without effect (the sender did
+// nothing wrong, and must not retry); a malformed object is refused (400).
+func (r *Relay) checkAudience(ctx context.Context, env *envelope, body []byte, litePubAnnounce bool) (visibility, time.Time, error) {
+	obj, err := parseEmbeddedObject(body)
+	if err != nil {
+		return 0, time.Time{}, refuse(http.StatusBadRequest, "%v", err)
+	}
+	addressed := obj.Embedded && env.Object.Type != "Tombstone" && len(obj.To)+len(obj.Cc) > 0
+	v := visibilityOf(env.To, env.Cc)
+	switch {
+	case litePubAnnounce && addressed:
+		v = obj.visibility()
+	case litePubAnnounce:
+		if v, obj.Published, err = r.fetchedAudience(ctx, env.Object.ID); err != nil {
+			return 0, time.Time{}, err
+		}
+	case addressed:
+		v = min(v, obj.visibility())
+	}
+	if !r.relayableVisibility(v) {
+		return 0, time.Time{}, accepted(fmt.Sprintf("%s %s is %s: not relayed", env.Type, cmp.Or(env.ID, env.Object.ID), v))
+	}
+	return v, obj.Published, nil
+}
+
+// fetchedAudience fetches the object objectID from its origin with the
+// relay's signed, guarded fetch, and returns the visibility and published
+// time its addressing gives. The fetched document must have objectID as
+// its id. A failure that may pass is a 503 for the sender to retry; any
+// other is an acceptance without effect: the relay never announces what it
+// cannot see.
+func (r *Relay) fetchedAudience(ctx context.Context, objectID string) (visibility, time.Time, error) {
+	b, err := r.fetch(ctx, objectID)
+	if err != nil {
+		if transientFetchError(err) {
+			return 0, time.Time{}, refuseRetry(http.StatusServiceUnavailable, time.Minute, "fetching the announced object: %v", err)
+		}
+		return 0, time.Time{}, accepted("announced object cannot be fetched: " + err.Error())
+	}
+	var doc struct {
+		ID        json.RawMessage `json:"id"`
+		To        json.RawMessage `json:"to"`
+		Cc        json.RawMessage `json:"cc"`
+		Published json.RawMessage `json:"published"`
+	}
+	if err := json.Unmarshal(b, &doc); err != nil {
+		return 0, time.Time{}, accepted("announced object " + objectID + " is malformed: " + err.Error())
+	}
+	id, err := idOf(doc.ID)
+	if err != nil || id != objectID {
+		return 0, time.Time{}, accepted(fmt.Sprintf("fetched %s, whose id is %q", objectID, id))
+	}
+	to, errTo := idList(doc.To)
+	cc, errCc := idList(doc.Cc)
+	if errTo != nil || errCc != nil {
+		return 0, time.Time{}, accepted("announced object " + objectID + " has malformed addressing")
+	}
+	return visibilityOf(to, cc), parseTime(doc.Published), nil
 }

@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -142,10 +141,10 @@ func (f *followRules) softwareOf(ctx context.Context, actor string) string {
 	}
 	ctx, cancel := context.WithTimeout(ctx, min(nodeInfoTimeout, f.r.cfg.KeyFetchTimeout))
 	defer cancel()
-	name, err := f.r.fetchSoftware(ctx, actor)
+	name, err := f.r.discoverSoftware(ctx, actor)
 	e = softwareEntry{name: name, until: now.Add(softwareTTL)}
 	if err != nil {
-		f.r.log.Info("relay: cannot read the NodeInfo of a follower's server", "host", host, "err", err)
+		f.r.log.Debug("relay: subscriber software unknown", "actor", actor, "err", err)
 		e = softwareEntry{until: now.Add(softwareFailureTTL)}
 	}
 	f.mu.Lock()
@@ -155,51 +154,6 @@ func (f *followRules) softwareOf(ctx context.Context, actor string) string {
 	}
 	f.software[host] = e
 	return e.name
-}
-
-// fetchSoftware reads the software name from the NodeInfo of actor's
-// server: /.well-known/nodeinfo, then the 2.x document it links to (on
-// the same host).
-func (r *Relay) fetchSoftware(ctx context.Context, actor string) (string, error) {
-	u, err := url.Parse(actor)
-	if err != nil || u.Host == "" {
-		return "", fmt.Errorf("relay: actor %q has no host", actor)
-	}
-	b, err := r.fetch(ctx, u.Scheme+"://"+u.Host+"/.well-known/nodeinfo")
-	if err != nil {
-		return "", err
-	}
-	var links struct {
-		Links []JRDLink `json:"links"`
-	}
-	if err := json.Unmarshal(b, &links); err != nil {
-		return "", fmt.Errorf("relay: nodeinfo links of %s: %w", u.Host, err)
-	}
-	href, rel := "", ""
-	for _, l := range links.Links {
-		if strings.HasPrefix(l.Rel, nodeInfoSchema+"2.") && l.Rel > rel { // the latest 2.x
-			href, rel = l.Href, l.Rel
-		}
-	}
-	if href == "" || hostOf(href) != strings.ToLower(u.Host) {
-		return "", fmt.Errorf("relay: %s links no NodeInfo 2.x document on its host", u.Host)
-	}
-	if b, err = r.fetch(ctx, href); err != nil {
-		return "", err
-	}
-	var doc struct {
-		Software struct {
-			Name string `json:"name"`
-		} `json:"software"`
-	}
-	if err := json.Unmarshal(b, &doc); err != nil {
-		return "", fmt.Errorf("relay: nodeinfo of %s: %w", u.Host, err)
-	}
-	name := strings.ToLower(strings.TrimSpace(doc.Software.Name))
-	if name == "" || len(name) > 100 {
-		return "", fmt.Errorf("relay: nodeinfo of %s names no software", u.Host)
-	}
-	return name, nil
 }
 
 func (r *Relay) changeAllowed(ctx context.Context, change func([]string) []string) error {

@@ -130,6 +130,9 @@ func (r *Relay) receive(ctx context.Context, w http.ResponseWriter, req *http.Re
 	case "Follow":
 		return r.handleFollow(ctx, env, key.Owner)
 	case "Undo":
+		if env.isUndoAnnounce() {
+			return r.relayActivity(ctx, env, body, key.Owner)
+		}
 		return r.handleUndo(ctx, env, key.Owner)
 	case "Accept", "Reject":
 		return r.handleFollowBackReply(ctx, env, key.Owner)
@@ -164,9 +167,9 @@ func (r *Relay) relayActivity(ctx context.Context, env *envelope, body []byte, s
 	if r.receiveOnly(sender) {
 		return accepted("the sender is receive-only: what it sends is not relayed")
 	}
-	objectID, err := r.filterActivity(env, signer, sender, senders)
+	rel, err := r.filterActivity(ctx, env, body, signer, sender, senders)
 	if err != nil {
 		return err
 	}
-	return r.fanOut(ctx, env, body, objectID, hostOf(env.Actor))
+	return r.fanOut(ctx, env, body, rel, hostOf(env.Actor))
 }

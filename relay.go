@@ -281,6 +281,14 @@ type Config struct {
 	// Mastodon's Deletes) and other types are not affected. Default 1 hour.
 	MaxActivityAge time.Duration
 
+	// RelayUnlisted relays unlisted posts too: posts with as:Public in cc
+	// but not in to, which their authors keep out of public timelines. It
+	// is a privacy choice of the operator, off by default: a relay puts what
+	// it relays into its subscribers' federated timelines, which is what
+	// unlisted means to avoid. Followers-only and direct posts are never
+	// relayed. See docs/protocol.md, "Only what authors made public".
+	RelayUnlisted bool
+
 	// Rules are the built-in rules for subscription requests (allowlist
 	// mode, software and actor type policies), checked before
 	// FollowPolicy. The zero value refuses nothing.

@@ -14,10 +14,9 @@ import (
 )
 
 // fanOut queues the activity for every accepted subscriber on another
-// host, one delivery per inbox: the original bytes for Mastodon-style
-// subscribers when receivers can authenticate them (an LD signature or
-// proof; Update, Delete and Move are forwarded as they are) and the body is
-// at most maxVerbatimBytes, an Announce by the relay otherwise.
+// host, one delivery per inbox, in the form each subscriber's software
+// applies (formFor): the original bytes, the relay's Announce of the
+// object, the relay's Undo of that Announce, or nothing.
 //
 // Deduplication marks are taken in the same store change that queues the
 // deliveries (the last one, for a fan-out stored in chunks: see
@@ -26,12 +25,14 @@ import (
 // again), and, for a post, "announced:" and the object's id: the relay
 // announces an object once, and when it comes again in another Create or
 // Announce (a boost, or the copy another relay forwards), only the
-// verbatim deliveries go out.
-func (r *Relay) fanOut(ctx context.Context, env *envelope, body []byte, objectID, senderHost string) error {
+// verbatim deliveries go out. A boost that makes the relay announce also
+// takes boostedMark, so that its un-boost undoes the relay's Announce.
+func (r *Relay) fanOut(ctx context.Context, env *envelope, body []byte, rel relayable, senderHost string) error {
 	subs, err := r.store.ListSubscribers(ctx, store.SubscriberFilter{State: store.StateAccepted})
 	if err != nil {
 		return err
 	}
+	objectID := rel.objectID
 	until := r.now().Add(r.cfg.DedupWindow)
 	marks := []store.Mark{{ID: "activity:" + env.ID, Until: until}}
 	if env.ID == "" {
@@ -39,10 +40,22 @@ func (r *Relay) fanOut(ctx context.Context, env *envelope, body []byte, objectID
 	}
 	if objectID != "" && env.isPost() {
 		marks = append(marks, store.Mark{ID: "announced:" + objectID, Until: until})
+		if env.Type == "Announce" {
+			marks = append(marks, store.Mark{ID: boostedMark(env.ID), Until: until})
+		}
 	}
 	announce := objectID != ""
+	if env.isUndoAnnounce() {
+		// The relay's Announce is undone only where this boost made it.
+		announce = false
+		if env.Object.Object != "" {
+			if announce, err = r.announcedForBoost(ctx, env.Object.ID); err != nil {
+				return err
+			}
+		}
+	}
 	for {
-		b, err := r.fanOutBatch(env, body, objectID, senderHost, subs, announce)
+		b, err := r.fanOutBatch(env, body, rel, senderHost, subs, announce)
 		if err != nil {
 			return err
 		}
@@ -53,7 +66,7 @@ func (r *Relay) fanOut(ctx context.Context, env *envelope, body []byte, objectID
 			return err
 		case seen.Has(marks[0].ID):
 			return accepted("duplicate " + marks[0].ID)
-		case len(marks) == 2 && seen.Has(marks[1].ID):
+		case len(marks) > 1 && seen.Has(marks[1].ID):
 			// Announced already: queue the verbatim deliveries only.
 			announce, marks = false, marks[:1]
 		default:
@@ -64,10 +77,12 @@ func (r *Relay) fanOut(ctx context.Context, env *envelope, body []byte, objectID
 
 // fanOutBatch builds fanOut's deliveries; announce says whether the relay
 // may announce the object (the Announces to LitePub subscribers, and to
-// everyone for posts it cannot forward verbatim).
-func (r *Relay) fanOutBatch(env *envelope, body []byte, objectID, senderHost string, subs []store.Subscriber, announce bool) (*batch, error) {
+// everyone for posts it cannot forward verbatim), or, for an un-boost,
+// undo its Announce.
+func (r *Relay) fanOutBatch(env *envelope, body []byte, rel relayable, senderHost string, subs []store.Subscriber, announce bool) (*batch, error) {
+	objectID := rel.objectID
 	verbatim := store.Payload{ID: payloadID(body), Body: body}
-	var announcement store.Payload
+	var own store.Payload // the relay's Announce, or its Undo, built once
 	isPost := env.isPost()
 	// An Announce that embeds an object of another origin is never
 	// forwarded as it is: only the object's IRI is relayed, so receivers
@@ -86,23 +101,31 @@ func (r *Relay) fanOutBatch(env *envelope, body []byte, objectID, senderHost str
 		if s.Host == senderHost || !s.Receives() { // send-only subscribers get nothing
 			continue
 		}
-		if s.Protocol == store.ProtocolLitePub || wrapUnsigned {
+		switch formFor(s, env, wrapUnsigned) {
+		case formVerbatim:
+			b.add(verbatim, s.DeliveryInbox(), s.ActorID, env.Type)
+		case formAnnounce, formUndoAnnounce:
 			if !announce {
 				continue
 			}
-			if announcement.ID == "" {
-				a, id, err := r.relayedAnnounce(env, objectID)
+			if own.ID == "" {
+				var doc []byte
+				var id string
+				var err error
+				if isPost {
+					doc, id, err = r.relayedAnnounce(env, rel)
+				} else {
+					doc, id, err = r.undoRelayedAnnounce(env, env.Object.Object)
+				}
 				if err != nil {
 					return nil, err
 				}
 				// Named by its id, not its bytes (which hold the time):
 				// a retry of the fan-out makes the same deliveries.
-				announcement = store.Payload{ID: payloadID([]byte(id)), Body: a}
+				own = store.Payload{ID: payloadID([]byte(id)), Body: doc}
 			}
-			b.add(announcement, s.DeliveryInbox(), s.ActorID, env.Type)
-			continue
+			b.add(own, s.DeliveryInbox(), s.ActorID, env.Type)
 		}
-		b.add(verbatim, s.DeliveryInbox(), s.ActorID, env.Type)
 	}
 	return b, nil
 }
@@ -130,4 +153,81 @@ func (r *Relay) announceID(env *envelope, objectID string) string {
 	}
 	sum := sha256.Sum256([]byte(source))
 	return r.base.String() + "/activities/announce-" + hex.EncodeToString(sum[:16])
+}
+
+// deliveryForm is the form in which a subscriber gets a relayed activity.
+type deliveryForm int
+
+const (
+	// formNone: nothing, as no form would be applied (or it would be
+	// refused, which counts against the subscriber).
+	formNone deliveryForm = iota
+	// formVerbatim: the original bytes, signed by the relay.
+	formVerbatim
+	// formAnnounce: the relay's Announce of the object (relayedAnnounce).
+	formAnnounce
+	// formUndoAnnounce: the relay's Undo of its own Announce of the object
+	// of an un-boost (undoRelayedAnnounce).
+	formUndoAnnounce
+)
+
+// formFor returns the form in which s gets env: the form its software
+// applies (docs/protocol.md, "Which form each server applies"). wrap says
+// that a post cannot go verbatim to anyone (no LD signature, an embedded
+// object of another origin, or too large for Misskey).
+//
+//   - Posts (Create, Announce): the relay's Announce to LitePub
+//     subscribers and when wrap, verbatim otherwise.
+//   - Un-boosts (Undo of an Announce): verbatim to Mastodon-style
+//     subscribers when LD-signed (Mastodon and Misskey remove the boost),
+//     else the relay's Undo of its own Announce.
+//   - Update, Delete, Move: verbatim to Mastodon-style subscribers. Of the
+//     LitePub ones, GoToSocial gets Updates verbatim (it refetches a
+//     forwarded status from its origin) and Friendica Deletes (it applies
+//     them, LD-signed or once the object answers 410); Pleroma and Akkoma
+//     refuse every relayed activity but Create and ignore a second Announce
+//     of an object, GoToSocial ignores relayed Deletes, Friendica skips
+//     posts it has: they get nothing.
+func formFor(s *store.Subscriber, env *envelope, wrap bool) deliveryForm {
+	litePub := s.Protocol == store.ProtocolLitePub
+	software := softwareKind(s.Software)
+	switch {
+	case env.isPost():
+		if litePub || wrap {
+			return formAnnounce
+		}
+		return formVerbatim
+	case env.isUndoAnnounce():
+		if !litePub && env.LDSigned {
+			return formVerbatim
+		}
+		return formUndoAnnounce
+	case !litePub:
+		return formVerbatim
+	case env.Type == "Update" && software == softwareGoToSocial:
+		return formVerbatim
+	case env.Type == "Delete" && software == softwareFriendica:
+		return formVerbatim
+	}
+	return formNone
+}
+
+// boostedMark is the mark a boost takes when it makes the relay announce
+// its object (the relay had not announced it): its un-boost then undoes
+// the relay's Announce. It lives as long as the deduplication marks.
+func boostedMark(boostID string) string { return "boosted:" + boostID }
+
+// announcedForBoost reports whether the boost boostID made the relay
+// announce its object, with a check-only mark (Store.Enqueue keeps no mark
+// whose Until has passed).
+func (r *Relay) announcedForBoost(ctx context.Context, boostID string) (bool, error) {
+	if boostID == "" {
+		return false, nil
+	}
+	err := r.store.Enqueue(ctx, nil, nil, store.Mark{ID: boostedMark(boostID)})
+	var seen *store.SeenError
+	if errors.As(err, &seen) {
+		return true, nil
+	}
+	return false, err
 }

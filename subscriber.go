@@ -38,7 +38,6 @@ func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteA
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
-	software := r.rules.softwareOf(ctx, env.Actor)
 	decision, reason := DecisionAccept, ""
 	switch {
 	case found && existing.State == store.StateRejected:
@@ -55,6 +54,10 @@ func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteA
 		if followBack, followBackID, err = r.followBack(env.Actor); err != nil {
 			return err
 		}
+	}
+	software := ""
+	if decision != DecisionReject && (!found || existing.Software == "") {
+		software = r.learnSoftware(ctx, env.Actor)
 	}
 	now := r.now().UTC()
 	s, err := r.store.UpdateSubscriber(ctx, env.Actor, func(s *store.Subscriber, found bool) error {
@@ -77,9 +80,6 @@ func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteA
 		s.Protocol = proto
 		s.FollowID = env.ID
 		s.Inbox, s.SharedInbox = signer.Inbox, signer.SharedInbox
-		if software != "" {
-			s.Software = software
-		}
 		s.UpdatedAt = now
 		switch decision {
 		case DecisionAccept:
@@ -100,6 +100,9 @@ func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteA
 		}
 		if env.rfc9421 && s.SignatureScheme == "" {
 			s.SignatureScheme = store.SignatureRFC9421 // it signs so, it accepts so
+		}
+		if software != "" && s.Software == "" {
+			s.Software = software
 		}
 		return nil
 	})

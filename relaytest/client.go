@@ -310,6 +310,7 @@ type remoteKey struct {
 
 type remoteActor struct {
 	id, typ, inbox, sharedInbox string
+	username                    string // preferredUsername
 }
 
 var errGone = errors.New("key owner is gone (410)")
@@ -442,6 +443,7 @@ func actorInfo(doc map[string]any) *remoteActor {
 	}
 	ra := &remoteActor{id: id, inbox: inbox}
 	ra.typ, _ = doc["type"].(string)
+	ra.username, _ = doc["preferredUsername"].(string)
 	if ep, ok := doc["endpoints"].(map[string]any); ok {
 		ra.sharedInbox, _ = ep["sharedInbox"].(string)
 	}

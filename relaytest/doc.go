@@ -1,11 +1,13 @@
 // Package relaytest provides fake fediverse instances for end-to-end tests of ActivityPub relays.
 //
 // An Instance behaves on the wire like one of the major relay clients — Mastodon, Misskey,
-// Pleroma (LitePub) or GoToSocial — as described in the relay protocol reference (FEP-ae0c and
-// what each server actually sends and checks). It serves its actors, keys, WebFinger and
-// statuses; subscribes to and unsubscribes from a relay the way its flavor does; publishes posts,
-// edits, deletes and boosts to a relay; and verifies every request that reaches its inboxes the
-// way its flavor would, recording what it accepted (Received) and what it refused (Rejected).
+// Pleroma (LitePub), GoToSocial or Friendica — as described in the relay protocol reference
+// (FEP-ae0c and what each server actually sends and checks). It serves its actors, keys, WebFinger and
+// statuses; subscribes to and unsubscribes from a relay the way its flavor does; publishes posts
+// (public, unlisted or followers-only), edits, deletes, boosts and un-boosts to a relay; verifies
+// every request that reaches its inboxes the way its flavor would, recording what it accepted
+// (Received) and what it refused (Rejected); and applies what it accepted as the real server
+// does (Status, HasBoost): an edit the real server would ignore does not change its copy.
 // It is an independent oracle: it shares no code with the relay under test.
 //
 // Instances run either on a real loopback HTTP server (each on its own 127.0.0.N address) or on

@@ -20,8 +20,8 @@ const (
 	publicIRI       = "https://www.w3.org/ns/activitystreams#Public"
 )
 
-// ErrUnsupported is returned by operations a flavor does not perform (e.g. Boost for Pleroma and
-// GoToSocial, which do not push boosts to relays).
+// ErrUnsupported is returned by operations a flavor does not perform (e.g. Boost for Pleroma,
+// GoToSocial and Friendica, which do not push boosts to relays).
 var ErrUnsupported = errors.New("relaytest: operation not supported by this flavor")
 
 func (i *Instance) setup() {
@@ -37,6 +37,8 @@ func (i *Instance) setup() {
 		i.system = &localActor{id: i.base + "/relay", path: "/relay", username: "relay", typ: "Application", system: true}
 	case GoToSocial:
 		i.system = &localActor{id: i.base + "/users/" + hn, path: "/users/" + hn, username: hn, typ: "Application", system: true}
+	case Friendica:
+		i.system = &localActor{id: i.base + "/friendica", path: "/friendica", username: "friendica", typ: "Application", system: true}
 	}
 	i.actors[i.system.id] = i.system
 }
@@ -78,6 +80,8 @@ func (i *Instance) activityContext() any {
 		return misskeyContext()
 	case Pleroma:
 		return i.litepubContext()
+	case Friendica:
+		return []any{asContext, securityContext}
 	default:
 		return asContext
 	}
@@ -148,6 +152,8 @@ func (i *Instance) software() (name, version string) {
 		return "misskey", "2025.4.0"
 	case Pleroma:
 		return "pleroma", "2.9.1"
+	case Friendica:
+		return "friendica", "2024.12"
 	default:
 		return "gotosocial", "0.22.0"
 	}
@@ -196,7 +202,7 @@ func randomULID() string {
 
 // Subscribe makes the instance subscribe to the relay whose inbox is relayInbox, the way its
 // flavor does, and returns the id of the Follow it sent. relayActor is the relay actor's id; it
-// is the Follow's object for the LitePub flavors (Pleroma, GoToSocial) and may be "" for
+// is the Follow's object for the LitePub flavors (Pleroma, GoToSocial, Friendica) and may be "" for
 // Mastodon and Misskey, which follow as:Public. The subscription is pending until a matching
 // Accept arrives (see Subscribed). Subscribing again to the same inbox replaces the previous
 // subscription.
@@ -225,6 +231,9 @@ func (i *Instance) Subscribe(ctx context.Context, relayInbox, relayActor string)
 	case GoToSocial:
 		sub.followID = sys.id + "/follow/" + randomULID()
 		follow = map[string]any{"@context": asContext, "id": sub.followID, "type": "Follow", "actor": sys.id, "object": relayActor, "to": relayActor}
+	case Friendica:
+		sub.followID = i.base + "/activity/" + newUUID()
+		follow = map[string]any{"@context": i.activityContext(), "id": sub.followID, "type": "Follow", "actor": sys.id, "object": relayActor, "to": []any{relayActor}}
 	}
 	sub.follow = follow
 	i.mu.Lock()
@@ -278,6 +287,13 @@ func (i *Instance) Unsubscribe(ctx context.Context, relayInbox string) error {
 		}
 	case GoToSocial:
 		return nil
+	case Friendica:
+		embedded := copyMap(sub.follow)
+		delete(embedded, "@context")
+		undo = map[string]any{
+			"@context": i.activityContext(), "id": i.base + "/activity/" + newUUID(), "type": "Undo", "actor": sys.id,
+			"object": embedded, "to": []any{sub.relayActor},
+		}
 	}
 	return i.deliver(ctx, relayInbox, sys, undo)
 }
@@ -301,15 +317,15 @@ func (i *Instance) noteDoc(n *Note, author *localActor, updated string) map[stri
 		"type":         "Note",
 		"attributedTo": author.id,
 		"content":      n.Content,
-		"published":    n.Published.UTC().Format("2006-01-02T15:04:05Z"),
-		"to":           []any{publicIRI},
-		"cc":           []any{author.id + "/followers"},
+		"published":    i.formatTime(n.Published),
 		"sensitive":    false,
 		"summary":      nil,
 		"inReplyTo":    nil,
 		"attachment":   []any{},
 		"tag":          []any{},
 	}
+	to, cc := n.Visibility.addressing(author.id)
+	doc["to"], doc["cc"] = to, cc
 	if updated != "" {
 		doc["updated"] = updated
 	}
@@ -329,13 +345,29 @@ func (i *Instance) noteDoc(n *Note, author *localActor, updated string) map[stri
 		doc["actor"] = author.id
 	case GoToSocial:
 		// go-fed serialises single-valued properties as plain values.
-		doc["to"] = publicIRI
-		doc["cc"] = author.id + "/followers"
+		doc["to"], doc["cc"] = singleValued(to), singleValued(cc)
 		doc["url"] = i.base + "/@" + author.username + "/statuses/" + n.ID[strings.LastIndexByte(n.ID, '/')+1:]
 		delete(doc, "summary")
 		delete(doc, "inReplyTo")
 	}
 	return doc
+}
+
+// singleValued returns the only element of l, or l.
+func singleValued(l []any) any {
+	if len(l) == 1 {
+		return l[0]
+	}
+	return l
+}
+
+// formatTime writes a time as the flavor does: Misskey with milliseconds (toISOString), the
+// others in whole seconds.
+func (i *Instance) formatTime(t time.Time) string {
+	if i.flavor == Misskey {
+		return t.UTC().Format("2006-01-02T15:04:05.000Z")
+	}
+	return t.UTC().Format("2006-01-02T15:04:05Z")
 }
 
 func stripP(s string) string {
@@ -360,6 +392,8 @@ func (i *Instance) ldSignIfFlavor(doc map[string]any, author *localActor) error 
 		return ldSign(doc, i.keyOf(author), i.keyID(author), time.Now(), "")
 	case Misskey:
 		return ldSign(doc, i.keyOf(author), i.keyID(author), time.Now(), randomHex(32))
+	case Friendica:
+		return ldSign(doc, i.keyOf(author), i.keyID(author), time.Now(), "")
 	}
 	return nil
 }
@@ -382,14 +416,30 @@ func (i *Instance) storeDoc(doc map[string]any) {
 //     Announce{actor: <base>/relay, object: <note id>, to: [<base>/relay/followers]}.
 //   - GoToSocial: Create{Note} by the author with single-valued to/cc, HTTP-signed by the
 //     instance actor (hs2019), no LD signature.
+//   - Friendica: Create{Note} (ids <base>/objects/<uuid>[/Create]), LD-signed, HTTP-signed by
+//     the author.
 //
-// The note stays retrievable at its id until deleted.
+// The note stays retrievable at its id until deleted. Misskey writes times with milliseconds,
+// the others in whole seconds.
 func (i *Instance) Post(ctx context.Context, relayInbox, user, text string) (*Note, error) {
+	return i.PostVisible(ctx, relayInbox, user, text, Public)
+}
+
+// PostVisible is Post with the given visibility: the note and its Create (or Pleroma's
+// Announce) are addressed as v says (see Visibility). It sends the post to the relay whatever v
+// is, where the real servers send only public posts (Pleroma public and unlisted ones, and
+// GoToSocial unlisted ones when the relay push allows them), so a relay's filtering can be
+// tested.
+func (i *Instance) PostVisible(ctx context.Context, relayInbox, user, text string, v Visibility) (*Note, error) {
 	author, err := i.user(user)
 	if err != nil {
 		return nil, err
 	}
-	n := &Note{Author: author.id, Content: "<p>" + html.EscapeString(text) + "</p>", Published: time.Now().UTC().Truncate(time.Second), user: user}
+	precision := time.Second
+	if i.flavor == Misskey {
+		precision = time.Millisecond
+	}
+	n := &Note{Author: author.id, Content: "<p>" + html.EscapeString(text) + "</p>", Published: time.Now().UTC().Truncate(precision), Visibility: v, user: user}
 	var act map[string]any
 	switch i.flavor {
 	case Mastodon:
@@ -404,6 +454,9 @@ func (i *Instance) Post(ctx context.Context, relayInbox, user, text string) (*No
 	case GoToSocial:
 		n.ID = author.id + "/statuses/" + randomULID()
 		n.ActivityID = n.ID + "/activity"
+	case Friendica:
+		n.ID = i.base + "/objects/" + newUUID()
+		n.ActivityID = n.ID + "/Create"
 	}
 	note := i.noteDoc(n, author, "")
 	stored := copyMap(note)
@@ -415,7 +468,7 @@ func (i *Instance) Post(ctx context.Context, relayInbox, user, text string) (*No
 		createID := i.base + "/activities/" + newUUID()
 		i.storeDoc(map[string]any{
 			"@context": i.litepubContext(), "id": createID, "type": "Create", "actor": author.id,
-			"object": note, "to": []any{publicIRI}, "cc": []any{author.id + "/followers"}, "published": note["published"],
+			"object": note, "to": note["to"], "cc": note["cc"], "published": note["published"],
 		})
 		act = map[string]any{
 			"@context": i.litepubContext(), "id": n.ActivityID, "type": "Announce", "actor": i.system.id,
@@ -427,12 +480,12 @@ func (i *Instance) Post(ctx context.Context, relayInbox, user, text string) (*No
 	case GoToSocial:
 		act = map[string]any{
 			"@context": asContext, "id": n.ActivityID, "type": "Create", "actor": author.id,
-			"published": note["published"], "to": publicIRI, "cc": author.id + "/followers", "object": note,
+			"published": note["published"], "to": note["to"], "cc": note["cc"], "object": note,
 		}
 	default:
 		act = map[string]any{
 			"@context": i.activityContext(), "id": n.ActivityID, "type": "Create", "actor": author.id,
-			"published": note["published"], "to": []any{publicIRI}, "cc": []any{author.id + "/followers"}, "object": note,
+			"published": note["published"], "to": note["to"], "cc": note["cc"], "object": note,
 		}
 	}
 	i.storeDoc(act)
@@ -482,13 +535,12 @@ func (i *Instance) Edit(ctx context.Context, relayInbox string, n *Note, text st
 		id = i.base + "/activities/" + newUUID()
 	case GoToSocial:
 		id = n.ID + "/updates/" + randomULID()
+	case Friendica:
+		id = i.base + "/activity/" + newUUID()
 	}
 	act := map[string]any{
 		"@context": i.activityContext(), "id": id, "type": "Update", "actor": author.id,
-		"published": updated, "to": []any{publicIRI}, "cc": []any{author.id + "/followers"}, "object": note,
-	}
-	if i.flavor == GoToSocial {
-		act["to"], act["cc"] = publicIRI, author.id+"/followers"
+		"published": updated, "to": note["to"], "cc": note["cc"], "object": note,
 	}
 	if err := i.ldSignIfFlavor(act, author); err != nil {
 		return err
@@ -498,7 +550,8 @@ func (i *Instance) Edit(ctx context.Context, relayInbox string, n *Note, text st
 
 // Delete deletes n (GET of its id answers 410 from now on) and sends a Delete to relayInbox:
 // Mastodon Delete{Tombstone} with id <status>#delete, LD-signed; Misskey Delete{Tombstone},
-// LD-signed; Pleroma and GoToSocial a Delete whose object is the note's id, by the author.
+// LD-signed; both addressed to the public whatever the note's visibility. Pleroma and
+// GoToSocial a Delete whose object is the note's id, by the author, addressed as the note.
 func (i *Instance) Delete(ctx context.Context, relayInbox string, n *Note) error {
 	author, err := i.noteAuthor(n)
 	if err != nil {
@@ -519,14 +572,21 @@ func (i *Instance) Delete(ctx context.Context, relayInbox string, n *Note) error
 			"object": map[string]any{"id": n.ID, "type": "Tombstone"}, "published": nowISO(), "to": []any{publicIRI},
 		}
 	case Pleroma:
+		to, cc := n.Visibility.addressing(author.id)
 		act = map[string]any{
 			"@context": i.litepubContext(), "id": i.base + "/activities/" + newUUID(), "type": "Delete", "actor": author.id,
-			"object": n.ID, "to": []any{publicIRI, author.id + "/followers"}, "cc": []any{}, "bto": []any{}, "bcc": []any{},
+			"object": n.ID, "to": append(to, cc...), "cc": []any{}, "bto": []any{}, "bcc": []any{},
 		}
 	case GoToSocial:
+		to, cc := n.Visibility.addressing(author.id)
 		act = map[string]any{
 			"@context": asContext, "id": n.ID + "/delete/" + randomULID(), "type": "Delete", "actor": author.id,
-			"object": n.ID, "to": publicIRI, "cc": author.id + "/followers",
+			"object": n.ID, "to": singleValued(to), "cc": singleValued(cc),
+		}
+	case Friendica:
+		act = map[string]any{
+			"@context": i.activityContext(), "id": n.ID + "/Delete", "type": "Delete", "actor": author.id,
+			"object": map[string]any{"id": n.ID, "type": "Tombstone"}, "to": []any{publicIRI},
 		}
 	}
 	if err := i.ldSignIfFlavor(act, author); err != nil {
@@ -537,8 +597,8 @@ func (i *Instance) Delete(ctx context.Context, relayInbox string, n *Note) error
 
 // Boost sends an Announce of objectID by user to relayInbox and returns the Announce's id:
 // Mastodon <base>/users/<user>/statuses/<n>/activity, Misskey <base>/notes/<aid>/activity, both
-// with the object as an IRI, to Public, LD-signed. Pleroma and GoToSocial do not push boosts to
-// relays and return ErrUnsupported.
+// with the object as an IRI, to Public, LD-signed. Pleroma, GoToSocial and Friendica do not push
+// boosts to relays and return ErrUnsupported.
 func (i *Instance) Boost(ctx context.Context, relayInbox, user, objectID string) (string, error) {
 	if i.flavor.LitePub() {
 		return "", ErrUnsupported
@@ -561,8 +621,50 @@ func (i *Instance) Boost(ctx context.Context, relayInbox, user, objectID string)
 		act["@context"] = misskeyContext()
 	}
 	i.storeDoc(act)
+	i.mu.Lock()
+	i.sentBoosts[id] = copyMap(act)
+	i.mu.Unlock()
 	if err := i.ldSignIfFlavor(act, author); err != nil {
 		return "", err
 	}
 	return id, i.deliver(ctx, relayInbox, author, act)
+}
+
+// Unboost withdraws the boost boostID (made by Boost) and sends an Undo of it to relayInbox, as
+// Mastodon and Misskey send un-boosts of public posts to relays: Mastodon an Undo with id
+// <actor>#announces/<n>/undo, Misskey one with an id on its host; both embed the Announce, are
+// addressed to Public and LD-signed, and are HTTP-signed by the booster. The LitePub flavors
+// return ErrUnsupported, as for Boost.
+func (i *Instance) Unboost(ctx context.Context, relayInbox, boostID string) error {
+	if i.flavor.LitePub() {
+		return ErrUnsupported
+	}
+	i.mu.Lock()
+	announce, ok := i.sentBoosts[boostID]
+	delete(i.sentBoosts, boostID)
+	i.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("relaytest: %s is not a boost sent by this instance", boostID)
+	}
+	author, err := i.actorFor(idOf(announce["actor"]))
+	if err != nil {
+		return err
+	}
+	embedded := copyMap(announce)
+	delete(embedded, "@context")
+	i.markGone(boostID)
+	var id string
+	if i.flavor == Mastodon {
+		id = fmt.Sprintf("%s#announces/%d/undo", author.id, 110000000000000000+i.next())
+	} else {
+		id = i.base + "/" + newUUID()
+	}
+	undo := map[string]any{
+		"@context": announce["@context"], "id": id, "type": "Undo", "actor": author.id,
+		"to": []any{publicIRI}, "object": embedded,
+	}
+	if err := i.ldSignIfFlavor(undo, author); err != nil {
+		return err
+	}
+	return i.deliver(ctx, relayInbox, author, undo)
 }

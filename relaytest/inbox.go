@@ -232,6 +232,8 @@ func (i *Instance) serveInbox(w http.ResponseWriter, r *http.Request, owner *loc
 		status, reason, jobs = i.processPleroma(rec, act)
 	case GoToSocial:
 		status, reason, jobs = i.processGoToSocial(rec, act)
+	case Friendica:
+		jobs = i.processFriendica(r.Context(), rec, act)
 	}
 	if status != 0 {
 		i.refuse(w, r, body, status, reason, keyID)
@@ -351,8 +353,16 @@ func (i *Instance) isEnabledRelay(ctx context.Context, actorID string) bool {
 	return false
 }
 
-// fetchJob fetches objectURL in the background and records the outcome in rec.
+// fetchJob fetches objectURL in the background, keeps it as a status the instance holds, and
+// records the outcome in rec.
 func (i *Instance) fetchJob(rec *Received, objectURL string) job {
+	return i.fetchJobThen(rec, objectURL, nil)
+}
+
+// fetchJobThen is fetchJob with what the flavor does with the fetched object: then (if not
+// nil) runs after a successful fetch and returns why the activity is dropped after all ("" if
+// it is applied); the object is kept as a status unless it is dropped.
+func (i *Instance) fetchJobThen(rec *Received, objectURL string, then func(doc map[string]any, body []byte) string) job {
 	rec.FetchURL = objectURL
 	return func(ctx context.Context) {
 		status, doc, body, err := i.fetchJSON(ctx, objectURL)
@@ -361,31 +371,72 @@ func (i *Instance) fetchJob(rec *Received, objectURL string) job {
 				err = fmt.Errorf("fetched object has id %q, not %q", id, objectURL)
 			}
 		}
+		dropReason := ""
+		if err == nil && then != nil {
+			dropReason = then(doc, body)
+		}
+		if err == nil && dropReason == "" {
+			i.keepStatus(objectURL, body)
+		}
 		i.mu.Lock()
 		defer i.mu.Unlock()
 		rec.FetchDone, rec.FetchStatus, rec.FetchBody = true, status, body
-		if err != nil {
+		switch {
+		case err != nil:
 			rec.FetchErr = err.Error()
-			rec.Dropped = true
-			if rec.Reason != "" {
-				rec.Reason += "; "
-			}
-			rec.Reason += "object fetch failed: " + err.Error()
+			dropReason = "object fetch failed: " + err.Error()
+		case dropReason == "":
+			return
 		}
+		rec.Dropped = true
+		if rec.Reason != "" {
+			rec.Reason += "; "
+		}
+		rec.Reason += dropReason
 	}
 }
 
-// announcedObjectFetch returns the job that fetches an Announce's object, unless the object is
-// embedded and self-attributed (the only case Mastodon trusts).
-func (i *Instance) announcedObjectFetch(rec *Received, act map[string]any) []job {
+// boostJob fetches an Announce's object like announcedObjectFetch and then applies the boost
+// (check, if not nil, may refuse it first with a reason).
+func (i *Instance) boostJob(rec *Received, act map[string]any, check func(doc map[string]any) string) []job {
+	apply := func(doc map[string]any, _ []byte) string {
+		if check != nil {
+			if why := check(doc); why != "" {
+				return why
+			}
+		}
+		if !i.addBoost(rec.ID, rec.Actor, rec.ObjectID) {
+			return "Announce " + rec.ID + " was applied already"
+		}
+		return ""
+	}
 	if m, ok := act["object"].(map[string]any); ok && idOf(m["attributedTo"]) == rec.Actor {
+		apply(m, nil)
 		return nil
 	}
 	if rec.ObjectID == "" {
 		drop(rec, "Announce without object")
 		return nil
 	}
-	return []job{i.fetchJob(rec, rec.ObjectID)}
+	return []job{i.fetchJobThen(rec, rec.ObjectID, apply)}
+}
+
+// keepEmbedded keeps the object embedded in act (a Create or an Update) as a status.
+func (i *Instance) keepEmbedded(rec *Received, act map[string]any) {
+	if m, ok := act["object"].(map[string]any); ok {
+		if b, err := canonicalJSON(m); err == nil {
+			i.keepStatus(rec.ObjectID, b)
+		}
+	}
+}
+
+// deleteStatus applies a Delete of a status: the status is forgotten.
+func (i *Instance) deleteStatus(rec *Received) {
+	if !i.forgetStatus(rec.ObjectID) {
+		drop(rec, "Delete of %s, which the instance does not have", rec.ObjectID)
+		return
+	}
+	rec.Reason = strings.TrimPrefix(rec.Reason+"; status deleted", "; ")
 }
 
 func (i *Instance) processMastodon(ctx context.Context, rec *Received, act map[string]any) []job {
@@ -416,6 +467,7 @@ func (i *Instance) processMastodon(ctx context.Context, rec *Received, act map[s
 		if relayedThrough != "" {
 			rec.Reason += " (LD signature, relayed through " + relayedThrough + ")"
 		}
+		i.keepEmbedded(rec, act)
 	case "Announce":
 		viaRelay := (relayedThrough != "" && i.isEnabledRelay(ctx, relayedThrough)) || i.isEnabledRelay(ctx, rec.Actor)
 		if !viaRelay {
@@ -423,12 +475,21 @@ func (i *Instance) processMastodon(ctx context.Context, rec *Received, act map[s
 			return nil
 		}
 		rec.Reason = "Announce from relay: fetching object"
-		return i.announcedObjectFetch(rec, act)
+		return i.boostJob(rec, act, nil)
 	case "Follow":
 		drop(rec, "Follow of a Mastodon relay client actor is not processed")
 	default:
 		if relayedThrough != "" {
 			rec.Reason = rec.Type + " accepted (LD signature)"
+		}
+		switch rec.Type {
+		case "Update":
+			// ProcessStatusUpdateService applies the embedded version.
+			i.keepEmbedded(rec, act)
+		case "Delete":
+			i.deleteStatus(rec)
+		case "Undo":
+			i.undoAnnounce(rec, act)
 		}
 	}
 	return nil
@@ -449,13 +510,56 @@ func (i *Instance) processMisskey(ctx context.Context, rec *Received, act map[st
 	switch rec.Type {
 	case "Accept", "Reject":
 		i.subscriptionReply(rec, act)
+	case "Create":
+		i.keepEmbedded(rec, act)
 	case "Announce":
 		rec.Reason = "Announce: resolving note"
-		return i.announcedObjectFetch(rec, act)
+		return i.boostJob(rec, act, func(note map[string]any) string {
+			// ApInboxService.announceNote: an Announce dated before the note's creation (the
+			// date of its id, at millisecond precision) is skipped.
+			created, ok := publishedOf(note)
+			announced, hasPublished := publishedOf(act)
+			if ok && hasPublished && announced.Before(created.Truncate(time.Millisecond)) {
+				return fmt.Sprintf("skip: malformed createdAt (Announce published %s, before the note's %s)",
+					act["published"], note["published"])
+			}
+			return ""
+		})
+	case "Update":
+		// Misskey applies Updates of actors and polls (Question) only.
+		if t := rec.ObjectType; t != "Question" && !isActorType(t) {
+			drop(rec, "skip: Unknown type: %s (Misskey does not apply edits of notes)", t)
+		}
+	case "Delete":
+		i.deleteStatus(rec)
+	case "Undo":
+		if _, embedded := act["object"].(map[string]any); !embedded {
+			// The resolver fetches an object given by IRI.
+			rec.Reason = "Undo: resolving object"
+			return []job{i.fetchJobThen(rec, rec.ObjectID, func(doc map[string]any, _ []byte) string {
+				if typeOf(doc) != "Announce" || idOf(doc["actor"]) != rec.Actor {
+					return "skip: not an Announce by the actor"
+				}
+				if ok, why := i.removeBoost(rec.ObjectID, rec.Actor); !ok {
+					return "skip: " + why
+				}
+				return ""
+			})}
+		}
+		i.undoAnnounce(rec, act)
 	case "Follow":
 		drop(rec, "Follow of a Misskey system user is not processed")
 	}
 	return nil
+}
+
+// isActorType reports an ActivityStreams actor type.
+func isActorType(t string) bool {
+	switch t {
+	case "Person", "Service", "Application", "Group", "Organization":
+		return true
+	}
+	return false
 }
 
 // pleromaSigner maps a keyId to an actor like Pleroma: strip the fragment, or a trailing
@@ -474,6 +578,11 @@ func (i *Instance) processPleroma(rec *Received, act map[string]any) (int, strin
 		}
 		if rec.ObjectID == "" {
 			return http.StatusBadRequest, "relayed Create without object id", nil
+		}
+		if i.hasStatus(rec.ObjectID) {
+			// Fetcher.fetch_object_from_id returns the copy it has.
+			drop(rec, "relayed Create of %s, which Pleroma already has: not refetched", rec.ObjectID)
+			return 0, "", nil
 		}
 		rec.Reason = "relayed Create: fetching object from source"
 		return 0, "", []job{i.fetchJob(rec, rec.ObjectID)}
@@ -496,12 +605,29 @@ func (i *Instance) processPleroma(rec *Received, act map[string]any) (int, strin
 			delete(i.followers, rec.Actor)
 			i.mu.Unlock()
 			rec.Reason = "unfollowed the relay actor"
+			return 0, "", nil
 		}
+		i.undoAnnounce(rec, act)
 	case "Accept", "Reject":
 		i.subscriptionReply(rec, act)
+	case "Create", "Update":
+		i.keepEmbedded(rec, act)
+	case "Delete":
+		i.deleteStatus(rec)
 	case "Announce":
+		// AnnounceValidator refuses a second Announce of an object by the same actor, and the
+		// fetcher returns the copy it has of a known object.
+		if i.hasBoostBy(rec.Actor, rec.ObjectID) {
+			drop(rec, "%s already announced %s", rec.Actor, rec.ObjectID)
+			return 0, "", nil
+		}
+		if i.hasStatus(rec.ObjectID) {
+			i.addBoost(rec.ID, rec.Actor, rec.ObjectID)
+			rec.Reason = "Announce of a known object: applied without refetching it"
+			return 0, "", nil
+		}
 		rec.Reason = "Announce: fetching object"
-		return 0, "", i.announcedObjectFetch(rec, act)
+		return 0, "", i.boostJob(rec, act, nil)
 	}
 	return 0, "", nil
 }
@@ -530,7 +656,7 @@ func (i *Instance) acceptBackJob(follower string, follow map[string]any) job {
 		}
 		delete(follow, "@context")
 		accept := map[string]any{
-			"@context": i.litepubContext(), "id": i.base + "/activities/" + newUUID(), "type": "Accept",
+			"@context": i.activityContext(), "id": i.base + "/activities/" + newUUID(), "type": "Accept",
 			"actor": i.system.id, "object": follow, "to": []any{follower}, "cc": []any{},
 		}
 		if err := i.deliver(ctx, inbox, i.system, accept); err != nil && ctx.Err() == nil {
@@ -577,24 +703,147 @@ func (i *Instance) processGoToSocial(rec *Received, act map[string]any) (int, st
 			return 0, "", nil
 		}
 		i.subscriptionReply(rec, act)
-	case "Create":
+	case "Create", "Update":
 		if !direct {
+			// Forwarded (the signer did not create the status): the embedded copy is dropped
+			// and the status fetched again from its origin; an Update of an unknown status is
+			// handled as a Create.
 			if rec.ObjectID == "" {
-				drop(rec, "relayed Create without object id")
+				drop(rec, "relayed %s without object id", rec.Type)
 				return 0, "", nil
 			}
-			rec.Reason = "relayed Create: refetching object"
+			rec.Reason = "forwarded " + rec.Type + ": refetching the status from its origin"
 			return 0, "", []job{i.fetchJob(rec, rec.ObjectID)}
 		}
+		i.keepEmbedded(rec, act)
 	case "Announce":
-		rec.Reason = "Announce: fetching object"
-		return 0, "", i.announcedObjectFetch(rec, act)
-	case "Update", "Delete":
-		if !direct {
-			drop(rec, "relayed %s (signed by %s, not by the author) is ignored", rec.Type, rec.Signer)
+		if i.hasStatus(rec.ObjectID) {
+			drop(rec, "Announce of %s, a status GoToSocial already has: nothing to do (not refetched)", rec.ObjectID)
+			return 0, "", nil
 		}
+		rec.Reason = "Announce: fetching object"
+		return 0, "", i.boostJob(rec, act, nil)
+	case "Delete":
+		if !direct {
+			drop(rec, "relayed Delete (signed by %s, not by the author) is ignored", rec.Signer)
+			return 0, "", nil
+		}
+		i.deleteStatus(rec)
+	case "Undo":
+		// Only an embedded Announce is undone (an IRI is skipped), and only when the signer
+		// is the announcer.
+		if _, embedded := act["object"].(map[string]any); !embedded {
+			drop(rec, "Undo of an object given by IRI is skipped")
+			return 0, "", nil
+		}
+		if rec.Signer != rec.Actor {
+			drop(rec, "Undo signed by %s, not by the announcer %s", rec.Signer, rec.Actor)
+			return 0, "", nil
+		}
+		i.undoAnnounce(rec, act)
 	}
 	return 0, "", nil
+}
+
+// friendicaContentTypes are the object types Friendica takes as posts (Receiver::CONTENT_TYPES).
+var friendicaContentTypes = map[string]bool{
+	"Note": true, "Article": true, "Question": true, "Page": true, "Event": true, "Audio": true, "Video": true, "Image": true,
+}
+
+// isFriendicaRelayActor is APContact::isRelay for the relays a fake meets: an Application named
+// relay at /actor or /relay.
+func (i *Instance) isFriendicaRelayActor(ctx context.Context, id string) bool {
+	if id == "" {
+		return false
+	}
+	ra, err := i.remoteActorFor(ctx, id)
+	if err != nil {
+		return false
+	}
+	u, err := url.Parse(id)
+	return err == nil && ra.typ == "Application" && ra.username == "relay" && (u.Path == "/actor" || u.Path == "/relay")
+}
+
+func (i *Instance) processFriendica(ctx context.Context, rec *Received, act map[string]any) []job {
+	relayPost := rec.ObjectID != "" && (rec.Type == "Announce" ||
+		(rec.Type == "Create" || rec.Type == "Update") && friendicaContentTypes[rec.ObjectType])
+	if relayPost && (i.isFriendicaRelayActor(ctx, rec.Actor) || i.isFriendicaRelayActor(ctx, rec.Signer)) {
+		// Receiver::processRelayPost: the object is fetched from its id, unless Friendica has it.
+		if i.hasStatus(rec.ObjectID) {
+			drop(rec, "Relayed message already exists: %s", rec.ObjectID)
+			return nil
+		}
+		rec.Reason = "post from a relay: fetching the object from its origin"
+		return []job{i.fetchJob(rec, rec.ObjectID)}
+	}
+	trusted := rec.Signer == rec.Actor
+	if !trusted && rec.LDSigned {
+		if owner, err := ldVerify(act, i.ldKeyLookup(ctx)); err == nil && owner == rec.Actor {
+			trusted, rec.LDVerified = true, true
+		}
+	}
+	if !trusted && rec.Type == "Delete" {
+		// Processor::isActivityGone: a Delete of an object that answers 410 is applied.
+		rec.Reason = "untrusted Delete: checking whether the object is gone"
+		return []job{i.goneJob(rec)}
+	}
+	if !trusted {
+		drop(rec, "%s by %s signed by %s without a valid LD signature: not trusted", rec.Type, rec.Actor, rec.Signer)
+		return nil
+	}
+	switch rec.Type {
+	case "Follow":
+		if rec.ObjectID != i.system.id {
+			drop(rec, "Follow of %s is not processed", rec.ObjectID)
+			return nil
+		}
+		followMap, _ := copyAny(act).(map[string]any)
+		i.mu.Lock()
+		i.followers[rec.Actor] = rec.ID
+		i.mu.Unlock()
+		rec.Reason = "follow of the system actor: accepting"
+		return []job{i.acceptBackJob(rec.Actor, followMap)}
+	case "Accept", "Reject":
+		i.subscriptionReply(rec, act)
+	case "Create", "Update":
+		i.keepEmbedded(rec, act)
+	case "Delete":
+		i.deleteStatus(rec)
+	case "Undo":
+		if m, ok := act["object"].(map[string]any); ok && typeOf(m) == "Follow" && idOf(m["object"]) == i.system.id {
+			i.mu.Lock()
+			delete(i.followers, rec.Actor)
+			i.mu.Unlock()
+			rec.Reason = "unfollowed the system actor"
+			return nil
+		}
+		i.undoAnnounce(rec, act)
+	}
+	return nil
+}
+
+// goneJob applies a Delete whose object answers 410 Gone, and drops it otherwise.
+func (i *Instance) goneJob(rec *Received) job {
+	rec.FetchURL = rec.ObjectID
+	return func(ctx context.Context) {
+		status, _, _, err := i.fetchJSON(ctx, rec.ObjectID)
+		gone := status == http.StatusGone
+		if gone {
+			i.forgetStatus(rec.ObjectID)
+		}
+		i.mu.Lock()
+		defer i.mu.Unlock()
+		rec.FetchDone, rec.FetchStatus = true, status
+		if err != nil && !gone {
+			rec.FetchErr = err.Error()
+		}
+		if gone {
+			rec.Reason += "; the object is gone: deleted"
+			return
+		}
+		rec.Dropped = true
+		rec.Reason += fmt.Sprintf("; the object answers %d: not deleted", status)
+	}
 }
 
 var followRelayRE = regexp.MustCompile(`follow-relay/(\w+)`)
@@ -633,7 +882,7 @@ func (i *Instance) subscriptionReply(rec *Received, act map[string]any) {
 				match = s
 			}
 		}
-	case Pleroma, GoToSocial:
+	case Pleroma, GoToSocial, Friendica:
 		if i.flavor == GoToSocial && rec.ID == "" {
 			drop(rec, "%s without id", rec.Type)
 			return

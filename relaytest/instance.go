@@ -28,27 +28,46 @@ const (
 	// Date within ±1 h, and processes relayed activities like Mastodon: an activity whose actor
 	// is not the HTTP signer needs a valid LD signature, relayed content is only taken from an
 	// actor whose inbox equals the inbox of an accepted relay subscription, and Announced objects
-	// are fetched from their origin.
+	// are fetched from their origin. It applies what it accepts: an Announce (a reblog, undone
+	// by an Undo of it by the same actor), an Update (the embedded version), a Delete.
 	Mastodon Flavor = iota
 	// Misskey subscribes Mastodon-style with its system user relay.actor (/users/<id>) and a
 	// Follow id .../activities/follow-relay/<id>. It only counts an Accept that embeds that Follow.
 	// It publishes LD-signed activities (signature options with a nonce), accepts at most 64 KiB
 	// bodies, requires Date within ±300 s and a signed host equal to its own, and requires an
-	// activity's id to be on the host of its (HTTP or LD) signer.
+	// activity's id to be on the host of its (HTTP or LD) signer. It writes times with
+	// milliseconds, skips an Announce dated before the note it announces ("malformed
+	// createdAt"), applies Updates of actors and polls only (never edits of notes), and undoes
+	// an Announce by its actor (an Announce given by IRI is fetched first).
 	Misskey
 	// Pleroma subscribes LitePub-style: its relay actor (https://host/relay) follows the relay
 	// actor, accepts the relay's reciprocal Follow with a signed Accept, and publishes by having
 	// /relay Announce the note's URI (HTTP signatures sign content-length). It has no LD
 	// signatures: a relayed activity whose signer (keyId minus fragment) is not its actor is
-	// refetched from its origin if it is a Create and refused with 400 otherwise.
+	// refetched from its origin if it is a Create (unless it has the object already: no
+	// refetch, so no edit) and refused with 400 otherwise (relayed Update, Delete, Undo). A second
+	// Announce of an object by the same actor is refused; an Undo of an Announce by its actor
+	// removes it.
 	Pleroma
 	// GoToSocial subscribes LitePub-style from its instance actor (/users/<host>, no shared
 	// inbox), never accepts the relay's reciprocal Follow and sends no Undo when unsubscribing.
 	// It signs with hs2019 and keyIds of the form <actor>/main-key, signs its users' posts with
 	// the instance actor's key, requires signed GETs for everything but WebFinger, NodeInfo and
 	// the public key stub, answers 406 for unexpected content types and 400 for an Announce
-	// without to and cc, and refetches relayed objects with signed GETs.
+	// without to and cc, and refetches relayed objects with signed GETs. A Create or Update whose
+	// signer is not of the author's host is forwarded: the status is fetched again from its
+	// origin (so a relayed Update shows the edit). It ignores an Announce of a status it already
+	// has and a relayed Delete, and undoes an Announce only for an Undo embedding it and signed by
+	// its actor.
 	GoToSocial
+	// Friendica subscribes LitePub-style from its system actor (/friendica), accepts the relay's
+	// reciprocal Follow, and publishes public posts to the relay as LD-signed Creates by their
+	// authors. An Announce, Create or Update that comes from a relay actor (an Application named
+	// relay at /actor or /relay, as actor or as HTTP signer) is a relayed post: its object is
+	// fetched from its origin unless Friendica has it already (so a relayed edit never shows).
+	// Anything else relayed needs an LD signature by its actor, except a Delete of an object
+	// that answers 410, which is applied. It does not push boosts to relays.
+	Friendica
 )
 
 // String returns the flavor's name.
@@ -62,13 +81,15 @@ func (f Flavor) String() string {
 		return "Pleroma"
 	case GoToSocial:
 		return "GoToSocial"
+	case Friendica:
+		return "Friendica"
 	}
 	return fmt.Sprintf("Flavor(%d)", int(f))
 }
 
 // LitePub reports whether the flavor subscribes LitePub-style (following the relay actor) rather
 // than Mastodon-style (following as:Public).
-func (f Flavor) LitePub() bool { return f == Pleroma || f == GoToSocial }
+func (f Flavor) LitePub() bool { return f == Pleroma || f == GoToSocial || f == Friendica }
 
 // Options configures NewInstance.
 type Options struct {
@@ -202,6 +223,9 @@ type Note struct {
 	Content string
 	// Published is the publication time.
 	Published time.Time
+	// Visibility is the audience the author chose (Public unless posted
+	// with PostVisible).
+	Visibility Visibility
 
 	user string
 }
@@ -248,6 +272,11 @@ type Instance struct {
 	remotes   map[string]*remoteActor
 	fault     func(*http.Request) int
 	counter   uint64
+
+	// What the instance applied of what it received (see apply.go).
+	statuses   map[string][]byte         // remote statuses held, by id: the last copy applied
+	boosts     map[string]boost          // boosts (Announces) applied, by Announce id
+	sentBoosts map[string]map[string]any // Announces sent by Boost, by id, for Unboost
 }
 
 type localActor struct {
@@ -285,7 +314,7 @@ var (
 // opts.Network it is registered on that network under opts.Host.
 func NewInstance(t testing.TB, flavor Flavor, opts Options) *Instance {
 	t.Helper()
-	if flavor < Mastodon || flavor > GoToSocial {
+	if flavor < Mastodon || flavor > Friendica {
 		t.Fatalf("relaytest: unknown flavor %d", int(flavor))
 	}
 	warmKeys()
@@ -298,6 +327,10 @@ func NewInstance(t testing.TB, flavor Flavor, opts Options) *Instance {
 		followers: map[string]string{},
 		keys:      map[string]*remoteKey{},
 		remotes:   map[string]*remoteActor{},
+
+		statuses:   map[string][]byte{},
+		boosts:     map[string]boost{},
+		sentBoosts: map[string]map[string]any{},
 	}
 	i.ctx, i.cancel = context.WithCancel(context.Background())
 	i.logf = opts.Logf
@@ -383,8 +416,8 @@ func (i *Instance) URL() string { return i.base }
 func (i *Instance) Host() string { return i.host }
 
 // RelayActorID returns the id of the actor that subscribes to relays: the instance actor
-// (Mastodon <base>/actor, GoToSocial <base>/users/<host>), Misskey's system user relay.actor or
-// Pleroma's <base>/relay.
+// (Mastodon <base>/actor, GoToSocial <base>/users/<host>), Misskey's system user relay.actor,
+// Pleroma's <base>/relay or Friendica's system actor <base>/friendica.
 func (i *Instance) RelayActorID() string { return i.system.id }
 
 // ActorID returns the actor id of the local user name (created on demand), or of the relay

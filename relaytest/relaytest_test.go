@@ -20,7 +20,7 @@ import (
 
 const waitTimeout = 10 * time.Second
 
-var allFlavors = []Flavor{Mastodon, Misskey, Pleroma, GoToSocial}
+var allFlavors = []Flavor{Mastodon, Misskey, Pleroma, GoToSocial, Friendica}
 
 // mode is a way of running instances: on loopback servers or on a memnet network.
 type mode struct {

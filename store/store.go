@@ -176,6 +176,12 @@ type Subscriber struct {
 	// an Accept or Reject arrives (some servers never answer).
 	FollowBackID    string `json:"follow_back_id,omitempty"`
 	FollowBackState State  `json:"follow_back_state,omitempty"`
+	// Software is the subscriber's server software as its NodeInfo names it
+	// (software.name, lower case: "mastodon", "misskey", "gotosocial",
+	// "pleroma", ...), read when it subscribes; "" when unknown. The relay
+	// sends edits, deletions and un-boosts in the form that software
+	// applies. The operator may set it.
+	Software string `json:"software,omitempty"`
 	// Note is free text kept for the operator: private, never sent.
 	Note string `json:"note,omitempty"`
 	// Reason is the public reason of a refusal, sent to the subscriber
@@ -184,10 +190,6 @@ type Subscriber struct {
 	// Mode says which way activities flow for the subscriber (ModeBoth,
 	// the zero value, ModeReceiveOnly or ModeSendOnly).
 	Mode Mode `json:"mode,omitempty"`
-	// Software is the software name the subscriber's server reported in
-	// its NodeInfo when it followed ("mastodon", "gotosocial"), lower
-	// case, or empty when it was not read.
-	Software string `json:"software,omitempty"`
 	// SignatureScheme is how deliveries to the subscriber are signed:
 	// SignatureCavage (or "", the default) or SignatureRFC9421. The relay
 	// sets it to SignatureRFC9421 when it is empty and the subscriber signs

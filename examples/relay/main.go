@@ -97,6 +97,7 @@ func run(args []string) error {
 	name := fs.String("name", "fedirelay", "relay name shown to subscribers")
 	summary := fs.String("summary", "", "relay description")
 	approval := fs.Bool("approval", false, "hold subscription requests for manual approval")
+	relayUnlisted := fs.Bool("relay-unlisted", false, "relay unlisted posts too (as:Public in cc only): a privacy choice, see docs/protocol.md")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	var allowPrivate []netip.Prefix
 	fs.Func("allow-private", "for local testing: let the relay fetch from and deliver to these private or reserved\n"+
@@ -138,6 +139,8 @@ func run(args []string) error {
 		Logger:  logger,
 		Name:    *name,
 		Summary: *summary,
+
+		RelayUnlisted: *relayUnlisted,
 	}
 	if *approval {
 		cfg.FollowPolicy = relay.ManualApproval

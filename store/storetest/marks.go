@@ -74,6 +74,16 @@ func testEnqueueMarks(t *testing.T, newStore factory) {
 		assert.False(t, markSeen(t, s, a, later()))
 	})
 
+	subtest(t, newStore, "CheckOnly", func(t *testing.T, s store.Store) {
+		// A mark whose Until has passed is checked, not kept: the relay
+		// asks whether a mark is live this way.
+		ctx := t.Context()
+		require.True(t, markSeen(t, s, a, later()))
+		assert.Equal(t, []string{a}, seenIDs(t, s.Enqueue(ctx, nil, nil, store.Mark{ID: a})), "a live mark is seen")
+		require.NoError(t, s.Enqueue(ctx, nil, nil, store.Mark{ID: b}), "an absent mark is not")
+		assert.True(t, markSeen(t, s, b, later()), "and it was not kept")
+	})
+
 	subtest(t, newStore, "RepeatedInOneCall", func(t *testing.T, s store.Store) {
 		require.NoError(t, s.Enqueue(t.Context(), nil, nil, store.Mark{ID: a, Until: later()}, store.Mark{ID: a, Until: later()}))
 		assert.False(t, markSeen(t, s, a, later()))

@@ -1,0 +1,106 @@
+package relay
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"strings"
+)
+
+// Subscriber software, as NodeInfo names it (software.name, lower case).
+// The relay chooses the form of edits, deletions and un-boosts by it (see
+// docs/protocol.md, "Which form each server applies").
+const (
+	softwareMastodon   = "mastodon"
+	softwareMisskey    = "misskey"
+	softwareGoToSocial = "gotosocial"
+	softwarePleroma    = "pleroma"
+	softwareAkkoma     = "akkoma"
+	softwareFriendica  = "friendica"
+)
+
+// softwareKind folds forks into the software whose inbox they share:
+// Misskey's forks (Sharkey, Firefish, Iceshrimp, CherryPick, ...) behave as
+// Misskey, Mastodon's (Glitch, Hometown) report "mastodon" already. It
+// returns "" for unknown or empty names.
+func softwareKind(name string) string {
+	switch n := strings.ToLower(strings.TrimSpace(name)); n {
+	case softwareMastodon, softwareGoToSocial, softwarePleroma, softwareAkkoma, softwareFriendica:
+		return n
+	case softwareMisskey, "sharkey", "firefish", "calckey", "foundkey", "iceshrimp", "cherrypick", "meisskey":
+		return softwareMisskey
+	}
+	return ""
+}
+
+// nodeInfoSchemaPrefix starts the rel of NodeInfo 2.x links.
+const nodeInfoSchemaPrefix = "http://nodeinfo.diaspora.software/ns/schema/2."
+
+// maxNodeInfoLinks bounds the links read from /.well-known/nodeinfo.
+const maxNodeInfoLinks = 16
+
+// discoverSoftware returns software.name (lower case) from the NodeInfo
+// of actorID's host: /.well-known/nodeinfo, then the newest NodeInfo 2.x
+// document it links on the same host. Both are fetched through the relay's
+// signed, guarded fetch (the guard refuses private addresses and blocked
+// domains; sizes and redirects are bounded). It returns an error when the
+// host publishes no usable NodeInfo.
+func (r *Relay) discoverSoftware(ctx context.Context, actorID string) (string, error) {
+	actor, err := url.Parse(actorID)
+	if err != nil || actor.Host == "" {
+		return "", fmt.Errorf("relay: nodeinfo: actor %q has no host", actorID)
+	}
+	wellKnown := actor.Scheme + "://" + actor.Host + "/.well-known/nodeinfo"
+	b, err := r.fetch(ctx, wellKnown)
+	if err != nil {
+		return "", err
+	}
+	var links struct {
+		Links []struct {
+			Rel  string `json:"rel"`
+			Href string `json:"href"`
+		} `json:"links"`
+	}
+	if err := json.Unmarshal(b, &links); err != nil {
+		return "", fmt.Errorf("relay: nodeinfo: %s: %w", wellKnown, err)
+	}
+	href, best := "", ""
+	for k, l := range links.Links {
+		if k == maxNodeInfoLinks {
+			break
+		}
+		if v, ok := strings.CutPrefix(l.Rel, nodeInfoSchemaPrefix); ok && v > best && hostOf(l.Href) == strings.ToLower(actor.Host) {
+			href, best = l.Href, v
+		}
+	}
+	if href == "" {
+		return "", fmt.Errorf("relay: nodeinfo: %s links no NodeInfo 2.x document on %s", wellKnown, actor.Host)
+	}
+	b, err = r.fetch(ctx, href)
+	if err != nil {
+		return "", err
+	}
+	var doc struct {
+		Software struct {
+			Name string `json:"name"`
+		} `json:"software"`
+	}
+	if err := json.Unmarshal(b, &doc); err != nil {
+		return "", fmt.Errorf("relay: nodeinfo: %s: %w", href, err)
+	}
+	name := strings.ToLower(strings.TrimSpace(doc.Software.Name))
+	if name == "" || len(name) > 64 {
+		return "", fmt.Errorf("relay: nodeinfo: %s names no software", href)
+	}
+	return name, nil
+}
+
+// learnSoftware returns the software of actorID's server from its
+// NodeInfo (see discoverSoftware), remembered per host by the subscription
+// rules (see followRules.softwareOf, which the rules on software ask
+// first), or "" if it cannot be learnt: then the subscriber gets the forms
+// every server of its protocol applies.
+func (r *Relay) learnSoftware(ctx context.Context, actorID string) string {
+	return r.rules.softwareOf(ctx, actorID)
+}
