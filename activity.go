@@ -33,6 +33,7 @@ type envelope struct {
 	Type      string
 	Actor     string
 	Object    objectRef
+	Target    string // a Move's new account
 	To, Cc    []string
 	Published time.Time
 	// LDSigned reports an embedded Linked Data signature (RsaSignature2017)
@@ -59,23 +60,42 @@ type objectRef struct {
 // errMalformed wraps every parse failure of an incoming activity.
 var errMalformed = errors.New("relay: malformed activity")
 
+// envelopeFields are the top-level fields of an activity the relay reads
+// (see checkMemberNames for how).
+var envelopeFields = []string{"id", "type", "actor", "object", "target", "to", "cc", "attributedTo", "published", "signature", "proof"}
+
+// objectFields are the fields the relay reads of an embedded object.
+var objectFields = []string{"id", "type", "actor", "object", "to", "cc", "attributedTo"}
+
+// idField is the field the relay reads of an embedded actor or address.
+var idField = []string{"id"}
+
 // parseEnvelope decodes the fields the relay needs from an activity
 // document. It accepts addressing as a string or an array, actors and
-// objects as IRIs or embedded objects, and ignores everything else.
+// objects as IRIs or embedded objects, and ignores everything else. Fields
+// are read as receivers read them (see checkMemberNames): an activity that spells
+// one of them twice, or in another case, is malformed.
 func parseEnvelope(body []byte) (*envelope, error) {
+	if err := checkJSONDepth(body, maxJSONDepth); err != nil {
+		return nil, fmt.Errorf("%w: %v", errMalformed, err)
+	}
+	if err := checkMemberNames(body, envelopeFields); err != nil {
+		return nil, fmt.Errorf("%w: %v", errMalformed, err)
+	}
+	// Decoding into a struct matches names ignoring case; with no member
+	// that differs from a field's name only in case, and none twice, it
+	// reads exactly the members receivers read.
 	var raw struct {
 		ID        json.RawMessage `json:"id"`
 		Type      json.RawMessage `json:"type"`
 		Actor     json.RawMessage `json:"actor"`
 		Object    json.RawMessage `json:"object"`
+		Target    json.RawMessage `json:"target"`
 		To        json.RawMessage `json:"to"`
 		Cc        json.RawMessage `json:"cc"`
 		Published json.RawMessage `json:"published"`
 		Signature json.RawMessage `json:"signature"`
 		Proof     json.RawMessage `json:"proof"`
-	}
-	if err := checkJSONDepth(body, maxJSONDepth); err != nil {
-		return nil, fmt.Errorf("%w: %v", errMalformed, err)
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(&raw); err != nil {
@@ -84,8 +104,8 @@ func parseEnvelope(body []byte) (*envelope, error) {
 	if dec.More() {
 		return nil, fmt.Errorf("%w: trailing data after the JSON document", errMalformed)
 	}
-	e := &envelope{}
 	var err error
+	e := &envelope{}
 	if e.ID, err = idOf(raw.ID); err != nil {
 		return nil, fmt.Errorf("%w: id: %v", errMalformed, err)
 	}
@@ -97,6 +117,9 @@ func parseEnvelope(body []byte) (*envelope, error) {
 	}
 	if e.Object, err = parseObject(raw.Object); err != nil {
 		return nil, fmt.Errorf("%w: object: %v", errMalformed, err)
+	}
+	if e.Target, err = idOf(raw.Target); err != nil {
+		return nil, fmt.Errorf("%w: target: %v", errMalformed, err)
 	}
 	if e.To, err = idList(raw.To); err != nil {
 		return nil, fmt.Errorf("%w: to: %v", errMalformed, err)
@@ -124,7 +147,7 @@ func parseEnvelope(body []byte) (*envelope, error) {
 		return nil, fmt.Errorf("%w: no id", errMalformed)
 	}
 	for _, f := range []struct{ name, id string }{
-		{"id", e.ID}, {"actor", e.Actor}, {"object id", e.Object.ID}, {"object actor", e.Object.Actor},
+		{"id", e.ID}, {"actor", e.Actor}, {"object id", e.Object.ID}, {"object actor", e.Object.Actor}, {"target", e.Target},
 		{"object's object", e.Object.Object}, {"object attributedTo", e.Object.AttributedTo},
 	} {
 		if len(f.id) > maxIDLength {
@@ -135,6 +158,97 @@ func parseEnvelope(body []byte) (*envelope, error) {
 		return nil, fmt.Errorf("%w: actor: %v", errMalformed, err)
 	}
 	return e, nil
+}
+
+// checkMemberNames makes sure the relay reads the members names of the
+// JSON object m as ActivityPub receivers read them: by exact,
+// case-sensitive name, as JSON-LD and JavaScript, Ruby and Go map decoding
+// do. encoding/json's struct decoding matches names ignoring case (Unicode
+// simple folding, so "Actor", "ACTOR", "\u0041ctor" all match "actor")
+// and takes the last of duplicates; so checkMemberNames refuses a member
+// whose name equals one of names only when case is ignored, and a named
+// member that appears twice: receivers would disagree on what the object
+// says, and the relay would vouch for one reading while another is
+// delivered. With neither, decoding m into a struct with those names as
+// tags reads exactly the members receivers read.
+//
+// It scans m's top-level member names in one pass without decoding the
+// values (names with escapes are unescaped); m must be an object, and is
+// otherwise validated by the decoding that follows, not here. names holds
+// at most 64 names.
+func checkMemberNames(m []byte, names []string) error {
+	i := 0
+	for i < len(m) && (m[i] == ' ' || m[i] == '\t' || m[i] == '\n' || m[i] == '\r') {
+		i++
+	}
+	if i == len(m) || m[i] != '{' {
+		return errors.New("not a JSON object")
+	}
+	var seen uint64 // bit k: names[k] seen
+	depth, expectName := 0, false
+	for ; i < len(m); i++ {
+		switch c := m[i]; c {
+		case '"':
+			start, escaped := i, false
+			for i++; i < len(m) && m[i] != '"'; i++ {
+				if m[i] == '\\' {
+					escaped = true
+					i++
+				}
+			}
+			if depth != 1 || !expectName || i >= len(m) {
+				continue
+			}
+			expectName = false
+			name := string(m[start+1 : i])
+			if escaped {
+				if json.Unmarshal(m[start:i+1], &name) != nil {
+					return errors.New("bad member name")
+				}
+			}
+			for k, want := range names {
+				if !strings.EqualFold(name, want) {
+					continue
+				}
+				if name != want {
+					return fmt.Errorf("member %q differs from %q only in case", name, want)
+				}
+				if seen&(1<<k) != 0 {
+					return fmt.Errorf("member %q appears twice", want)
+				}
+				seen |= 1 << k
+			}
+		case '{', '[':
+			depth++
+			expectName = depth == 1
+		case '}', ']':
+			depth--
+		case ',':
+			expectName = depth == 1
+		}
+	}
+	return nil
+}
+
+// fieldsOf returns the raw values of the named members of the JSON object
+// m, read as receivers read them (see checkMemberNames: a member named
+// twice or in another case is an error). It is for documents read once,
+// such as fetched actors and keys; the inbox decodes into structs.
+func fieldsOf(m []byte, names ...string) (map[string]json.RawMessage, error) {
+	if err := checkMemberNames(m, names); err != nil {
+		return nil, err
+	}
+	var all map[string]json.RawMessage
+	if err := json.Unmarshal(m, &all); err != nil {
+		return nil, err
+	}
+	out := make(map[string]json.RawMessage, len(names))
+	for _, name := range names {
+		if v, ok := all[name]; ok {
+			out[name] = v
+		}
+	}
+	return out, nil
 }
 
 // maxIDLength is the longest id (of an activity, its actor, its object,
@@ -206,6 +320,9 @@ func idOf(m json.RawMessage) (string, error) {
 		err := json.Unmarshal(m, &s)
 		return s, err
 	case '{':
+		if err := checkMemberNames(m, idField); err != nil {
+			return "", err
+		}
 		var o struct {
 			ID json.RawMessage `json:"id"`
 		}
@@ -284,6 +401,9 @@ func parseObject(m json.RawMessage) (objectRef, error) {
 		id, err := idOf(m)
 		return objectRef{ID: id}, err
 	}
+	if err := checkMemberNames(m, objectFields); err != nil {
+		return objectRef{}, err
+	}
 	var o struct {
 		ID           json.RawMessage `json:"id"`
 		Type         json.RawMessage `json:"type"`
@@ -350,7 +470,8 @@ func hasProof(m json.RawMessage) bool {
 	return false
 }
 
-// checkIRI requires an absolute http(s) URL with a host and no user info.
+// checkIRI requires an absolute http(s) URL with a host that has a
+// canonical form (see canonicalHost) and no user info.
 func checkIRI(s string) error {
 	u, err := url.Parse(s)
 	if err != nil {
@@ -362,16 +483,10 @@ func checkIRI(s string) error {
 	if u.Host == "" || u.User != nil {
 		return fmt.Errorf("%q has no host or has user info", s)
 	}
-	return nil
-}
-
-// hostOf returns the lower-cased host[:port] of an absolute URL, or "".
-func hostOf(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return ""
+	if _, err := canonicalHost(u.Scheme, u.Host); err != nil {
+		return err
 	}
-	return strings.ToLower(u.Host)
+	return nil
 }
 
 // stripFragment returns s without its #fragment.

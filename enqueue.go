@@ -16,7 +16,8 @@ import (
 
 // batch collects payloads and deliveries to enqueue, with the
 // deduplication marks that guard them (see enqueue).
-// One delivery is made per inbox: subscribers sharing an inbox get one copy.
+// One delivery is made per inbox: subscribers sharing an inbox get one copy,
+// however they spell it (see inboxKey).
 type batch struct {
 	r          *Relay
 	payloads   []store.Payload
@@ -27,17 +28,19 @@ type batch struct {
 func newBatch(r *Relay) *batch { return &batch{r: r, seen: map[string]bool{}} }
 
 // add queues p for inbox. The delivery id is derived from the payload and
-// the inbox, so queueing the same thing twice is a no-op in the store.
+// the inbox's deduplication key (inboxKey), so queueing the same thing
+// twice, to any spelling of the inbox, is a no-op in the store.
 func (b *batch) add(p store.Payload, inbox, subscriber, activityType string) {
-	if inbox == "" || b.seen[inbox+" "+p.ID] {
+	key := inboxKey(inbox) // spellings of one inbox get one delivery
+	if inbox == "" || b.seen[key+" "+p.ID] {
 		return
 	}
-	b.seen[inbox+" "+p.ID] = true
+	b.seen[key+" "+p.ID] = true
 	if !b.seen[p.ID] {
 		b.seen[p.ID] = true
 		b.payloads = append(b.payloads, p)
 	}
-	sum := sha256.Sum256([]byte(p.ID + " " + inbox))
+	sum := sha256.Sum256([]byte(p.ID + " " + key))
 	now := b.r.now().UTC()
 	b.deliveries = append(b.deliveries, store.Delivery{
 		ID:           hex.EncodeToString(sum[:16]),

@@ -6,7 +6,6 @@ package relay
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"time"
@@ -28,7 +27,9 @@ type relayable struct {
 
 // filterActivity returns what env is about if env may be relayed:
 // addressed to the public (a LitePub relay actor's Announce needs not be),
-// its embedded object from the actor's origin (relayableObject), a post
+// its object IRI (and a Move's target) one receivers may fetch
+// (guard.checkObjectIRI, else 400), its object from the actor's origin
+// unless it is an Announce (relayableObject), a post
 // no older than Config.MaxActivityAge, not an Announce relayed by another
 // relay (relayedByRelay), and only what its author made public
 // (checkAudience, last, as it may fetch). sender and senders are
@@ -39,6 +40,14 @@ func (r *Relay) filterActivity(ctx context.Context, env *envelope, body []byte, 
 	litePubAnnounce := env.Type == "Announce" && sender.Protocol == store.ProtocolLitePub && sender.ActorID == env.Actor
 	if !env.IsPublic() && !litePubAnnounce {
 		return relayable{}, refuse(http.StatusForbidden, "activity is not addressed to the public")
+	}
+	for _, f := range []struct{ name, iri string }{{"object", env.Object.ID}, {"target", env.Target}} {
+		if f.iri == "" {
+			continue
+		}
+		if err := r.guard.checkObjectIRI(f.iri); err != nil {
+			return relayable{}, refuse(http.StatusBadRequest, "%s: %v", f.name, err)
+		}
 	}
 	objectID, err := relayableObject(env)
 	if err != nil {
@@ -59,18 +68,21 @@ func (r *Relay) filterActivity(ctx context.Context, env *envelope, body []byte, 
 }
 
 // relayableObject returns the id of the object an activity is about, after
-// checking that an embedded object comes from the actor's origin, and that
-// the Announce an un-boost undoes is the Undo actor's own.
+// checking that the object of a Create, Update or Delete (by IRI or
+// embedded, with its attributedTo) comes from the actor's origin (only an
+// Announce may be about another origin's object, and a Delete by IRI of
+// another host's post would make subscribers act on a post its author never
+// deleted), and that the Announce an un-boost undoes is the Undo actor's own.
 func relayableObject(env *envelope) (string, error) {
 	o := env.Object
 	if env.isUndoAnnounce() && o.Actor != env.Actor {
 		return "", refuse(http.StatusForbidden, "undo by %s of an Announce by %s", env.Actor, o.Actor)
 	}
-	if o.Embedded && (env.Type == "Create" || env.Type == "Update" || env.Type == "Delete") {
+	if env.Type == "Create" || env.Type == "Update" || env.Type == "Delete" {
 		if o.ID != "" && !sameOrigin(o.ID, env.Actor) {
 			return "", refuse(http.StatusForbidden, "object %s is not from the actor's origin", o.ID)
 		}
-		if o.AttributedTo != "" && !sameOrigin(o.AttributedTo, env.Actor) {
+		if o.Embedded && o.AttributedTo != "" && !sameOrigin(o.AttributedTo, env.Actor) {
 			return "", refuse(http.StatusForbidden, "object attributed to %s is not from the actor's origin", o.AttributedTo)
 		}
 	}
@@ -138,30 +150,24 @@ func (r *Relay) checkAudience(ctx context.Context, env *envelope, body []byte, l
 // other is an acceptance without effect: the relay never announces what it
 // cannot see.
 func (r *Relay) fetchedAudience(ctx context.Context, objectID string) (visibility, time.Time, error) {
-	b, err := r.fetch(ctx, objectID)
+	d, err := r.fetchByID(ctx, objectID)
 	if err != nil {
 		if transientFetchError(err) {
 			return 0, time.Time{}, refuseRetry(http.StatusServiceUnavailable, time.Minute, "fetching the announced object: %v", err)
 		}
 		return 0, time.Time{}, accepted("announced object cannot be fetched: " + err.Error())
 	}
-	var doc struct {
-		ID        json.RawMessage `json:"id"`
-		To        json.RawMessage `json:"to"`
-		Cc        json.RawMessage `json:"cc"`
-		Published json.RawMessage `json:"published"`
-	}
-	if err := json.Unmarshal(b, &doc); err != nil {
+	// fetchByID checked the id and the origin it was served from; the
+	// addressing is read as receivers read it (case-sensitive, no
+	// duplicates).
+	f, err := fieldsOf(d.body, "to", "cc", "published")
+	if err != nil {
 		return 0, time.Time{}, accepted("announced object " + objectID + " is malformed: " + err.Error())
 	}
-	id, err := idOf(doc.ID)
-	if err != nil || id != objectID {
-		return 0, time.Time{}, accepted(fmt.Sprintf("fetched %s, whose id is %q", objectID, id))
-	}
-	to, errTo := idList(doc.To)
-	cc, errCc := idList(doc.Cc)
+	to, errTo := idList(f["to"])
+	cc, errCc := idList(f["cc"])
 	if errTo != nil || errCc != nil {
 		return 0, time.Time{}, accepted("announced object " + objectID + " has malformed addressing")
 	}
-	return visibilityOf(to, cc), parseTime(doc.Published), nil
+	return visibilityOf(to, cc), parseTime(f["published"]), nil
 }

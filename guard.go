@@ -108,11 +108,55 @@ func (g *guard) checkURL(u *url.URL) error {
 	if host == "" {
 		return fmt.Errorf("%w: %s: URL has no host", ErrOutboundRefused, u.Redacted())
 	}
+	if _, err := canonicalHost(u.Scheme, u.Host); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrOutboundRefused, u.Redacted(), err)
+	}
 	if g.blocked.contains(host) {
 		return fmt.Errorf("%w: %s is on a blocked domain", ErrOutboundRefused, host)
 	}
 	if ip, err := netip.ParseAddr(host); err == nil && !g.allowedAddr(ip) {
 		return fmt.Errorf("%w: %s is a private or reserved address", ErrOutboundRefused, host)
+	}
+	return nil
+}
+
+// internalSuffixes are names that only mean something inside a network:
+// special-use and private-use domains (RFC 6761, RFC 6762, RFC 8375) and
+// the names cloud platforms give their metadata services
+// (metadata.google.internal).
+var internalSuffixes = []string{"localhost", "local", "internal", "home.arpa", "lan", "intranet"}
+
+// checkObjectIRI is the check every object IRI the relay passes on to its
+// subscribers (the object of a relayed activity, which receivers fetch)
+// must pass: an absolute http(s) URL that checkIRI accepts (a canonical
+// host, no user info), no longer than maxIDLength, that the outbound guard
+// would request (https unless Config.AllowHTTP, no blocked domain, no IP
+// literal in a private or reserved range unless Config.AllowPrivate allows
+// it), and whose host is not a single label (resolved through search
+// domains) or an internal name (internalSuffixes). So no javascript: or
+// data: IRI, and no cloud metadata address, is ever announced.
+func (g *guard) checkObjectIRI(s string) error {
+	if len(s) > maxIDLength {
+		return fmt.Errorf("object IRI is %d bytes long, over the %d-byte limit for ids", len(s), maxIDLength)
+	}
+	if err := checkIRI(s); err != nil {
+		return err
+	}
+	u, _ := url.Parse(s) // checkIRI parsed it
+	if err := g.checkURL(u); err != nil {
+		return err
+	}
+	host := strings.TrimSuffix(strings.ToLower(u.Hostname()), ".")
+	if _, err := netip.ParseAddr(host); err == nil {
+		return nil // checked by checkURL
+	}
+	if !strings.Contains(host, ".") {
+		return fmt.Errorf("%q: a host name of one label is not public", s)
+	}
+	for _, suffix := range internalSuffixes {
+		if host == suffix || strings.HasSuffix(host, "."+suffix) {
+			return fmt.Errorf("%q: %s is an internal name", s, host)
+		}
 	}
 	return nil
 }
@@ -201,15 +245,25 @@ func newDomainSet(domains []string) domainSet {
 	return s
 }
 
-// normalizeDomain lower-cases d and drops surrounding space, a leading
-// "*." or ".", a trailing dot and any port.
+// normalizeDomain returns the canonical form (see canonicalHost) of the
+// domain or host d without its port, after dropping surrounding space and
+// a leading "*." or ".": block-list entries and the hosts they are matched
+// against are compared in that form. IPv6 literals lose their brackets. A
+// d with no canonical form is only lower-cased.
 func normalizeDomain(d string) string {
 	d = strings.ToLower(strings.TrimSpace(d))
 	d = strings.TrimPrefix(strings.TrimPrefix(d, "*."), ".")
-	if h, _, err := net.SplitHostPort(d); err == nil {
-		d = h
+	host, _, err := splitHostPort(d)
+	if err != nil {
+		return d
 	}
-	return strings.Trim(strings.TrimSuffix(d, "."), "[]")
+	if ip, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+		return ip.WithZone("").String()
+	}
+	if h, err := canonicalName(host); err == nil {
+		return h
+	}
+	return strings.TrimSuffix(host, ".")
 }
 
 // contains reports whether host (with or without a port) is a blocked

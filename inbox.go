@@ -118,7 +118,8 @@ func (r *Relay) receive(ctx context.Context, w http.ResponseWriter, req *http.Re
 			r.removeIfGone(ctx, env.Actor)
 			return accepted("delete from an actor whose key is gone")
 		}
-		return refuse(http.StatusUnauthorized, "key %s is gone", keyID)
+		r.log.Debug("relay: inbox: key is gone", "keyId", keyID)
+		return refuse(http.StatusUnauthorized, "cannot get key %s", keyID)
 	}
 	if err != nil {
 		return err

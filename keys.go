@@ -41,9 +41,21 @@ const maxRedirects = 3
 
 const acceptActivity = `application/activity+json, application/ld+json; profile="https://www.w3.org/ns/activitystreams"`
 
+// document is a fetched ActivityPub document.
+type document struct {
+	body []byte
+	// url is where the document was served from: the URL asked for, or
+	// the last hop of the redirects followed.
+	url *url.URL
+}
+
 // fetch GETs an ActivityPub document with a signed request, following up to
-// maxRedirects redirects, and returns at most Config.MaxBodyBytes of body.
-func (r *Relay) fetch(ctx context.Context, rawURL string) ([]byte, error) {
+// maxRedirects redirects, and returns at most Config.MaxBodyBytes of body
+// with the URL it was finally served from. It does not check what the
+// document says: fetchTrusted and fetchByID do. A 410 Gone counts as the
+// URL being gone (errGone) only when it comes from the origin of rawURL; a
+// redirect to another origin's 410 is a *FetchError.
+func (r *Relay) fetch(ctx context.Context, rawURL string) (*document, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.RequestTimeout)
 	defer cancel()
 	target := rawURL
@@ -76,7 +88,15 @@ func (r *Relay) fetch(ctx context.Context, rawURL string) ([]byte, error) {
 			target = next.String()
 			continue
 		}
-		return r.readDocument(resp, target)
+		if resp.StatusCode == http.StatusGone && !sameOrigin(rawURL, target) {
+			drain(resp)
+			return nil, &FetchError{URL: target, Status: resp.StatusCode}
+		}
+		body, err := r.readDocument(resp, target)
+		if err != nil {
+			return nil, err
+		}
+		return &document{body: body, url: req.URL}, nil
 	}
 }
 
@@ -105,6 +125,77 @@ func (r *Relay) readDocument(resp *http.Response, target string) ([]byte, error)
 		return nil, fmt.Errorf("relay: fetching %s: %w", target, err)
 	}
 	return body, nil
+}
+
+// Trust in fetched documents.
+//
+// A fetched document is trusted to be the document with a given id only
+// if it carries that id (read as receivers read it: see fieldsOf) and was
+// served from that id's origin, after redirects: an open redirect, or a
+// file uploaded to one host, cannot make the relay take a stranger's
+// document for an actor or key of another host (the class of Mastodon's
+// CVE-2024-23832). Every document the relay fetches (keys and actors; it
+// fetches no other objects and no NodeInfo) goes through fetchTrusted or
+// fetchByID, and nothing else decides trust.
+
+// fetchTrusted fetches rawURL and returns the document with the id it is
+// trusted for: its own id, if it was served from that id's origin;
+// otherwise the document is fetched again by its own id (once), and that
+// document, which must carry the same id and be served from its origin,
+// is returned instead. A document without an id is an error.
+func (r *Relay) fetchTrusted(ctx context.Context, rawURL string) (*document, string, error) {
+	d, err := r.fetch(ctx, rawURL)
+	if err != nil {
+		return nil, "", err
+	}
+	id, err := documentID(d.body)
+	if err != nil {
+		return nil, "", fmt.Errorf("relay: document at %s: %w", rawURL, err)
+	}
+	if sameOrigin(id, d.url.String()) {
+		return d, id, nil
+	}
+	if d, err = r.fetchByID(ctx, id); err != nil {
+		return nil, "", err
+	}
+	return d, id, nil
+}
+
+// fetchByID fetches the document with the given id and returns it if it is
+// trusted for that id: it carries that id and was served from the id's
+// origin.
+func (r *Relay) fetchByID(ctx context.Context, id string) (*document, error) {
+	d, err := r.fetch(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	got, err := documentID(d.body)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("relay: document at %s: %w", id, err)
+	case got != id:
+		return nil, fmt.Errorf("relay: document at %s has id %q", id, got)
+	case !sameOrigin(id, d.url.String()):
+		return nil, fmt.Errorf("relay: document %s was served from another origin (%s)", id, originOf(d.url.String()))
+	}
+	return d, nil
+}
+
+// documentID returns the id of a fetched document, read as receivers read
+// it; the id must be an http(s) URL.
+func documentID(body []byte) (string, error) {
+	f, err := fieldsOf(body, "id")
+	if err != nil {
+		return "", err
+	}
+	var id string
+	if err := json.Unmarshal(f["id"], &id); err != nil || id == "" {
+		return "", errors.New("no id")
+	}
+	if err := checkIRI(id); err != nil {
+		return "", fmt.Errorf("id: %w", err)
+	}
+	return id, nil
 }
 
 // isDocumentType reports a Content-Type an ActivityPub document may be
@@ -137,6 +228,30 @@ func (a *remoteActor) DeliveryInbox() string {
 		return a.SharedInbox
 	}
 	return a.Inbox
+}
+
+// foreignInbox returns the actor's inbox or shared inbox that is not on
+// the actor's origin (scheme and canonical host), or "" if both are (or
+// are absent). The relay never sends anything to such an inbox: it would
+// let anyone make the relay post to any URL on any host.
+func (a *remoteActor) foreignInbox() string {
+	for _, in := range []string{a.Inbox, a.SharedInbox} {
+		if in != "" && !sameOrigin(in, a.ID) {
+			return in
+		}
+	}
+	return ""
+}
+
+// ownInbox returns the actor's inbox if it is on the actor's origin, else
+// its shared inbox if that is, else "": where a Reject may go.
+func (a *remoteActor) ownInbox() string {
+	for _, in := range []string{a.Inbox, a.SharedInbox} {
+		if in != "" && sameOrigin(in, a.ID) {
+			return in
+		}
+	}
+	return ""
 }
 
 // remoteKey is a verified binding of a key id to its owner.
@@ -199,6 +314,40 @@ func (d *keyDocument) keys() []publicKeyEntry {
 		list = append(list, one)
 	}
 	return list
+}
+
+// parseKeyDocument decodes an actor or key document, reading its members
+// as receivers do (see fieldsOf): the document, its publicKey entries and
+// its endpoints may not spell a member the relay reads twice or in
+// another case.
+func parseKeyDocument(body []byte) (*keyDocument, error) {
+	f, err := fieldsOf(body, "id", "type", "owner", "publicKeyPem", "publicKey", "inbox", "endpoints")
+	if err != nil {
+		return nil, err
+	}
+	if pk := f["publicKey"]; len(pk) > 0 {
+		entries := []json.RawMessage{pk}
+		if pk[0] == '[' {
+			_ = json.Unmarshal(pk, &entries)
+		}
+		for _, e := range entries {
+			if len(e) > 0 && e[0] == '{' {
+				if _, err := fieldsOf(e, "id", "owner", "publicKeyPem"); err != nil {
+					return nil, fmt.Errorf("publicKey: %w", err)
+				}
+			}
+		}
+	}
+	if ep := f["endpoints"]; len(ep) > 0 && ep[0] == '{' {
+		if _, err := fieldsOf(ep, "sharedInbox"); err != nil {
+			return nil, fmt.Errorf("endpoints: %w", err)
+		}
+	}
+	var doc keyDocument
+	if err := json.Unmarshal(body, &doc); err != nil {
+		return nil, err
+	}
+	return &doc, nil
 }
 
 func (d *keyDocument) actor() *remoteActor {
@@ -432,6 +581,33 @@ func (r *Relay) hostHasSubscriber(ctx context.Context, host string) bool {
 	return false
 }
 
+// signatureFailuresSpent reports whether host (a canonical keyId host) has
+// spent its budget of failed signature verifications
+// (Config.SignatureFailureLimit; hosts with an accepted or dormant
+// subscriber have their own, larger buckets), and if so when it will have
+// a token again. It looks at the store only when the host's bucket for
+// hosts without a subscriber is empty.
+func (r *Relay) signatureFailuresSpent(ctx context.Context, host string) (bool, time.Duration) {
+	now := r.now()
+	if empty, after := r.sigFailS.empty(host, now); empty {
+		return true, after
+	}
+	if empty, after := r.sigFail.empty(host, now); empty && !r.hostHasSubscriber(ctx, host) {
+		return true, after
+	}
+	return false, 0
+}
+
+// countSignatureFailure takes a token from host's budget of failed
+// signature verifications.
+func (r *Relay) countSignatureFailure(ctx context.Context, host string) {
+	lim := r.sigFail
+	if r.hostHasSubscriber(ctx, host) {
+		lim = r.sigFailS
+	}
+	lim.allow(host, r.now())
+}
+
 // subscribedHosts returns the hosts with an accepted (or dormant)
 // subscriber. A store error gives none.
 func (r *Relay) subscribedHosts() map[string]bool {
@@ -569,21 +745,29 @@ func boolCompare(a, b bool) int {
 
 // resolveKey fetches keyID and binds it to its owner both ways: the key
 // document names the owner, and the owner's actor document lists the key
-// (as Mastodon checks). The fetched document is trusted as the owner's
-// actor document only if its id is the URL fetched (keyID without its
-// fragment); otherwise the owner is fetched by its id. It accepts keys embedded in the actor document
-// (keyId = actor#main-key), GoToSocial's key stubs (keyId = actor/main-key,
-// a document whose publicKey.id is the keyId) and bare Key documents.
+// (as Mastodon checks). The key's document must be trusted (see
+// fetchTrusted) for an id on keyID's origin, and the owner must be on
+// keyID's host. That document is taken as the owner's actor document only
+// if it is trusted for the URL fetched (keyID without its fragment) and is
+// the owner; otherwise the owner is fetched by its id (fetchByID). It
+// accepts keys embedded in the actor document (keyId = actor#main-key),
+// GoToSocial's key stubs (keyId = actor/main-key, a document whose
+// publicKey.id is the keyId) and bare Key documents. The key itself must
+// be within httpsig.ParsePublicKeyPEM's bounds (RSA keys of at most
+// httpsig.MaxRSABits), checked before the key is cached or used.
 func (r *Relay) resolveKey(ctx context.Context, keyID string) (*remoteKey, error) {
 	if err := checkIRI(keyID); err != nil {
 		return nil, fmt.Errorf("relay: keyId: %w", err)
 	}
-	body, err := r.fetch(ctx, stripFragment(keyID))
+	d, docID, err := r.fetchTrusted(ctx, stripFragment(keyID))
 	if err != nil {
 		return nil, err
 	}
-	var doc keyDocument
-	if err := json.Unmarshal(body, &doc); err != nil {
+	if !sameOrigin(docID, keyID) {
+		return nil, fmt.Errorf("relay: key document %s is %s, of another origin", stripFragment(keyID), docID)
+	}
+	doc, err := parseKeyDocument(d.body)
+	if err != nil {
 		return nil, fmt.Errorf("relay: key document %s: %w", keyID, err)
 	}
 	var entry publicKeyEntry
@@ -602,19 +786,19 @@ func (r *Relay) resolveKey(ctx context.Context, keyID string) (*remoteKey, error
 	if entry.Owner == "" {
 		entry.Owner = doc.ID
 	}
-	if hostOf(entry.Owner) != hostOf(keyID) {
-		return nil, fmt.Errorf("relay: key %s claims an owner on another host: %s", keyID, entry.Owner)
+	if !sameOrigin(entry.Owner, keyID) {
+		return nil, fmt.Errorf("relay: key %s claims an owner of another origin: %s", keyID, entry.Owner)
 	}
-	pub, err := httpsig.ParsePublicKeyPEM(entry.PublicKeyPem)
+	pub, err := httpsig.ParsePublicKeyPEM(entry.PublicKeyPem) // bounds RSA keys
 	if err != nil {
 		return nil, fmt.Errorf("relay: key %s: %w", keyID, err)
 	}
 	owner := doc.actor()
-	if doc.ID != stripFragment(keyID) || doc.ID != entry.Owner || owner.Inbox == "" {
-		// The key lives apart from its owner, or the document claims to be
-		// another URL than the one fetched (an uploaded file claiming to be
-		// an actor): fetch the owner, whose document must have the id it
-		// was fetched by, and check that it lists this key.
+	if docID != stripFragment(keyID) || docID != entry.Owner || owner.Inbox == "" {
+		// The key lives apart from its owner, or the document is another
+		// one than the URL fetched (an uploaded file claiming to be an
+		// actor): fetch the owner, which must be trusted for its id, and
+		// check that it lists this key.
 		if owner, err = r.fetchOwner(ctx, entry.Owner, keyID); err != nil {
 			return nil, err
 		}
@@ -622,17 +806,16 @@ func (r *Relay) resolveKey(ctx context.Context, keyID string) (*remoteKey, error
 	return &remoteKey{ID: keyID, Owner: owner, Key: pub, expires: r.now().Add(r.cfg.KeyCacheTTL)}, nil
 }
 
+// fetchOwner fetches the actor ownerID (fetchByID) and checks that it
+// lists keyID.
 func (r *Relay) fetchOwner(ctx context.Context, ownerID, keyID string) (*remoteActor, error) {
-	body, err := r.fetch(ctx, ownerID)
+	d, err := r.fetchByID(ctx, ownerID)
 	if err != nil {
 		return nil, err
 	}
-	var doc keyDocument
-	if err := json.Unmarshal(body, &doc); err != nil {
+	doc, err := parseKeyDocument(d.body)
+	if err != nil {
 		return nil, fmt.Errorf("relay: actor %s: %w", ownerID, err)
-	}
-	if doc.ID != ownerID {
-		return nil, fmt.Errorf("relay: actor document %s has id %q", ownerID, doc.ID)
 	}
 	for _, k := range doc.keys() {
 		if k.ID == keyID {
@@ -640,11 +823,4 @@ func (r *Relay) fetchOwner(ctx context.Context, ownerID, keyID string) (*remoteA
 		}
 	}
 	return nil, fmt.Errorf("relay: actor %s does not list key %s", ownerID, keyID)
-}
-
-// sameOrigin reports whether two URLs share scheme and host.
-func sameOrigin(a, b string) bool {
-	ua, err1 := url.Parse(a)
-	ub, err2 := url.Parse(b)
-	return err1 == nil && err2 == nil && ua.Scheme == ub.Scheme && strings.EqualFold(ua.Host, ub.Host)
 }

@@ -68,6 +68,26 @@ func (l *limiter) allow(key string, now time.Time) (bool, time.Duration) {
 	return false, wait
 }
 
+// empty reports whether key's bucket has no token left, without taking
+// one, and if so how long until it will have one: for limits that count
+// failures, checked before the work that may fail.
+func (l *limiter) empty(key string, now time.Time) (bool, time.Duration) {
+	if l == nil {
+		return false, 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b, ok := l.buckets[key]
+	if !ok {
+		return false, 0
+	}
+	b.refill(now, l.rate, l.burst)
+	if b.tokens >= 1 {
+		return false, 0
+	}
+	return true, time.Duration(math.Ceil((1 - b.tokens) / l.rate * float64(time.Second)))
+}
+
 // refund gives back a token taken by allow, for an event that turned out
 // not to count (a key fetch that succeeded). The bucket never holds more
 // than its burst.

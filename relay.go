@@ -274,6 +274,19 @@ type Config struct {
 	// Default 50 per second, bursts of 500.
 	InboxLimit RateLimit
 
+	// SignatureFailureLimit limits the signatures that fail to verify per
+	// keyId host. Each failure takes a token; while the host's bucket is
+	// empty, its requests get 429 with Retry-After before any signature is
+	// verified, so that forged requests (with an 8,192-bit key, a
+	// verification costs a few milliseconds) cannot keep the relay busy
+	// verifying.
+	// Hosts with an accepted (or dormant) subscriber have their own
+	// buckets, ten times as large (rate and burst), and forged requests
+	// naming their keys delay, but do not lose, their activities (senders
+	// retry after 429). Default 10 per second, bursts of 100; a negative
+	// Rate disables it.
+	SignatureFailureLimit RateLimit
+
 	// MaxActivityAge is how old a Create or Announce may be, by its
 	// published time, to be relayed. Older ones are accepted (202) and
 	// dropped, so that replays of old posts are not amplified and their
@@ -308,6 +321,7 @@ var (
 	defaultKeyFetchLimit      = RateLimit{Rate: 5, Burst: 50}
 	defaultKeyFetchTotalLimit = RateLimit{Rate: 20, Burst: 200}
 	defaultInboxLimit         = RateLimit{Rate: 50, Burst: 500}
+	defaultSignatureFailures  = RateLimit{Rate: 10, Burst: 100}
 )
 
 const (
@@ -346,6 +360,8 @@ type Relay struct {
 	keyAll   *limiter // all key fetches per keyId host without a subscriber
 	keySub   *limiter // all key fetches per keyId host with a subscriber
 	inLimit  *limiter // authenticated inbox requests per signer host
+	sigFail  *limiter // failed signature verifications per keyId host without a subscriber
+	sigFailS *limiter // failed signature verifications per keyId host with a subscriber
 	handler  http.Handler
 	queue    *deliveryQueue
 	closed   chan struct{}
@@ -400,6 +416,8 @@ func New(cfg Config) (*Relay, error) {
 	r.keyAll = newLimiter(cfg.KeyFetchTotalLimit)
 	r.keySub = newLimiter(RateLimit{Rate: 10 * cfg.KeyFetchTotalLimit.Rate, Burst: 10 * max(cfg.KeyFetchTotalLimit.Burst, 1)})
 	r.inLimit = newLimiter(cfg.InboxLimit)
+	r.sigFail = newLimiter(cfg.SignatureFailureLimit)
+	r.sigFailS = newLimiter(RateLimit{Rate: 10 * cfg.SignatureFailureLimit.Rate, Burst: 10 * max(cfg.SignatureFailureLimit.Burst, 1)})
 	r.actorID = base.String() + "/actor"
 	r.inboxURL = base.String() + "/inbox"
 	r.keyID = r.actorID + "#main-key"
@@ -500,6 +518,9 @@ func setDefaults(cfg *Config, base *url.URL) {
 	}
 	if cfg.InboxLimit == (RateLimit{}) {
 		cfg.InboxLimit = defaultInboxLimit
+	}
+	if cfg.SignatureFailureLimit == (RateLimit{}) {
+		cfg.SignatureFailureLimit = defaultSignatureFailures
 	}
 	if cfg.MaxActivityAge <= 0 {
 		cfg.MaxActivityAge = defaultMaxActivityAge

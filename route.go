@@ -98,7 +98,10 @@ func (r *Relay) fanOutBatch(env *envelope, body []byte, rel relayable, senderHos
 	b := newBatch(r)
 	for i := range subs {
 		s := &subs[i]
-		if s.Host == senderHost || !s.Receives() { // send-only subscribers get nothing
+		if s.Host == senderHost || !sameOrigin(s.DeliveryInbox(), s.ActorID) || !s.Receives() {
+			// Nothing goes back to the sender's host, nor to an inbox off
+			// the subscriber's origin (a subscription stored before
+			// handleFollow refused those), nor to a send-only subscriber.
 			continue
 		}
 		switch formFor(s, env, wrapUnsigned) {

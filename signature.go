@@ -30,13 +30,24 @@ func (r *Relay) verifyOptions() httpsig.VerifyOptions {
 // waits at most Config.KeyFetchTimeout for keys. It returns an error
 // wrapping errGone when the key's document is gone, and an *inboxError
 // otherwise.
+//
+// A request whose signature does not verify takes a token from the keyId
+// host's budget of failures (Config.SignatureFailureLimit); while it is
+// spent, the host's requests get 429 before any verification. Each key is
+// tried with at most maxVerificationsPerKey signing strings (or signature
+// bases), and at most two keys are tried: the cached one and, at most
+// once per keyRefetchInterval, a fresh copy.
 func (r *Relay) authenticate(ctx context.Context, req *http.Request, sig inboundSignature) (*remoteKey, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.KeyFetchTimeout)
 	defer cancel()
 	keyID := sig.keyID()
+	host := hostOf(keyID)
+	if spent, after := r.signatureFailuresSpent(ctx, host); spent {
+		return nil, refuseRetry(http.StatusTooManyRequests, after, "too many signatures of %s did not verify", host)
+	}
 	key, err := r.keys.get(ctx, keyID, nil)
 	if err != nil {
-		return nil, keyError("cannot get key "+keyID, err)
+		return nil, r.keyError(keyID, err)
 	}
 	verr := sig.verify(req, key.Key)
 	if verr == nil {
@@ -46,11 +57,13 @@ func (r *Relay) authenticate(ctx context.Context, req *http.Request, sig inbound
 	fresh, err := r.keys.get(ctx, keyID, key)
 	switch {
 	case errors.Is(err, errRefetchTooSoon):
+		r.countSignatureFailure(ctx, host)
 		return nil, refuse(http.StatusUnauthorized, "%v", verr)
 	case err != nil:
-		return nil, keyError("cannot refresh key "+keyID, err)
+		return nil, r.keyError(keyID, err)
 	}
 	if err := sig.verify(req, fresh.Key); err != nil {
+		r.countSignatureFailure(ctx, host)
 		return nil, refuse(http.StatusUnauthorized, "%v", err)
 	}
 	fresh.markVerified()
@@ -60,21 +73,25 @@ func (r *Relay) authenticate(ctx context.Context, req *http.Request, sig inbound
 // keyError maps a key lookup failure to the inbox's answer: 429 when the
 // keyId host's fetch budget is spent, 503 when the key server did not
 // answer in time or too many keys are being fetched (the sender should
-// retry), 401 otherwise.
-func keyError(what string, err error) error {
+// retry), 401 otherwise. A 401 says only that the key could not be got:
+// the sender chose the keyId, and the status, content type or connection
+// error of the URL would make the relay a prober of any URL. The details
+// are logged at debug level.
+func (r *Relay) keyError(keyID string, err error) error {
 	var rl *rateLimitedError
 	var ne net.Error
 	switch {
 	case errors.Is(err, errGone):
 		return err
 	case errors.As(err, &rl):
-		return refuseRetry(http.StatusTooManyRequests, rl.after, "%s: %v", what, err)
+		return refuseRetry(http.StatusTooManyRequests, rl.after, "cannot get key %s: %v", keyID, err)
 	case errors.Is(err, errKeyFetchesBusy):
-		return refuseRetry(http.StatusServiceUnavailable, keyBusyRetryAfter, "%s: %v", what, err)
+		return refuseRetry(http.StatusServiceUnavailable, keyBusyRetryAfter, "cannot get key %s: %v", keyID, err)
 	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
-		return refuseRetry(http.StatusServiceUnavailable, keyRetryAfter, "%s: timed out", what)
+		return refuseRetry(http.StatusServiceUnavailable, keyRetryAfter, "cannot get key %s: timed out", keyID)
 	}
-	return refuse(http.StatusUnauthorized, "%s: %v", what, err)
+	r.log.Debug("relay: inbox: cannot get key", "keyId", keyID, "err", err)
+	return refuse(http.StatusUnauthorized, "cannot get key %s", keyID)
 }
 
 // keyBusyRetryAfter is the Retry-After sent when the key fetches in flight
@@ -152,13 +169,52 @@ func (s cavageSignature) check(req *http.Request, body []byte, opts httpsig.Veri
 }
 
 func (s cavageSignature) verify(req *http.Request, pub crypto.PublicKey) error {
-	err := s.p.Verify(req, pub)
-	if err != nil && s.publicHost != "" && slices.Contains(s.p.Headers, "host") {
-		if s.p.VerifyHost(req, pub, s.publicHost) == nil {
+	msgs, err := s.candidates(req)
+	if err != nil {
+		return err
+	}
+	for _, msg := range msgs {
+		if err = s.p.VerifyString(msg, pub); err == nil {
 			return nil
 		}
 	}
 	return err
+}
+
+// maxVerificationsPerKey bounds the signing strings (or signature bases) a
+// request's signature is verified against with one key: the request as
+// received and one fallback. A verification with an 8,192-bit RSA key
+// costs a few milliseconds, and every fallback multiplies that for forged
+// requests.
+const maxVerificationsPerKey = 2
+
+// candidates returns the distinct signing strings the signature is
+// verified against, in order, at most maxVerificationsPerKey: the request
+// as received; then, when a reverse proxy rewrote Host and host is signed,
+// the request with BaseURL's host; otherwise the request target without
+// its query string (GoToSocial and Pleroma sign it so). Identical strings
+// count once. A signing string that cannot be built is an error.
+func (s cavageSignature) candidates(req *http.Request) ([]string, error) {
+	first, err := s.p.SigningString(req, true)
+	if err != nil {
+		return nil, err
+	}
+	out := []string{first}
+	add := func(r *http.Request, withQuery bool) {
+		if len(out) == maxVerificationsPerKey {
+			return
+		}
+		if msg, err := s.p.SigningString(r, withQuery); err == nil && !slices.Contains(out, msg) {
+			out = append(out, msg)
+		}
+	}
+	if s.publicHost != "" && slices.Contains(s.p.Headers, "host") {
+		alt := *req
+		alt.Host = s.publicHost
+		add(&alt, true)
+	}
+	add(req, false)
+	return out, nil
 }
 
 // messageSignature checks and verifies against req, the request with an

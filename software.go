@@ -52,9 +52,12 @@ func (r *Relay) discoverSoftware(ctx context.Context, actorID string) (string, e
 		return "", fmt.Errorf("relay: nodeinfo: actor %q has no host", actorID)
 	}
 	wellKnown := actor.Scheme + "://" + actor.Host + "/.well-known/nodeinfo"
-	b, err := r.fetch(ctx, wellKnown)
+	d, err := r.fetch(ctx, wellKnown)
 	if err != nil {
 		return "", err
+	}
+	if !sameOrigin(d.url.String(), wellKnown) {
+		return "", fmt.Errorf("relay: nodeinfo: %s was served from another origin (%s)", wellKnown, originOf(d.url.String()))
 	}
 	var links struct {
 		Links []struct {
@@ -62,7 +65,7 @@ func (r *Relay) discoverSoftware(ctx context.Context, actorID string) (string, e
 			Href string `json:"href"`
 		} `json:"links"`
 	}
-	if err := json.Unmarshal(b, &links); err != nil {
+	if err := json.Unmarshal(d.body, &links); err != nil {
 		return "", fmt.Errorf("relay: nodeinfo: %s: %w", wellKnown, err)
 	}
 	href, best := "", ""
@@ -70,23 +73,25 @@ func (r *Relay) discoverSoftware(ctx context.Context, actorID string) (string, e
 		if k == maxNodeInfoLinks {
 			break
 		}
-		if v, ok := strings.CutPrefix(l.Rel, nodeInfoSchemaPrefix); ok && v > best && hostOf(l.Href) == strings.ToLower(actor.Host) {
+		if v, ok := strings.CutPrefix(l.Rel, nodeInfoSchemaPrefix); ok && v > best && sameOrigin(l.Href, actorID) {
 			href, best = l.Href, v
 		}
 	}
 	if href == "" {
 		return "", fmt.Errorf("relay: nodeinfo: %s links no NodeInfo 2.x document on %s", wellKnown, actor.Host)
 	}
-	b, err = r.fetch(ctx, href)
-	if err != nil {
+	if d, err = r.fetch(ctx, href); err != nil {
 		return "", err
+	}
+	if !sameOrigin(d.url.String(), href) {
+		return "", fmt.Errorf("relay: nodeinfo: %s was served from another origin (%s)", href, originOf(d.url.String()))
 	}
 	var doc struct {
 		Software struct {
 			Name string `json:"name"`
 		} `json:"software"`
 	}
-	if err := json.Unmarshal(b, &doc); err != nil {
+	if err := json.Unmarshal(d.body, &doc); err != nil {
 		return "", fmt.Errorf("relay: nodeinfo: %s: %w", href, err)
 	}
 	name := strings.ToLower(strings.TrimSpace(doc.Software.Name))

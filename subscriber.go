@@ -33,6 +33,12 @@ func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteA
 	if signer.Inbox == "" {
 		return refuse(http.StatusBadRequest, "actor %s has no inbox", env.Actor)
 	}
+	if foreign := signer.foreignInbox(); foreign != "" {
+		if err := r.rejectForeignInbox(ctx, env, signer, proto); err != nil {
+			return err
+		}
+		return refuse(http.StatusForbidden, "inbox %s is not on the actor's origin", foreign)
+	}
 	existing, err := r.store.GetSubscriber(ctx, env.Actor)
 	found := err == nil
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -123,6 +129,30 @@ func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteA
 		r.log.Info("relay: subscription request awaits approval", "actor", s.ActorID, "software", s.Software, "host", s.Host)
 	}
 	return r.sendDecision(ctx, &s, followBack)
+}
+
+// rejectForeignInbox answers the Follow env of an actor whose inbox or
+// shared inbox is not on its origin (see remoteActor.foreignInbox): the
+// relay sends nothing off the actor's origin, not even a Reject, or it
+// would post to any URL anyone names. A Reject goes to the actor's inbox
+// (or shared inbox) that is on its origin, if it has one. Nothing is
+// stored: a later Follow, with its inboxes fixed, is decided afresh.
+func (r *Relay) rejectForeignInbox(ctx context.Context, env *envelope, signer *remoteActor, proto store.Protocol) error {
+	own := signer.ownInbox()
+	if own == "" {
+		return nil
+	}
+	followed := r.actorID
+	if proto == store.ProtocolMastodon {
+		followed = PublicCollection
+	}
+	reply, _, err := r.followReply(vocab.RejectType, env.ID, env.Actor, followed, "its inbox is not on its own server")
+	if err != nil {
+		return err
+	}
+	b := newBatch(r)
+	b.add(store.Payload{ID: payloadID(reply), Body: reply}, own, "", string(vocab.RejectType))
+	return b.enqueue(ctx)
 }
 
 // errFollowBlocked aborts storing a Follow from a domain blocked meanwhile.
@@ -275,7 +305,8 @@ func (q *deliveryQueue) checkActor(d store.Delivery) {
 }
 
 // removeIfGone fetches the actor of a subscriber and ends the subscription
-// if the fetch answers 410 Gone. It reports whether it did.
+// if the fetch answers 410 Gone from the actor's origin (see fetch). It
+// reports whether it did.
 func (r *Relay) removeIfGone(ctx context.Context, actorID string) bool {
 	if _, err := r.store.GetSubscriber(ctx, actorID); err != nil {
 		return false

@@ -2,6 +2,7 @@ package httpsig
 
 import (
 	"crypto"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -18,12 +19,22 @@ import (
 // RFC 9421 HTTP Message Signatures, the profile Mastodon 4.5 accepts
 // (see docs/protocol.md): one signature; keyid and created required; @method
 // and @target-uri covered, and content-digest (RFC 9530) on requests with a
-// body; algorithm rsa-v1_5-sha256 only; the same time window as
-// draft-cavage signatures.
+// body; the same time window as draft-cavage signatures. Algorithms:
+// rsa-v1_5-sha256 (what the fediverse uses, and what this package signs
+// with; also assumed when alg is absent and the key is RSA),
+// rsa-pss-sha512 with an RSA key and ed25519 with an Ed25519 key.
 
-// AlgRSAv15SHA256 is the RFC 9421 algorithm name of RSASSA-PKCS1-v1_5 with
-// SHA-256: the only algorithm this package accepts and the one it signs with.
-const AlgRSAv15SHA256 = "rsa-v1_5-sha256"
+// RFC 9421 algorithm names (RFC 9421 §3.3).
+const (
+	// AlgRSAv15SHA256 is RSASSA-PKCS1-v1_5 with SHA-256: the algorithm
+	// this package signs with.
+	AlgRSAv15SHA256 = "rsa-v1_5-sha256"
+	// AlgRSAPSSSHA512 is RSASSA-PSS with SHA-512, MGF1 with SHA-512 and a
+	// 64-byte salt.
+	AlgRSAPSSSHA512 = "rsa-pss-sha512"
+	// AlgEd25519 is Ed25519 (RFC 8032).
+	AlgEd25519 = "ed25519"
+)
 
 // MessageSignature is a parsed RFC 9421 signature: one member of the
 // Signature-Input and Signature dictionaries. Its methods do not modify it
@@ -274,7 +285,8 @@ func componentValue(r *http.Request, c string) (string, error) {
 
 // Check performs every verification step that needs no key:
 //
-//   - the algorithm is absent or rsa-v1_5-sha256;
+//   - the algorithm is absent, rsa-v1_5-sha256, rsa-pss-sha512 or ed25519
+//     (Verify checks that it matches the key);
 //   - @method and @target-uri are covered, and content-digest is covered
 //     when the request has a body (len(body) > 0 or the method is POST,
 //     PUT or PATCH);
@@ -286,8 +298,10 @@ func componentValue(r *http.Request, c string) (string, error) {
 //
 // body is the raw request body. Every failure wraps ErrBadSignature.
 func (m *MessageSignature) Check(r *http.Request, body []byte, opts VerifyOptions) error {
-	if m.Alg != "" && m.Alg != AlgRSAv15SHA256 {
-		return errSig("unsupported algorithm %q (only %s)", m.Alg, AlgRSAv15SHA256)
+	switch m.Alg {
+	case "", AlgRSAv15SHA256, AlgRSAPSSSHA512, AlgEd25519:
+	default:
+		return errSig("unsupported algorithm %q (only %s, %s or %s)", m.Alg, AlgRSAv15SHA256, AlgRSAPSSSHA512, AlgEd25519)
 	}
 	for _, c := range []string{"@method", "@target-uri"} {
 		if !slices.Contains(m.Components, c) {
@@ -368,23 +382,49 @@ func checkContentDigest(h http.Header, body []byte) error {
 	return nil
 }
 
-// Verify checks the signature over r's signature base with pub, which must
-// be an *rsa.PublicKey (RSASSA-PKCS1-v1_5 with SHA-256). Verify does not run
-// Check; call Check first. Every failure wraps ErrBadSignature.
+// Verify checks the signature over r's signature base with pub: an
+// *rsa.PublicKey with alg rsa-v1_5-sha256 (or no alg) or rsa-pss-sha512,
+// or an ed25519.PublicKey with alg ed25519 (or no alg). An alg that does
+// not match the key is refused before anything is computed. Verify does
+// not run Check (nor bound the key's size: callers do, for remote keys);
+// call Check first. Every failure wraps ErrBadSignature.
 func (m *MessageSignature) Verify(r *http.Request, pub crypto.PublicKey) error {
-	k, ok := pub.(*rsa.PublicKey)
-	if !ok || k == nil || k.N == nil {
-		return errSig("RFC 9421 signatures need an RSA key, not %T", pub)
-	}
-	if m.Alg != "" && m.Alg != AlgRSAv15SHA256 {
-		return errSig("unsupported algorithm %q", m.Alg)
+	switch k := pub.(type) {
+	case *rsa.PublicKey:
+		if k == nil || k.N == nil {
+			return errSig("nil RSA key")
+		}
+		if m.Alg != "" && m.Alg != AlgRSAv15SHA256 && m.Alg != AlgRSAPSSSHA512 {
+			return errSig("algorithm %q does not match an RSA key", m.Alg)
+		}
+	case ed25519.PublicKey:
+		if len(k) != ed25519.PublicKeySize {
+			return errSig("bad Ed25519 key length %d", len(k))
+		}
+		if m.Alg != "" && m.Alg != AlgEd25519 {
+			return errSig("algorithm %q does not match an Ed25519 key", m.Alg)
+		}
+	default:
+		return errSig("unsupported key type %T", pub)
 	}
 	base, err := m.SignatureBase(r)
 	if err != nil {
 		return err
 	}
-	sum := sha256.Sum256([]byte(base))
-	if rsa.VerifyPKCS1v15(k, crypto.SHA256, sum[:], m.Signature) != nil {
+	var ok bool
+	switch k := pub.(type) {
+	case ed25519.PublicKey:
+		ok = ed25519.Verify(k, []byte(base), m.Signature)
+	case *rsa.PublicKey:
+		if m.Alg == AlgRSAPSSSHA512 {
+			sum := sha512.Sum512([]byte(base))
+			ok = rsa.VerifyPSS(k, crypto.SHA512, sum[:], m.Signature, &rsa.PSSOptions{SaltLength: 64, Hash: crypto.SHA512}) == nil
+		} else {
+			sum := sha256.Sum256([]byte(base))
+			ok = rsa.VerifyPKCS1v15(k, crypto.SHA256, sum[:], m.Signature) == nil
+		}
+	}
+	if !ok {
 		return errSig("signature does not match")
 	}
 	return nil

@@ -52,11 +52,63 @@ func TestRFC9421AppendixB26(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, ed25519.Verify(pub, []byte(base), m.Signature), "the RFC's signature verifies over our base")
 
-	// The relay verifies RSA only.
-	assert.ErrorIs(t, m.Verify(r, ed25519.PublicKey(pub)), httpsig.ErrBadSignature)
+	// The verifier agrees, with the Ed25519 key only.
+	assert.NoError(t, m.Verify(r, ed25519.PublicKey(pub)))
+	assert.ErrorIs(t, m.Verify(r, &testKeys()[0].PublicKey), httpsig.ErrBadSignature, "an RSA key")
+	alg := *m
+	alg.Alg = httpsig.AlgRSAv15SHA256
+	assert.ErrorIs(t, alg.Verify(r, ed25519.PublicKey(pub)), httpsig.ErrBadSignature, "an alg that does not match the key")
+	tampered := r.Clone(r.Context())
+	tampered.Header.Set("Date", "Tue, 20 Apr 2021 02:07:56 GMT")
+	assert.ErrorIs(t, m.Verify(tampered, ed25519.PublicKey(pub)), httpsig.ErrBadSignature, "a changed request")
 	// The RFC's sha-512 Content-Digest of the body is accepted.
 	m.Components = append(m.Components, "@target-uri", "content-digest")
 	assert.NoError(t, m.Check(r, []byte(body), httpsig.VerifyOptions{Now: time.Unix(1618884473, 0)}))
+}
+
+// RFC 9421 Appendix B.1.2 (test-key-rsa-pss, public part) and B.2.1: the
+// minimal signature (no covered component), RSASSA-PSS with SHA-512. PSS
+// is randomised, so the RFC's signature is checked, not reproduced.
+const rfc9421TestKeyRSAPSS = `-----BEGIN PUBLIC KEY-----
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAr4tmm3r20Wd/PbqvP1s2
++QEtvpuRaV8Yq40gjUR8y2Rjxa6dpG2GXHbPfvMs8ct+Lh1GH45x28Rw3Ry53mm+
+oAXjyQ86OnDkZ5N8lYbggD4O3w6M6pAvLkhk95AndTrifbIFPNU8PPMO7OyrFAHq
+gDsznjPFmTOtCEcN2Z1FpWgchwuYLPL+Wokqltd11nqqzi+bJ9cvSKADYdUAAN5W
+Utzdpiy6LbTgSxP7ociU4Tn0g5I6aDZJ7A8Lzo0KSyZYoA485mqcO0GVAdVw9lq4
+aOT9v6d+nb4bnNkQVklLQ3fVAvJm+xdDOp9LCNCN48V2pnDOkFV6+U9nV5oyc6XI
+2wIDAQAB
+-----END PUBLIC KEY-----
+`
+
+func TestRFC9421AppendixB21(t *testing.T) {
+	input := `sig-b21=();created=1618884473;keyid="test-key-rsa-pss";nonce="b3k2pp5k7z-50gnwp.yemd"`
+	signature := `sig-b21=:d2pmTvmbncD3xQm8E9ZV2828BjQWGgiwAaw5bAkgibUopemLJcWDy/lkbbHAve4cRAtx31Iq786U7it++wgGxbtRxf8Udx7zFZsckzXaJMkA7ChG52eSkFxykJeNqsrWH5S+oxNFlD4dzVuwe8DhTSja8xxbR/Z2cOGdCbzR72rgFWhzx2VjBqJzsPLMIQKhO4DGezXehhWwE56YCE+O6c0mKZsfxVrogUvA4HELjVKWmAvtl6UnCh8jYzuVG5WSb/QEVPnP5TmcAnLH1g+s++v6d4s8m0gCw1fV5/SITLq9mhho8K3+7EPYTU8IU1bLhdxO5Nyt8C8ssinQ98Xw9Q==:`
+	m, err := httpsig.ParseMessageSignature(input, signature)
+	require.NoError(t, err)
+	assert.Empty(t, m.Components)
+	assert.Equal(t, "test-key-rsa-pss", m.KeyID)
+
+	r := httptest.NewRequest(http.MethodPost, "https://example.com/foo?param=Value&Pet=dog", strings.NewReader(`{"hello": "world"}`))
+	base, err := m.SignatureBase(r)
+	require.NoError(t, err)
+	assert.Equal(t, `"@signature-params": ();created=1618884473;keyid="test-key-rsa-pss";nonce="b3k2pp5k7z-50gnwp.yemd"`, base)
+
+	pub, err := httpsig.ParsePublicKeyPEM(rfc9421TestKeyRSAPSS)
+	require.NoError(t, err)
+	// The RFC's example names no alg; the verifier is told it.
+	m.Alg = httpsig.AlgRSAPSSSHA512
+	assert.NoError(t, m.Verify(r, pub))
+	assert.ErrorIs(t, m.Verify(r, &testKeys()[0].PublicKey), httpsig.ErrBadSignature, "another key")
+	tampered := *m
+	tampered.Signature = append([]byte(nil), m.Signature...)
+	tampered.Signature[10] ^= 1
+	assert.ErrorIs(t, tampered.Verify(r, pub), httpsig.ErrBadSignature, "a changed signature")
+	v15 := *m
+	v15.Alg = ""
+	assert.ErrorIs(t, v15.Verify(r, pub), httpsig.ErrBadSignature, "without alg an RSA key means rsa-v1_5-sha256")
+	// The inbox profile then refuses it: @method and @target-uri are not
+	// covered.
+	assert.ErrorContains(t, m.Check(r, nil, httpsig.VerifyOptions{Now: time.Unix(1618884473, 0)}), "@method is not covered")
 }
 
 // The relay's signer, verified by the relay's verifier on the server side
@@ -170,8 +222,9 @@ func TestRFC9421Rules(t *testing.T) {
 		{name: "only unknown digest algorithms", components: mastodon, params: ";created=" + created + keyID, edit: func(r *http.Request) {
 			r.Header.Set("Content-Digest", "md5=:AAAA:")
 		}, want: "no sha-256 or sha-512"},
-		{name: "alg rsa-pss-sha512", components: mastodon, params: ";created=" + created + keyID + `;alg="rsa-pss-sha512"`, want: "unsupported algorithm"},
-		{name: "alg ed25519", components: mastodon, params: ";created=" + created + keyID + `;alg="ed25519"`, want: "unsupported algorithm"},
+		{name: "alg rsa-pss-sha512", components: mastodon, params: ";created=" + created + keyID + `;alg="rsa-pss-sha512"`, want: "signature does not match"},
+		{name: "alg ed25519", components: mastodon, params: ";created=" + created + keyID + `;alg="ed25519"`, want: "does not match an RSA key"},
+		{name: "alg hmac-sha256", components: mastodon, params: ";created=" + created + keyID + `;alg="hmac-sha256"`, want: "unsupported algorithm"},
 		{name: "created 2 hours ago", components: mastodon, params: ";created=" + fmt.Sprint(now.Add(-2*time.Hour).Unix()) + keyID, want: "created too old"},
 		{name: "created 10 minutes ahead", components: mastodon, params: ";created=" + fmt.Sprint(now.Add(10*time.Minute).Unix()) + keyID, want: "created in the future"},
 		{name: "expired", components: mastodon, params: ";created=" + fmt.Sprint(now.Unix()-60) + ";expires=" + fmt.Sprint(now.Unix()-1) + keyID, want: "signature expired"},
@@ -229,4 +282,33 @@ func TestRFC9421Rules(t *testing.T) {
 			assert.Contains(t, err.Error(), tt.want)
 		})
 	}
+}
+
+// rsa-v1_5-sha256 has no example in RFC 9421: a known answer instead. The
+// signer's signature base for the RFC's test request, written out by hand
+// from RFC 9421 §2.5, signed with the draft-cavage Appendix C key
+// (RSASSA-PKCS1-v1_5 is deterministic); the signature below was computed
+// independently with `openssl dgst -sha256 -sign` over that base.
+func TestRFC9421RSAv15KnownAnswer(t *testing.T) {
+	body := []byte(`{"hello": "world"}`)
+	req := httptest.NewRequest(http.MethodPost, "https://example.com/foo?param=Value&Pet=dog", bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	key := sigAppendixKey(t)
+	require.NoError(t, (&httpsig.Signer{KeyID: "test-key", Key: key}).SignRequestRFC9421(req, body, time.Unix(1618884473, 0)))
+
+	params := `("@method" "@target-uri" "content-type" "content-digest");created=1618884473;keyid="test-key";alg="rsa-v1_5-sha256"`
+	assert.Equal(t, "sig1="+params, req.Header.Get("Signature-Input"))
+	assert.Equal(t, "sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:", req.Header.Get("Content-Digest"))
+	m, err := httpsig.MessageSignatureFromRequest(req)
+	require.NoError(t, err)
+	base, err := m.SignatureBase(req)
+	require.NoError(t, err)
+	assert.Equal(t, `"@method": POST
+"@target-uri": https://example.com/foo?param=Value&Pet=dog
+"content-type": application/json
+"content-digest": sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:
+"@signature-params": `+params, base)
+	assert.Equal(t, "sig1=:BpZMNMUC1AehhJUJ6cAVeLo2DAQmFl/h+0LUa+XNsFqSF4KEOsoAf/thrEBe+tjFSB8kdph6Qs0AQGy7wCU8dZ1IkXoF6dUERVcd/tiZpJC/ur8fm8yCPx+skXxHgmgLHPev7Y4Q6RgExHyFEet+wLdaoGC1M5AOh+mTP0YLaHY=:",
+		req.Header.Get("Signature"))
+	assert.NoError(t, m.Verify(req, &key.PublicKey))
 }

@@ -436,6 +436,22 @@ func (p *SignatureParams) verify(r *http.Request, pub crypto.PublicKey, withQuer
 	if err != nil {
 		return false, err
 	}
+	return p.verifyString(msg, pub)
+}
+
+// VerifyString checks the signature over msg, a signing string built by
+// SigningString, with pub (as Verify does, without its fallbacks): callers
+// that build the candidate signing strings themselves verify each once.
+// VerifyString does not run Check. Every failure wraps ErrBadSignature.
+func (p *SignatureParams) VerifyString(msg string, pub crypto.PublicKey) error {
+	ok, err := p.verifyString(msg, pub)
+	if err == nil && !ok {
+		err = errSig("signature does not match")
+	}
+	return err
+}
+
+func (p *SignatureParams) verifyString(msg string, pub crypto.PublicKey) (bool, error) {
 	switch k := pub.(type) {
 	case *rsa.PublicKey:
 		switch {
@@ -622,10 +638,30 @@ func MarshalPublicKeyPEM(k crypto.PublicKey) (string, error) {
 	return string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})), nil
 }
 
+// Bounds of the RSA public keys ParsePublicKeyPEM accepts. Fediverse
+// servers use RSA keys of 2,048 bits (Mastodon, Pleroma, Akkoma,
+// GoToSocial) or 4,096 bits (Misskey, Friendica), with exponent 65537. The
+// cost of a verification grows with the square of the modulus size and
+// with the exponent's length: a 262,144-bit key makes each verification
+// cost over a second of CPU, an 8,192-bit one a few milliseconds, a
+// 2,048-bit one a fraction of a millisecond. Keys come from documents
+// anyone can publish, so larger ones are refused when parsed, before any
+// signature is verified with them.
+const (
+	MinRSABits = 1024
+	MaxRSABits = 8192
+	// MaxRSAExponent is the largest public exponent accepted: 65537 (F4),
+	// which every fediverse key uses; smaller odd exponents (3, 17) are
+	// accepted too.
+	MaxRSAExponent = 65537
+)
+
 // ParsePublicKeyPEM decodes the first PEM block of s: SPKI "PUBLIC KEY" (RSA
 // or Ed25519) or PKCS#1 "RSA PUBLIC KEY". Surrounding whitespace and CRLF line
 // endings are tolerated. It returns an *rsa.PublicKey or ed25519.PublicKey,
-// and an error for other key types and RSA keys under 1024 bits.
+// and an error for other key types, RSA keys whose modulus is outside
+// MinRSABits..MaxRSABits, and RSA keys whose exponent is even, under 3 or
+// over MaxRSAExponent.
 func ParsePublicKeyPEM(s string) (crypto.PublicKey, error) {
 	block, _ := pem.Decode([]byte(strings.TrimSpace(s)))
 	if block == nil {
@@ -646,8 +682,11 @@ func ParsePublicKeyPEM(s string) (crypto.PublicKey, error) {
 	}
 	switch k := key.(type) {
 	case *rsa.PublicKey:
-		if n := k.N.BitLen(); n < 1024 {
-			return nil, fmt.Errorf("httpsig: RSA public key too small (%d bits)", n)
+		if n := k.N.BitLen(); n < MinRSABits || n > MaxRSABits {
+			return nil, fmt.Errorf("httpsig: RSA key of %d bits: only %d to %d bits are accepted", n, MinRSABits, MaxRSABits)
+		}
+		if k.E < 3 || k.E > MaxRSAExponent || k.E%2 == 0 {
+			return nil, fmt.Errorf("httpsig: RSA public exponent %d is not accepted (odd, 3 to %d)", k.E, MaxRSAExponent)
 		}
 		return k, nil
 	case ed25519.PublicKey:

@@ -1095,3 +1095,27 @@ func BenchmarkVerify(b *testing.B) {
 	}
 	require.NoError(b, sigSink)
 }
+
+// The bounds of the RSA keys ParsePublicKeyPEM accepts, at their edges;
+// the moduli are not real keys (a real 16,384-bit key takes minutes to
+// generate), which parsing does not check.
+func TestParsePublicKeyPEMBounds(t *testing.T) {
+	pemOf := func(bits, e int) string {
+		n := new(big.Int).Lsh(big.NewInt(1), uint(bits-1))
+		n.Or(n, big.NewInt(1))
+		der, err := x509.MarshalPKIXPublicKey(&rsa.PublicKey{N: n, E: e})
+		require.NoError(t, err)
+		return string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
+	}
+	for _, tt := range []struct {
+		bits, e int
+		ok      bool
+	}{
+		{1024, 65537, true}, {2048, 65537, true}, {4096, 65537, true}, {8192, 65537, true}, {2048, 3, true},
+		{1023, 65537, false}, {8193, 65537, false}, {16384, 65537, false}, {262144, 65537, false},
+		{2048, 65539, false}, {2048, 1<<31 - 1, false}, {2048, 65536, false},
+	} {
+		_, err := httpsig.ParsePublicKeyPEM(pemOf(tt.bits, tt.e))
+		assert.Equal(t, tt.ok, err == nil, "%d bits, e=%d: %v", tt.bits, tt.e, err)
+	}
+}
