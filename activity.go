@@ -44,6 +44,9 @@ type envelope struct {
 	// rfc9421 reports that the request carrying the activity was signed
 	// with an RFC 9421 message signature (set by the inbox, not parsed).
 	rfc9421 bool
+	// inboxTopic is the topic whose inbox received the activity, "" for
+	// the relay's inbox (set by the inbox; see topics.go).
+	inboxTopic string
 }
 
 // objectRef is an activity's object: an IRI, or an embedded object of which

@@ -66,6 +66,8 @@ func (r *Relay) admitSender(ctx context.Context, env *envelope, signer *remoteAc
 	if err != nil {
 		return nil, nil, err
 	}
+	// Instances that follow only topic actors publish too.
+	senders = append(senders, r.topicSenders(senderHost, senders)...)
 	if err := requireBound(env, signer, senders); err != nil {
 		return nil, nil, err
 	}

@@ -412,7 +412,7 @@ func (q *deliveryQueue) deliver(d store.Delivery) (outcome, time.Duration) {
 		q.reschedule(d, r.now().Add(r.cfg.RetryBackoff))
 		return outcomeSkipped, 0
 	}
-	status, retryAfter, err := r.post(ctx, d.Inbox, d.Subscriber, body)
+	status, retryAfter, err := r.post(ctx, d.Inbox, d.Subscriber, d.Signer, body)
 	switch {
 	case ctx.Err() != nil:
 		// Shutting down: the delivery is released for a later attempt.
@@ -427,6 +427,10 @@ func (q *deliveryQueue) deliver(d store.Delivery) (outcome, time.Duration) {
 	case err == nil && status == http.StatusGone && d.Subscriber != "":
 		q.complete(d)
 		r.subscriberGone(q.bgCtx, d.Subscriber, d.Inbox)
+		return outcomeRefused, 0
+	case err == nil && status == http.StatusGone && d.Signer != "":
+		q.complete(d)
+		r.topicInboxGone(q.bgCtx, d.Inbox)
 		return outcomeRefused, 0
 	case err == nil && status >= 400 && !transientStatus(status):
 		// The receiver refuses this message; repeating it will not help.
@@ -462,10 +466,11 @@ func (q *deliveryQueue) payload(ctx context.Context, id string) ([]byte, error) 
 	return b, err
 }
 
-// post signs (see signDelivery) and sends one delivery. It returns the
+// post signs (see signDelivery; signer is the Delivery's Signer) and
+// sends one delivery. It returns the
 // status, a Retry-After delay if the receiver gave one, and a transport
 // error.
-func (r *Relay) post(ctx context.Context, inbox, subscriber string, body []byte) (int, time.Duration, error) {
+func (r *Relay) post(ctx context.Context, inbox, subscriber, signer string, body []byte) (int, time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.RequestTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, inbox, bytes.NewReader(body))
@@ -475,7 +480,7 @@ func (r *Relay) post(ctx context.Context, inbox, subscriber string, body []byte)
 	req.Header.Set("Content-Type", activityJSON)
 	req.Header.Set("Accept", acceptActivity)
 	req.Header.Set("User-Agent", r.cfg.UserAgent)
-	if err := r.signDelivery(ctx, req, body, subscriber); err != nil {
+	if err := r.signDelivery(ctx, req, body, subscriber, signer); err != nil {
 		return 0, 0, err
 	}
 	resp, err := r.transport.RoundTrip(req)

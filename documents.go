@@ -58,6 +58,7 @@ func (r *Relay) routes() http.Handler {
 	mux.HandleFunc("GET /.well-known/webfinger", r.serveWebFinger)
 	mux.HandleFunc("GET /.well-known/nodeinfo", r.serveNodeInfoLinks)
 	mux.HandleFunc("GET /.well-known/host-meta", r.serveHostMeta)
+	r.topicRoutes(mux)
 	return mux
 }
 
@@ -127,14 +128,15 @@ type JRDLink struct {
 // The subject is acct:relay@<host>, with the port when BaseURL has one
 // other than its scheme's default (as Mastodon names accounts of a server
 // on a port), so a client that queries the subject again reaches this
-// relay. It reports false for any other resource. Servers that run their
+// relay. It answers for topic actors too (acct:tag.cats@<host>, or the
+// actor URL; see topics.go), and reports false for any other resource. Servers that run their
 // own WebFinger endpoint call it to answer for the relay.
 func (r *Relay) WebFinger(resource string) (JRD, bool) {
 	hostname := r.base.Hostname()
 	switch strings.ToLower(resource) {
 	case "acct:relay@" + hostname, "acct:relay@" + r.base.Host, "relay@" + hostname, "relay@" + r.base.Host, strings.ToLower(r.actorID):
 	default:
-		return JRD{}, false
+		return r.topicWebFinger(resource)
 	}
 	return JRD{
 		Subject: "acct:relay@" + r.acctHost(),
@@ -235,6 +237,7 @@ func (r *Relay) serveNodeInfo(w http.ResponseWriter, req *http.Request) {
 		n.Metadata["nodeDescription"] = r.cfg.Summary
 	}
 	r.nodeInfoPolicies(req.Context(), n.Metadata)
+	r.addTopicsNodeInfo(n.Metadata)
 	b, err := json.Marshal(n)
 	writeDoc(w, r, `application/json; profile="`+nodeInfoSchema+version+`#"`, b, err)
 }
@@ -248,6 +251,7 @@ func (r *Relay) serveIndex(w http.ResponseWriter, req *http.Request) {
 		"Mastodon, Misskey: subscribe with the inbox URL  %s\n"+
 		"Pleroma, Akkoma, Friendica, GoToSocial: follow the actor  %s\n\n"+
 		"%d subscribed servers.\n", r.cfg.Name, Version, r.inboxURL, r.actorID, n)
+	body += r.topicsIndexText()
 	writeDoc(w, r, "text/plain; charset=utf-8", []byte(body), nil)
 }
 

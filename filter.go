@@ -144,23 +144,24 @@ func (r *Relay) checkAudience(ctx context.Context, env *envelope, body []byte, l
 }
 
 // fetchedAudience fetches the object objectID from its origin with the
-// relay's signed, guarded fetch, and returns the visibility and published
-// time its addressing gives. The fetched document must have objectID as
-// its id. A failure that may pass is a 503 for the sender to retry; any
+// relay's signed, guarded fetch (cached and shared with the content
+// stage: see fetchDoc, which bounds it by KeyFetchTimeout), and returns
+// the visibility and published time its addressing gives. The fetched
+// document must have objectID as its id. A failure that may pass is a 503 for the sender to retry; any
 // other is an acceptance without effect: the relay never announces what it
 // cannot see.
 func (r *Relay) fetchedAudience(ctx context.Context, objectID string) (visibility, time.Time, error) {
-	d, err := r.fetchByID(ctx, objectID)
+	body, err := r.fetchDoc(ctx, objectID)
 	if err != nil {
 		if transientFetchError(err) {
 			return 0, time.Time{}, refuseRetry(http.StatusServiceUnavailable, time.Minute, "fetching the announced object: %v", err)
 		}
 		return 0, time.Time{}, accepted("announced object cannot be fetched: " + err.Error())
 	}
-	// fetchByID checked the id and the origin it was served from; the
-	// addressing is read as receivers read it (case-sensitive, no
-	// duplicates).
-	f, err := fieldsOf(d.body, "to", "cc", "published")
+	// fetchByID (through fetchDoc) checked the id and the origin it was
+	// served from; the addressing is read as receivers read it
+	// (case-sensitive, no duplicates).
+	f, err := fieldsOf(body, "to", "cc", "published")
 	if err != nil {
 		return 0, time.Time{}, accepted("announced object " + objectID + " is malformed: " + err.Error())
 	}

@@ -99,10 +99,11 @@ func (r *Relay) receive(ctx context.Context, w http.ResponseWriter, req *http.Re
 		return refuse(http.StatusBadRequest, "%v", err)
 	}
 	env.rfc9421 = sig.rfc9421()
-	if env.Actor == r.actorID || keyID == r.keyID {
+	env.inboxTopic = r.topicOfInboxPath(req.URL.EscapedPath())
+	if env.Actor == r.actorID || keyID == r.keyID || r.topicOfActor(env.Actor) != "" || r.topicOfActor(stripFragment(keyID)) != "" {
 		// An echo of the relay's own activity (a loop through another
 		// relay), or a forgery: either way there is nothing to do, and the
-		// relay's own key is not fetched.
+		// relay's own key (its topic actors' included) is not fetched.
 		return accepted("activity of this relay itself")
 	}
 	if host := r.blockedHost(env); host != "" {
@@ -129,13 +130,22 @@ func (r *Relay) receive(ctx context.Context, w http.ResponseWriter, req *http.Re
 	}
 	switch env.Type {
 	case "Follow":
+		if topic := r.followedTopic(env); topic != "" {
+			return r.handleTopicFollow(ctx, env, key.Owner, topic)
+		}
 		return r.handleFollow(ctx, env, key.Owner)
 	case "Undo":
 		if env.isUndoAnnounce() {
 			return r.relayActivity(ctx, env, body, key.Owner)
 		}
+		if done, err := r.handleTopicUndo(ctx, env, key.Owner); done {
+			return err
+		}
 		return r.handleUndo(ctx, env, key.Owner)
 	case "Accept", "Reject":
+		if done, err := r.handleTopicFollowBackReply(ctx, env, key.Owner); done {
+			return err
+		}
 		return r.handleFollowBackReply(ctx, env, key.Owner)
 	case "Create", "Update", "Delete", "Move", "Announce":
 		return r.relayActivity(ctx, env, body, key.Owner)
@@ -146,8 +156,9 @@ func (r *Relay) receive(ctx context.Context, w http.ResponseWriter, req *http.Re
 // relayActivity accepts a public activity from a subscriber and queues it
 // for every other accepted subscriber before answering: admitSender (who
 // may send), receiveOnly (whether what it sends is relayed at all),
-// filterActivity (what may be relayed), then fanOut (who gets it, in which
-// form, stored before the answer).
+// filterActivity (what may be relayed), then fanOut (selectRecipients: who
+// gets it by content, topics and budgets; then in which form, stored
+// before the answer).
 func (r *Relay) relayActivity(ctx context.Context, env *envelope, body []byte, signer *remoteActor) error {
 	sender, senders, err := r.admitSender(ctx, env, signer)
 	if err != nil {

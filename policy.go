@@ -200,6 +200,9 @@ func (r *Relay) refreshPolicies() {
 		if _, err := r.reloadBlocked(ctx); err != nil && !errors.Is(err, store.ErrClosed) {
 			r.log.Warn("cannot read the block list", "err", err)
 		}
+		if err := r.loadTopics(ctx); err != nil && !errors.Is(err, store.ErrClosed) {
+			r.log.Warn("cannot read the topic followers", "err", err)
+		}
 		if _, err := r.reloadAllowed(ctx); err != nil && !errors.Is(err, store.ErrClosed) {
 			r.log.Warn("cannot read the allowlist", "err", err)
 		}

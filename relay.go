@@ -88,6 +88,7 @@ type FollowRequest struct {
 	Host      string         // lower-cased host[:port] of Actor
 	Protocol  store.Protocol // which relay protocol it asked for
 	FollowID  string         // the Follow activity's id
+	Topic     string         // the followed topic ("tag/cats"), "" for the relay actor
 }
 
 // FollowPolicy decides what happens to a subscription request. It returns
@@ -302,6 +303,21 @@ type Config struct {
 	// relayed. See docs/protocol.md, "Only what authors made public".
 	RelayUnlisted bool
 
+	// Filters apply to every post (Create, Announce, Update) before it is
+	// routed: a post one of them refuses is accepted (202) and relayed to
+	// nobody. Each subscriber may have its own filter as well (see
+	// Relay.SetSubscriberFilter), and Deletes and Moves are never
+	// filtered. See contentfilter.go and docs/operating.md.
+	Filters FilterSet
+
+	// Topics configures the topic actors P/tag/{tag}, P/language/{code}
+	// and P/instance/{host}; the zero value offers them all.
+	Topics TopicConfig
+
+	// OptOuts says where authors' opt-outs (indexable: false, #nobot,
+	// #norelay) are honoured; the zero value: for topic actors only.
+	OptOuts OptOutConfig
+
 	// Rules are the built-in rules for subscription requests (allowlist
 	// mode, software and actor type policies), checked before
 	// FollowPolicy. The zero value refuses nothing.
@@ -370,6 +386,11 @@ type Relay struct {
 	bg       sync.WaitGroup // background loops other than delivery
 	policyMu sync.Mutex     // serialises changes of the run-time block list and allowlist
 	rules    *followRules   // Config.Rules and the allowlist
+
+	topics     topicRegistry     // topic followers (topics.go)
+	subFilters subscriberFilters // compiled subscriber filters (select.go)
+	budgets    budgets           // rate budgets (budget.go)
+	docs       docCache          // objects and authors fetched for filters (docfetch.go)
 }
 
 // Store key under which the relay's private key is kept (PKCS#8 PEM).
@@ -390,6 +411,12 @@ func New(cfg Config) (*Relay, error) {
 	base.Path = strings.TrimSuffix(base.Path, "/")
 	base.RawPath = ""
 	setDefaults(&cfg, base)
+	if cfg.Topics.Allow, err = normalizeTopicList(cfg.Topics.Allow); err != nil {
+		return nil, err
+	}
+	if cfg.Topics.Block, err = normalizeTopicList(cfg.Topics.Block); err != nil {
+		return nil, err
+	}
 
 	r := &Relay{
 		cfg:       cfg,
@@ -436,6 +463,9 @@ func New(cfg Config) (*Relay, error) {
 	r.rules = newFollowRules(r, cfg.Rules)
 	r.policy = r.rules.policy(cfg.FollowPolicy)
 	if _, err := r.reloadAllowed(ctx); err != nil {
+		return nil, err
+	}
+	if err := r.loadTopics(ctx); err != nil {
 		return nil, err
 	}
 	r.signer = &httpsig.Signer{KeyID: r.keyID, Key: key}

@@ -14,9 +14,10 @@ import (
 )
 
 // fanOut queues the activity for every accepted subscriber on another
-// host, one delivery per inbox, in the form each subscriber's software
-// applies (formFor): the original bytes, the relay's Announce of the
-// object, the relay's Undo of that Announce, or nothing.
+// host that selectRecipients chose, and for the topic followers it chose
+// (addTopicDeliveries), one delivery per inbox, in the form each
+// subscriber's software applies (formFor): the original bytes, the relay's
+// Announce of the object, the relay's Undo of that Announce, or nothing.
 //
 // Deduplication marks are taken in the same store change that queues the
 // deliveries (the last one, for a fan-out stored in chunks: see
@@ -33,6 +34,10 @@ func (r *Relay) fanOut(ctx context.Context, env *envelope, body []byte, rel rela
 		return err
 	}
 	objectID := rel.objectID
+	sel, err := r.selectRecipients(ctx, env, body, objectID, subs)
+	if err != nil {
+		return err
+	}
 	until := r.now().Add(r.cfg.DedupWindow)
 	marks := []store.Mark{{ID: "activity:" + env.ID, Until: until}}
 	if env.ID == "" {
@@ -55,7 +60,7 @@ func (r *Relay) fanOut(ctx context.Context, env *envelope, body []byte, rel rela
 		}
 	}
 	for {
-		b, err := r.fanOutBatch(env, body, rel, senderHost, subs, announce)
+		b, err := r.fanOutBatch(env, body, rel, senderHost, subs, announce, sel)
 		if err != nil {
 			return err
 		}
@@ -63,6 +68,9 @@ func (r *Relay) fanOut(ctx context.Context, env *envelope, body []byte, rel rela
 		var seen *store.SeenError
 		switch {
 		case !errors.As(err, &seen):
+			if err == nil {
+				r.budgets.spend(sel.charge, r.now())
+			}
 			return err
 		case seen.Has(marks[0].ID):
 			return accepted("duplicate " + marks[0].ID)
@@ -75,11 +83,11 @@ func (r *Relay) fanOut(ctx context.Context, env *envelope, body []byte, rel rela
 	}
 }
 
-// fanOutBatch builds fanOut's deliveries; announce says whether the relay
-// may announce the object (the Announces to LitePub subscribers, and to
-// everyone for posts it cannot forward verbatim), or, for an un-boost,
-// undo its Announce.
-func (r *Relay) fanOutBatch(env *envelope, body []byte, rel relayable, senderHost string, subs []store.Subscriber, announce bool) (*batch, error) {
+// fanOutBatch builds fanOut's deliveries to the subscribers and topic
+// followers sel chose; announce says whether the relay may announce the
+// object (the Announces to LitePub subscribers, and to everyone for posts
+// it cannot forward verbatim), or, for an un-boost, undo its Announce.
+func (r *Relay) fanOutBatch(env *envelope, body []byte, rel relayable, senderHost string, subs []store.Subscriber, announce bool, sel *selection) (*batch, error) {
 	objectID := rel.objectID
 	verbatim := store.Payload{ID: payloadID(body), Body: body}
 	var own store.Payload // the relay's Announce, or its Undo, built once
@@ -98,8 +106,9 @@ func (r *Relay) fanOutBatch(env *envelope, body []byte, rel relayable, senderHos
 	b := newBatch(r)
 	for i := range subs {
 		s := &subs[i]
-		if s.Host == senderHost || !sameOrigin(s.DeliveryInbox(), s.ActorID) || !s.Receives() {
-			// Nothing goes back to the sender's host, nor to an inbox off
+		if s.Host == senderHost || sel.skips(i) || !sameOrigin(s.DeliveryInbox(), s.ActorID) || !s.Receives() {
+			// Nothing goes back to the sender's host, nor to subscribers the
+			// content stage left out, nor to an inbox off
 			// the subscriber's origin (a subscription stored before
 			// handleFollow refused those), nor to a send-only subscriber.
 			continue
@@ -129,6 +138,9 @@ func (r *Relay) fanOutBatch(env *envelope, body []byte, rel relayable, senderHos
 			}
 			b.add(own, s.DeliveryInbox(), s.ActorID, env.Type)
 		}
+	}
+	if err := r.addTopicDeliveries(b, env, rel, senderHost, sel, announce, wrapUnsigned, verbatim); err != nil {
+		return nil, err
 	}
 	return b, nil
 }

@@ -247,13 +247,16 @@ func (s *messageSignature) verify(_ *http.Request, pub crypto.PublicKey) error {
 // for messages to non-subscribers): with draft-cavage by default, with RFC
 // 9421 when the subscriber's SignatureScheme says it accepts it (set by the
 // operator, or learnt from the subscriber's own signatures). If the
-// subscriber cannot be read, draft-cavage is used.
-func (r *Relay) signDelivery(ctx context.Context, req *http.Request, body []byte, subscriber string) error {
+// subscriber cannot be read, draft-cavage is used. actor is the relay's
+// actor that signs (the Delivery's Signer: "" for the relay actor, or a
+// topic actor, whose keyId names it; see signerFor).
+func (r *Relay) signDelivery(ctx context.Context, req *http.Request, body []byte, subscriber, actor string) error {
+	signer := r.signerFor(actor)
 	if subscriber != "" {
 		s, err := r.store.GetSubscriber(ctx, subscriber)
 		if err == nil && s.SignatureScheme == store.SignatureRFC9421 {
-			return r.signer.SignRequestRFC9421(req, body, r.now())
+			return signer.SignRequestRFC9421(req, body, r.now())
 		}
 	}
-	return r.signer.SignRequest(req, body, r.now())
+	return signer.SignRequest(req, body, r.now())
 }

@@ -8,6 +8,9 @@
 // every request that reaches its inboxes the way its flavor would, recording what it accepted
 // (Received) and what it refused (Rejected); and applies what it accepted as the real server
 // does (Status, HasBoost): an edit the real server would ignore does not change its copy.
+// Posts may carry hashtags, a language, a content warning, media or a reply (PostWith), users
+// may follow remote actors as persons do (Follow), and profiles may say more (SetProfile), for
+// topic relays and content filters.
 // It is an independent oracle: it shares no code with the relay under test.
 //
 // Instances run either on a real loopback HTTP server (each on its own 127.0.0.N address) or on

@@ -110,6 +110,9 @@ func (i *Instance) renderActor(a *localActor) map[string]any {
 	if i.flavor != GoToSocial {
 		doc["endpoints"] = map[string]any{"sharedInbox": i.base + "/inbox"}
 	}
+	for k, v := range a.profile {
+		doc[k] = v
+	}
 	switch i.flavor {
 	case Mastodon:
 		if a.system {
@@ -431,6 +434,11 @@ func (i *Instance) Post(ctx context.Context, relayInbox, user, text string) (*No
 // GoToSocial unlisted ones when the relay push allows them), so a relay's filtering can be
 // tested.
 func (i *Instance) PostVisible(ctx context.Context, relayInbox, user, text string, v Visibility) (*Note, error) {
+	return i.publish(ctx, relayInbox, user, text, v, PostOptions{})
+}
+
+// publish is PostVisible with the extras of PostWith.
+func (i *Instance) publish(ctx context.Context, relayInbox, user, text string, v Visibility, opts PostOptions) (*Note, error) {
 	author, err := i.user(user)
 	if err != nil {
 		return nil, err
@@ -459,6 +467,7 @@ func (i *Instance) PostVisible(ctx context.Context, relayInbox, user, text strin
 		n.ActivityID = n.ID + "/Create"
 	}
 	note := i.noteDoc(n, author, "")
+	opts.apply(i, note)
 	stored := copyMap(note)
 	stored["@context"] = i.activityContext()
 	i.storeDoc(stored)

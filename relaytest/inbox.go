@@ -470,7 +470,7 @@ func (i *Instance) processMastodon(ctx context.Context, rec *Received, act map[s
 		i.keepEmbedded(rec, act)
 	case "Announce":
 		viaRelay := (relayedThrough != "" && i.isEnabledRelay(ctx, relayedThrough)) || i.isEnabledRelay(ctx, rec.Actor)
-		if !viaRelay {
+		if !viaRelay && !i.followedByLocal(rec.Actor) {
 			drop(rec, "Announce by %s: neither followed nor an accepted relay (its inbox must equal a subscribed relay inbox)", rec.Actor)
 			return nil
 		}
@@ -851,6 +851,9 @@ var followRelayRE = regexp.MustCompile(`follow-relay/(\w+)`)
 // subscriptionReply applies an Accept or Reject to the matching subscription per the flavor's
 // matching rules, or marks rec dropped.
 func (i *Instance) subscriptionReply(rec *Received, act map[string]any) {
+	if i.personFollowReply(rec) {
+		return
+	}
 	objMap, embedded := act["object"].(map[string]any)
 	objID := rec.ObjectID
 	i.mu.Lock()

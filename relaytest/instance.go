@@ -266,6 +266,7 @@ type Instance struct {
 	objects   map[string]*storedObject
 	subs      map[string]*subscription // by relay inbox
 	followers map[string]string        // actor id -> Follow id, for follows of the system actor
+	follows   []*personFollow          // follows of remote actors by local users (Follow)
 	received  []*Received
 	rejected  []Rejection
 	keys      map[string]*remoteKey
@@ -286,6 +287,7 @@ type localActor struct {
 	typ      string
 	system   bool
 	key      *rsa.PrivateKey
+	profile  map[string]any // extra actor properties (SetProfile)
 }
 
 type storedObject struct {

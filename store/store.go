@@ -208,6 +208,11 @@ type Subscriber struct {
 	// FailingSince is when the current run of failed deliveries began; zero
 	// while deliveries succeed.
 	FailingSince time.Time `json:"failing_since,omitzero"`
+
+	// Filter is the subscriber's own content filter and rate budget as the
+	// relay encodes it (the JSON of a relay.FilterSpec), or "" for none:
+	// set with relay.Relay.SetSubscriberFilter.
+	Filter string `json:"filter,omitempty"`
 }
 
 // Signature schemes of Subscriber.SignatureScheme.
@@ -285,6 +290,10 @@ type Delivery struct {
 	LastError string
 	// Created is when the delivery was first enqueued.
 	Created time.Time
+	// Signer is the id of the relay's actor whose key signs the delivery:
+	// "" for the relay actor, else a topic actor (such as
+	// https://relay.example/tag/cats).
+	Signer string
 }
 
 // LeaseRequest asks Lease for due deliveries.

@@ -64,16 +64,6 @@ func (f *adminFlags) apply(cfg *relay.Config) {
 	cfg.HideBlocks, cfg.HideApprovalRequired = f.hideBlocks, f.hideApproval
 }
 
-func splitList(s string) []string {
-	var out []string
-	for _, v := range strings.Split(s, ",") {
-		if v = strings.TrimSpace(v); v != "" {
-			out = append(out, v)
-		}
-	}
-	return out
-}
-
 // token reads the TCP admin API's bearer token, and refuses a TCP address
 // that is not loopback without one. It returns "" when no token is
 // configured (or no TCP address).

@@ -77,6 +77,9 @@ func run(args []string) error {
 	if len(args) > 0 && (args[0] == "export" || args[0] == "import") {
 		return runBackup(args[0], args[1:], os.Stdin, os.Stdout)
 	}
+	if len(args) > 0 && args[0] == "filter" {
+		return runFilter(args[1:], os.Stdin, os.Stdout)
+	}
 	if len(args) > 0 && args[0] == "help" {
 		fmt.Print(usage, "  (run relay -h for the flags)\n\n", adminUsage())
 		return nil
@@ -111,6 +114,7 @@ func run(args []string) error {
 		}
 		return nil
 	})
+	applyTopicFlags := addTopicFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -146,6 +150,9 @@ func run(args []string) error {
 		cfg.FollowPolicy = relay.ManualApproval
 	}
 	admin.apply(&cfg)
+	if err := applyTopicFlags(&cfg); err != nil {
+		return err
+	}
 	if len(allowPrivate) > 0 {
 		cfg.AllowPrivate, cfg.AllowHTTP = allowPrivate, true
 		logger.Info("outbound guard relaxed for local testing: plain http and private ranges allowed", "ranges", allowPrivate)
@@ -241,6 +248,10 @@ const usage = `Usage:
   relay import [-data DIR] < FILE    read such a document into the data directory
                                      (the relay must not be running); subscribers
                                      and values it holds replace those stored
+  relay filter [-data DIR] ACTOR [FILE|-|none]
+                                     print, set (a JSON filter, see docs/operating.md)
+                                     or remove a subscriber's filter (the relay must
+                                     not be running)
   relay help                         list every command
 
 Backups hold the relay's private key: keep them as secret as the key.

@@ -49,6 +49,7 @@ type record struct {
 	NotBefore    time.Time `json:"n"`
 	LastError    string    `json:"e,omitempty"`
 	Created      time.Time `json:"c"`
+	Signer       string    `json:"g,omitempty"`
 }
 
 // queue is the index of queued deliveries. Items have no extension.
@@ -85,6 +86,7 @@ func recordOf(d *store.Delivery) record {
 		NotBefore:    utc(d.NotBefore),
 		LastError:    d.LastError,
 		Created:      utc(d.Created),
+		Signer:       d.Signer,
 	}
 }
 

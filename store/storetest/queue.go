@@ -42,6 +42,7 @@ func testQueue(t *testing.T, newStore factory) {
 			NotBefore:    at(time.Second),
 			LastError:    "HTTP 502",
 			Created:      t0,
+			Signer:       "https://relay.example/tag/cats",
 		}
 		enqueue(t, s, []store.Payload{{ID: "p1", Body: body}}, d1, d2)
 		assertPayload(t, s, "p1", body)

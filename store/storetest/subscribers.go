@@ -31,6 +31,7 @@ func sampleSubscriber(actorID string) store.Subscriber {
 		Note:            "note with ünïcode and \"quotes\"",
 		Reason:          "public reason",
 		Mode:            store.ModeReceiveOnly,
+		Filter:          `{"allow_tags":["cats"],"max_posts_per_hour":60}`,
 		CreatedAt:       t0.In(zone),
 		UpdatedAt:       at(time.Hour),
 		Delivered:       1 << 40,

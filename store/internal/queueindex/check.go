@@ -20,7 +20,7 @@ func (x *Index[X]) Check() error {
 		d := it.Delivery()
 		check(id == d.ID, "ByID[%s] holds %s", id, d.ID)
 		check(x.hosts[d.Host] == it.target.host, "item %s: host", id)
-		check(x.targets[targetKey{d.Host, d.Inbox, d.Subscriber, d.ActivityType}] == it.target, "item %s: target", id)
+		check(x.targets[targetKey{d.Host, d.Inbox, d.Subscriber, d.ActivityType, d.Signer}] == it.target, "item %s: target", id)
 		targetRefs[it.target]++
 		check(it.seq <= x.Seq, "item %s: seq %d after Seq %d", id, it.seq, x.Seq)
 		if it.Leased() {

@@ -95,7 +95,7 @@ func (x *Index[X]) Body(id string) ([]byte, error) {
 
 // targetKey is what a target holds, as a map key.
 type targetKey struct {
-	host, inbox, subscriber, activityType string
+	host, inbox, subscriber, activityType, signer string
 }
 
 // target is where and what the deliveries that refer to it go: a fan-out
@@ -105,6 +105,7 @@ type targetKey struct {
 type target[X any] struct {
 	host                            *host[X]
 	inbox, subscriber, activityType string
+	signer                          string
 	refs                            int
 }
 
@@ -212,6 +213,7 @@ func (it *Item[X]) Delivery() store.Delivery {
 		Attempts:     it.attempts,
 		NotBefore:    unstamp(it.nbSec, it.nbNsec),
 		Created:      unstamp(it.crSec, it.crNsec),
+		Signer:       t.signer,
 	}
 	if it.lastError != nil {
 		d.LastError = *it.lastError
@@ -239,7 +241,7 @@ func (x *Index[X]) Next() uint64 {
 // returns it. d's payload must be in Payloads and d.ID must not be queued.
 // Seq becomes at least seq.
 func (x *Index[X]) Add(seq uint64, d *store.Delivery) *Item[X] {
-	k := targetKey{d.Host, d.Inbox, d.Subscriber, d.ActivityType}
+	k := targetKey{d.Host, d.Inbox, d.Subscriber, d.ActivityType, d.Signer}
 	t := x.targets[k]
 	if t == nil {
 		h := x.hosts[d.Host]
@@ -247,7 +249,7 @@ func (x *Index[X]) Add(seq uint64, d *store.Delivery) *Item[X] {
 			h = &host[X]{name: d.Host, idx: -1}
 			x.hosts[d.Host] = h
 		}
-		t = &target[X]{host: h, inbox: d.Inbox, subscriber: d.Subscriber, activityType: d.ActivityType}
+		t = &target[X]{host: h, inbox: d.Inbox, subscriber: d.Subscriber, activityType: d.ActivityType, signer: d.Signer}
 		x.targets[k] = t
 	}
 	t.refs++
@@ -309,7 +311,7 @@ func (x *Index[X]) Remove(it *Item[X]) (payloadGone bool) {
 	h := t.host
 	delete(x.ByID, it.id)
 	if t.refs--; t.refs == 0 {
-		delete(x.targets, targetKey{h.name, t.inbox, t.subscriber, t.activityType})
+		delete(x.targets, targetKey{h.name, t.inbox, t.subscriber, t.activityType, t.signer})
 	}
 	if len(h.ready) == 0 && h.leased == 0 {
 		delete(x.hosts, h.name)
