@@ -442,9 +442,9 @@ func (r *Relay) Overview(ctx context.Context) (Overview, error) {
 }
 
 // approvalRequired reports whether subscription requests wait for the
-// operator: the FollowPolicy is ManualApproval.
+// operator: Config.ApprovalRequired, or the FollowPolicy is ManualApproval.
 func (r *Relay) approvalRequired() bool {
-	return reflect.ValueOf(r.cfg.FollowPolicy).Pointer() == reflect.ValueOf(ManualApproval).Pointer()
+	return r.cfg.ApprovalRequired || reflect.ValueOf(r.cfg.FollowPolicy).Pointer() == reflect.ValueOf(ManualApproval).Pointer()
 }
 
 // AllowDomain adds domain (a host name, covering its subdomains) to the

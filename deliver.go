@@ -34,11 +34,9 @@ import (
 //     costs the store one Lease share and one Complete.
 
 // leaseDuration is how long a leased delivery stays reserved for this
-// process. It is far longer than an attempt can take (RequestTimeout) plus
-// the time it may wait behind its host's other deliveries, so a delivery
-// is re-leased only when the process holding it died.
+// process (Config.LeaseDuration).
 func (q *deliveryQueue) leaseDuration() time.Duration {
-	return 10*q.r.cfg.RequestTimeout + time.Minute
+	return q.r.cfg.LeaseDuration
 }
 
 // pollInterval bounds how long due retries wait when nothing wakes the
@@ -81,17 +79,18 @@ type deliveryQueue struct {
 	wg       sync.WaitGroup // dispatcher, workers, flusher
 	started  bool
 
-	completeCh chan string
+	completeCh chan store.LeaseRef
 	cwg        sync.WaitGroup // completers
 
 	mu       sync.Mutex
 	busy     int                         // deliveries leased and not finished
 	perHost  map[string]int              // the same, per host
 	overflow map[string][]store.Delivery // leased, waiting for a host slot
-	held     map[string]bool             // ids of the leased deliveries
-	done     map[string]bool             // answered 2xx, Complete pending (true) or failed (false)
+	held     map[string]string           // the leased deliveries: id → token of the latest lease
+	done     map[string]completion       // answered 2xx, Complete pending or failed
 	breakers map[string]*breaker         // hosts whose breaker is not closed and clean
 	backlog  map[string]int              // upper estimate of each host's queued deliveries
+	added    map[string]int              // queued here per host since its backlog was counted (shared stores)
 	checked  map[string]time.Time        // when a subscriber's actor was last checked for 410
 }
 
@@ -109,13 +108,14 @@ func newDeliveryQueue(r *Relay) *deliveryQueue {
 		bgCtx:      bgCtx,
 		bgCancel:   bgCancel,
 		stopCh:     make(chan struct{}),
-		completeCh: make(chan string, completeChBuffer),
+		completeCh: make(chan store.LeaseRef, completeChBuffer),
 		perHost:    map[string]int{},
 		overflow:   map[string][]store.Delivery{},
-		held:       map[string]bool{},
-		done:       map[string]bool{},
+		held:       map[string]string{},
+		done:       map[string]completion{},
 		breakers:   map[string]*breaker{},
 		backlog:    map[string]int{},
+		added:      map[string]int{},
 		checked:    map[string]time.Time{},
 	}
 }
@@ -199,6 +199,10 @@ func (q *deliveryQueue) dispatch() {
 	batchWait.Stop()
 	defer batchWait.Stop()
 	force := false
+	var enqueued <-chan struct{} // by another process sharing the store
+	if n, ok := q.r.store.(store.Notifier); ok {
+		enqueued = n.QueueChanged()
+	}
 	for {
 		n, held, err := q.leaseSome(force)
 		force = false
@@ -226,6 +230,7 @@ func (q *deliveryQueue) dispatch() {
 		case <-q.stopCh:
 			return
 		case <-q.wakeCh:
+		case <-enqueued:
 		case <-tick:
 			tick = nil
 		case <-batched:
@@ -299,14 +304,22 @@ func (q *deliveryQueue) leaseSome(force bool) (n int, held bool, err error) {
 	}
 	for _, d := range ds {
 		q.mu.Lock()
-		_, done := q.done[d.ID]
-		if q.held[d.ID] || done {
+		c, done := q.done[d.ID]
+		_, held := q.held[d.ID]
+		if held || done {
 			// Already being attempted here (its lease ran out meanwhile),
 			// or answered 2xx and being completed: never send it twice.
+			// The attempt or completion acts under the new lease.
+			if held {
+				q.held[d.ID] = d.Token
+			}
+			if done {
+				q.done[d.ID] = completion{token: d.Token, queued: c.queued}
+			}
 			q.mu.Unlock()
 			continue
 		}
-		q.held[d.ID] = true
+		q.held[d.ID] = d.Token
 		q.busy++
 		q.perHost[d.Host]++
 		ready := q.perHost[d.Host] <= max(q.hostCapLocked(d.Host, now), 1)
@@ -331,17 +344,28 @@ func (q *deliveryQueue) leaseDueLocked() bool {
 	return free > 0 && (q.busy == 0 || free >= q.r.cfg.Workers/4)
 }
 
-// finished records the outcome of d for its host's breaker, releases d's
-// worker slot and returns the next delivery waiting for that host, if any.
-// wake reports whether the dispatcher should be woken: when a batch of
-// workers is free, or the first one after all were busy (the dispatcher
-// then leases for it after leaseBatchWait at the latest).
-func (q *deliveryQueue) finished(d store.Delivery, o outcome, retryAfter time.Duration) (next store.Delivery, ok, wake bool) {
+// settle records the outcome of an attempt at d (or of not attempting
+// it) for its host's breaker and forgets that d is being attempted. It
+// comes before d goes back to the store (Retry, Complete), so that the
+// store never shows a delivery whose outcome the queue has not taken into
+// account: the dispatcher may lease a rescheduled delivery at once, and a
+// status read after the store shows the retry sees the host's pause.
+func (q *deliveryQueue) settle(d store.Delivery, o outcome, retryAfter time.Duration) {
 	now := q.r.now()
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.recordLocked(d.Host, o, retryAfter, now)
 	delete(q.held, d.ID)
+}
+
+// finished releases the worker slot of d, settled, and returns the next
+// delivery waiting for that host, if any. wake reports whether the
+// dispatcher should be woken: when a batch of workers is free, or the
+// first one after all were busy (the dispatcher then leases for it after
+// leaseBatchWait at the latest).
+func (q *deliveryQueue) finished(d store.Delivery) (next store.Delivery, ok, wake bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
 	q.busy--
 	if q.perHost[d.Host]--; q.perHost[d.Host] <= 0 {
 		delete(q.perHost, d.Host)
@@ -363,8 +387,8 @@ func (q *deliveryQueue) worker() {
 	defer q.wg.Done()
 	for d := range q.work {
 		for {
-			o, retryAfter := q.process(d)
-			next, ok, wake := q.finished(d, o, retryAfter)
+			q.process(d)
+			next, ok, wake := q.finished(d)
 			if wake {
 				q.wake()
 			}
@@ -378,80 +402,94 @@ func (q *deliveryQueue) worker() {
 
 // process attempts d unless the relay is stopping or the host's breaker
 // holds it back, in which case d is rescheduled without using an attempt.
-func (q *deliveryQueue) process(d store.Delivery) (outcome, time.Duration) {
+// It settles d.
+func (q *deliveryQueue) process(d store.Delivery) {
 	now := q.r.now()
 	if q.stopping() {
+		q.settle(d, outcomeSkipped, 0)
 		q.reschedule(d, now)
-		return outcomeSkipped, 0
+		return
 	}
 	q.mu.Lock()
 	ok, until := q.admitLocked(d.Host, now)
 	q.mu.Unlock()
 	if !ok {
+		q.settle(d, outcomeSkipped, 0)
 		q.reschedule(d, until)
-		return outcomeSkipped, 0
+		return
 	}
-	return q.deliver(d)
+	q.deliver(d)
 }
 
-// deliver makes one attempt at d and records the outcome.
-func (q *deliveryQueue) deliver(d store.Delivery) (outcome, time.Duration) {
+// deliver makes one attempt at d, settles it and records the outcome.
+func (q *deliveryQueue) deliver(d store.Delivery) {
 	r := q.r
 	ctx := q.ctx
 	body, err := q.payload(ctx, d.PayloadID)
-	if errors.Is(err, store.ErrNotFound) {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		q.settle(d, outcomeSkipped, 0)
 		q.complete(d) // dropped meanwhile
-		return outcomeSkipped, 0
-	}
-	if err != nil {
-		if ctx.Err() != nil {
-			q.reschedule(d, r.now())
-			return outcomeCanceled, 0
-		}
+		return
+	case err != nil && ctx.Err() != nil:
+		q.settle(d, outcomeCanceled, 0)
+		q.reschedule(d, r.now())
+		return
+	case err != nil:
 		r.log.Error("relay: reading payload", "payload", d.PayloadID, "err", err)
+		q.settle(d, outcomeSkipped, 0)
 		q.reschedule(d, r.now().Add(r.cfg.RetryBackoff))
-		return outcomeSkipped, 0
+		return
 	}
 	status, retryAfter, err := r.post(ctx, d.Inbox, d.Subscriber, d.Signer, body)
-	switch {
-	case ctx.Err() != nil:
+	o := outcomeOf(ctx, status, err)
+	q.settle(d, o, retryAfter)
+	switch o {
+	case outcomeCanceled:
 		// Shutting down: the delivery is released for a later attempt.
 		q.reschedule(d, r.now())
-		return outcomeCanceled, 0
-	case err == nil && status >= 200 && status < 300:
+	case outcomeDelivered:
 		q.complete(d)
 		if d.Subscriber != "" {
 			q.stats.success(q.bgCtx, d.Subscriber, r.now().UTC())
 		}
-		return outcomeDelivered, 0
-	case err == nil && status == http.StatusGone && d.Subscriber != "":
-		q.complete(d)
-		r.subscriberGone(q.bgCtx, d.Subscriber, d.Inbox)
-		return outcomeRefused, 0
-	case err == nil && status == http.StatusGone && d.Signer != "":
-		q.complete(d)
-		r.topicInboxGone(q.bgCtx, d.Inbox)
-		return outcomeRefused, 0
-	case err == nil && status >= 400 && !transientStatus(status):
+	case outcomeRefused:
 		// The receiver refuses this message; repeating it will not help.
 		q.complete(d)
-		if d.Subscriber != "" {
+		switch {
+		case status == http.StatusGone && d.Subscriber != "":
+			r.subscriberGone(q.bgCtx, d.Subscriber, d.Inbox)
+		case status == http.StatusGone && d.Signer != "":
+			r.topicInboxGone(q.bgCtx, d.Inbox)
+		case d.Subscriber != "":
 			q.failure(d, fmt.Errorf("HTTP %d", status))
 			if status == http.StatusUnauthorized || status == http.StatusForbidden || status == http.StatusNotFound {
 				q.checkActor(d)
 			}
 		}
-		return outcomeRefused, 0
-	case err == nil && status == http.StatusTooManyRequests:
-		q.retry(d, fmt.Errorf("HTTP %d", status), retryAfter)
-		return outcomeThrottled, retryAfter
-	default:
+	default: // outcomeThrottled, outcomeFailed
 		if err == nil {
 			err = fmt.Errorf("HTTP %d", status)
 		}
 		q.retry(d, err, retryAfter)
-		return outcomeFailed, 0
 	}
+}
+
+// outcomeOf classifies an attempt that got status or err.
+func outcomeOf(ctx context.Context, status int, err error) outcome {
+	switch {
+	case ctx.Err() != nil:
+		return outcomeCanceled
+	case err != nil:
+		return outcomeFailed
+	case status >= 200 && status < 300:
+		return outcomeDelivered
+	case status == http.StatusTooManyRequests:
+		return outcomeThrottled
+	case status >= 400 && !transientStatus(status):
+		return outcomeRefused
+	}
+	return outcomeFailed
 }
 
 // payload returns a payload's body, from the cache when possible.
@@ -546,27 +584,53 @@ func (q *deliveryQueue) retry(d store.Delivery, cause error, retryAfter time.Dur
 // Attempts and LastError.
 func (q *deliveryQueue) reschedule(d store.Delivery, notBefore time.Time) {
 	d.NotBefore = notBefore.UTC()
+	d.Token = q.latestToken(d)
 	ctx, cancel := context.WithTimeout(q.bgCtx, storeTimeout)
 	defer cancel()
-	if err := q.r.store.Retry(ctx, d); err != nil && !errors.Is(err, store.ErrNotFound) {
+	err := q.r.store.Retry(ctx, d)
+	if err != nil && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrLeaseLost) {
 		q.r.log.Error("relay: rescheduling delivery", "inbox", d.Inbox, "err", err)
 	}
 }
 
-// complete removes d from the store. Until the store confirms it, d's id
-// stays in q.done so that the delivery is not attempted again.
+// completion is a completion waiting for the store: the lease token it
+// is made under, and whether a completer has it (false once the store
+// failed it, for retryCompletes).
+type completion struct {
+	token  string
+	queued bool
+}
+
+// complete removes d from the store, under its lease: if another process
+// leased d meanwhile (this one's lease ran out), the store leaves it to
+// that one. Until the store confirms it, d's id stays in q.done so that
+// the delivery is not attempted again.
 func (q *deliveryQueue) complete(d store.Delivery) {
 	q.mu.Lock()
-	q.done[d.ID] = true
+	if t, ok := q.held[d.ID]; ok {
+		d.Token = t
+	}
+	q.done[d.ID] = completion{token: d.Token, queued: true}
 	q.mu.Unlock()
-	q.completeCh <- d.ID
+	q.completeCh <- d.Ref()
+}
+
+// latestToken returns the token of this process's latest lease of d: the
+// dispatcher may have leased d again while it was being attempted.
+func (q *deliveryQueue) latestToken(d store.Delivery) string {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if t, ok := q.held[d.ID]; ok {
+		return t
+	}
+	return d.Token
 }
 
 // completer confirms completions to the store, in batches.
 func (q *deliveryQueue) completer() {
 	defer q.cwg.Done()
 	for id := range q.completeCh {
-		batch := []string{id}
+		batch := []store.LeaseRef{id}
 		deadline := time.NewTimer(completeGather)
 	gather:
 		for len(batch) < completeBatch {
@@ -596,19 +660,21 @@ func (q *deliveryQueue) completer() {
 // confirm writes the completions of ids to the store, in one change, and
 // records the outcome: forgotten once written, kept for retryCompletes if
 // the store failed.
-func (q *deliveryQueue) confirm(ctx context.Context, ids []string) {
-	err := q.r.store.Complete(ctx, ids...)
+func (q *deliveryQueue) confirm(ctx context.Context, refs []store.LeaseRef) {
+	err := q.r.store.Complete(ctx, refs...)
 	q.mu.Lock()
-	for _, id := range ids {
-		if err == nil {
-			delete(q.done, id)
+	for _, ref := range refs {
+		if c := q.done[ref.ID]; err == nil && c.token == ref.Token {
+			delete(q.done, ref.ID)
 		} else {
-			q.done[id] = false
+			// Failed, or leased again meanwhile (complete it under the
+			// new lease): for retryCompletes.
+			q.done[ref.ID] = completion{token: c.token}
 		}
 	}
 	q.mu.Unlock()
 	if err != nil && ctx.Err() == nil {
-		q.r.log.Error("relay: completing deliveries", "count", len(ids), "first", ids[0], "err", err)
+		q.r.log.Error("relay: completing deliveries", "count", len(refs), "first", refs[0].ID, "err", err)
 	}
 }
 
@@ -616,15 +682,15 @@ func (q *deliveryQueue) confirm(ctx context.Context, ids []string) {
 // all set (at stop, when no completer runs), it confirms every pending one.
 func (q *deliveryQueue) retryCompletes(ctx context.Context, all bool) {
 	q.mu.Lock()
-	var ids []string
-	for id, queued := range q.done {
-		if all || !queued {
-			ids = append(ids, id)
-			q.done[id] = true
+	var refs []store.LeaseRef
+	for id, c := range q.done {
+		if all || !c.queued {
+			refs = append(refs, store.LeaseRef{ID: id, Token: c.token})
+			q.done[id] = completion{token: c.token, queued: true}
 		}
 	}
 	q.mu.Unlock()
-	for batch := range slices.Chunk(ids, completeBatch) {
+	for batch := range slices.Chunk(refs, completeBatch) {
 		q.confirm(ctx, batch)
 	}
 }
@@ -645,6 +711,11 @@ func (q *deliveryQueue) failure(d store.Delivery, cause error) bool {
 		if !found {
 			return store.ErrNotFound
 		}
+		if s.RevivedAt.After(since) || s.LastSuccess.After(since) {
+			// Another process revived the subscriber, or delivered to
+			// it, after this run of failures began: the run is over.
+			return nil
+		}
 		if s.State == store.StateAccepted {
 			s.State = store.StateDormant
 			s.UpdatedAt = now
@@ -654,6 +725,9 @@ func (q *deliveryQueue) failure(d store.Delivery, cause error) bool {
 		}
 		return nil
 	})
+	if err == nil && s.State != store.StateDormant {
+		q.stats.restart(d.Subscriber, s)
+	}
 	if err != nil || s.State != store.StateDormant {
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			r.log.Error("relay: making subscriber dormant", "actor", d.Subscriber, "err", err)
@@ -672,17 +746,27 @@ func (q *deliveryQueue) failure(d store.Delivery, cause error) bool {
 // Announces (Update, Delete, Move and subscription messages are kept). It
 // counts a host's deliveries only when an upper estimate of its backlog
 // (the last count plus what was queued since) is over the bound, so it
-// costs the store nothing most of the time. Failures are logged: the
-// deliveries are stored whatever happens here.
+// costs the store nothing most of the time. On a store shared with other
+// processes (a store.Notifier), whose queueing this one does not see, it
+// also counts whenever this process queued another eighth of the bound
+// for the host since its last count, so that N processes overshoot the
+// bound by at most N/8 of it. Failures are logged: the deliveries are
+// stored whatever happens here.
 func (q *deliveryQueue) bound(ctx context.Context, ds []store.Delivery) {
 	limit := q.r.cfg.MaxHostBacklog
 	if limit <= 0 {
 		return
 	}
+	_, shared := q.r.store.(store.Notifier)
 	var over []string
 	q.mu.Lock()
 	for _, d := range ds {
-		if q.backlog[d.Host]++; q.backlog[d.Host] > limit && !slices.Contains(over, d.Host) {
+		q.backlog[d.Host]++
+		if shared {
+			q.added[d.Host]++
+		}
+		due := q.backlog[d.Host] > limit || shared && q.added[d.Host] >= max(limit/8, 1)
+		if due && !slices.Contains(over, d.Host) {
 			over = append(over, d.Host)
 		}
 	}
@@ -703,6 +787,7 @@ func (q *deliveryQueue) bound(ctx context.Context, ds []store.Delivery) {
 		}
 		q.mu.Lock()
 		q.backlog[h] = n
+		delete(q.added, h)
 		q.mu.Unlock()
 	}
 }

@@ -153,23 +153,23 @@ func (s *spyStore) Retry(ctx context.Context, d store.Delivery) error {
 
 // Complete counts batches; with failOnce it fails a call that holds a
 // delivery it has not failed yet.
-func (s *spyStore) Complete(ctx context.Context, ids ...string) error {
+func (s *spyStore) Complete(ctx context.Context, refs ...store.LeaseRef) error {
 	s.mu.Lock()
-	if len(ids) > 1 {
+	if len(refs) > 1 {
 		s.batches++
 	}
 	fail := false
-	for _, id := range ids {
-		if s.failOnce && !s.failed[id] {
+	for _, ref := range refs {
+		if s.failOnce && !s.failed[ref.ID] {
 			fail = true
-			s.failed[id] = true
+			s.failed[ref.ID] = true
 		}
 	}
 	s.mu.Unlock()
 	if fail {
 		return errors.New("spy: injected failure")
 	}
-	return s.Store.Complete(ctx, ids...)
+	return s.Store.Complete(ctx, refs...)
 }
 
 // Enqueue fails, storing nothing, while enqueueFails is positive.

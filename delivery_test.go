@@ -190,16 +190,17 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 	e.net.Handle("b.test", h)
 
 	first := e.post(in[0], "one")
+	// The worker writes the retry to the store, then records the pause in
+	// the host's breaker: wait for both.
 	var d store.Delivery
 	e.eventually(func() bool {
 		rs := e.st.retriesWith(1)
 		if len(rs) == 1 {
 			d = rs[0]
 		}
-		return len(rs) == 1
-	})
+		return len(rs) == 1 && e.circuit("b.test").Circuit == "open"
+	}, "the 429 is retried and pauses the host")
 	assert.Equal(t, 600*time.Second, d.NotBefore.Sub(e.clock.Now()), "Retry-After, not the 1 s backoff")
-	assert.Equal(t, "open", e.circuit("b.test").Circuit)
 
 	// Another activity for the paused host waits too.
 	second := e.post(in[0], "two")
@@ -803,4 +804,17 @@ func TestChunkedFanOutRepeated(t *testing.T) {
 	for _, i := range in[1:] {
 		assert.Len(t, announcesOf(i, objectID), 1, i.Host())
 	}
+}
+
+// Close waits for nothing but the work in flight: on a fake clock that
+// never moves, with deliveries done, an idle dispatcher, flusher and
+// policy refresher (all waiting on the clock), Close returns without a
+// deadline.
+func TestCloseDoesNotWaitOnTheClock(t *testing.T) {
+	e := newMemEnv(t, relay.Config{})
+	in := e.subscribed("a.test", "b.test")
+	note := e.post(in[0], "one")
+	waitFor(t, in[1], "Create", note.ID)
+	e.settled()
+	require.NoError(t, e.r.Close(context.Background()))
 }

@@ -6,8 +6,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/xml"
+	"errors"
 	"fmt"
-	"html/template"
 	"net/http"
 	"strings"
 	"time"
@@ -27,7 +28,7 @@ const (
 // Handler returns the http.Handler that serves every route of the relay.
 // With P the path of Config.BaseURL ("" at the root), the routes are:
 //
-//	GET  P/actor                  the relay actor (Application "relay")
+//	GET  P/actor                  the relay actor (see Config.Username, ActorType)
 //	POST P/inbox                  the inbox (also the actor's sharedInbox)
 //	GET  P/actor/followers        empty collections: subscribers are not listed
 //	GET  P/actor/following
@@ -35,14 +36,16 @@ const (
 //	GET  P/nodeinfo/2.0           NodeInfo documents
 //	GET  P/nodeinfo/2.1
 //	GET  P/{$}                    a short plain-text page for people
-//	GET  /.well-known/webfinger   acct:relay@host and the actor URL
-//	GET  /.well-known/nodeinfo
-//	GET  /.well-known/host-meta
+//	GET  /.well-known/webfinger   acct:Username@host and the actor URL
+//	GET  /.well-known/nodeinfo    links to P/nodeinfo/2.1 and 2.0
+//	GET  /.well-known/host-meta   the WebFinger template
 //
 // Mount it at the root, or route P/ and the three /.well-known/ paths to it
-// from your own mux (a server with its own WebFinger can answer relay
-// resources with Relay.WebFinger instead). The handler never registers
-// anything globally and serves all GETs without requiring a signature.
+// from your own mux. A server that answers /.well-known/ itself, or runs
+// several relays on one host, answers for the relay with Relay.WebFinger,
+// Relay.NodeInfoLinks and Relay.HostMeta instead. The handler never
+// registers anything globally and serves all GETs without requiring a
+// signature.
 func (r *Relay) Handler() http.Handler { return r.handler }
 
 func (r *Relay) routes() http.Handler {
@@ -74,8 +77,8 @@ func marshalDoc(it vocab.Item, security bool) ([]byte, error) {
 
 // actorDocument builds the relay actor.
 func (r *Relay) actorDocument() vocab.Item {
-	a := vocab.ActorNew(vocab.IRI(r.actorID), vocab.ApplicationType)
-	a.PreferredUsername = vocab.DefaultNaturalLanguageValue("relay")
+	a := vocab.ActorNew(vocab.IRI(r.actorID), vocab.ActivityVocabularyType(r.cfg.ActorType))
+	a.PreferredUsername = vocab.DefaultNaturalLanguageValue(r.cfg.Username)
 	a.Name = vocab.DefaultNaturalLanguageValue(r.cfg.Name)
 	if r.cfg.Summary != "" {
 		a.Summary = vocab.DefaultNaturalLanguageValue(r.cfg.Summary)
@@ -115,31 +118,34 @@ type JRD struct {
 	Links   []JRDLink `json:"links"`
 }
 
-// JRDLink is one link of a JRD.
+// JRDLink is one link of a JRD, or of an XRD (host-meta) in XML.
 type JRDLink struct {
-	Rel      string `json:"rel"`
-	Type     string `json:"type,omitempty"`
-	Href     string `json:"href,omitempty"`
-	Template string `json:"template,omitempty"`
+	Rel      string `json:"rel" xml:"rel,attr"`
+	Type     string `json:"type,omitempty" xml:"type,attr,omitempty"`
+	Href     string `json:"href,omitempty" xml:"href,attr,omitempty"`
+	Template string `json:"template,omitempty" xml:"template,attr,omitempty"`
 }
 
 // WebFinger answers a WebFinger query for the relay actor: resource may be
-// acct:relay@<host> (with or without the port of BaseURL) or the actor URL.
-// The subject is acct:relay@<host>, with the port when BaseURL has one
-// other than its scheme's default (as Mastodon names accounts of a server
-// on a port), so a client that queries the subject again reaches this
-// relay. It answers for topic actors too (acct:tag.cats@<host>, or the
-// actor URL; see topics.go), and reports false for any other resource. Servers that run their
-// own WebFinger endpoint call it to answer for the relay.
+// acct:<Username>@<host> (with or without the port of BaseURL; the user
+// part in any case) or the actor URL. The subject is
+// acct:<Username>@<host>, with the port when BaseURL has one other than
+// its scheme's default (as Mastodon names accounts of a server on a port),
+// so a client that queries the subject again reaches this relay. It
+// answers for topic actors too (acct:tag.cats@<host>, or the actor URL;
+// see topics.go), and reports false for any other resource. Servers that
+// run their own WebFinger endpoint, or several relays on one host, call it
+// to answer for each relay.
 func (r *Relay) WebFinger(resource string) (JRD, bool) {
-	hostname := r.base.Hostname()
+	hostname, user := r.base.Hostname(), strings.ToLower(r.cfg.Username)
 	switch strings.ToLower(resource) {
-	case "acct:relay@" + hostname, "acct:relay@" + r.base.Host, "relay@" + hostname, "relay@" + r.base.Host, strings.ToLower(r.actorID):
+	case "acct:" + user + "@" + hostname, "acct:" + user + "@" + r.base.Host,
+		user + "@" + hostname, user + "@" + r.base.Host, strings.ToLower(r.actorID):
 	default:
 		return r.topicWebFinger(resource)
 	}
 	return JRD{
-		Subject: "acct:relay@" + r.acctHost(),
+		Subject: "acct:" + r.cfg.Username + "@" + r.acctHost(),
 		Aliases: []string{r.actorID},
 		Links: []JRDLink{
 			{Rel: "self", Type: activityJSON, Href: r.actorID},
@@ -163,33 +169,66 @@ func (r *Relay) serveWebFinger(w http.ResponseWriter, req *http.Request) {
 	writeDoc(w, r, jrdJSON, b, err)
 }
 
-func (r *Relay) serveHostMeta(w http.ResponseWriter, _ *http.Request) {
+// HostMeta is a host-meta document (RFC 6415): an XRD in XML, its
+// Links marshalled as Link elements, or a JRD in JSON (host-meta.json).
+type HostMeta struct {
+	XMLName xml.Name  `json:"-" xml:"http://docs.oasis-open.org/ns/xri/xrd-1.0 XRD"`
+	Links   []JRDLink `json:"links" xml:"Link"`
+}
+
+// XML returns m as the XML document served at /.well-known/host-meta.
+func (m HostMeta) XML() ([]byte, error) {
+	b, err := xml.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte(xml.Header), append(b, '\n')...), nil
+}
+
+// HostMeta returns the relay's host-meta document: one lrdd link with the
+// template of the host's WebFinger endpoint, which old clients use to
+// find it. A server that serves host-meta itself adds the relay's links
+// it does not have yet (a server with WebFinger usually has this one).
+func (r *Relay) HostMeta() HostMeta {
 	root := r.base.Scheme + "://" + r.base.Host
-	body := `<?xml version="1.0" encoding="UTF-8"?>
-<XRD xmlns="http://docs.oasis-open.org/ns/xri/xrd-1.0">
-  <Link rel="lrdd" type="application/xrd+xml" template="` + template.HTMLEscapeString(root) + `/.well-known/webfinger?resource={uri}"/>
-</XRD>
-`
-	writeDoc(w, r, "application/xrd+xml; charset=utf-8", []byte(body), nil)
+	return HostMeta{Links: []JRDLink{
+		{Rel: "lrdd", Type: "application/xrd+xml", Template: root + "/.well-known/webfinger?resource={uri}"},
+	}}
+}
+
+func (r *Relay) serveHostMeta(w http.ResponseWriter, _ *http.Request) {
+	b, err := r.HostMeta().XML()
+	writeDoc(w, r, "application/xrd+xml; charset=utf-8", b, err)
 }
 
 const nodeInfoSchema = "http://nodeinfo.diaspora.software/ns/schema/"
 
-func (r *Relay) serveNodeInfoLinks(w http.ResponseWriter, _ *http.Request) {
-	doc := JRD{Links: []JRDLink{
+// NodeInfoLinks returns the links /.well-known/nodeinfo lists for the
+// relay: its NodeInfo 2.1 and 2.0 documents (served by Relay.Handler at
+// BaseURL + "/nodeinfo/2.1" and "/2.0") and its actor. A server that
+// answers /.well-known/nodeinfo itself appends them to its own links, as
+// {"links": [...]}: clients take the first link of the schema they want,
+// so the server's own documents, listed first, keep describing the host,
+// and the relay's stay reachable at their URLs.
+func (r *Relay) NodeInfoLinks() []JRDLink {
+	return []JRDLink{
 		{Rel: nodeInfoSchema + "2.1", Href: r.base.String() + "/nodeinfo/2.1"},
 		{Rel: nodeInfoSchema + "2.0", Href: r.base.String() + "/nodeinfo/2.0"},
-		{Rel: "https://www.w3.org/ns/activitystreams#Application", Href: r.actorID},
-	}}
+		{Rel: "https://www.w3.org/ns/activitystreams#" + r.cfg.ActorType, Href: r.actorID},
+	}
+}
+
+func (r *Relay) serveNodeInfoLinks(w http.ResponseWriter, _ *http.Request) {
 	b, err := json.Marshal(struct {
 		Links []JRDLink `json:"links"`
-	}{doc.Links})
+	}{r.NodeInfoLinks()})
 	writeDoc(w, r, "application/json", b, err)
 }
 
-// nodeInfo is a NodeInfo 2.0/2.1 document. Software.Repository and
-// Homepage exist only in 2.1 (2.0 forbids additional properties).
-type nodeInfo struct {
+// NodeInfoDocument is a NodeInfo 2.0 or 2.1 document. Software.Repository
+// and Homepage exist only in 2.1 (2.0 forbids additional properties);
+// Metadata is free-form.
+type NodeInfoDocument struct {
 	Version  string `json:"version"`
 	Software struct {
 		Name       string `json:"name"`
@@ -213,31 +252,56 @@ type nodeInfo struct {
 	Metadata map[string]any `json:"metadata"`
 }
 
-func (r *Relay) serveNodeInfo(w http.ResponseWriter, req *http.Request) {
-	version := req.PathValue("version")
+// ErrNodeInfoVersion is returned by Relay.NodeInfo for a version other
+// than "2.0" and "2.1".
+var ErrNodeInfoVersion = errors.New("relay: unknown NodeInfo version")
+
+// NodeInfo returns the relay's NodeInfo document of version "2.0" or
+// "2.1", as Relay.Handler serves it: software fedirelay, the accepted
+// subscribers as users, openRegistrations false when
+// Config.ApprovalRequired, Name and Summary as metadata nodeName and
+// nodeDescription, the policy metadata (see nodeInfoPolicies) and the
+// topics. It reads the subscribers from the store: an error
+// reading them is returned with the document, whose user counts are then
+// 0. A server that describes the host in its own NodeInfo can take
+// fields from it (marshal it with encoding/json; Metadata may be changed,
+// the map is the caller's).
+func (r *Relay) NodeInfo(ctx context.Context, version string) (NodeInfoDocument, error) {
 	if version != "2.0" && version != "2.1" {
-		http.NotFound(w, req)
-		return
+		return NodeInfoDocument{}, ErrNodeInfoVersion
 	}
-	n := nodeInfo{Version: version, Protocols: []string{"activitypub"}, OpenRegistrations: true}
+	n := NodeInfoDocument{Version: version, Protocols: []string{"activitypub"}, OpenRegistrations: !r.cfg.ApprovalRequired}
 	n.Software.Name = "fedirelay"
 	n.Software.Version = Version
 	if version == "2.1" {
 		n.Software.Repository = "https://github.com/fedirelay/relay"
 	}
 	n.Services.Inbound, n.Services.Outbound = []string{}, []string{}
-	subs, err := r.store.ListSubscribers(req.Context(), store.SubscriberFilter{State: store.StateAccepted})
-	if err != nil {
-		r.log.Error("relay: nodeinfo: listing subscribers", "err", err)
-	}
-	u := &n.Usage.Users
-	u.Total, u.ActiveMonth, u.ActiveHalfyear = len(subs), len(subs), len(subs)
 	n.Metadata = map[string]any{"nodeName": r.cfg.Name}
 	if r.cfg.Summary != "" {
 		n.Metadata["nodeDescription"] = r.cfg.Summary
 	}
-	r.nodeInfoPolicies(req.Context(), n.Metadata)
+	r.nodeInfoPolicies(ctx, n.Metadata)
 	r.addTopicsNodeInfo(n.Metadata)
+	subs, err := r.store.ListSubscribers(ctx, store.SubscriberFilter{State: store.StateAccepted})
+	if err != nil {
+		return n, wrapf(err, "nodeinfo: listing subscribers")
+	}
+	u := &n.Usage.Users
+	u.Total, u.ActiveMonth, u.ActiveHalfyear = len(subs), len(subs), len(subs)
+	return n, nil
+}
+
+func (r *Relay) serveNodeInfo(w http.ResponseWriter, req *http.Request) {
+	version := req.PathValue("version")
+	n, err := r.NodeInfo(req.Context(), version)
+	if errors.Is(err, ErrNodeInfoVersion) {
+		http.NotFound(w, req)
+		return
+	}
+	if err != nil {
+		r.log.Error("relay: nodeinfo", "err", err)
+	}
 	b, err := json.Marshal(n)
 	writeDoc(w, r, `application/json; profile="`+nodeInfoSchema+version+`#"`, b, err)
 }

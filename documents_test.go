@@ -114,7 +114,9 @@ func TestWebFinger(t *testing.T) {
 	jrd, ok := rp.WebFinger("acct:relay@localhost")
 	assert.True(t, ok)
 	assert.Equal(t, "acct:relay@localhost:8080", jrd.Subject)
-	// A scheme's default port is not part of the account.
+	// A scheme's default port is not part of the account (so a relay on
+	// https://relay.example:443 claims r's account: r must be closed).
+	require.NoError(t, r.Close(context.Background()))
 	jrd, ok = newTestRelay(t, "https://relay.example:443").WebFinger("acct:relay@relay.example")
 	assert.True(t, ok)
 	assert.Equal(t, "acct:relay@relay.example", jrd.Subject)
@@ -236,6 +238,7 @@ func TestKeyPersistsInStore(t *testing.T) {
 	require.NoError(t, r1.Close(context.Background()))
 	r2, err := relay.New(relay.Config{BaseURL: "https://relay.example", Store: st, Logger: quietLogger()})
 	require.NoError(t, err)
+	t.Cleanup(func() { _ = r2.Close(context.Background()) })
 	_, _, a2 := get(t, r2.Handler(), "https://relay.example/actor")
 	assert.JSONEq(t, string(a1), string(a2))
 	keys, err := st.ListValues(context.Background(), "relay/")

@@ -49,7 +49,7 @@ func (r *Relay) serveInbox(w http.ResponseWriter, req *http.Request) {
 		r.log.Debug("relay: inbox: accepted without effect", "reason", string(ok))
 		w.WriteHeader(http.StatusAccepted)
 	case errors.As(err, &ie):
-		r.log.Info("relay: inbox: refused", "status", ie.status, "reason", ie.msg, "remote", req.RemoteAddr)
+		r.log.Info("relay: inbox: refused", "status", ie.status, "reason", ie.msg, "remote", r.clientAddr(req))
 		if ie.retryAfter > 0 {
 			w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(ie.retryAfter)))
 		}

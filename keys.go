@@ -61,11 +61,11 @@ func (r *Relay) fetch(ctx context.Context, rawURL string) (*document, error) {
 	target := rawURL
 	for hop := 0; ; hop++ {
 		if err := checkIRI(target); err != nil {
-			return nil, fmt.Errorf("relay: fetching: %w", err)
+			return nil, wrapf(err, "fetching")
 		}
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
 		if err != nil {
-			return nil, fmt.Errorf("relay: fetching %s: %w", target, err)
+			return nil, wrapf(err, "fetching %s", target)
 		}
 		req.Header.Set("Accept", acceptActivity)
 		req.Header.Set("User-Agent", r.cfg.UserAgent)
@@ -74,7 +74,7 @@ func (r *Relay) fetch(ctx context.Context, rawURL string) (*document, error) {
 		}
 		resp, err := r.transport.RoundTrip(req)
 		if err != nil {
-			return nil, fmt.Errorf("relay: fetching %s: %w", target, err)
+			return nil, wrapf(err, "fetching %s", target)
 		}
 		if loc := resp.Header.Get("Location"); resp.StatusCode >= 300 && resp.StatusCode < 400 && loc != "" {
 			drain(resp)
@@ -116,13 +116,13 @@ func (r *Relay) readDocument(resp *http.Response, target string) ([]byte, error)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, r.cfg.MaxBodyBytes+1))
 	if err != nil {
-		return nil, fmt.Errorf("relay: fetching %s: %w", target, err)
+		return nil, wrapf(err, "fetching %s", target)
 	}
 	if int64(len(body)) > r.cfg.MaxBodyBytes {
 		return nil, fmt.Errorf("relay: fetching %s: document larger than %d bytes", target, r.cfg.MaxBodyBytes)
 	}
 	if err := checkJSONDepth(body, maxJSONDepth); err != nil {
-		return nil, fmt.Errorf("relay: fetching %s: %w", target, err)
+		return nil, wrapf(err, "fetching %s", target)
 	}
 	return body, nil
 }

@@ -187,14 +187,21 @@ func (r *Relay) readBlocked(ctx context.Context) ([]DomainBlock, error) {
 }
 
 // refreshPolicies reads the run-time block list again every policyRefresh
-// until the relay is closed. Errors keep the list in force.
+// until the relay is closed, and at once when a store shared with other
+// processes signals that a value changed (store.Notifier). Errors keep the
+// list in force.
 func (r *Relay) refreshPolicies() {
 	defer r.bg.Done()
+	var changed <-chan struct{}
+	if n, ok := r.store.(store.Notifier); ok {
+		changed = n.ValuesChanged()
+	}
 	for {
 		select {
 		case <-r.closed:
 			return
 		case <-r.clock.After(policyRefresh):
+		case <-changed:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 		if _, err := r.reloadBlocked(ctx); err != nil && !errors.Is(err, store.ErrClosed) {

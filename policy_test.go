@@ -211,3 +211,45 @@ func (s slowValues) GetValue(ctx context.Context, key string) ([]byte, error) {
 	time.Sleep(time.Millisecond)
 	return v, err
 }
+
+// notifyingStore is a store shared by several processes that tells them
+// about value changes and enqueues (store.Notifier), as pgstore does; the
+// test sends the notifications.
+type notifyingStore struct {
+	store.Store
+	values, queue chan struct{}
+}
+
+func newNotifyingStore(s store.Store) *notifyingStore {
+	return &notifyingStore{Store: s, values: make(chan struct{}, 1), queue: make(chan struct{}, 1)}
+}
+
+func (s *notifyingStore) QueueChanged() <-chan struct{}  { return s.queue }
+func (s *notifyingStore) ValuesChanged() <-chan struct{} { return s.values }
+
+// A relay on a store that notifies (store.Notifier) picks up a block made
+// by another relay at once, without waiting for its periodic refresh: its
+// clock never moves here.
+func TestBlockDomainOfAnotherRelayVisibleAtOnce(t *testing.T) {
+	var network memnet.Network
+	st := newNotifyingStore(newMemStore(t))
+	r := memRelay(t, &network, "relay.test", st, relay.Config{Clock: newFakeClock()})
+	ctx := context.Background()
+	late := relaytest.NewInstance(t, relaytest.Mastodon, relaytest.Options{Network: &network, Host: "late.test", Logf: func(string, ...any) {}})
+	r2, err := relay.New(relay.Config{BaseURL: "https://relay2.test", Transport: &network, Store: st.Store, Logger: quietLogger()})
+	require.NoError(t, err)
+	require.NoError(t, r2.BlockDomain(ctx, "late.test"))
+	require.NoError(t, r2.Close(ctx))
+	st.values <- struct{}{} // r2 wrote to the store underneath: the notification
+	var he *relaytest.HTTPError
+	refused := false
+	for deadline := time.Now().Add(wait); time.Now().Before(deadline) && !refused; {
+		_, err = late.Subscribe(ctx, r.InboxURL(), r.ActorID())
+		refused = errors.As(err, &he) && he.StatusCode == http.StatusForbidden
+		if !refused {
+			_ = late.Unsubscribe(ctx, r.InboxURL())
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	assert.True(t, refused, "the block made through another relay took effect without a refresh")
+}

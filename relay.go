@@ -12,16 +12,32 @@
 //     Announce of each relayed object.
 //
 // Create a Relay with New, mount Relay.Handler on your server, call Start to
-// begin delivering, and Close to stop:
+// begin delivering, and Close to stop. Mounted under /relay/ of a server
+// (BaseURL "https://example.org/relay"), WebFinger, NodeInfo and host-meta
+// still belong at the root of the host:
 //
-//	r, err := relay.New(relay.Config{BaseURL: "https://relay.example.org"})
-//	if err != nil { ... }
-//	mux.Handle("/", r.Handler())
-//	r.Start()
+//	r, err := relay.New(relay.Config{BaseURL: "https://example.org/relay"})
+//	if err != nil {
+//		return err
+//	}
+//	mux.Handle("/relay/", r.Handler())
+//	mux.Handle("GET /.well-known/webfinger", r.Handler())
+//	mux.Handle("GET /.well-known/nodeinfo", r.Handler())
+//	mux.Handle("GET /.well-known/host-meta", r.Handler())
+//	if err := r.Start(); err != nil {
+//		return err
+//	}
 //	defer r.Close(context.Background())
 //
 // State (subscribers, the relay key, the delivery queue) lives in a
-// store.Store; the default is in memory and lost on restart.
+// store.Store; the default is in memory and lost on restart, so a server
+// passes a durable one, such as store/filestore, in Config.Store.
+//
+// Further reading, in the repository: docs/embedding.md
+// (mounting, policies, the operator API), docs/operating.md (deployment,
+// backups, logs), docs/protocol.md (what is relayed how, per server) and
+// docs/store.md (the Store contract). Package httpsig holds the HTTP
+// signature code.
 package relay
 
 import (
@@ -164,13 +180,24 @@ type Config struct {
 	// Workers is the number of deliveries in flight at once; they wait on
 	// the network concurrently while signing uses every core. Default
 	// 16 × GOMAXPROCS. PerHostWorkers caps the deliveries in flight to one
-	// host so a slow host cannot take them all. Default 4.
+	// host so a slow host cannot take them all. Default 4. Both are per
+	// relay process: N processes sharing a store send up to N ×
+	// PerHostWorkers requests to one host at once (see docs/operating.md).
 	Workers        int
 	PerHostWorkers int
 
 	// RequestTimeout bounds each outbound request, from dialling to the end
 	// of the response. Default 30 seconds.
 	RequestTimeout time.Duration
+
+	// LeaseDuration is how long a delivery this relay leased from the
+	// store stays reserved for it. When a relay process dies, the others
+	// sharing its store take its deliveries over once their leases end;
+	// a lease that ends while its delivery is still being attempted or
+	// waits for its host lets another process send it too (at least
+	// once). Default 10 × RequestTimeout + 1 minute, far longer than an
+	// attempt plus its wait behind the host's other deliveries.
+	LeaseDuration time.Duration
 
 	// RetryBackoff is the delay before the first retry of a failed
 	// delivery; it doubles on every attempt, with jitter, up to 6 hours.
@@ -318,6 +345,41 @@ type Config struct {
 	// #norelay) are honoured; the zero value: for topic actors only.
 	OptOuts OptOutConfig
 
+	// ApprovalRequired says that the operator approves every subscription
+	// (Relay.Approve, Relay.Refuse): NodeInfo then reports
+	// openRegistrations false, and a nil FollowPolicy defaults to
+	// ManualApproval. A FollowPolicy that is set still decides on every
+	// request; set ApprovalRequired with it when that policy holds them.
+	ApprovalRequired bool
+
+	// TrustedProxies lists the address ranges of the reverse proxies in
+	// front of the relay. For a request whose peer address is in them, the
+	// client address the relay logs (remote=) is taken from
+	// X-Forwarded-For (the rightmost address not in TrustedProxies) or,
+	// without it, from Forwarded's for= parameters, read the same way;
+	// otherwise, and for every other request, it is the peer address.
+	// Headers from peers outside these ranges are never believed. The
+	// relay uses the client address only in logs.
+	TrustedProxies []netip.Prefix
+
+	// Username is the relay actor's preferredUsername and the user part
+	// of its account, acct:Username@host (see Relay.WebFinger). Default
+	// "relay". Letters, digits, '_', '-' and '.' (not first or last), at
+	// most 64 bytes. Two relays in one process must not claim the same
+	// account: see New.
+	Username string
+
+	// ActorType is the relay actor's ActivityStreams type: "Application"
+	// (the default, what Mastodon and Pleroma relays use) or "Service".
+	ActorType string
+
+	// PrivateKeyPEM is the relay's RSA private key in PEM form, PKCS#8
+	// ("PRIVATE KEY") or PKCS#1 ("RSA PRIVATE KEY"), not encrypted, of at
+	// least 2048 bits. If set, the relay signs with it and neither reads
+	// nor replaces the key kept in the Store; if empty, the relay uses the
+	// Store's key, generating and storing one on first use.
+	PrivateKeyPEM []byte
+
 	// Rules are the built-in rules for subscription requests (allowlist
 	// mode, software and actor type policies), checked before
 	// FollowPolicy. The zero value refuses nothing.
@@ -368,6 +430,7 @@ type Relay struct {
 	actorID  string
 	inboxURL string
 	keyID    string
+	account  string // acct:Username@host, lower case (see claimAccount)
 	signer   *httpsig.Signer
 	pubPEM   string
 	keys     *keyCache
@@ -396,21 +459,23 @@ type Relay struct {
 // Store key under which the relay's private key is kept (PKCS#8 PEM).
 const keyValueName = "relay/private-key.pem"
 
-// New validates cfg, loads the relay key from the store (generating and
-// storing one on first use) and returns a Relay ready to serve. Deliveries
+// New validates cfg (see Config.Validate), loads the relay key (see
+// Config.PrivateKeyPEM) and returns a Relay ready to serve. Deliveries
 // start only after Start.
+//
+// Within one process, relays must be told apart by their accounts
+// (acct:Username@host, host with BaseURL's port unless it is the scheme's
+// default): New returns an error wrapping ErrAccountTaken while another
+// relay that claims the same account is open, for WebFinger could answer
+// for only one of them. Close releases the account; a Relay never closed
+// keeps it for the life of the process.
 func New(cfg Config) (*Relay, error) {
-	base, err := url.Parse(strings.TrimSpace(cfg.BaseURL))
-	if err != nil || (base.Scheme != "https" && base.Scheme != "http") || base.Host == "" {
-		return nil, fmt.Errorf("relay: BaseURL must be an absolute http(s) URL, got %q", cfg.BaseURL)
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
-	if base.RawQuery != "" || base.Fragment != "" || base.User != nil {
-		return nil, fmt.Errorf("relay: BaseURL %q must not have a query, fragment or user info", cfg.BaseURL)
-	}
-	base.Host = strings.ToLower(base.Host)
-	base.Path = strings.TrimSuffix(base.Path, "/")
-	base.RawPath = ""
+	base, _ := parseBaseURL(cfg.BaseURL)
 	setDefaults(&cfg, base)
+	var err error
 	if cfg.Topics.Allow, err = normalizeTopicList(cfg.Topics.Allow); err != nil {
 		return nil, err
 	}
@@ -451,6 +516,16 @@ func New(cfg Config) (*Relay, error) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	r.account = "acct:" + strings.ToLower(cfg.Username) + "@" + r.acctHost()
+	if err := claimAccount(r.account); err != nil {
+		return nil, err
+	}
+	claimed := true
+	defer func() {
+		if claimed {
+			releaseAccount(r.account)
+		}
+	}()
 	key, err := r.loadKey(ctx)
 	if err != nil {
 		return nil, err
@@ -476,6 +551,7 @@ func New(cfg Config) (*Relay, error) {
 	r.enqueueChunk = enqueueChunk
 	r.queue = newDeliveryQueue(r)
 	r.handler = r.routes()
+	claimed = false // the Relay holds the account until Close
 	return r, nil
 }
 
@@ -488,6 +564,15 @@ func setDefaults(cfg *Config, base *url.URL) {
 	}
 	if cfg.FollowPolicy == nil {
 		cfg.FollowPolicy = AcceptAll
+		if cfg.ApprovalRequired {
+			cfg.FollowPolicy = ManualApproval
+		}
+	}
+	if cfg.Username == "" {
+		cfg.Username = defaultUsername
+	}
+	if cfg.ActorType == "" {
+		cfg.ActorType = defaultActorType
 	}
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 1 << 20
@@ -512,6 +597,9 @@ func setDefaults(cfg *Config, base *url.URL) {
 	}
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = 30 * time.Second
+	}
+	if cfg.LeaseDuration <= 0 {
+		cfg.LeaseDuration = 10*cfg.RequestTimeout + time.Minute
 	}
 	if cfg.RetryBackoff <= 0 {
 		cfg.RetryBackoff = 30 * time.Second
@@ -557,15 +645,19 @@ func setDefaults(cfg *Config, base *url.URL) {
 	}
 }
 
-// loadKey returns the relay's RSA key from the store, generating and
-// storing one if there is none. Concurrent processes sharing a store end up
-// with the same key because CreateValue keeps the first one stored.
+// loadKey returns Config.PrivateKeyPEM's key if set, else the relay's RSA
+// key from the store, generating and storing one if there is none.
+// Concurrent processes sharing a store end up with the same key because
+// CreateValue keeps the first one stored.
 func (r *Relay) loadKey(ctx context.Context) (*rsa.PrivateKey, error) {
+	if len(r.cfg.PrivateKeyPEM) > 0 {
+		return httpsig.ParsePrivateKeyPEM(r.cfg.PrivateKeyPEM) // checked by Validate
+	}
 	pemBytes, err := r.store.GetValue(ctx, keyValueName)
 	if errors.Is(err, store.ErrNotFound) {
 		key, err := httpsig.GenerateKey()
 		if err != nil {
-			return nil, fmt.Errorf("relay: generating key: %w", err)
+			return nil, err
 		}
 		fresh, err := httpsig.MarshalPrivateKeyPEM(key)
 		if err != nil {
@@ -579,7 +671,7 @@ func (r *Relay) loadKey(ctx context.Context) (*rsa.PrivateKey, error) {
 	}
 	key, err := httpsig.ParsePrivateKeyPEM(pemBytes)
 	if err != nil {
-		return nil, fmt.Errorf("relay: stored key %q: %w", keyValueName, err)
+		return nil, wrapf(err, "stored key %q", keyValueName)
 	}
 	return key, nil
 }
@@ -634,6 +726,7 @@ func (r *Relay) Close(ctx context.Context) error {
 	}
 	close(r.closed)
 	r.closeMu.Unlock()
+	defer releaseAccount(r.account)
 
 	done := make(chan struct{})
 	go func() { r.inflight.Wait(); close(done) }()

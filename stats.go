@@ -121,6 +121,25 @@ func (st *deliveryStats) revive(subscriber string) {
 	}
 }
 
+// restart moves the start of a subscriber's failure run kept in memory to
+// the later of s.RevivedAt and s.LastSuccess if the run began before: the
+// store shows that another process revived the subscriber, or delivered to
+// it, since.
+func (st *deliveryStats) restart(subscriber string, s store.Subscriber) {
+	reset := s.RevivedAt
+	if s.LastSuccess.After(reset) {
+		reset = s.LastSuccess
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if e := st.m[subscriber]; e != nil && !e.failingSince.IsZero() && e.failingSince.Before(reset) {
+		e.failingSince = reset
+		if !e.runStart.IsZero() && e.runStart.Before(reset) {
+			e.runStart = reset
+		}
+	}
+}
+
 // forget drops a removed subscriber's statistics.
 func (st *deliveryStats) forget(subscriber string) {
 	st.mu.Lock()
@@ -132,11 +151,19 @@ func (st *deliveryStats) forget(subscriber string) {
 func (e *subStats) apply(s *store.Subscriber) {
 	switch {
 	case !e.runStart.IsZero(): // the last outcome seen here is a failure
-		if s.LastSuccess.After(e.lastFailure) {
-			break // another process has delivered since
+		if s.LastSuccess.After(e.lastFailure) || s.RevivedAt.After(e.lastFailure) {
+			break // another process has delivered, or revived it, since
 		}
-		if s.FailingSince.IsZero() || e.failingSince.Before(s.FailingSince) {
-			s.FailingSince = e.failingSince
+		// A run that began before another process's revive or success
+		// restarted then: compare by time, never copy an older run over.
+		since := e.failingSince
+		for _, reset := range []time.Time{s.RevivedAt, s.LastSuccess} {
+			if since.Before(reset) {
+				since = reset
+			}
+		}
+		if s.FailingSince.IsZero() || since.Before(s.FailingSince) {
+			s.FailingSince = since
 		}
 	case !e.lastSuccess.IsZero() && !e.lastSuccess.Before(s.LastFailure):
 		s.FailingSince = time.Time{}

@@ -67,3 +67,44 @@ func TestStaleFailureRunNotWrittenOverRevive(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, t0.Add(2*time.Hour), got.FailingSince)
 }
+
+// Two processes share a store: one records a failure run in memory, the
+// other revives the subscriber (it posted) and then a delivery fails
+// again. The first one's flush must not write its older run over the
+// revive: the run restarts at the revive, by the times in the store.
+func TestFailureRunOfAnotherProcessNotWrittenOverRevive(t *testing.T) {
+	ctx := context.Background()
+	const actor = "https://b.test/actor"
+	t0 := time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
+	ms := memstore.New()
+	_, err := ms.UpdateSubscriber(ctx, actor, func(s *store.Subscriber, _ bool) error {
+		s.Host, s.State, s.FailingSince = "b.test", store.StateDormant, t0
+		return nil
+	})
+	require.NoError(t, err)
+	first := newDeliveryStats(&Relay{store: ms})
+	first.failure(ctx, actor, t0.Add(time.Hour), "HTTP 500")
+
+	// The other process revives it (as Relay.revive does).
+	revived := t0.Add(2 * time.Hour)
+	_, err = ms.UpdateSubscriber(ctx, actor, func(s *store.Subscriber, _ bool) error {
+		s.State, s.FailingSince, s.RevivedAt = store.StateAccepted, time.Time{}, revived
+		return nil
+	})
+	require.NoError(t, err)
+
+	require.NoError(t, first.flush(ctx))
+	got, err := ms.GetSubscriber(ctx, actor)
+	require.NoError(t, err)
+	assert.Zero(t, got.FailingSince, "a run that ended before the revive is over")
+	assert.Equal(t, int64(1), got.Failed, "the counts are written")
+
+	// It fails again after the revive: the run starts at the revive at
+	// the earliest, never at the first process's older failure.
+	first.failure(ctx, actor, revived.Add(time.Hour), "HTTP 500")
+	require.NoError(t, first.flush(ctx))
+	got, err = ms.GetSubscriber(ctx, actor)
+	require.NoError(t, err)
+	assert.False(t, got.FailingSince.Before(revived), "FailingSince %v predates the revive %v", got.FailingSince, revived)
+	assert.Equal(t, store.StateAccepted, got.State)
+}

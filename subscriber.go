@@ -275,6 +275,9 @@ func (r *Relay) revive(ctx context.Context, actorID string) error {
 			s.State = store.StateAccepted
 			s.FailingSince = time.Time{}
 			s.UpdatedAt = now
+			if now.After(s.RevivedAt) {
+				s.RevivedAt = now
+			}
 		}
 		return nil
 	})

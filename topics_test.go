@@ -3,6 +3,7 @@ package relay_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -333,34 +334,36 @@ func TestBudgetNeverDropsDelete(t *testing.T) {
 // profile) are not relayed to topics; with OptOuts.Main, not at all.
 func TestAuthorOptOuts(t *testing.T) {
 	for _, main := range []bool{false, true} {
-		var network memnet.Network
-		r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{OptOuts: relay.OptOutConfig{Main: main}})
-		ctx := context.Background()
-		pub := memInstance(t, &network, relaytest.Mastodon, "pub.test")
-		sub := memInstance(t, &network, relaytest.Misskey, "sub.test")
-		subscribe(t, r, pub, sub)
-		follower := memInstance(t, &network, relaytest.Mastodon, "follower.test")
-		_, err := follower.Subscribe(ctx, "https://relay.test/tag/cats", "")
-		require.NoError(t, err)
-		follower.WaitSubscribed(t, wait)
-
-		require.NoError(t, pub.SetProfile("hidden", map[string]any{"indexable": false}))
-		require.NoError(t, pub.SetProfile("nobot", map[string]any{"summary": "<p>I like cats. #NoBot</p>"}))
-		require.NoError(t, pub.SetProfile("norelay", map[string]any{"tag": []any{map[string]any{"type": "Hashtag", "name": "#norelay"}}}))
-		require.NoError(t, pub.SetProfile("open", map[string]any{"indexable": true, "summary": "#nobotany fan"}))
-		ids := map[string]string{}
-		for _, user := range []string{"hidden", "nobot", "norelay", "open"} {
-			n, err := pub.PostWith(ctx, r.InboxURL(), user, "cat", relaytest.PostOptions{Tags: []string{"cats"}})
+		t.Run(fmt.Sprintf("main=%v", main), func(t *testing.T) {
+			var network memnet.Network
+			r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{OptOuts: relay.OptOutConfig{Main: main}})
+			ctx := context.Background()
+			pub := memInstance(t, &network, relaytest.Mastodon, "pub.test")
+			sub := memInstance(t, &network, relaytest.Misskey, "sub.test")
+			subscribe(t, r, pub, sub)
+			follower := memInstance(t, &network, relaytest.Mastodon, "follower.test")
+			_, err := follower.Subscribe(ctx, "https://relay.test/tag/cats", "")
 			require.NoError(t, err)
-			ids[user] = n.ID
-		}
-		drained(t, r)
-		assert.Equal(t, []string{ids["open"]}, objectsReceived(follower), "main=%v", main)
-		want := sorted(ids["hidden"], ids["nobot"], ids["norelay"], ids["open"])
-		if main {
-			want = []string{ids["open"]}
-		}
-		assert.Equal(t, want, objectsReceived(sub), "main=%v", main)
+			follower.WaitSubscribed(t, wait)
+
+			require.NoError(t, pub.SetProfile("hidden", map[string]any{"indexable": false}))
+			require.NoError(t, pub.SetProfile("nobot", map[string]any{"summary": "<p>I like cats. #NoBot</p>"}))
+			require.NoError(t, pub.SetProfile("norelay", map[string]any{"tag": []any{map[string]any{"type": "Hashtag", "name": "#norelay"}}}))
+			require.NoError(t, pub.SetProfile("open", map[string]any{"indexable": true, "summary": "#nobotany fan"}))
+			ids := map[string]string{}
+			for _, user := range []string{"hidden", "nobot", "norelay", "open"} {
+				n, err := pub.PostWith(ctx, r.InboxURL(), user, "cat", relaytest.PostOptions{Tags: []string{"cats"}})
+				require.NoError(t, err)
+				ids[user] = n.ID
+			}
+			drained(t, r)
+			assert.Equal(t, []string{ids["open"]}, objectsReceived(follower), "main=%v", main)
+			want := sorted(ids["hidden"], ids["nobot"], ids["norelay"], ids["open"])
+			if main {
+				want = []string{ids["open"]}
+			}
+			assert.Equal(t, want, objectsReceived(sub), "main=%v", main)
+		})
 	}
 }
 

@@ -1,46 +1,51 @@
 package relaytest
 
 import (
-	"crypto/rand"
 	"crypto/rsa"
+	"crypto/x509"
+	_ "embed"
+	"encoding/pem"
 	"sync"
 	"sync/atomic"
 )
 
-// RSA-2048 key generation takes tens to hundreds of milliseconds (more under -race), so all fake
-// actors in a test binary share a small pool of keys generated once, in the background, on first
-// use. Keys are handed out round-robin: consecutively created actors always get different keys,
-// but with more than keyPoolSize actors in one process some actors share a key. Tests that need
-// "signed with a different key" should use actors created one after another (or RotateKey).
+// Fake actors sign with RSA-2048 keys from a fixed pool, parsed once from
+// testkeys.pem (keys made for tests only, published with this package).
+// Generating keys instead would take tens to hundreds of milliseconds
+// each, more under -race or on a busy machine, and make the time a test
+// takes vary with the machine's load. Keys are handed out round-robin:
+// consecutively created actors always get different keys, but with more
+// than keyPoolSize actors in one process some actors share a key. Tests
+// that need "signed with a different key" should use actors created one
+// after another (or RotateKey).
 const keyPoolSize = 8
 
-type keySlot struct {
-	once sync.Once
-	key  *rsa.PrivateKey
-}
-
-func (s *keySlot) get() *rsa.PrivateKey {
-	s.once.Do(func() {
-		k, err := rsa.GenerateKey(rand.Reader, 2048)
-		if err != nil {
-			panic("relaytest: generating RSA key: " + err.Error())
-		}
-		s.key = k
-	})
-	return s.key
-}
+//go:embed testkeys.pem
+var testKeysPEM []byte
 
 var (
-	keyPool  [keyPoolSize]keySlot
+	keyPool  []*rsa.PrivateKey
 	keyNext  atomic.Uint32
-	keysWarm sync.Once
+	keysOnce sync.Once
 )
 
-// warmKeys starts generating the whole pool in the background.
+// warmKeys parses the key pool.
 func warmKeys() {
-	keysWarm.Do(func() {
-		for i := range keyPool {
-			go keyPool[i].get()
+	keysOnce.Do(func() {
+		rest := testKeysPEM
+		for {
+			var block *pem.Block
+			if block, rest = pem.Decode(rest); block == nil {
+				break
+			}
+			k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+			if err != nil {
+				panic("relaytest: parsing test key: " + err.Error())
+			}
+			keyPool = append(keyPool, k.(*rsa.PrivateKey))
+		}
+		if len(keyPool) != keyPoolSize {
+			panic("relaytest: testkeys.pem does not hold keyPoolSize keys")
 		}
 	})
 }
@@ -49,5 +54,5 @@ func warmKeys() {
 func nextKey() *rsa.PrivateKey {
 	warmKeys()
 	n := keyNext.Add(1) - 1
-	return keyPool[n%keyPoolSize].get()
+	return keyPool[n%keyPoolSize]
 }

@@ -77,7 +77,7 @@ func Export(ctx context.Context, s Store, w io.Writer) error {
 	}
 	for i := range subs {
 		sub := &subs[i]
-		for _, t := range []*time.Time{&sub.CreatedAt, &sub.UpdatedAt, &sub.LastSuccess, &sub.LastFailure, &sub.FailingSince} {
+		for _, t := range []*time.Time{&sub.CreatedAt, &sub.UpdatedAt, &sub.LastSuccess, &sub.LastFailure, &sub.FailingSince, &sub.RevivedAt} {
 			if !t.IsZero() {
 				*t = t.UTC()
 			}

@@ -5,15 +5,18 @@
 //
 // Implementations live in sub-packages: memstore keeps everything in memory
 // (tests and ephemeral relays); filestore keeps everything durably in one
-// local file (the standalone relay's default). Every implementation must pass
-// the conformance suite in storetest. Export and Import move a relay's state
-// between stores as JSON.
+// local file (the standalone relay's default); pgstore keeps it in
+// PostgreSQL, for several relay processes sharing one database. Every
+// implementation must pass the conformance suite in storetest. Export and
+// Import move a relay's state between stores as JSON.
 //
 // The contract is written so that several relay processes can share one
 // Store backed by a distributed engine (PostgreSQL, Redis): every method is
 // atomic on its own, read-modify-write goes through UpdateSubscriber, and the
-// delivery queue hands out time-limited leases, so a delivery leased by a
-// process that dies becomes due again when its lease expires.
+// delivery queue hands out time-limited leases with tokens, so a delivery
+// leased by a process that dies becomes due again when its lease expires,
+// and a process whose lease ran out cannot finish a delivery another one
+// took over (see LeaseRef).
 package store
 
 import (
@@ -36,6 +39,10 @@ var (
 	// ErrEmptyID is wrapped by the error UpdateSubscriber returns for an
 	// empty actor id.
 	ErrEmptyID = errors.New("store: empty id")
+	// ErrLeaseLost is returned by Retry when the delivery was leased again
+	// since the lease its token names (see Delivery.Token): another holder
+	// now owns it, and the caller must leave it alone.
+	ErrLeaseLost = errors.New("store: lease lost to another holder")
 )
 
 // Mark is a deduplication mark taken by Enqueue: ID is seen until Until.
@@ -213,6 +220,12 @@ type Subscriber struct {
 	// relay encodes it (the JSON of a relay.FilterSpec), or "" for none:
 	// set with relay.Relay.SetSubscriberFilter.
 	Filter string `json:"filter,omitempty"`
+
+	// RevivedAt is when the subscriber last came back from StateDormant: a
+	// run of failures that a process observed before it is over. Processes
+	// sharing a store compare their statistics with it (and with
+	// LastSuccess) instead of overwriting each other's.
+	RevivedAt time.Time `json:"revived_at,omitzero"`
 }
 
 // Signature schemes of Subscriber.SignatureScheme.
@@ -294,6 +307,47 @@ type Delivery struct {
 	// "" for the relay actor, else a topic actor (such as
 	// https://relay.example/tag/cats).
 	Signer string
+	// Token names the lease under which Lease returned the delivery: every
+	// Lease of a delivery gives it a new token, unique within the store.
+	// Complete and Retry act on the delivery only if it was not leased
+	// again since (see LeaseRef). Enqueue ignores it; it is empty in
+	// deliveries not returned by Lease.
+	Token string
+}
+
+// Ref returns the LeaseRef that completes d under the lease it was
+// returned with.
+func (d *Delivery) Ref() LeaseRef { return LeaseRef{ID: d.ID, Token: d.Token} }
+
+// LeaseRef names a delivery to complete, and the lease under which the
+// caller holds it.
+//
+// A lease token stays valid until the delivery is leased again: after the
+// lease ran out, its holder may still complete or retry the delivery as
+// long as no one else leased it meanwhile; once another caller leased it,
+// the old token is lost for good (Complete ignores the delivery, Retry
+// returns ErrLeaseLost) and only the new holder's token acts. A delivery
+// completed and enqueued again under the same ID is a new delivery: no
+// token of the old one acts on it. So a process whose lease ran out (it
+// stalled, or its clock or network did) can neither remove nor reschedule
+// work another process now holds, and an old completion can never remove a
+// newer copy of a delivery that nobody sent yet.
+//
+// An empty Token acts whoever holds the delivery: it is for callers that
+// never leased it (tools, tests); the relay always passes its token.
+type LeaseRef struct {
+	ID    string
+	Token string
+}
+
+// IDs returns LeaseRefs with empty tokens for ids: they complete the
+// deliveries whoever holds them.
+func IDs(ids ...string) []LeaseRef {
+	refs := make([]LeaseRef, len(ids))
+	for i, id := range ids {
+		refs[i] = LeaseRef{ID: id}
+	}
+	return refs
 }
 
 // LeaseRequest asks Lease for due deliveries.
@@ -416,23 +470,24 @@ type Store interface {
 	// queueing failed is never mistaken for a duplicate.
 	Enqueue(ctx context.Context, payloads []Payload, deliveries []Delivery, marks ...Mark) error
 	// Lease reserves up to r.Limit due deliveries (see LeaseRequest) for
-	// r.Duration and returns them, oldest NotBefore first. It returns an
-	// empty slice when nothing is due.
+	// r.Duration and returns them, oldest NotBefore first, each with a new
+	// Token. It returns an empty slice when nothing is due.
 	Lease(ctx context.Context, r LeaseRequest) ([]Delivery, error)
 	// GetPayload returns the body of a stored payload, or ErrNotFound.
 	GetPayload(ctx context.Context, id string) ([]byte, error)
 	// Complete removes deliveries (delivered, or given up), and each
 	// payload once no delivery refers to it, in one atomic change: a store
 	// makes one transaction (and one sync) for all of them, so the relay
-	// confirms completions in batches. Absent and repeated ids are ignored.
-	// Leases carry no token: Complete removes a delivery whoever holds it,
-	// so a process whose lease expired, and was taken over by another,
-	// can still complete it. The relay tolerates this: the worst outcome is
-	// one more copy sent by the other holder, which at-least-once allows.
-	Complete(ctx context.Context, deliveryIDs ...string) error
+	// confirms completions in batches. A delivery is removed only if its
+	// ref's token is still valid (see LeaseRef): one leased again by
+	// another caller is left to its new holder, silently, like absent and
+	// repeated ids, which are ignored too. (The old holder's copy was sent
+	// or not; the new holder sends its own: at least once.)
+	Complete(ctx context.Context, refs ...LeaseRef) error
 	// Retry releases the lease on d.ID and stores d's Attempts, NotBefore and
 	// LastError, so it becomes due again at d.NotBefore. It returns
-	// ErrNotFound if the delivery is no longer queued.
+	// ErrNotFound if the delivery is no longer queued, and ErrLeaseLost,
+	// changing nothing, if d.Token is no longer valid (see LeaseRef).
 	Retry(ctx context.Context, d Delivery) error
 	// DropDeliveries removes every queued delivery matching f (leased or
 	// not, payloads reclaimed as in Complete) and returns how many it removed.
@@ -447,4 +502,24 @@ type Store interface {
 	// leased until it is completed or retried, or until the store itself
 	// notices that its lease expired (at the latest at the next Lease).
 	ShedDeliveries(ctx context.Context, host string, keep int, types []string) (int, error)
+}
+
+// Notifier is implemented by stores that several processes share and that
+// can tell one process about another's changes (store/pgstore does, with
+// LISTEN/NOTIFY). The relay checks for it with a type assertion: its
+// delivery loop wakes on QueueChanged instead of waiting for its next
+// poll, and it re-reads the block list and policies on ValuesChanged
+// instead of waiting for the next periodic reload.
+//
+// Each method returns the same channel every time; a store sends on it
+// without blocking, so signals coalesce while the receiver is busy: one
+// value means "something may have changed since you last looked". A store
+// may send spurious signals (after a reconnection it cannot know what it
+// missed), never a value for a change it has not committed. Each channel
+// is meant for one receiver.
+type Notifier interface {
+	// QueueChanged signals that deliveries were enqueued or rescheduled.
+	QueueChanged() <-chan struct{}
+	// ValuesChanged signals that a value was put, created or deleted.
+	ValuesChanged() <-chan struct{}
 }

@@ -1,7 +1,9 @@
 // Command embed shows an existing Go server that adds a relay next to its
 // own routes. The relay lives under /relay; the server keeps / and /api/.
+// Its state (the relay's key, subscribers, queued deliveries) is kept in a
+// file store in the -data directory, so it survives restarts.
 //
-//	go run ./examples/embed -addr localhost:8081 -base-url http://localhost:8081
+//	go run ./examples/embed -addr localhost:8081 -base-url http://localhost:8081 -data embed-data
 //
 // Subscribers then use http://localhost:8081/relay/inbox (Mastodon, Misskey)
 // or follow http://localhost:8081/relay/actor (Pleroma, GoToSocial).
@@ -19,11 +21,13 @@ import (
 	"time"
 
 	"github.com/fedirelay/relay"
+	"github.com/fedirelay/relay/store/filestore"
 )
 
 func main() {
 	addr := flag.String("addr", "localhost:8081", "address to listen on")
 	baseURL := flag.String("base-url", "http://localhost:8081", "public URL of this server")
+	dataDir := flag.String("data", "embed-data", "directory of the relay's state")
 	flag.Parse()
 
 	// The server's own routes.
@@ -37,15 +41,19 @@ func main() {
 
 	// The relay, under /relay. WebFinger, NodeInfo and host-meta must be
 	// at the root of the host, so those three paths go to the relay too.
-	r, err := relay.New(relay.Config{BaseURL: *baseURL + "/relay", Name: "embedded relay"})
+	st, err := filestore.Open(*dataDir, nil)
 	if err != nil {
 		log.Fatal(err)
 	}
-	h := r.Handler()
-	mux.Handle("/relay/", h)
-	mux.Handle("GET /.well-known/webfinger", h)
-	mux.Handle("GET /.well-known/nodeinfo", h)
-	mux.Handle("GET /.well-known/host-meta", h)
+	defer st.Close()
+	r, err := relay.New(relay.Config{BaseURL: *baseURL + "/relay", Name: "embedded relay", Store: st})
+	if err != nil {
+		log.Fatal(err)
+	}
+	mux.Handle("/relay/", r.Handler())
+	mux.Handle("GET /.well-known/webfinger", r.Handler())
+	mux.Handle("GET /.well-known/nodeinfo", r.Handler())
+	mux.Handle("GET /.well-known/host-meta", r.Handler())
 
 	if err := r.Start(); err != nil {
 		log.Fatal(err)

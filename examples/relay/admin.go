@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -95,15 +94,6 @@ func (f *adminFlags) token() (string, error) {
 	return token, nil
 }
 
-// isLoopback reports whether host is "localhost" or a loopback IP address.
-func isLoopback(host string) bool {
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip, err := netip.ParseAddr(host)
-	return err == nil && ip.IsLoopback()
-}
-
 // requireToken wraps h so that requests must carry "Authorization: Bearer
 // TOKEN", compared in constant time; others get 401.
 func requireToken(token string, h http.Handler) http.Handler {
@@ -133,6 +123,9 @@ type adminServer struct {
 // other relay uses dataDir.
 func startAdmin(r *relay.Relay, dataDir string, f *adminFlags, token string, logger *slog.Logger) (*adminServer, error) {
 	a := &adminServer{}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil { // with -database-url it holds only the socket
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
 	sock := filepath.Join(dataDir, adminSocketName)
 	if len(sock) > maxSocketPath {
 		return nil, fmt.Errorf("admin socket %s: the path is longer than a Unix socket allows (%d bytes): use a shorter -data path", sock, maxSocketPath)

@@ -254,9 +254,12 @@ func TestAdminCommandExitStatus(t *testing.T) {
 // The TCP admin API refuses to start on a non-loopback address without a
 // token, and with one answers only requests bearing it.
 func TestAdminTCP(t *testing.T) {
-	err := run([]string{"-data", t.TempDir(), "-admin-addr", "0.0.0.0:0"})
+	var out bytes.Buffer
+	err := run([]string{"-data", t.TempDir(), "-admin-addr", "0.0.0.0:0"}, nil, &out)
 	assert.ErrorContains(t, err, "not a loopback address")
-	err = run([]string{"-data", t.TempDir(), "-admin-addr", "127.0.0.1:0", "-admin-token-file", filepath.Join(t.TempDir(), "none")})
+	var ue *usageError
+	assert.ErrorAs(t, err, &ue, "a command-line error: exit status 2, nothing started")
+	err = run([]string{"-data", t.TempDir(), "-admin-addr", "127.0.0.1:0", "-admin-token-file", filepath.Join(t.TempDir(), "none")}, nil, &out)
 	assert.ErrorContains(t, err, "-admin-token-file")
 
 	tokenFile := filepath.Join(t.TempDir(), "token")

@@ -13,7 +13,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -49,20 +48,21 @@ var adminCommands = map[string]adminCommand{
 	"status":        {"[-json]", "subscribers by state, backlog, deliveries in flight, open breakers", cmdStatus},
 }
 
-// adminUsage lists the admin subcommands for the help text.
-func adminUsage() string {
-	names := make([]string, 0, len(adminCommands))
-	for n := range adminCommands {
-		names = append(names, n)
+// adminCommandOrder is the order the usage text lists adminCommands in.
+var adminCommandOrder = []string{"subscribers", "approve", "refuse", "remove", "mode", "note", "block", "unblock",
+	"blocks", "blocks-import", "blocks-export", "allow", "disallow", "allowed", "status"}
+
+// adminCommandList returns adminCommands as entries of the command table.
+func adminCommandList() []command {
+	out := make([]command, 0, len(adminCommandOrder))
+	for _, name := range adminCommandOrder {
+		c := adminCommands[name]
+		out = append(out, command{name, strings.TrimSpace("[-data DIR] " + c.args), c.summary,
+			func(args []string, stdin io.Reader, stdout io.Writer) error {
+				return runAdminCommand(name, args, stdin, stdout)
+			}})
 	}
-	sort.Strings(names)
-	var b strings.Builder
-	b.WriteString("Commands acting on the running relay (through the admin socket in -data DIR):\n")
-	for _, n := range names {
-		c := adminCommands[n]
-		fmt.Fprintf(&b, "  relay %s [-data DIR] %s\n        %s\n", n, c.args, c.summary)
-	}
-	return b.String()
+	return out
 }
 
 // commandEnv is what a subcommand runs with: its parsed flags, arguments,
@@ -83,7 +83,7 @@ type commandEnv struct {
 func runAdminCommand(name string, args []string, stdin io.Reader, stdout io.Writer) error {
 	cmd, ok := adminCommands[name]
 	if !ok {
-		return fmt.Errorf("unknown command %q (see relay help)", name)
+		return usageErrorf("unknown command %q (see relay help)", name)
 	}
 	fs := flag.NewFlagSet("relay "+name, flag.ContinueOnError)
 	fs.Usage = func() {
@@ -108,7 +108,10 @@ func runAdminCommand(name string, args []string, stdin io.Reader, stdout io.Writ
 		c.json = fs.Bool("json", false, "print JSON instead of a table")
 	}
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageErrorf("%v (see relay %s -h)", err, name)
 	}
 	sock := filepath.Join(c.dir, adminSocketName)
 	c.client = &http.Client{
@@ -178,7 +181,7 @@ func isDialError(err error) bool {
 func (c *commandEnv) needArgs(min, max int, what string) error {
 	n := c.fs.NArg()
 	if n < min || (max >= 0 && n > max) {
-		return fmt.Errorf("%s: expected %s", c.fs.Name(), what)
+		return usageErrorf("%s: expected %s", c.fs.Name(), what)
 	}
 	return nil
 }
@@ -249,7 +252,7 @@ func cmdMode(c *commandEnv) error {
 	}
 	actor, mode := c.fs.Arg(0), c.fs.Arg(1)
 	if _, err := store.ParseMode(mode); err != nil {
-		return fmt.Errorf("mode: unknown mode %q (want both, receive-only or send-only)", mode)
+		return usageErrorf("mode: unknown mode %q (want both, receive-only or send-only)", mode)
 	}
 	if err := c.call("POST", "/api/v1/subscriber/mode", jsonBody(map[string]string{"actor": actor, "mode": mode}), nil); err != nil {
 		return err

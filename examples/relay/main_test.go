@@ -2,11 +2,15 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"io"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -15,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fedirelay/relay/relaytest"
+	"github.com/fedirelay/relay/store/filestore"
 )
 
 // runAsRelay makes the test binary act as the relay command when a test
@@ -31,20 +36,28 @@ func TestMain(m *testing.M) {
 		for _, setup := range childSetups {
 			setup()
 		}
-		if err := run(os.Args[1:]); err != nil {
-			os.Stderr.WriteString("relay: " + err.Error() + "\n")
-			os.Exit(1)
-		}
+		main()
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
+}
+
+// relayEnv is the environment of the relay command run as a child
+// process. Under the race detector a process sleeps a second before it
+// exits (to catch races at exit, GORACE's atexit_sleep_ms): the children
+// do not, so that a relay's stop takes as long as its shutdown.
+func relayEnv() []string {
+	return append(os.Environ(), runAsRelay+"=1", "GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 }
 
 // relayProcess is the relay command running as a child process.
 type relayProcess struct {
 	cmd     *exec.Cmd
 	BaseURL string
+	addr    string // set by startRelayAt
 	exited  chan error
+	stdout  syncBuffer // what it printed, up to the end of its start-up lines
+	stderr  syncBuffer // its logs
 }
 
 // freeAddr returns a loopback address with a port that was free a moment ago.
@@ -68,24 +81,58 @@ func startRelayProcess(t *testing.T, dataDir string, args ...string) *relayProce
 // startRelayAt is startRelayProcess on a given address, so that a relay
 // restarted (after a crash, or on another data directory) keeps its URL.
 // Later args override earlier ones (-log-level error, say).
+//
+// A relay started on a new data directory gets a fixed test key (through
+// the key file earlier versions kept, which the relay adopts) instead of
+// generating one, which takes a time that varies with the machine's load.
 func startRelayAt(t *testing.T, addr, dataDir string, args ...string) *relayProcess {
 	t.Helper()
+	seedTestKey(t, dataDir)
 	base := "http://" + addr
 	// The fake instances serve plain http on loopback, which the relay
 	// refuses by default.
-	cmd := exec.Command(os.Args[0], append([]string{"-addr", addr, "-base-url", base, "-data", dataDir, "-log-level", "warn",
+	p := startRelayArgs(t, base, append([]string{"-addr", addr, "-base-url", base, "-data", dataDir, "-log-level", "warn",
 		"-allow-private", "127.0.0.0/8"}, args...)...)
-	cmd.Env = append(os.Environ(), runAsRelay+"=1")
-	cmd.Stderr = os.Stderr
+	p.addr = addr
+	return p
+}
+
+// BackendURL returns the URL of the address the process listens on,
+// which differs from BaseURL when a -base-url was given (a proxy's).
+func (p *relayProcess) BackendURL() string { return "http://" + p.addr }
+
+// seedTestKey gives a new data directory the test key of testdata.
+func seedTestKey(t *testing.T, dataDir string) {
+	t.Helper()
+	for _, name := range []string{filestore.FileName, legacyKeyFile} {
+		if _, err := os.Stat(filepath.Join(dataDir, name)); err == nil {
+			return
+		}
+	}
+	key, err := os.ReadFile(filepath.Join("testdata", legacyKeyFile))
+	require.NoError(t, err)
+	require.NoError(t, os.MkdirAll(dataDir, 0o700))
+	require.NoError(t, os.WriteFile(filepath.Join(dataDir, legacyKeyFile), key, 0o600))
+}
+
+// startRelayArgs runs the relay command with args, whose public URL is
+// base, and waits until it prints that it listens. Its standard error goes
+// to the test's and to p.Stderr.
+func startRelayArgs(t *testing.T, base string, args ...string) *relayProcess {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = relayEnv()
+	p := &relayProcess{cmd: cmd, BaseURL: base, exited: make(chan error, 1)}
+	cmd.Stderr = io.MultiWriter(os.Stderr, &p.stderr)
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
-	p := &relayProcess{cmd: cmd, BaseURL: base, exited: make(chan error, 1)}
 	ready := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
-			if strings.HasPrefix(sc.Text(), "fedirelay listening on") {
+			p.stdout.Write([]byte(sc.Text() + "\n"))
+			if strings.HasPrefix(sc.Text(), "  state in") {
 				ready <- sc.Text()
 			}
 		}
@@ -100,6 +147,24 @@ func startRelayAt(t *testing.T, addr, dataDir string, args ...string) *relayProc
 		t.Fatal("relay did not start listening")
 	}
 	return p
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent use.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // stop sends SIGTERM and waits for a clean exit.

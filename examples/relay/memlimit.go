@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -15,6 +16,11 @@ const (
 	// collections; the headroom is also at least an eighth of the live heap.
 	minHeadroom = 6 << 20
 )
+
+// memoryLimitMessage is logged when setMemoryLimit set a limit.
+var memoryLimitMessage = fmt.Sprintf("soft memory limit: the collector runs once an eighth of the live heap "+
+	"(at least %d MiB) has been allocated beyond it and a sixth for fragmentation, the limit never below %d MiB; "+
+	"set GOMEMLIMIT to choose another", minHeadroom>>20, minMemoryLimit>>20)
 
 // memoryLimitFor returns the soft memory limit for a live heap of live
 // bytes and nonHeap bytes of other memory of the Go runtime (goroutine

@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -72,16 +73,17 @@ func splitList(v string) []string {
 // running on DIR.
 func runFilter(args []string, stdin io.Reader, stdout io.Writer) error {
 	fs := flag.NewFlagSet("relay filter", flag.ContinueOnError)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), usage)
-		fs.PrintDefaults()
-	}
+	fs.SetOutput(io.Discard)
 	dataDir := fs.String("data", "relay-data", dataHelp)
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(stdout)
+			return err
+		}
+		return usageErrorf("filter: %v (see relay help)", err)
 	}
 	if fs.NArg() < 1 || fs.NArg() > 2 {
-		return fmt.Errorf("filter: want ACTOR [FILE|-|none], got %q", fs.Args())
+		return usageErrorf("filter: want ACTOR [FILE|-|none], got %q", fs.Args())
 	}
 	actor := fs.Arg(0)
 	st, err := openStore(*dataDir)

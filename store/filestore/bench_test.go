@@ -62,7 +62,7 @@ func BenchmarkFanOut(b *testing.B) {
 					b.Error(err)
 					return
 				}
-				if err := s.Complete(ctx, d.ID); err != nil {
+				if err := s.Complete(ctx, d.Ref()); err != nil {
 					b.Error(err)
 					return
 				}

@@ -25,7 +25,7 @@ func TestCompleteSeveral(t *testing.T) {
 	require.Len(t, leased, 4)
 
 	// Repeated and absent ids are ignored; leased deliveries are removed.
-	require.NoError(t, s.Complete(ctx, "d1", "d4", "d1", "missing"))
+	require.NoError(t, s.Complete(ctx, store.IDs("d1", "d4", "d1", "missing")...))
 	require.NoError(t, s.Complete(ctx))
 	assert.Equal(t, 2, stats(t, s).Deliveries)
 	assert.Equal(t, 1, stats(t, s).Payloads, "p2 lost its last delivery")
@@ -40,10 +40,10 @@ func TestCompleteSeveral(t *testing.T) {
 		ids = append(ids, d.ID)
 	}
 	assert.ElementsMatch(t, []string{"d2", "d3"}, ids)
-	require.NoError(t, s.Complete(ctx, "d2", "d3"))
+	require.NoError(t, s.Complete(ctx, store.IDs("d2", "d3")...))
 	assert.Equal(t, 0, stats(t, s).Deliveries)
 	assert.Equal(t, 0, stats(t, s).Payloads)
 
 	require.NoError(t, s.Close())
-	assert.ErrorIs(t, s.Complete(ctx, "d2"), store.ErrClosed)
+	assert.ErrorIs(t, s.Complete(ctx, store.IDs("d2")...), store.ErrClosed)
 }

@@ -94,7 +94,7 @@ func crashWriter(dir string) {
 					fail(err)
 				}
 				for j := range crashFanout / 2 {
-					if err := s.Complete(ctx, fmt.Sprintf("%d/p%d-%d", w, i-1, j)); err != nil {
+					if err := s.Complete(ctx, store.IDs(fmt.Sprintf("%d/p%d-%d", w, i-1, j))...); err != nil {
 						fail(err)
 					}
 				}

@@ -45,7 +45,7 @@ func TestIndexConsistent(t *testing.T) {
 			_, err := s.Lease(ctx, store.LeaseRequest{Now: now, Limit: 1 + rng.IntN(4), Duration: 2 * time.Second, PerHost: rng.IntN(2)})
 			require.NoError(t, err)
 		case k < 7:
-			require.NoError(t, s.Complete(ctx, fmt.Sprintf("d%d", rng.IntN(40))))
+			require.NoError(t, s.Complete(ctx, store.IDs(fmt.Sprintf("d%d", rng.IntN(40)))...))
 		case k < 8:
 			err := s.Retry(ctx, store.Delivery{ID: fmt.Sprintf("d%d", rng.IntN(40)), Attempts: 1, NotBefore: now.Add(time.Second)})
 			if err != nil {

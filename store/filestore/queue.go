@@ -50,6 +50,7 @@ type record struct {
 	LastError    string    `json:"e,omitempty"`
 	Created      time.Time `json:"c"`
 	Signer       string    `json:"g,omitempty"`
+	Token        string    `json:"-"` // leases live in memory
 }
 
 // queue is the index of queued deliveries. Items have no extension.
@@ -310,18 +311,20 @@ func (s *Store) GetPayload(ctx context.Context, id string) ([]byte, error) {
 	return body, err
 }
 
-// Complete implements store.Store.Complete: it removes deliveries, leased
-// or not, and each payload once no delivery refers to it, in one change to
-// the file (one transaction and one sync for the lot), and returns once
-// that is on disk. Absent and repeated ids are ignored (Complete then
-// returns once the changes made before are on disk). On error nothing was
-// removed.
-func (s *Store) Complete(ctx context.Context, deliveryIDs ...string) error {
+// Complete implements store.Store.Complete: it removes deliveries whose
+// ref's token is still valid (see store.LeaseRef), and each payload once no
+// delivery refers to it, in one change to the file (one transaction and
+// one sync for the lot), and returns once that is on disk. Absent and
+// repeated ids, and deliveries leased again since, are ignored (Complete
+// then returns once the changes made before are on disk). On error nothing
+// was removed. Leases live in memory: a token from before the store was
+// reopened is valid for a delivery not leased since.
+func (s *Store) Complete(ctx context.Context, refs ...store.LeaseRef) error {
 	return s.change(ctx, func() (func(*bolt.Tx) error, error) {
-		items := make([]*item, 0, len(deliveryIDs))
-		seen := make(map[*item]bool, len(deliveryIDs))
-		for _, id := range deliveryIDs {
-			if it, ok := s.q.ByID[id]; ok && !seen[it] {
+		items := make([]*item, 0, len(refs))
+		seen := make(map[*item]bool, len(refs))
+		for _, ref := range refs {
+			if it, ok := s.q.ByID[ref.ID]; ok && !seen[it] && s.q.Holds(it, ref.Token) {
 				seen[it] = true
 				items = append(items, it)
 			}
@@ -333,12 +336,16 @@ func (s *Store) Complete(ctx context.Context, deliveryIDs ...string) error {
 // Retry implements store.Store.Retry: it stores d.Attempts, d.NotBefore and
 // d.LastError (the other fields of d are ignored), releases the lease,
 // whether or not the delivery was leased, and returns once the change is on
-// disk. It returns store.ErrNotFound if d.ID is not queued.
+// disk. It returns store.ErrNotFound if d.ID is not queued and
+// store.ErrLeaseLost if d.Token is no longer valid.
 func (s *Store) Retry(ctx context.Context, d store.Delivery) error {
 	return s.change(ctx, func() (func(*bolt.Tx) error, error) {
 		it, ok := s.q.ByID[d.ID]
 		if !ok {
 			return nil, store.ErrNotFound
+		}
+		if !s.q.Holds(it, d.Token) {
+			return nil, store.ErrLeaseLost
 		}
 		r := recordOfItem(it)
 		r.Attempts, r.NotBefore, r.LastError = d.Attempts, utc(d.NotBefore), d.LastError

@@ -93,7 +93,7 @@ func TestEverythingReclaimed(t *testing.T) {
 	require.NoError(t, err)
 	checkInvariants(t, s)
 	for id := range s.q.ByID {
-		require.NoError(t, s.Complete(ctx, id))
+		require.NoError(t, s.Complete(ctx, store.IDs(id)...))
 	}
 	checkInvariants(t, s)
 	assert.True(t, s.q.Empty())
@@ -358,7 +358,7 @@ func runModel(t *testing.T, seed uint64, steps int) {
 			if i := m.find(id); i >= 0 {
 				m.remove(i)
 			}
-			require.NoError(t, s.Complete(ctx, id))
+			require.NoError(t, s.Complete(ctx, store.IDs(id)...))
 		case k < 77:
 			op = "Retry"
 			d := randDelivery()

@@ -155,15 +155,16 @@ func (s *Store) Lease(ctx context.Context, r store.LeaseRequest) ([]store.Delive
 	return s.q.Lease(r)
 }
 
-// Complete removes deliveries, leased or not, and each payload once no
-// delivery refers to it. Absent and repeated ids are ignored.
-func (s *Store) Complete(ctx context.Context, deliveryIDs ...string) error {
+// Complete removes deliveries whose ref's token is still valid (see
+// store.LeaseRef), and each payload once no delivery refers to it. Absent
+// and repeated ids, and deliveries leased again since, are ignored.
+func (s *Store) Complete(ctx context.Context, refs ...store.LeaseRef) error {
 	if err := s.lock(ctx); err != nil {
 		return err
 	}
 	defer s.mu.Unlock()
-	for _, id := range deliveryIDs {
-		if it, ok := s.q.ByID[id]; ok {
+	for _, ref := range refs {
+		if it, ok := s.q.ByID[ref.ID]; ok && s.q.Holds(it, ref.Token) {
 			s.q.remove(it)
 		}
 	}
@@ -173,7 +174,7 @@ func (s *Store) Complete(ctx context.Context, deliveryIDs ...string) error {
 // Retry implements store.Store.Retry: it stores d.Attempts, d.NotBefore and
 // d.LastError (the other fields of d are ignored) and releases the lease,
 // whether or not the delivery was leased. It returns store.ErrNotFound if
-// d.ID is not queued.
+// d.ID is not queued and store.ErrLeaseLost if d.Token is no longer valid.
 func (s *Store) Retry(ctx context.Context, d store.Delivery) error {
 	if err := s.lock(ctx); err != nil {
 		return err
@@ -182,6 +183,9 @@ func (s *Store) Retry(ctx context.Context, d store.Delivery) error {
 	it, ok := s.q.ByID[d.ID]
 	if !ok {
 		return store.ErrNotFound
+	}
+	if !s.q.Holds(it, d.Token) {
+		return store.ErrLeaseLost
 	}
 	s.q.Retry(it, d.Attempts, d.NotBefore, d.LastError)
 	return nil

@@ -112,13 +112,13 @@ func leaseComplete(b *testing.B, s store.Store, batched bool) {
 		got = got[:min(len(got), b.N-n)]
 		n += len(got)
 		if batched {
-			if err := s.Complete(ctx, ids(got)...); err != nil {
+			if err := s.Complete(ctx, refs(got)...); err != nil {
 				b.Fatal(err)
 			}
 			continue
 		}
 		for _, d := range got {
-			if err := s.Complete(ctx, d.ID); err != nil {
+			if err := s.Complete(ctx, d.Ref()); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -153,7 +153,7 @@ func benchLeaseCompleteParallel(b *testing.B, s store.Store) {
 				}
 				batch = got
 			}
-			if err := s.Complete(ctx, batch[0].ID); err != nil {
+			if err := s.Complete(ctx, batch[0].Ref()); err != nil {
 				b.Error(err)
 				return
 			}

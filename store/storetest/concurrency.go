@@ -121,7 +121,7 @@ func testConcurrency(t *testing.T, newStore factory) {
 				mu.Unlock()
 				if w%2 == 0 { // some workers complete as they go
 					for _, d := range got {
-						assert.NoError(t, s.Complete(ctx, d.ID))
+						assert.NoError(t, s.Complete(ctx, d.Ref()))
 					}
 				}
 			}
@@ -191,7 +191,7 @@ func testConcurrency(t *testing.T, newStore factory) {
 					}
 					_, err := s.GetPayload(ctx, d.PayloadID)
 					assert.NoError(t, err, "payload of a queued delivery")
-					assert.NoError(t, s.Complete(ctx, d.ID))
+					assert.NoError(t, s.Complete(ctx, d.Ref()))
 					mu.Lock()
 					completed[d.ID]++
 					mu.Unlock()

@@ -87,7 +87,7 @@ func everyMethod(s store.Store) []storeCall {
 			return err
 		}},
 		{"GetPayload", func(ctx context.Context) error { _, err := s.GetPayload(ctx, ctxPayload); return err }},
-		{"Complete", func(ctx context.Context) error { return s.Complete(ctx, "d1") }},
+		{"Complete", func(ctx context.Context) error { return s.Complete(ctx, store.IDs("d1")...) }},
 		{"Retry", func(ctx context.Context) error { return s.Retry(ctx, retried) }},
 		{"DropDeliveries", func(ctx context.Context) error {
 			_, err := s.DropDeliveries(ctx, store.DeliveryFilter{Host: ctxHost})

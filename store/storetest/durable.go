@@ -89,7 +89,7 @@ func RunDurable(t *testing.T, newStore func(t *testing.T) store.Store, reopen fu
 		require.Equal(t, []string{"d2"}, ids(got))
 		d2.Attempts, d2.NotBefore, d2.LastError = 3, at(10*time.Minute), "HTTP 503"
 		require.NoError(t, s.Retry(ctx, d2))
-		require.NoError(t, s.Complete(ctx, "d3"))
+		require.NoError(t, s.Complete(ctx, store.IDs("d3")...))
 		n, err := s.DropDeliveries(ctx, store.DeliveryFilter{Host: "drop.example"})
 		require.NoError(t, err)
 		require.Equal(t, 1, n)
@@ -139,9 +139,9 @@ func RunDurable(t *testing.T, newStore func(t *testing.T) store.Store, reopen fu
 		require.NoError(t, s.Enqueue(ctx, []store.Payload{{ID: "p1", Body: []byte("other")}}, []store.Delivery{changed}))
 		assert.Equal(t, 3, count(t, s, store.DeliveryFilter{}), "Enqueue of a queued ID after reopen")
 		assertPayload(t, s, "p1", payload("p1").Body)
-		require.NoError(t, s.Complete(ctx, "d1"))
+		require.NoError(t, s.Complete(ctx, store.IDs("d1")...))
 		assertPayload(t, s, "p1", payload("p1").Body)
-		require.NoError(t, s.Complete(ctx, "d2"))
+		require.NoError(t, s.Complete(ctx, store.IDs("d2")...))
 		assertNoPayload(t, s, "p1")
 		for i := range 3 {
 			enqueue(t, s, []store.Payload{payload(fmt.Sprintf("new%d", i))},
@@ -159,7 +159,7 @@ func RunDurable(t *testing.T, newStore func(t *testing.T) store.Store, reopen fu
 			assert.Equal(t, "d6", got[3].ID)
 		}
 		for _, d := range got {
-			require.NoError(t, s.Complete(ctx, d.ID))
+			require.NoError(t, s.Complete(ctx, d.Ref()))
 		}
 		for _, p := range []string{"new0", "new1", "new2", "p3"} {
 			assertNoPayload(t, s, p)

@@ -90,14 +90,14 @@ func idCalls() []idCall {
 				store.Mark{ID: id + "e", Until: later()})
 		}, func(t *testing.T, s store.Store, id string) {
 			assert.False(t, markSeen(t, s, id+"e", later()), "MarkSeen of an id Enqueue accepted")
-			require.NoError(t, s.Complete(t.Context(), "long-mark"))
+			require.NoError(t, s.Complete(t.Context(), store.IDs("long-mark")...))
 		}},
 		{"EnqueuePayloadID", func(ctx context.Context, s store.Store, id string) error {
 			return s.Enqueue(ctx, []store.Payload{{ID: id, Body: []byte("body")}},
 				[]store.Delivery{delivery("long-payload", id, "long.example", t0)})
 		}, func(t *testing.T, s store.Store, id string) {
 			assertPayload(t, s, id, []byte("body"))
-			require.NoError(t, s.Complete(t.Context(), "long-payload"))
+			require.NoError(t, s.Complete(t.Context(), store.IDs("long-payload")...))
 			assertNoPayload(t, s, id)
 		}},
 		{"EnqueueDeliveryID", func(ctx context.Context, s store.Store, id string) error {
@@ -106,7 +106,7 @@ func idCalls() []idCall {
 		}, func(t *testing.T, s store.Store, id string) {
 			got := lease(t, s, at(time.Hour), 10, time.Hour, ctxHost) // not setUpState's delivery
 			assert.Equal(t, []string{id}, ids(got), "Lease of a delivery Enqueue accepted")
-			require.NoError(t, s.Complete(t.Context(), id))
+			require.NoError(t, s.Complete(t.Context(), store.IDs(id)...))
 			assertNoPayload(t, s, "long-delivery")
 		}},
 	}
@@ -126,7 +126,7 @@ func assertWorking(t *testing.T, s store.Store, tag string) {
 	require.NoError(t, err)
 	assert.True(t, markSeen(t, s, id, time.Now().Add(time.Hour)), "MarkSeen after a refused id")
 	enqueue(t, s, []store.Payload{payload("check-" + tag)}, delivery("check-"+tag, "check-"+tag, "check.example", t0))
-	require.NoError(t, s.Complete(ctx, "check-"+tag))
+	require.NoError(t, s.Complete(ctx, store.IDs("check-"+tag)...))
 	assertNoPayload(t, s, "check-"+tag)
 }
 

@@ -60,7 +60,7 @@ func testRaces(t *testing.T, newStore factory) {
 			case 0:
 				defer stop.Done()
 				for _, d := range leasedH0 {
-					assert.NoError(t, s.Complete(ctx, d.ID))
+					assert.NoError(t, s.Complete(ctx, d.Ref()))
 				}
 			case 1:
 				defer stop.Done()
@@ -95,7 +95,7 @@ func testRaces(t *testing.T, newStore factory) {
 		}
 		// Now only h3 (even payloads) and h4 (every payload) refer to them.
 		for _, d := range leasedH4 {
-			require.NoError(t, s.Complete(ctx, d.ID))
+			require.NoError(t, s.Complete(ctx, d.Ref()))
 		}
 		for p := range payloads {
 			pid := fmt.Sprintf("p%02d", p)
@@ -133,10 +133,10 @@ func testRaces(t *testing.T, newStore factory) {
 			got := lease(t, s, at(time.Hour), 10*fanout, time.Hour)
 			assert.ElementsMatch(t, ids(ds), ids(got), "each ID leased once")
 			for _, d := range got[:len(got)-1] {
-				require.NoError(t, s.Complete(ctx, d.ID))
+				require.NoError(t, s.Complete(ctx, d.Ref()))
 			}
 			assertPayload(t, s, pid, payload(pid).Body)
-			require.NoError(t, s.Complete(ctx, got[len(got)-1].ID))
+			require.NoError(t, s.Complete(ctx, got[len(got)-1].Ref()))
 			assertNoPayload(t, s, pid)
 			assert.Zero(t, count(t, s, store.DeliveryFilter{}))
 		}
@@ -228,10 +228,9 @@ func testRaces(t *testing.T, newStore factory) {
 		}
 	})
 
-	subtest(t, newStore, "CompleteAfterTakeover", func(t *testing.T, s store.Store) {
-		// Leases carry no token: a holder whose lease expired and was
-		// taken over can still complete the delivery, and the new holder's
-		// Complete then finds nothing, while its Retry gets ErrNotFound.
+	subtest(t, newStore, "TakeoverLosesTheLease", func(t *testing.T, s store.Store) {
+		// A holder whose lease expired and was leased by another caller
+		// can neither complete nor retry the delivery; the new holder can.
 		ctx := t.Context()
 		d := delivery("d1", "p1", "a.example", t0)
 		enqueue(t, s, []store.Payload{payload("p1")}, d)
@@ -239,16 +238,72 @@ func testRaces(t *testing.T, newStore factory) {
 		require.Equal(t, []string{"d1"}, ids(first))
 		second := lease(t, s, at(2*time.Minute), 10, time.Minute)
 		require.Equal(t, []string{"d1"}, ids(second), "an expired lease is leased again")
+		require.NotEqual(t, first[0].Token, second[0].Token, "a new lease has a new token")
 
-		require.NoError(t, s.Complete(ctx, "d1"), "Complete by the holder whose lease expired")
-		assert.Zero(t, count(t, s, store.DeliveryFilter{}), "the delivery is gone")
-		assertNoPayload(t, s, "p1")
-		assert.Empty(t, lease(t, s, at(time.Hour), 10, time.Minute), "nothing left to lease")
+		require.NoError(t, s.Complete(ctx, first[0].Ref()), "Complete by the holder whose lease was taken over")
+		assert.Equal(t, 1, count(t, s, store.DeliveryFilter{}), "the old holder's Complete removed the delivery")
+		assertPayload(t, s, "p1", payload("p1").Body)
+		old := first[0]
+		old.Attempts, old.NotBefore = 1, at(2*time.Minute)
+		assert.ErrorIs(t, s.Retry(ctx, old), store.ErrLeaseLost, "Retry by the holder whose lease was taken over")
+		assert.Empty(t, lease(t, s, at(2*time.Minute+time.Second), 10, time.Minute),
+			"the old holder's Retry released the new holder's lease")
 
 		retried := second[0]
 		retried.Attempts, retried.NotBefore = 1, at(time.Hour)
-		assert.ErrorIs(t, s.Retry(ctx, retried), store.ErrNotFound, "Retry by the new holder")
-		assert.NoError(t, s.Complete(ctx, "d1"), "Complete by the new holder")
+		require.NoError(t, s.Retry(ctx, retried), "Retry by the new holder")
+		third := lease(t, s, at(time.Hour), 10, time.Minute)
+		require.Equal(t, []string{"d1"}, ids(third))
+		assert.Equal(t, 1, third[0].Attempts)
+		assert.NotContains(t, []string{first[0].Token, second[0].Token}, third[0].Token)
+		require.NoError(t, s.Complete(ctx, third[0].Ref()), "Complete by the holder of the last lease")
+		assert.Zero(t, count(t, s, store.DeliveryFilter{}), "the delivery is gone")
+		assertNoPayload(t, s, "p1")
+	})
+
+	subtest(t, newStore, "ExpiredLeaseNotTakenOver", func(t *testing.T, s store.Store) {
+		// A lease that ran out, with no one leasing the delivery since,
+		// still lets its holder finish: retry, then complete.
+		ctx := t.Context()
+		enqueue(t, s, []store.Payload{payload("p1")}, delivery("d1", "p1", "a.example", t0),
+			delivery("d2", "p1", "b.example", t0))
+		got := lease(t, s, t0, 10, time.Minute)
+		require.Len(t, got, 2)
+		for i := range got {
+			if got[i].ID == "d1" {
+				got[i].Attempts, got[i].NotBefore = 1, at(time.Hour)
+				require.NoError(t, s.Retry(ctx, got[i]), "Retry after the lease ran out")
+			}
+		}
+		require.NoError(t, s.Complete(ctx, refs(got)...), "Complete after the lease ran out")
+		assert.Zero(t, count(t, s, store.DeliveryFilter{}))
+		assertNoPayload(t, s, "p1")
+	})
+
+	subtest(t, newStore, "TokenOfAnEarlierCopy", func(t *testing.T, s store.Store) {
+		// A delivery completed and enqueued again under the same ID is a
+		// new one: the token of the earlier copy acts on neither.
+		ctx := t.Context()
+		enqueue(t, s, []store.Payload{payload("p1")}, delivery("d1", "p1", "a.example", t0))
+		first := lease(t, s, t0, 10, time.Minute)
+		require.Len(t, first, 1)
+		require.NoError(t, s.Complete(ctx, first[0].Ref()))
+		require.Zero(t, count(t, s, store.DeliveryFilter{}))
+
+		enqueue(t, s, []store.Payload{payload("p1")}, delivery("d1", "p1", "a.example", t0))
+		require.NoError(t, s.Complete(ctx, first[0].Ref()))
+		assert.Equal(t, 1, count(t, s, store.DeliveryFilter{}), "an earlier copy's token completed the new copy")
+		old := first[0]
+		old.Attempts = 3
+		assert.ErrorIs(t, s.Retry(ctx, old), store.ErrLeaseLost, "an earlier copy's token retried the new copy")
+
+		again := lease(t, s, at(time.Minute), 10, time.Minute)
+		require.Len(t, again, 1)
+		assert.Zero(t, again[0].Attempts)
+		assert.NotEqual(t, first[0].Token, again[0].Token)
+		require.NoError(t, s.Complete(ctx, first[0].Ref()))
+		assert.Equal(t, 1, count(t, s, store.DeliveryFilter{}), "an earlier copy's token completed the leased new copy")
+		require.NoError(t, s.Complete(ctx, again[0].Ref()))
 		assert.Zero(t, count(t, s, store.DeliveryFilter{}))
 	})
 }

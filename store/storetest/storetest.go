@@ -59,8 +59,12 @@ import (
 //     SkipHosts entries set to false do not skip; ties in NotBefore may be
 //     leased in any order; the exact lease end (Now == lease start +
 //     Duration) is not tested.
-//   - Retry ignores the fields of d other than ID, Attempts, NotBefore and
-//     LastError, and needs no live lease.
+//   - Retry ignores the fields of d other than ID, Token, Attempts,
+//     NotBefore and LastError, and needs no live lease.
+//   - Lease tokens are opaque strings; every delivery Lease returns has a
+//     non-empty one. Complete and Retry with an empty token act whoever
+//     holds the delivery (the suite uses that for deliveries it never
+//     leased).
 //   - CountDeliveries with a zero filter counts every delivery; deliveries
 //     whose lease is running count as queued. DropDeliveries with a zero
 //     filter is not tested.
@@ -135,8 +139,11 @@ func assertSubscriber(t *testing.T, want, got store.Subscriber, msgAndArgs ...an
 	return assert.Equal(t, normSubscriber(want), normSubscriber(got), msgAndArgs...)
 }
 
+// normDelivery also clears the lease token, which the lease-token cases
+// check on their own.
 func normDelivery(d store.Delivery) store.Delivery {
 	d.NotBefore, d.Created = norm(d.NotBefore), norm(d.Created)
+	d.Token = ""
 	return d
 }
 
@@ -153,6 +160,15 @@ func assertDeliveries(t *testing.T, want, got []store.Delivery, msgAndArgs ...an
 		g[i] = normDelivery(d)
 	}
 	return assert.Equal(t, w, g, msgAndArgs...)
+}
+
+// refs returns the LeaseRefs of ds.
+func refs(ds []store.Delivery) []store.LeaseRef {
+	out := make([]store.LeaseRef, len(ds))
+	for i := range ds {
+		out[i] = ds[i].Ref()
+	}
+	return out
 }
 
 // ids returns the IDs of ds.
@@ -207,6 +223,9 @@ func lease(t *testing.T, s store.Store, now time.Time, limit int, d time.Duratio
 	}
 	got, err := s.Lease(t.Context(), r)
 	require.NoError(t, err)
+	for _, d := range got {
+		require.NotEmpty(t, d.Token, "Lease returned delivery %s without a token", d.ID)
+	}
 	return got
 }
 

@@ -28,7 +28,11 @@ import (
 	"cmp"
 	"container/heap"
 	"fmt"
+	"math"
+	"math/rand/v2"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/fedirelay/relay/store"
@@ -49,6 +53,8 @@ type Index[X any] struct {
 	Payloads map[string]*Payload
 
 	name    string // of the store, for errors
+	epoch   uint64 // random, names this index in lease tokens
+	leases  uint64 // leases handed out, the last token's number
 	targets map[targetKey]*target[X]
 	hosts   map[string]*host[X]
 	due     hostHeap[X] // hosts with ready items, by their earliest one
@@ -60,6 +66,7 @@ type Index[X any] struct {
 func New[X any](name string) *Index[X] {
 	return &Index[X]{
 		name:     name,
+		epoch:    rand.Uint64(),
 		ByID:     make(map[string]*Item[X]),
 		Payloads: make(map[string]*Payload),
 		targets:  make(map[targetKey]*target[X]),
@@ -150,14 +157,15 @@ type Item[X any] struct {
 	nbSec     int64 // NotBefore
 	crSec     int64 // Created
 	leSec     int64 // when the lease expires, if leased
-	attempts  int
 	// Ext is the store's own data about the item. It is not the last
 	// field, so that a zero-size Ext takes no room.
-	Ext    X
-	nbNsec int32
-	crNsec int32
-	leNsec int32 // < 0 if not leased
-	idx    int32 // index in host.ready, or in Index.leased if leased
+	Ext      X
+	attempts int32
+	nbNsec   int32
+	crNsec   int32
+	leNsec   int32  // < 0 if not leased
+	idx      int32  // index in host.ready, or in Index.leased if leased
+	leaseNum uint32 // low bits of the number of its last lease, 0 if none
 }
 
 // stamp returns t as Unix seconds and nanoseconds.
@@ -210,7 +218,7 @@ func (it *Item[X]) Delivery() store.Delivery {
 		Host:         t.host.name,
 		Subscriber:   t.subscriber,
 		ActivityType: t.activityType,
-		Attempts:     it.attempts,
+		Attempts:     int(it.attempts),
 		NotBefore:    unstamp(it.nbSec, it.nbNsec),
 		Created:      unstamp(it.crSec, it.crNsec),
 		Signer:       t.signer,
@@ -223,7 +231,7 @@ func (it *Item[X]) Delivery() store.Delivery {
 
 // setFailure stores the outcome of a failed attempt.
 func (it *Item[X]) setFailure(attempts int, notBefore time.Time, lastError string) {
-	it.attempts = attempts
+	it.attempts = int32(min(max(attempts, 0), math.MaxInt32))
 	it.nbSec, it.nbNsec = stamp(notBefore)
 	it.lastError = nil
 	if lastError != "" {
@@ -381,7 +389,9 @@ func (x *Index[X]) Lease(r store.LeaseRequest) ([]store.Delivery, error) {
 		it.lease(end)
 		h.leased++
 		heap.Push(&x.leased, it)
-		out = append(out, it.Delivery())
+		d := it.Delivery()
+		d.Token = x.newToken(it)
+		out = append(out, d)
 		if perHost != nil {
 			if perHost[h]++; perHost[h] == r.PerHost && h.idx >= 0 {
 				heap.Remove(&x.due, h.idx)
@@ -393,6 +403,36 @@ func (x *Index[X]) Lease(r store.LeaseRequest) ([]store.Delivery, error) {
 		x.fixHost(h)
 	}
 	return out, nil
+}
+
+// newToken numbers a new lease of it and returns its token:
+// "<epoch>.<number>", both hexadecimal.
+func (x *Index[X]) newToken(it *Item[X]) string {
+	x.leases++
+	if uint32(x.leases) == 0 { // 0 means "never leased"
+		x.leases++
+	}
+	it.leaseNum = uint32(x.leases)
+	return strconv.FormatUint(x.epoch, 16) + "." + strconv.FormatUint(x.leases, 16)
+}
+
+// Holds reports whether token is still valid for it (see store.LeaseRef):
+// empty, or naming its last lease, or (naming a lease of an earlier index,
+// before the store was reopened) it has not been leased by this one.
+func (x *Index[X]) Holds(it *Item[X], token string) bool {
+	if token == "" {
+		return true
+	}
+	epoch, n, ok := strings.Cut(token, ".")
+	e, err1 := strconv.ParseUint(epoch, 16, 64)
+	num, err2 := strconv.ParseUint(n, 16, 64)
+	if !ok || err1 != nil || err2 != nil {
+		return false
+	}
+	if e != x.epoch {
+		return it.leaseNum == 0
+	}
+	return num != 0 && uint32(num) == it.leaseNum
 }
 
 // Leased returns the number of leased items.

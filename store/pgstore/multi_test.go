@@ -1,0 +1,189 @@
+package pgstore_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/fedirelay/relay/store"
+	"github.com/fedirelay/relay/store/pgstore"
+	"github.com/fedirelay/relay/store/storetest"
+)
+
+// Three stores open a fresh schema at the same moment (three relay
+// processes starting): the migration runs once, and of three CreateValue
+// calls of the relay key all get the same, first, value.
+func TestOpenAndCreateKeyConcurrently(t *testing.T) {
+	url := newSchema(t)
+	const n = 3
+	stores := make([]*pgstore.Store, n)
+	keys := make([][]byte, n)
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	start := make(chan struct{})
+	for k := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			s, err := pgstore.Open(context.Background(), url)
+			if err != nil {
+				errs[k] = err
+				return
+			}
+			stores[k] = s
+			keys[k], errs[k] = s.CreateValue(context.Background(), "relay/private-key.pem", []byte(fmt.Sprintf("key of process %d", k)))
+		}()
+	}
+	close(start)
+	wg.Wait()
+	for k := range n {
+		require.NoError(t, errs[k])
+		t.Cleanup(func() { stores[k].Close() })
+	}
+	for k := 1; k < n; k++ {
+		assert.Equal(t, keys[0], keys[k], "one relay key")
+	}
+}
+
+// Two stores (two processes' pools) lease from one queue at once: every
+// delivery is leased by exactly one of them while leases run, and all are
+// completed.
+func TestPoolsLeaseEachDeliveryOnce(t *testing.T) {
+	url := newSchema(t)
+	a, b := open(t, url), open(t, url)
+	ctx := context.Background()
+	const n = 400
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var ds []store.Delivery
+	for k := range n {
+		ds = append(ds, storetest.SampleDelivery(fmt.Sprintf("d%d", k), "p", fmt.Sprintf("h%d.example", k%7), t0))
+	}
+	require.NoError(t, a.Enqueue(ctx, []store.Payload{{ID: "p", Body: []byte("body")}}, ds))
+	var mu sync.Mutex
+	leased := map[string]int{}
+	var wg sync.WaitGroup
+	for _, s := range []*pgstore.Store{a, b, a, b, a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				got, err := s.Lease(ctx, store.LeaseRequest{Now: t0.Add(time.Minute), Limit: 7, Duration: time.Hour, PerHost: 2})
+				if !assert.NoError(t, err) || len(got) == 0 {
+					return
+				}
+				refs := make([]store.LeaseRef, len(got))
+				mu.Lock()
+				for k, d := range got {
+					leased[d.ID]++
+					refs[k] = d.Ref()
+				}
+				mu.Unlock()
+				assert.NoError(t, s.Complete(ctx, refs...))
+			}
+		}()
+	}
+	wg.Wait()
+	assert.Len(t, leased, n)
+	for id, c := range leased {
+		assert.Equal(t, 1, c, "%s leased %d times", id, c)
+	}
+	left, err := b.CountDeliveries(ctx, store.DeliveryFilter{})
+	require.NoError(t, err)
+	assert.Zero(t, left)
+	_, err = b.GetPayload(ctx, "p")
+	assert.ErrorIs(t, err, store.ErrNotFound, "the payload went with its last delivery")
+}
+
+// A database with the schema of version 1 (before lease tokens), holding
+// a queued delivery, is migrated when the store opens: the delivery is
+// leased with a token and completed under it.
+func TestMigrateFromVersion1(t *testing.T) {
+	url := newSchema(t)
+	v1, err := os.ReadFile("migrations/001_init.sql")
+	require.NoError(t, err)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, string(v1)+`;
+		CREATE TABLE fedirelay_schema (version integer NOT NULL);
+		INSERT INTO fedirelay_schema VALUES (1);
+		INSERT INTO fedirelay_payloads (id, body) VALUES ('p', 'body');
+		INSERT INTO fedirelay_deliveries (id, payload_id, inbox, host, subscriber, activity_type, attempts, not_before, last_error, created)
+		VALUES ('d', 'p', 'https://a.example/inbox', 'a.example', '', 'Create', 0, '2026-01-01Z', '', '2026-01-01Z')`)
+	require.NoError(t, err)
+
+	s := open(t, url)
+	var version int
+	require.NoError(t, conn.QueryRow(ctx, `SELECT version FROM fedirelay_schema`).Scan(&version))
+	assert.Equal(t, pgstore.SchemaVersion, version)
+	got, err := s.Lease(ctx, store.LeaseRequest{Now: time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC), Limit: 10, Duration: time.Minute})
+	require.NoError(t, err)
+	require.Len(t, got, 1)
+	assert.NotEmpty(t, got[0].Token)
+	require.NoError(t, s.Complete(ctx, got[0].Ref()))
+	n, err := s.CountDeliveries(ctx, store.DeliveryFilter{})
+	require.NoError(t, err)
+	assert.Zero(t, n)
+
+	// Opening again changes nothing; a newer schema is refused.
+	open(t, url)
+	_, err = conn.Exec(ctx, `UPDATE fedirelay_schema SET version = 99`)
+	require.NoError(t, err)
+	_, err = pgstore.Open(ctx, url)
+	assert.ErrorContains(t, err, "newer")
+}
+
+// One store's Enqueue and PutValue wake another store's listeners.
+func TestNotifications(t *testing.T) {
+	url := newSchema(t)
+	a, b := open(t, url), open(t, url)
+	ctx := context.Background()
+	drain := func() {
+		for {
+			select {
+			case <-b.QueueChanged():
+			case <-b.ValuesChanged():
+			case <-time.After(200 * time.Millisecond):
+				return
+			}
+		}
+	}
+	drain() // the signals sent when b started listening
+	d := storetest.SampleDelivery("d", "p", "a.example", time.Now())
+	require.NoError(t, a.Enqueue(ctx, []store.Payload{{ID: "p", Body: []byte("x")}}, []store.Delivery{d}))
+	select {
+	case <-b.QueueChanged():
+	case <-time.After(10 * time.Second):
+		t.Fatal("no queue notification")
+	}
+	require.NoError(t, a.PutValue(ctx, "relay/blocked-domains", []byte(`{"domains":["x.example"]}`)))
+	select {
+	case <-b.ValuesChanged():
+	case <-time.After(10 * time.Second):
+		t.Fatal("no value notification")
+	}
+}
+
+// A connection string with a password that cannot be used: the error does
+// not show the password.
+func TestOpenErrorHidesPassword(t *testing.T) {
+	for _, conn := range []string{
+		"postgres://relay:s3cret@127.0.0.1:1/relay?connect_timeout=2",
+		"postgres://relay:s3cret@127.0.0.1:1/relay?sslmode=%zz",
+		"host=127.0.0.1 port=1 user=relay password=s3cret connect_timeout=2",
+		"host=127.0.0.1 port=x password=s3cret",
+	} {
+		_, err := pgstore.Open(context.Background(), conn)
+		require.Error(t, err)
+		assert.NotContains(t, err.Error(), "s3cret")
+	}
+}
