@@ -139,8 +139,9 @@ func TestAdminAPIApprovalRoundTrip(t *testing.T) {
 	assert.True(t, status.ApprovalRequired)
 
 	// Another relay on the same store sees every change (not started: it
-	// would deliver the shared queue under its own name).
-	r2, err := relay.New(relay.Config{BaseURL: "https://relay.test", Transport: &network, Store: st, Logger: quietLogger()})
+	// would deliver the shared queue under its own name; with its own
+	// account, as two relays of one process must have).
+	r2, err := relay.New(relay.Config{BaseURL: "https://relay.test", Username: "reader", Transport: &network, Store: st, Logger: quietLogger()})
 	require.NoError(t, err)
 	defer r2.Close(ctx)
 	got, err := r2.Subscriber(ctx, gts.RelayActorID())
