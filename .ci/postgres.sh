@@ -21,7 +21,8 @@ fedirelay_pg_start() {
     done
     if [ -z "$bin" ]; then
       echo "postgres.sh: installing PostgreSQL with apt-get" >&2
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >&2
+      DEBIAN_FRONTEND=noninteractive apt-get update -q >&2 &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >&2
       for d in /usr/lib/postgresql/*/bin; do
         [ -x "$d/initdb" ] && bin="$d/"
       done
