@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -23,10 +24,13 @@ import (
 //     delivery per inbox) before the inbox answers 202, so it survives a
 //     restart with a durable store.
 //   - A dispatcher leases due deliveries from the store and hands them to
-//     Config.Workers workers, never more than Config.PerHostWorkers at once
-//     to one host (fewer while the host's circuit breaker is not closed,
-//     see breaker.go). Workers sign (the CPU cost) and wait on the network
-//     concurrently, so signing keeps every core busy while others wait.
+//     workers: up to Config.Workers deliveries in flight to hosts that
+//     answer, plus Config.SlowHostWorkers to slow hosts, never more than
+//     Config.PerHostWorkers at once to one host (fewer while the host is
+//     slow or its circuit breaker is not closed, see breaker.go).
+//   - Signing (the CPU cost) takes one of GOMAXPROCS signing slots; the
+//     request then waits on the network without one, so signing keeps
+//     every core busy however many requests wait.
 //   - A 2xx completes the delivery; its id stays in memory until the store
 //     confirmed the completion, so a retry never sends a second copy to a
 //     subscriber that answered 2xx. Failures are retried with exponential
@@ -213,9 +217,10 @@ func checkOnly(marks []store.Mark) []store.Mark {
 }
 
 // leaseDuration is how long a leased delivery stays reserved for this
-// process. It is far longer than an attempt can take (RequestTimeout) plus
-// the time it may wait behind its host's other deliveries, so a delivery
-// is re-leased only when the process holding it died.
+// process. It is far longer than an attempt can take (RequestTimeout, plus
+// waiting for a signing slot) plus the time it may wait behind its host's
+// other deliveries, so a delivery is re-leased only when the process
+// holding it died.
 func (q *deliveryQueue) leaseDuration() time.Duration {
 	return 10*q.r.cfg.RequestTimeout + time.Minute
 }
@@ -263,9 +268,14 @@ type deliveryQueue struct {
 	completeCh chan string
 	cwg        sync.WaitGroup // completers
 
+	signing chan struct{} // a slot per delivery being signed
+
 	mu       sync.Mutex
 	busy     int                         // deliveries leased and not finished
 	perHost  map[string]int              // the same, per host
+	slowBusy int                         // the same, for the hosts in slow
+	slow     map[string]time.Duration    // slow hosts' learnt request timeouts (breaker.go)
+	attempts map[string]*attempt         // deliveries being attempted, by id
 	overflow map[string][]store.Delivery // leased, waiting for a host slot
 	held     map[string]bool             // ids of the leased deliveries
 	done     map[string]bool             // answered 2xx, Complete pending (true) or failed (false)
@@ -289,7 +299,10 @@ func newDeliveryQueue(r *Relay) *deliveryQueue {
 		bgCancel:   bgCancel,
 		stopCh:     make(chan struct{}),
 		completeCh: make(chan string, completeChBuffer),
+		signing:    make(chan struct{}, runtime.GOMAXPROCS(0)),
 		perHost:    map[string]int{},
+		slow:       map[string]time.Duration{},
+		attempts:   map[string]*attempt{},
 		overflow:   map[string][]store.Delivery{},
 		held:       map[string]bool{},
 		done:       map[string]bool{},
@@ -325,7 +338,7 @@ func (q *deliveryQueue) start() error {
 		q.cwg.Add(1)
 		go q.completer()
 	}
-	for range q.r.cfg.Workers {
+	for range q.r.cfg.Workers + q.r.cfg.SlowHostWorkers {
 		q.wg.Add(1)
 		go q.worker()
 	}
@@ -443,7 +456,8 @@ func (q *deliveryQueue) leaseSome(force bool) (n int, held bool, err error) {
 	cfg := &q.r.cfg
 	now := q.r.now()
 	q.mu.Lock()
-	free := cfg.Workers - q.busy
+	q.sweepLocked(now)
+	free := q.freeLocked()
 	if free <= 0 || !force && !q.leaseDueLocked() {
 		// Lease in batches: a finishing worker wakes the dispatcher again
 		// once enough workers are free.
@@ -463,6 +477,15 @@ func (q *deliveryQueue) leaseSome(force bool) (n int, held bool, err error) {
 		skipIfFull(h)
 	}
 	for h := range q.breakers { // an open breaker's cap is 0
+		skipIfFull(h)
+	}
+	for h := range q.slow {
+		if q.slowBusy >= cfg.SlowHostWorkers {
+			if skip == nil {
+				skip = map[string]bool{}
+			}
+			skip[h] = true
+		}
 		skipIfFull(h)
 	}
 	q.mu.Unlock()
@@ -488,6 +511,9 @@ func (q *deliveryQueue) leaseSome(force bool) (n int, held bool, err error) {
 		q.held[d.ID] = true
 		q.busy++
 		q.perHost[d.Host]++
+		if _, slow := q.slow[d.Host]; slow {
+			q.slowBusy++
+		}
 		ready := q.perHost[d.Host] <= max(q.hostCapLocked(d.Host, now), 1)
 		if !ready {
 			q.overflow[d.Host] = append(q.overflow[d.Host], d)
@@ -506,26 +532,78 @@ func (q *deliveryQueue) leaseSome(force bool) (n int, held bool, err error) {
 // batches costs the store fewer Lease calls, and waking the dispatcher only
 // then saves a wake-up per delivery.
 func (q *deliveryQueue) leaseDueLocked() bool {
-	free := q.r.cfg.Workers - q.busy
+	free := q.freeLocked()
 	return free > 0 && (q.busy == 0 || free >= q.r.cfg.Workers/4)
 }
 
-// finished records the outcome of d for its host's breaker, releases d's
+// freeLocked returns how many more deliveries may be leased: Config.Workers
+// less those held for hosts that are not slow and those held for slow
+// hosts beyond Config.SlowHostWorkers (see sweepLocked).
+func (q *deliveryQueue) freeLocked() int {
+	return q.r.cfg.Workers - (q.busy - min(q.slowBusy, q.r.cfg.SlowHostWorkers))
+}
+
+// attempt is a delivery being attempted.
+type attempt struct {
+	host   string
+	sent   time.Time // when its request was sent; zero while it is signed
+	cancel context.CancelCauseFunc
+	ended  bool // cancelled by sweepLocked
+}
+
+// errTimedOut is the cause of a request that timed out.
+var errTimedOut = errors.New("request timed out")
+
+// sweepLocked makes the hosts of requests that have waited
+// Config.MinRequestTimeout for an answer slow, and, while slow hosts hold
+// more than Config.SlowHostWorkers deliveries, times out their requests
+// that have waited that long, oldest first, so that hosts which answer
+// keep their Workers whatever hangs.
+func (q *deliveryQueue) sweepLocked(now time.Time) {
+	cfg := &q.r.cfg
+	var waiting []*attempt
+	for _, a := range q.attempts {
+		if a.sent.IsZero() || a.ended || now.Sub(a.sent) < cfg.MinRequestTimeout {
+			continue
+		}
+		if _, slow := q.slow[a.host]; !slow {
+			q.r.log.Warn("relay: host is slow to answer", "host", a.host, "waited", now.Sub(a.sent))
+			q.markSlowLocked(a.host, cfg.RequestTimeout)
+		}
+		waiting = append(waiting, a)
+	}
+	excess := q.slowBusy - cfg.SlowHostWorkers
+	if excess <= 0 || len(waiting) == 0 {
+		return
+	}
+	slices.SortFunc(waiting, func(a, b *attempt) int { return a.sent.Compare(b.sent) })
+	for _, a := range waiting[:min(excess, len(waiting))] {
+		a.ended = true
+		a.cancel(fmt.Errorf("%w: slow hosts hold more than %d deliveries", errTimedOut, cfg.SlowHostWorkers))
+	}
+}
+
+// finished records the outcome of d (sent with timeout) for its host's
+// breaker and slowness, releases d's
 // worker slot and returns the next delivery waiting for that host, if any.
 // wake reports whether the dispatcher should be woken: when a batch of
 // workers is free, or the first one after all were busy (the dispatcher
 // then leases for it after leaseBatchWait at the latest).
-func (q *deliveryQueue) finished(d store.Delivery, o outcome, retryAfter time.Duration) (next store.Delivery, ok, wake bool) {
+func (q *deliveryQueue) finished(d store.Delivery, o outcome, retryAfter, timeout time.Duration) (next store.Delivery, ok, wake bool) {
 	now := q.r.now()
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.recordLocked(d.Host, o, retryAfter, now)
+	q.learnLocked(d.Host, o, timeout)
 	delete(q.held, d.ID)
 	q.busy--
+	if _, slow := q.slow[d.Host]; slow {
+		q.slowBusy--
+	}
 	if q.perHost[d.Host]--; q.perHost[d.Host] <= 0 {
 		delete(q.perHost, d.Host)
 	}
-	wake = q.leaseDueLocked() || q.busy == q.r.cfg.Workers-1
+	wake = q.leaseDueLocked() || q.freeLocked() == 1
 	if waiting := q.overflow[d.Host]; len(waiting) > 0 {
 		// The next delivery waiting for this host takes d's slot (it is
 		// counted in busy and perHost already).
@@ -542,8 +620,8 @@ func (q *deliveryQueue) worker() {
 	defer q.wg.Done()
 	for d := range q.work {
 		for {
-			o, retryAfter := q.process(d)
-			next, ok, wake := q.finished(d, o, retryAfter)
+			o, retryAfter, timeout := q.process(d)
+			next, ok, wake := q.finished(d, o, retryAfter, timeout)
 			if wake {
 				q.wake()
 			}
@@ -557,24 +635,29 @@ func (q *deliveryQueue) worker() {
 
 // process attempts d unless the relay is stopping or the host's breaker
 // holds it back, in which case d is rescheduled without using an attempt.
-func (q *deliveryQueue) process(d store.Delivery) (outcome, time.Duration) {
+// It returns the outcome, a 429's Retry-After and the request timeout the
+// attempt had.
+func (q *deliveryQueue) process(d store.Delivery) (outcome, time.Duration, time.Duration) {
 	now := q.r.now()
 	if q.stopping() {
 		q.reschedule(d, now)
-		return outcomeSkipped, 0
+		return outcomeSkipped, 0, 0
 	}
 	q.mu.Lock()
 	ok, until := q.admitLocked(d.Host, now)
+	timeout := q.timeoutLocked(d.Host)
 	q.mu.Unlock()
 	if !ok {
 		q.reschedule(d, until)
-		return outcomeSkipped, 0
+		return outcomeSkipped, 0, 0
 	}
-	return q.deliver(d)
+	o, retryAfter := q.deliver(d, timeout)
+	return o, retryAfter, timeout
 }
 
-// deliver makes one attempt at d and records the outcome.
-func (q *deliveryQueue) deliver(d store.Delivery) (outcome, time.Duration) {
+// deliver makes one attempt at d, its request timing out after timeout, and
+// records the outcome.
+func (q *deliveryQueue) deliver(d store.Delivery, timeout time.Duration) (outcome, time.Duration) {
 	r := q.r
 	ctx := q.ctx
 	body, err := q.payload(ctx, d.PayloadID)
@@ -591,7 +674,7 @@ func (q *deliveryQueue) deliver(d store.Delivery) (outcome, time.Duration) {
 		q.reschedule(d, r.now().Add(r.cfg.RetryBackoff))
 		return outcomeSkipped, 0
 	}
-	status, retryAfter, err := r.post(ctx, d.Inbox, d.Subscriber, body)
+	status, retryAfter, err := q.post(d, body, timeout)
 	switch {
 	case ctx.Err() != nil:
 		// Shutting down: the delivery is released for a later attempt.
@@ -620,11 +703,14 @@ func (q *deliveryQueue) deliver(d store.Delivery) (outcome, time.Duration) {
 	case err == nil && status == http.StatusTooManyRequests:
 		q.retry(d, fmt.Errorf("HTTP %d", status), retryAfter)
 		return outcomeThrottled, retryAfter
+	case errors.Is(err, errTimedOut):
+		q.retry(d, err, 0)
+		return outcomeTimedOut, 0
+	case err != nil:
+		q.retry(d, err, 0)
+		return outcomeUnreachable, 0
 	default:
-		if err == nil {
-			err = fmt.Errorf("HTTP %d", status)
-		}
-		q.retry(d, err, retryAfter)
+		q.retry(d, fmt.Errorf("HTTP %d", status), retryAfter)
 		return outcomeFailed, 0
 	}
 }
@@ -641,24 +727,53 @@ func (q *deliveryQueue) payload(ctx context.Context, id string) ([]byte, error) 
 	return b, err
 }
 
-// post signs (see signDelivery) and sends one delivery. It returns the
-// status, a Retry-After delay if the receiver gave one, and a transport
-// error.
-func (r *Relay) post(ctx context.Context, inbox, subscriber string, body []byte) (int, time.Duration, error) {
-	ctx, cancel := context.WithTimeout(ctx, r.cfg.RequestTimeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, inbox, bytes.NewReader(body))
+// post signs d (see signDelivery), holding one of the signing slots, and
+// sends it, holding none, as an attempt that sweepLocked can end. It
+// returns the status, a Retry-After delay if the receiver gave one, and a
+// transport error: one wrapping errTimedOut if the request took longer
+// than timeout (on the relay's Clock) or was ended by sweepLocked.
+func (q *deliveryQueue) post(d store.Delivery, body []byte, timeout time.Duration) (int, time.Duration, error) {
+	r := q.r
+	ctx, cancel := context.WithCancelCause(q.ctx)
+	defer cancel(nil)
+	a := &attempt{host: d.Host, cancel: cancel}
+	q.mu.Lock()
+	q.attempts[d.ID] = a
+	q.mu.Unlock()
+	defer func() {
+		q.mu.Lock()
+		delete(q.attempts, d.ID)
+		q.mu.Unlock()
+	}()
+
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.Inbox, bytes.NewReader(body))
 	if err != nil {
 		return 0, 0, err
 	}
 	req.Header.Set("Content-Type", activityJSON)
 	req.Header.Set("Accept", acceptActivity)
 	req.Header.Set("User-Agent", r.cfg.UserAgent)
-	if err := r.signDelivery(ctx, req, body, subscriber); err != nil {
+	select {
+	case q.signing <- struct{}{}:
+	case <-ctx.Done():
+		return 0, 0, ctx.Err()
+	}
+	err = r.signDelivery(ctx, req, body, d.Subscriber)
+	<-q.signing
+	if err != nil {
 		return 0, 0, err
 	}
-	resp, err := r.transport.RoundTrip(req)
+
+	ctx, stop := r.withTimeout(ctx, timeout, fmt.Errorf("%w after %v", errTimedOut, timeout))
+	defer stop()
+	q.mu.Lock()
+	a.sent = r.now()
+	q.mu.Unlock()
+	resp, err := r.transport.RoundTrip(req.WithContext(ctx))
 	if err != nil {
+		if cause := context.Cause(ctx); errors.Is(cause, errTimedOut) {
+			err = cause
+		}
 		return 0, 0, err
 	}
 	drain(resp)
