@@ -219,7 +219,7 @@ func (q *deliveryQueue) learnLocked(host string, o outcome, timeout time.Duratio
 		if !slow {
 			current = cfg.RequestTimeout
 		}
-		if timeout >= current {
+		if timeout <= current { // not sent before the last halving
 			current = max(current/2, cfg.MinRequestTimeout)
 		}
 		if !slow {
@@ -236,10 +236,17 @@ func (q *deliveryQueue) learnLocked(host string, o outcome, timeout time.Duratio
 }
 
 // markSlowLocked makes host slow, its next requests timing out after
-// timeout.
+// timeout. The host's deliveries waiting here for a slot are dropped, to
+// be given back to the store (see returnReleased): a slow host gets one
+// at a time, leased when it is due.
 func (q *deliveryQueue) markSlowLocked(host string, timeout time.Duration) {
 	if _, slow := q.slow[host]; !slow {
 		q.slowBusy += q.perHost[host]
 	}
 	q.slow[host] = timeout
+	for _, d := range q.overflow[host] {
+		q.dropLocked(d)
+		q.released = append(q.released, d)
+	}
+	delete(q.overflow, host)
 }

@@ -40,9 +40,10 @@ func (r *Relay) withTimeout(ctx context.Context, d time.Duration, cause error) (
 		return context.WithTimeoutCause(ctx, d, cause)
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
+	after := r.clock.After(d) // now, not in the goroutine: the wait starts on return
 	go func() {
 		select {
-		case <-r.clock.After(d):
+		case <-after:
 			cancel(cause)
 		case <-ctx.Done():
 		}

@@ -276,6 +276,7 @@ type deliveryQueue struct {
 	slowBusy int                         // the same, for the hosts in slow
 	slow     map[string]time.Duration    // slow hosts' learnt request timeouts (breaker.go)
 	attempts map[string]*attempt         // deliveries being attempted, by id
+	released []store.Delivery            // dropped, to be given back to the store (returnReleased)
 	overflow map[string][]store.Delivery // leased, waiting for a host slot
 	held     map[string]bool             // ids of the leased deliveries
 	done     map[string]bool             // answered 2xx, Complete pending (true) or failed (false)
@@ -462,6 +463,7 @@ func (q *deliveryQueue) leaseSome(force bool) (n int, held bool, err error) {
 		// Lease in batches: a finishing worker wakes the dispatcher again
 		// once enough workers are free.
 		q.mu.Unlock()
+		q.returnReleased()
 		return 0, free > 0, nil
 	}
 	var skip map[string]bool // allocated only if some host is at its cap
@@ -499,6 +501,7 @@ func (q *deliveryQueue) leaseSome(force bool) (n int, held bool, err error) {
 	if err != nil {
 		return 0, false, err
 	}
+	q.returnReleased()
 	for _, d := range ds {
 		q.mu.Lock()
 		_, done := q.done[d.ID]
@@ -506,6 +509,13 @@ func (q *deliveryQueue) leaseSome(force bool) (n int, held bool, err error) {
 			// Already being attempted here (its lease ran out meanwhile),
 			// or answered 2xx and being completed: never send it twice.
 			q.mu.Unlock()
+			continue
+		}
+		if _, slow := q.slow[d.Host]; slow && (q.perHost[d.Host] > 0 || q.slowBusy >= cfg.SlowHostWorkers) {
+			// A slow host gets one delivery at a time, within the slow
+			// hosts' share: the others go back to the queue at once.
+			q.mu.Unlock()
+			q.reschedule(d, d.NotBefore)
 			continue
 		}
 		q.held[d.ID] = true
@@ -541,6 +551,32 @@ func (q *deliveryQueue) leaseDueLocked() bool {
 // hosts beyond Config.SlowHostWorkers (see sweepLocked).
 func (q *deliveryQueue) freeLocked() int {
 	return q.r.cfg.Workers - (q.busy - min(q.slowBusy, q.r.cfg.SlowHostWorkers))
+}
+
+// dropLocked forgets d, leased by this process, in the counts of deliveries
+// held.
+func (q *deliveryQueue) dropLocked(d store.Delivery) {
+	delete(q.held, d.ID)
+	q.busy--
+	if _, slow := q.slow[d.Host]; slow {
+		q.slowBusy--
+	}
+	if q.perHost[d.Host]--; q.perHost[d.Host] <= 0 {
+		delete(q.perHost, d.Host)
+	}
+}
+
+// returnReleased gives the deliveries that markSlowLocked took from the
+// queue's overflow back to the store, due as they were, without using an
+// attempt.
+func (q *deliveryQueue) returnReleased() {
+	q.mu.Lock()
+	ds := q.released
+	q.released = nil
+	q.mu.Unlock()
+	for _, d := range ds {
+		q.reschedule(d, d.NotBefore)
+	}
 }
 
 // attempt is a delivery being attempted.
@@ -595,14 +631,7 @@ func (q *deliveryQueue) finished(d store.Delivery, o outcome, retryAfter, timeou
 	defer q.mu.Unlock()
 	q.recordLocked(d.Host, o, retryAfter, now)
 	q.learnLocked(d.Host, o, timeout)
-	delete(q.held, d.ID)
-	q.busy--
-	if _, slow := q.slow[d.Host]; slow {
-		q.slowBusy--
-	}
-	if q.perHost[d.Host]--; q.perHost[d.Host] <= 0 {
-		delete(q.perHost, d.Host)
-	}
+	q.dropLocked(d)
 	wake = q.leaseDueLocked() || q.freeLocked() == 1
 	if waiting := q.overflow[d.Host]; len(waiting) > 0 {
 		// The next delivery waiting for this host takes d's slot (it is
@@ -622,6 +651,7 @@ func (q *deliveryQueue) worker() {
 		for {
 			o, retryAfter, timeout := q.process(d)
 			next, ok, wake := q.finished(d, o, retryAfter, timeout)
+			q.returnReleased()
 			if wake {
 				q.wake()
 			}

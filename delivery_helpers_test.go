@@ -270,6 +270,8 @@ type memEnv struct {
 	clock *fakeClock
 	st    *spyStore
 	r     *relay.Relay
+	// wrap, if set, wraps the network as the relay's Transport.
+	wrap func(http.RoundTripper) http.RoundTripper
 }
 
 const (
@@ -285,7 +287,13 @@ const (
 // the test.
 func newMemEnv(t *testing.T, cfg relay.Config) *memEnv {
 	t.Helper()
-	e := &memEnv{t: t, net: &memnet.Network{}, clock: newFakeClock(), st: newSpyStore()}
+	return newWrappedMemEnv(t, cfg, nil)
+}
+
+// newWrappedMemEnv is newMemEnv with the relay's Transport wrap(network).
+func newWrappedMemEnv(t *testing.T, cfg relay.Config, wrap func(http.RoundTripper) http.RoundTripper) *memEnv {
+	t.Helper()
+	e := &memEnv{t: t, net: &memnet.Network{}, clock: newFakeClock(), st: newSpyStore(), wrap: wrap}
 	require.NoError(t, e.st.PutValue(context.Background(), "relay/private-key.pem", testRelayKey(t)))
 	e.r = e.newRelay(cfg)
 	require.NoError(t, e.r.Start())
@@ -304,6 +312,9 @@ func (e *memEnv) newRelay(cfg relay.Config) *relay.Relay {
 	cfg.BaseURL = "https://relay.test"
 	cfg.Store = e.st
 	cfg.Transport = e.net
+	if e.wrap != nil {
+		cfg.Transport = e.wrap(e.net)
+	}
 	cfg.Clock = e.clock
 	cfg.SignatureMaxAge, cfg.ClockSkew = farSkew, farSkew
 	cfg.MaxActivityAge = farSkew
