@@ -13,7 +13,7 @@
 //	go run ./examples/loadtest                          # K=200, M=50, as fast as possible
 //	go run ./examples/loadtest -k 50 -m 100 -rate 10    # latency at 10 posts/s
 //	go run ./examples/loadtest -scenario compare        # healthy vs one hanging + one failing subscriber
-//	go run ./examples/loadtest -scenario compare10 -k 100 -m 100   # healthy vs ten hanging subscribers
+//	go run ./examples/loadtest -scenario compare10 -k 100 -m 100 -rounds 3   # healthy vs ten hanging, three pairs
 //	go run ./examples/loadtest -scenario backlog -k 10000 -m 10 -per-host 10
 //
 // Scenarios:
@@ -84,6 +84,7 @@ type options struct {
 	perHost   int
 	rate      float64
 	scenario  string
+	rounds    int
 	keys      int
 	signTime  time.Duration
 	timeout   time.Duration
@@ -102,6 +103,7 @@ func run(args []string) error {
 	fs.IntVar(&o.perHost, "per-host", 1, "subscribers per simulated host (each with its own actor and inbox)")
 	fs.Float64Var(&o.rate, "rate", 0, "posts per second (0: as fast as the relay takes them)")
 	fs.StringVar(&o.scenario, "scenario", "normal", "normal, hang, fail500, hangfail, hang10, compare, compare10 or backlog")
+	fs.IntVar(&o.rounds, "rounds", 1, "compare scenarios: healthy and failure runs alternated this many times (pairs close in time share the machine's load)")
 	fs.IntVar(&o.keys, "keys", 4, "distinct RSA keys shared by the simulated actors")
 	fs.DurationVar(&o.signTime, "sign-time", 2*time.Second, "how long to measure the raw signing rate")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "bound on each scenario run")
@@ -110,16 +112,16 @@ func run(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if o.k < 2 || o.m < 1 || o.perHost < 1 || o.keys < 1 {
-		return errors.New("need -k >= 2, -m >= 1, -per-host >= 1, -keys >= 1")
+	if o.k < 2 || o.m < 1 || o.perHost < 1 || o.keys < 1 || o.rounds < 1 {
+		return errors.New("need -k >= 2, -m >= 1, -per-host >= 1, -keys >= 1, -rounds >= 1")
 	}
 	scenarios := []string{o.scenario}
 	switch o.scenario {
 	case "normal", "hang", "fail500", "hangfail", "hang10", "backlog":
 	case "compare":
-		scenarios = []string{"normal", "hangfail"}
+		scenarios = slices.Repeat([]string{"normal", "hangfail"}, o.rounds)
 	case "compare10":
-		scenarios = []string{"normal", "hang10"}
+		scenarios = slices.Repeat([]string{"normal", "hang10"}, o.rounds)
 	default:
 		return fmt.Errorf("unknown -scenario %q", o.scenario)
 	}
@@ -171,12 +173,43 @@ func run(args []string) error {
 	for _, res := range results {
 		res.print(sig)
 	}
-	if len(results) == 2 && results[0].rate > 0 {
-		what := map[string]string{"hangfail": "one hanging and one failing subscriber", "hang10": "ten hanging subscribers"}[results[1].scenario]
-		fmt.Printf("\nothers' deliveries/s with %s: %.0f vs %.0f healthy = %.1f %% change; seconds without deliveries: %d vs %d\n",
-			what, results[1].rate, results[0].rate, 100*(results[1].rate/results[0].rate-1), results[1].zeroWindows, results[0].zeroWindows)
+	if strings.HasPrefix(o.scenario, "compare") {
+		comparePairs(results)
 	}
 	return nil
+}
+
+// comparePairs prints the change in the healthy subscribers' deliveries/s
+// from each healthy run to the failure run that followed it, and their
+// median.
+func comparePairs(results []*result) {
+	what := map[string]string{"hangfail": "one hanging and one failing subscriber", "hang10": "ten hanging subscribers"}
+	var changes []float64
+	fmt.Println()
+	for i := 0; i+1 < len(results); i += 2 {
+		healthy, bad := results[i], results[i+1]
+		if healthy.rate <= 0 {
+			continue
+		}
+		change := 100 * (bad.rate/healthy.rate - 1)
+		changes = append(changes, change)
+		fmt.Printf("others' deliveries/s with %s: %.0f vs %.0f healthy = %+.1f %%; seconds without deliveries: %d vs %d; load average %s / %s\n",
+			what[bad.scenario], bad.rate, healthy.rate, change, bad.zeroWindows, healthy.zeroWindows, healthy.load, bad.load)
+	}
+	if len(changes) > 1 {
+		slices.Sort(changes)
+		fmt.Printf("median change over %d pairs: %+.1f %% (from %+.1f to %+.1f %%)\n",
+			len(changes), changes[len(changes)/2], changes[0], changes[len(changes)-1])
+	}
+}
+
+// loadAverage returns the machine's 1-minute load average, as uptime shows it.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) > 0 {
+		return f[0]
+	}
+	return "?"
 }
 
 func moduleRoot() string {
@@ -282,10 +315,11 @@ type result struct {
 	// to the last healthy arrival; zeroWindows those without any.
 	windows     []int
 	zeroWindows int
+	load        string // 1-minute load average before the run
 }
 
 func (res *result) print(sig signing) {
-	fmt.Printf("scenario %s: K=%d subscribers on %d hosts, M=%d posts\n", res.scenario, res.k, res.hosts, res.m)
+	fmt.Printf("scenario %s: K=%d subscribers on %d hosts, M=%d posts (load average %s)\n", res.scenario, res.k, res.hosts, res.m, res.load)
 	if res.scenario == "backlog" {
 		fmt.Printf("  queued deliveries (M × subscribers not on the sender's host): %d, posted in %v\n", res.backlog, res.postDuration.Round(time.Millisecond))
 		fmt.Printf("  relay peak RSS: %.1f MB\n", float64(res.peakRSS)/1e6)
@@ -369,7 +403,7 @@ func runScenario(o options, scenario string, keys []*rsa.PrivateKey, tmp string)
 			a.mode.Store(mode503)
 		}
 	}
-	res := &result{scenario: scenario, k: o.k, m: o.m, hosts: len(f.hosts)}
+	res := &result{scenario: scenario, k: o.k, m: o.m, hosts: len(f.hosts), load: loadAverage()}
 
 	fmt.Printf("posting %d activities ...\n", o.m)
 	user0, sys0, err := rp.cpuSplit()
