@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fedirelay/relay"
+	"github.com/fedirelay/relay/httpsig"
 	"github.com/fedirelay/relay/memnet"
 	"github.com/fedirelay/relay/relaytest"
 	"github.com/fedirelay/relay/store"
@@ -253,11 +254,11 @@ var (
 // relay would dominate their run time.
 func testRelayKey(t testing.TB) []byte {
 	relayKeyOnce.Do(func() {
-		k, err := relay.GenerateKey()
+		k, err := httpsig.GenerateKey()
 		if err != nil {
 			panic(err)
 		}
-		relayKeyPEM, _ = relay.MarshalPrivateKeyPEM(k)
+		relayKeyPEM, _ = httpsig.MarshalPrivateKeyPEM(k)
 	})
 	return relayKeyPEM
 }

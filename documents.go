@@ -313,3 +313,15 @@ func (r *Relay) undoFollowBack(followID, subscriber string) ([]byte, string, err
 func (r *Relay) acctHost() string {
 	return withoutDefaultPort(r.base.Scheme, r.base.Host)
 }
+
+// withoutDefaultPort returns host (host[:port]) without its port when that
+// is scheme's default (443 for https, 80 for http).
+func withoutDefaultPort(scheme, host string) string {
+	switch scheme {
+	case "https":
+		return strings.TrimSuffix(host, ":443")
+	case "http":
+		return strings.TrimSuffix(host, ":80")
+	}
+	return host
+}

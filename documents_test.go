@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fedirelay/relay"
+	"github.com/fedirelay/relay/httpsig"
 	"github.com/fedirelay/relay/memnet"
 	"github.com/fedirelay/relay/relaytest"
 	"github.com/fedirelay/relay/store"
@@ -60,7 +61,7 @@ func TestActorDocument(t *testing.T) {
 	assert.Equal(t, "https://relay.example/actor#main-key", actor.PublicKey.ID.String())
 	assert.Equal(t, "https://relay.example/actor", actor.PublicKey.Owner.String())
 	assert.True(t, strings.HasPrefix(actor.PublicKey.PublicKeyPem, "-----BEGIN PUBLIC KEY-----"), "SPKI PEM")
-	pub, err := relay.ParsePublicKeyPEM(actor.PublicKey.PublicKeyPem)
+	pub, err := httpsig.ParsePublicKeyPEM(actor.PublicKey.PublicKeyPem)
 	require.NoError(t, err)
 	assert.Equal(t, 2048, pub.(*rsa.PublicKey).N.BitLen())
 

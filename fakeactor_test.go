@@ -22,6 +22,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fedirelay/relay"
+	"github.com/fedirelay/relay/httpsig"
 )
 
 // fakeActors is a minimal ActivityPub server on loopback for security
@@ -130,7 +131,7 @@ func (f *fakeActors) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // actorDoc returns the actor document of user.
 func (f *fakeActors) actorDoc(user string) []byte {
-	pemKey, err := relay.MarshalPublicKeyPEM(&f.key(user).PublicKey)
+	pemKey, err := httpsig.MarshalPublicKeyPEM(&f.key(user).PublicKey)
 	require.NoError(f.t, err)
 	doc := map[string]any{
 		"@context":          []any{"https://www.w3.org/ns/activitystreams", "https://w3id.org/security/v1"},
@@ -149,7 +150,7 @@ func (f *fakeActors) actorDoc(user string) []byte {
 // signCavage signs req with the user's key the way Mastodon does.
 func (f *fakeActors) signCavage(req *http.Request, user string, body []byte) {
 	f.t.Helper()
-	s := relay.Signer{KeyID: f.keyID(user), Key: f.key(user)}
+	s := httpsig.Signer{KeyID: f.keyID(user), Key: f.key(user)}
 	require.NoError(f.t, s.SignRequest(req, body, time.Now()))
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fedirelay/relay"
+	"github.com/fedirelay/relay/httpsig"
 	"github.com/fedirelay/relay/relaytest"
 	"github.com/fedirelay/relay/store"
 )
@@ -95,13 +96,13 @@ func TestSignatureVerifyHost(t *testing.T) {
 	key := testKeys()[0]
 	req := httptest.NewRequest(http.MethodPost, "http://upstream:8080/inbox", strings.NewReader("{}"))
 	req.Host = "relay.example"
-	require.NoError(t, (&relay.Signer{KeyID: "https://a.example/k", Key: key}).SignRequest(req, []byte("{}"), time.Now()))
+	require.NoError(t, (&httpsig.Signer{KeyID: "https://a.example/k", Key: key}).SignRequest(req, []byte("{}"), time.Now()))
 	req.Host = "upstream:8080"
-	p, err := relay.FromRequest(req)
+	p, err := httpsig.FromRequest(req)
 	require.NoError(t, err)
-	require.ErrorIs(t, p.Verify(req, &key.PublicKey), relay.ErrBadSignature)
+	require.ErrorIs(t, p.Verify(req, &key.PublicKey), httpsig.ErrBadSignature)
 	require.NoError(t, p.VerifyHost(req, &key.PublicKey, "relay.example"))
-	require.ErrorIs(t, p.VerifyHost(req, &key.PublicKey, "other.example"), relay.ErrBadSignature)
+	require.ErrorIs(t, p.VerifyHost(req, &key.PublicKey, "other.example"), httpsig.ErrBadSignature)
 }
 
 // --- Key fetch budget ------------------------------------------------------------------------
@@ -127,7 +128,7 @@ func TestForgedSignaturesDoNotSpendAnotherHostsKeyBudget(t *testing.T) {
 	for _, u := range []string{"u1", "u2", "u3"} {
 		body := createDoc(victim, u, "forged-"+u)
 		code, text, _ := post(t, r.InboxURL(), body, func(req *http.Request) {
-			require.NoError(t, (&relay.Signer{KeyID: victim.ActorID(u) + "#main-key", Key: forger}).SignRequest(req, body, time.Now()))
+			require.NoError(t, (&httpsig.Signer{KeyID: victim.ActorID(u) + "#main-key", Key: forger}).SignRequest(req, body, time.Now()))
 		})
 		assert.Equal(t, http.StatusUnauthorized, code, "forged as %s: %s", u, text)
 	}
@@ -145,7 +146,7 @@ func TestKeyRefetchedAtMostOncePerMinute(t *testing.T) {
 	send := func(key *rsa.PrivateKey) (int, string) {
 		body := note(actors.actorID("k"), randomID(), time.Time{})
 		code, text, _ := post(t, r.InboxURL(), body, func(req *http.Request) {
-			require.NoError(t, (&relay.Signer{KeyID: actors.keyID("k"), Key: key}).SignRequest(req, body, time.Now()))
+			require.NoError(t, (&httpsig.Signer{KeyID: actors.keyID("k"), Key: key}).SignRequest(req, body, time.Now()))
 		})
 		return code, text
 	}
@@ -263,7 +264,7 @@ func TestKeyDocumentMustBeTheURLFetched(t *testing.T) {
 		if r.URL.Path != "/media/x.json" {
 			return false
 		}
-		pemKey, err := relay.MarshalPublicKeyPEM(&attacker.PublicKey)
+		pemKey, err := httpsig.MarshalPublicKeyPEM(&attacker.PublicKey)
 		require.NoError(t, err)
 		w.Header().Set("Content-Type", "application/activity+json")
 		_, _ = w.Write(mustJSON(map[string]any{
@@ -281,7 +282,7 @@ func TestKeyDocumentMustBeTheURLFetched(t *testing.T) {
 
 	body := note(actors.actorID("admin"), "forged", time.Time{})
 	code, text, _ = post(t, r.InboxURL(), body, func(req *http.Request) {
-		require.NoError(t, (&relay.Signer{KeyID: upload + "#main-key", Key: attacker}).SignRequest(req, body, time.Now()))
+		require.NoError(t, (&httpsig.Signer{KeyID: upload + "#main-key", Key: attacker}).SignRequest(req, body, time.Now()))
 	})
 	assert.Equal(t, http.StatusUnauthorized, code, text)
 	assert.Contains(t, text, "does not list key")

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fedirelay/relay"
+	"github.com/fedirelay/relay/httpsig"
 )
 
 // subscribeFake makes f's actor user an accepted subscriber of r.
@@ -36,7 +37,7 @@ func sendForged(t *testing.T, r *relay.Relay, f *fakeActors, user string) (int, 
 	t.Helper()
 	body := note(f.actorID(user), randomID(), time.Time{})
 	return post(t, r.InboxURL(), body, func(req *http.Request) {
-		require.NoError(t, (&relay.Signer{KeyID: f.keyID(user), Key: otherKey(f.key(user))}).SignRequest(req, body, time.Now()))
+		require.NoError(t, (&httpsig.Signer{KeyID: f.keyID(user), Key: otherKey(f.key(user))}).SignRequest(req, body, time.Now()))
 	})
 }
 

@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/fedirelay/relay/httpsig"
 	"github.com/fedirelay/relay/store"
 )
 
@@ -604,7 +605,7 @@ func (r *Relay) resolveKey(ctx context.Context, keyID string) (*remoteKey, error
 	if hostOf(entry.Owner) != hostOf(keyID) {
 		return nil, fmt.Errorf("relay: key %s claims an owner on another host: %s", keyID, entry.Owner)
 	}
-	pub, err := ParsePublicKeyPEM(entry.PublicKeyPem)
+	pub, err := httpsig.ParsePublicKeyPEM(entry.PublicKeyPem)
 	if err != nil {
 		return nil, fmt.Errorf("relay: key %s: %w", keyID, err)
 	}

@@ -25,11 +25,9 @@
 package relay
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -41,6 +39,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fedirelay/relay/httpsig"
 	"github.com/fedirelay/relay/store"
 	"github.com/fedirelay/relay/store/memstore"
 )
@@ -341,7 +340,7 @@ type Relay struct {
 	actorID  string
 	inboxURL string
 	keyID    string
-	signer   *Signer
+	signer   *httpsig.Signer
 	pubPEM   string
 	keys     *keyCache
 	guard    *guard
@@ -417,8 +416,8 @@ func New(cfg Config) (*Relay, error) {
 		return nil, err
 	}
 	r.guard.blocked.set(blocked)
-	r.signer = &Signer{KeyID: r.keyID, Key: key}
-	if r.pubPEM, err = MarshalPublicKeyPEM(&key.PublicKey); err != nil {
+	r.signer = &httpsig.Signer{KeyID: r.keyID, Key: key}
+	if r.pubPEM, err = httpsig.MarshalPublicKeyPEM(&key.PublicKey); err != nil {
 		return nil, err
 	}
 	r.keys = newKeyCache(r)
@@ -442,10 +441,10 @@ func setDefaults(cfg *Config, base *url.URL) {
 		cfg.MaxBodyBytes = 1 << 20
 	}
 	if cfg.SignatureMaxAge <= 0 {
-		cfg.SignatureMaxAge = DefaultMaxSignatureAge
+		cfg.SignatureMaxAge = httpsig.DefaultMaxSignatureAge
 	}
 	if cfg.ClockSkew <= 0 {
-		cfg.ClockSkew = DefaultMaxClockSkew
+		cfg.ClockSkew = httpsig.DefaultMaxClockSkew
 	}
 	if cfg.DedupWindow <= 0 {
 		cfg.DedupWindow = 48 * time.Hour
@@ -516,11 +515,11 @@ func setDefaults(cfg *Config, base *url.URL) {
 func (r *Relay) loadKey(ctx context.Context) (*rsa.PrivateKey, error) {
 	pemBytes, err := r.store.GetValue(ctx, keyValueName)
 	if errors.Is(err, store.ErrNotFound) {
-		key, err := GenerateKey()
+		key, err := httpsig.GenerateKey()
 		if err != nil {
 			return nil, fmt.Errorf("relay: generating key: %w", err)
 		}
-		fresh, err := MarshalPrivateKeyPEM(key)
+		fresh, err := httpsig.MarshalPrivateKeyPEM(key)
 		if err != nil {
 			return nil, err
 		}
@@ -530,7 +529,7 @@ func (r *Relay) loadKey(ctx context.Context) (*rsa.PrivateKey, error) {
 	} else if err != nil {
 		return nil, fmt.Errorf("relay: loading key: %w", err)
 	}
-	key, err := ParsePrivateKeyPEM(pemBytes)
+	key, err := httpsig.ParsePrivateKeyPEM(pemBytes)
 	if err != nil {
 		return nil, fmt.Errorf("relay: stored key %q: %w", keyValueName, err)
 	}
@@ -615,21 +614,6 @@ func (r *Relay) isClosed() bool {
 	default:
 		return false
 	}
-}
-
-// announceID returns the id of the relay's Announce of objectID made for
-// the incoming activity env, derived from the object for a post (the relay
-// announces an object once), else from env's type and id (the object's,
-// for a Delete without an id). So a fan-out repeated after a failure, or
-// another post of the same object, sends the same Announce, which
-// receivers recognise by its id.
-func (r *Relay) announceID(env *envelope, objectID string) string {
-	source := env.Type + " " + cmp.Or(env.ID, objectID)
-	if env.isPost() {
-		source = "post " + objectID
-	}
-	sum := sha256.Sum256([]byte(source))
-	return r.base.String() + "/activities/announce-" + hex.EncodeToString(sum[:16])
 }
 
 // newID returns a fresh id for one of the relay's own activities.

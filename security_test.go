@@ -23,6 +23,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fedirelay/relay"
+	"github.com/fedirelay/relay/httpsig"
 	"github.com/fedirelay/relay/memnet"
 	"github.com/fedirelay/relay/relaytest"
 )
@@ -65,7 +66,7 @@ func TestKeyIDAtPrivateAddressIsNotFetched(t *testing.T) {
 			keyID := tt.keyID(addr)
 			body := note("http://"+addr+"/users/a", "1", time.Time{})
 			code, text, _ := post(t, r.InboxURL(), body, func(req *http.Request) {
-				require.NoError(t, (&relay.Signer{KeyID: keyID, Key: key}).SignRequest(req, body, time.Now()))
+				require.NoError(t, (&httpsig.Signer{KeyID: keyID, Key: key}).SignRequest(req, body, time.Now()))
 			})
 			assert.Equal(t, http.StatusUnauthorized, code, text)
 			assert.Contains(t, text, "outbound request refused")
@@ -423,7 +424,7 @@ func TestKeyFetchesAreLimitedPerHost(t *testing.T) {
 	send := func(f *fakeActors, user, keyID string) (int, string, http.Header) {
 		body := note(f.actorID(user), randomID(), time.Time{})
 		return post(t, r.InboxURL(), body, func(req *http.Request) {
-			require.NoError(t, (&relay.Signer{KeyID: keyID, Key: f.key(user)}).SignRequest(req, body, time.Now()))
+			require.NoError(t, (&httpsig.Signer{KeyID: keyID, Key: f.key(user)}).SignRequest(req, body, time.Now()))
 		})
 	}
 	for _, u := range []string{"u1", "u2", "u3"} {
@@ -680,7 +681,7 @@ func TestInboxFloodIsLimitedPerHost(t *testing.T) {
 func TestKeyOwnerBinding(t *testing.T) {
 	actors := newFakeActors(t)
 	keyDoc := func(w http.ResponseWriter, id, owner, user string) {
-		pemKey, err := relay.MarshalPublicKeyPEM(&actors.key(user).PublicKey)
+		pemKey, err := httpsig.MarshalPublicKeyPEM(&actors.key(user).PublicKey)
 		require.NoError(t, err)
 		w.Header().Set("Content-Type", "application/activity+json")
 		_, _ = w.Write(mustJSON(map[string]any{"@context": "https://w3id.org/security/v1", "id": id, "type": "Key", "owner": owner, "publicKeyPem": pemKey}))
@@ -700,7 +701,7 @@ func TestKeyOwnerBinding(t *testing.T) {
 	send := func(keyID, actorUser, signUser string) (int, string) {
 		body := note(actors.actorID(actorUser), randomID(), time.Time{})
 		code, text, _ := post(t, r.InboxURL(), body, func(req *http.Request) {
-			require.NoError(t, (&relay.Signer{KeyID: keyID, Key: actors.key(signUser)}).SignRequest(req, body, time.Now()))
+			require.NoError(t, (&httpsig.Signer{KeyID: keyID, Key: actors.key(signUser)}).SignRequest(req, body, time.Now()))
 		})
 		return code, text
 	}

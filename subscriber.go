@@ -3,13 +3,11 @@ package relay
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/http"
 	"time"
 
-	vocab "github.com/go-ap/activitypub"
-
 	"github.com/fedirelay/relay/store"
+	vocab "github.com/go-ap/activitypub"
 )
 
 // handleFollow processes a subscription request. A Follow of as:Public is
@@ -223,119 +221,90 @@ func (r *Relay) removeSubscriber(ctx context.Context, s *store.Subscriber, reply
 	return b.enqueue(ctx)
 }
 
-// Subscribers returns the subscriptions that match f (the zero filter
-// matches all), ordered by actor id. Their delivery statistics include the
-// deliveries not yet written to the store.
-func (r *Relay) Subscribers(ctx context.Context, f store.SubscriberFilter) ([]store.Subscriber, error) {
-	subs, err := r.store.ListSubscribers(ctx, f)
-	for i := range subs {
-		subs[i] = r.queue.stats.merge(subs[i])
-	}
-	return subs, err
-}
-
-// Subscriber returns the subscription of an actor, or an error matching
-// ErrNotSubscribed. Its delivery statistics include the deliveries not yet
-// written to the store.
-func (r *Relay) Subscriber(ctx context.Context, actorID string) (store.Subscriber, error) {
-	s, err := r.store.GetSubscriber(ctx, actorID)
-	if errors.Is(err, store.ErrNotFound) {
-		return s, fmt.Errorf("%w: %s", ErrNotSubscribed, actorID)
-	}
-	if err == nil {
-		s = r.queue.stats.merge(s)
-	}
-	return s, err
-}
-
-// UpdateSubscriber changes the details of a subscription (such as Note or
-// Inbox) through fn, atomically, and returns the result. It sends nothing:
-// change the state with Approve, Refuse or Remove so the subscriber is told.
-// fn may be called more than once and must not change ActorID.
-func (r *Relay) UpdateSubscriber(ctx context.Context, actorID string, fn func(*store.Subscriber) error) (store.Subscriber, error) {
-	return r.store.UpdateSubscriber(ctx, actorID, func(s *store.Subscriber, found bool) error {
+// revive makes a dormant subscriber accepted again (it sent something).
+func (r *Relay) revive(ctx context.Context, actorID string) error {
+	now := r.now().UTC()
+	// The statistics first: a flush that copied the failure run before
+	// this must not write it back once the store holds the revive.
+	r.queue.stats.revive(actorID)
+	_, err := r.store.UpdateSubscriber(ctx, actorID, func(s *store.Subscriber, found bool) error {
 		if !found {
-			return fmt.Errorf("%w: %s", ErrNotSubscribed, actorID)
+			return store.ErrNotFound
 		}
-		if err := fn(s); err != nil {
-			return err
-		}
-		s.ActorID = actorID
-		s.UpdatedAt = r.now().UTC()
-		return nil
-	})
-}
-
-// Approve accepts a pending (or rejected) subscription and sends the
-// subscriber an Accept, plus the reciprocal Follow for LitePub. Approving
-// an accepted subscriber sends its Accept again.
-func (r *Relay) Approve(ctx context.Context, actorID string) error {
-	return r.decide(ctx, actorID, store.StateAccepted, "")
-}
-
-// Refuse rejects a subscription, pending or accepted: the subscriber gets a
-// Reject, nothing more is delivered to it or accepted from it, and the
-// record stays (state rejected, with reason in Note) until Remove. The
-// refusal lasts: a new Follow from the actor (or an Undo followed by a
-// Follow) is answered with a Reject again, without asking the
-// FollowPolicy, until Approve accepts it or Remove deletes the record
-// (after which a new Follow is decided afresh).
-func (r *Relay) Refuse(ctx context.Context, actorID, reason string) error {
-	return r.decide(ctx, actorID, store.StateRejected, reason)
-}
-
-func (r *Relay) decide(ctx context.Context, actorID string, state store.State, reason string) error {
-	cur, err := r.Subscriber(ctx, actorID)
-	if err != nil {
-		return err
-	}
-	var followBack []byte
-	var followBackID string
-	if state == store.StateAccepted && cur.Protocol == store.ProtocolLitePub && cur.FollowBackID == "" {
-		if followBack, followBackID, err = r.followBack(actorID); err != nil {
-			return err
-		}
-	}
-	s, err := r.UpdateSubscriber(ctx, actorID, func(s *store.Subscriber) error {
-		if state == store.StateAccepted && s.State != store.StateAccepted {
-			s.FailingSince = time.Time{} // a new start, e.g. for a dormant subscriber
-		}
-		s.State = state
-		if reason != "" {
-			s.Note = reason
-		}
-		if followBackID != "" {
-			s.FollowBackID, s.FollowBackState = followBackID, store.StatePending
+		if s.State == store.StateDormant {
+			s.State = store.StateAccepted
+			s.FailingSince = time.Time{}
+			s.UpdatedAt = now
 		}
 		return nil
 	})
-	if err != nil {
-		return err
+	if err == nil {
+		r.log.Info("relay: dormant subscriber is back", "actor", actorID)
 	}
-	if state == store.StateAccepted {
-		r.queue.stats.revive(actorID)
-	} else if _, err := r.store.DropDeliveries(ctx, store.DeliveryFilter{Subscriber: actorID}); err != nil {
-		return err
-	}
-	return r.sendDecision(ctx, &s, followBack)
+	return err
 }
 
-// Remove ends a subscription: the subscriber gets a Reject (so its server
-// stops showing the relay as active), everything queued for it is dropped
-// and the record is deleted. Removing an actor that is not subscribed
-// returns an error matching ErrNotSubscribed.
-func (r *Relay) Remove(ctx context.Context, actorID string) error {
-	s, err := r.Subscriber(ctx, actorID)
+// actorCheckInterval bounds how often a subscriber's actor is fetched to
+// learn whether it is gone after its inbox refused a delivery.
+const actorCheckInterval = time.Hour
+
+// checkActor fetches the actor of a subscriber whose inbox answered 401,
+// 403 or 404 (at most once per actorCheckInterval): a 410 Gone ends the
+// subscription.
+func (q *deliveryQueue) checkActor(d store.Delivery) {
+	now := q.r.now()
+	q.mu.Lock()
+	last, seen := q.checked[d.Subscriber]
+	if seen && now.Sub(last) < actorCheckInterval {
+		q.mu.Unlock()
+		return
+	}
+	q.checked[d.Subscriber] = now
+	q.mu.Unlock()
+	q.r.removeIfGone(q.ctx, d.Subscriber)
+}
+
+// removeIfGone fetches the actor of a subscriber and ends the subscription
+// if the fetch answers 410 Gone. It reports whether it did.
+func (r *Relay) removeIfGone(ctx context.Context, actorID string) bool {
+	if _, err := r.store.GetSubscriber(ctx, actorID); err != nil {
+		return false
+	}
+	if _, err := r.fetch(ctx, actorID); !errors.Is(err, errGone) {
+		return false
+	}
+	r.subscriberGone(ctx, actorID, "")
+	return true
+}
+
+// subscriberGone ends a subscription whose inbox or actor answered 410 Gone.
+func (r *Relay) subscriberGone(ctx context.Context, actorID, inbox string) {
+	s, err := r.store.GetSubscriber(ctx, actorID)
 	if err != nil {
-		return err
+		return
 	}
-	followed := r.actorID
-	if s.Protocol == store.ProtocolMastodon {
-		followed = PublicCollection
+	r.log.Info("relay: subscriber gone, removing it", "actor", s.ActorID, "inbox", inbox)
+	if err := r.removeSubscriber(ctx, &s, nil); err != nil {
+		r.log.Error("relay: removing gone subscriber", "actor", s.ActorID, "err", err)
+		return
 	}
-	reject, _, err := r.followReply(vocab.RejectType, s.FollowID, s.ActorID, followed)
+	r.queue.stats.forget(actorID)
+}
+
+// learnRFC9421 records that a subscriber signs with RFC 9421, and so
+// accepts it: deliveries to it are signed that way from then on. A scheme
+// already set (by the operator or earlier) is kept.
+func (r *Relay) learnRFC9421(ctx context.Context, actorID string) {
+	_, err := r.store.UpdateSubscriber(ctx, actorID, func(s *store.Subscriber, found bool) error {
+		if !found {
+			return store.ErrNotFound
+		}
+		if s.SignatureScheme == "" {
+			s.SignatureScheme = store.SignatureRFC9421
+		}
+		return nil
+	})
 	if err != nil {
-		return err
+		r.log.Warn("relay: recording a subscriber's signature scheme", "actor", actorID, "err", err)
 	}
-	return r.removeSubscriber(ctx, &s, reject)
 }

@@ -65,7 +65,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/fedirelay/relay"
+	"github.com/fedirelay/relay/httpsig"
 )
 
 func main() {
@@ -711,7 +711,7 @@ func newFleet(ctx context.Context, o options, keys []*rsa.PrivateKey, relayBase 
 	nHosts := (o.k + o.perHost - 1) / o.perHost
 	pems := make([]string, len(keys))
 	for i, k := range keys {
-		p, err := relay.MarshalPublicKeyPEM(&k.PublicKey)
+		p, err := httpsig.MarshalPublicKeyPEM(&k.PublicKey)
 		if err != nil {
 			return nil, err
 		}
@@ -793,7 +793,7 @@ func (f *fleet) fetchRelayKey(ctx context.Context) error {
 		return fmt.Errorf("relay actor: %w", err)
 	}
 	f.relayKeyID = doc.PublicKey.ID
-	f.relayKey, err = relay.ParsePublicKeyPEM(doc.PublicKey.PEM)
+	f.relayKey, err = httpsig.ParsePublicKeyPEM(doc.PublicKey.PEM)
 	return err
 }
 
@@ -840,9 +840,9 @@ func (f *fleet) serveInbox(w http.ResponseWriter, r *http.Request, a *simActor, 
 		http.Error(w, "down", http.StatusServiceUnavailable)
 		return
 	}
-	sig, err := relay.FromRequest(r)
+	sig, err := httpsig.FromRequest(r)
 	if err == nil {
-		err = sig.Check(r, body, relay.VerifyOptions{})
+		err = sig.Check(r, body, httpsig.VerifyOptions{})
 	}
 	if err == nil && sig.KeyID != f.relayKeyID {
 		err = fmt.Errorf("signed by %s", sig.KeyID)
@@ -903,7 +903,7 @@ func (f *fleet) send(ctx context.Context, a *simActor, doc map[string]any, sendi
 	if err != nil {
 		return err
 	}
-	signer := relay.Signer{KeyID: a.keyID, Key: a.key}
+	signer := httpsig.Signer{KeyID: a.keyID, Key: a.key}
 	for attempt := 0; ; attempt++ {
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, f.relayInbox, bytes.NewReader(body))
 		if err != nil {

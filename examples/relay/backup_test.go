@@ -12,7 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/fedirelay/relay"
+	"github.com/fedirelay/relay/httpsig"
 	"github.com/fedirelay/relay/relaytest"
 	"github.com/fedirelay/relay/store"
 	"github.com/fedirelay/relay/store/filestore"
@@ -87,9 +87,9 @@ func TestBackupCommandErrors(t *testing.T) {
 // which held only relay-key.pem, keeps its key.
 func TestLegacyKeyFile(t *testing.T) {
 	dir := t.TempDir()
-	key, err := relay.GenerateKey()
+	key, err := httpsig.GenerateKey()
 	require.NoError(t, err)
-	pemBytes, err := relay.MarshalPrivateKeyPEM(key)
+	pemBytes, err := httpsig.MarshalPrivateKeyPEM(key)
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(filepath.Join(dir, legacyKeyFile), pemBytes, 0o600))
 

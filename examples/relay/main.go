@@ -50,6 +50,7 @@ import (
 	"time"
 
 	"github.com/fedirelay/relay"
+	"github.com/fedirelay/relay/httpsig"
 	"github.com/fedirelay/relay/store"
 	"github.com/fedirelay/relay/store/filestore"
 )
@@ -229,7 +230,7 @@ func openStore(dir string) (*filestore.Store, error) {
 	if _, err := st.GetValue(ctx, keyValue); errors.Is(err, store.ErrNotFound) {
 		path := filepath.Join(dir, legacyKeyFile)
 		if pemBytes, err := os.ReadFile(path); err == nil {
-			if _, err := relay.ParsePrivateKeyPEM(pemBytes); err != nil {
+			if _, err := httpsig.ParsePrivateKeyPEM(pemBytes); err != nil {
 				st.Close()
 				return nil, fmt.Errorf("%s: %w", path, err)
 			}

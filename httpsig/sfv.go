@@ -1,4 +1,4 @@
-package relay
+package httpsig
 
 import (
 	"encoding/base64"

@@ -1,4 +1,4 @@
-package relay_test
+package httpsig_test
 
 import (
 	"encoding/base64"
@@ -9,7 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/fedirelay/relay"
+	"github.com/fedirelay/relay/httpsig"
 )
 
 // Realistic Signature-Input / Signature pairs, used as fuzz seeds.
@@ -43,10 +43,10 @@ func FuzzParseMessageSignature(f *testing.F) {
 	r.Header.Set("Content-Digest", "sha-256=:RBNvo1WzZ4oRRq0W9+hknpT7T8If536DEMBg9hyq/4o=:")
 	key := testKeys()[0]
 	f.Fuzz(func(t *testing.T, input, signature string) {
-		m, err := relay.ParseMessageSignature(input, signature)
+		m, err := httpsig.ParseMessageSignature(input, signature)
 		if err != nil {
 			require.Nil(t, m)
-			require.ErrorIs(t, err, relay.ErrBadSignature)
+			require.ErrorIs(t, err, httpsig.ErrBadSignature)
 			return
 		}
 		require.NotEmpty(t, m.Label)
@@ -60,7 +60,7 @@ func FuzzParseMessageSignature(f *testing.F) {
 			seen[c] = true
 		}
 		// The canonical serialization parses back to the same signature.
-		again, err := relay.ParseMessageSignature(m.Label+"="+m.SerializedParams(),
+		again, err := httpsig.ParseMessageSignature(m.Label+"="+m.SerializedParams(),
 			m.Label+"=:"+base64.StdEncoding.EncodeToString(m.Signature)+":")
 		require.NoError(t, err)
 		require.Equal(t, m, again)
@@ -69,11 +69,11 @@ func FuzzParseMessageSignature(f *testing.F) {
 			require.True(t, strings.HasSuffix(base, `"@signature-params": `+m.SerializedParams()))
 			require.Equal(t, len(m.Components), strings.Count(base, "\n"))
 		} else {
-			require.ErrorIs(t, err, relay.ErrBadSignature)
+			require.ErrorIs(t, err, httpsig.ErrBadSignature)
 		}
-		if err := m.Check(r, []byte("{}"), relay.VerifyOptions{}); err != nil {
-			require.ErrorIs(t, err, relay.ErrBadSignature)
+		if err := m.Check(r, []byte("{}"), httpsig.VerifyOptions{}); err != nil {
+			require.ErrorIs(t, err, httpsig.ErrBadSignature)
 		}
-		require.ErrorIs(t, m.Verify(r, &key.PublicKey), relay.ErrBadSignature)
+		require.ErrorIs(t, m.Verify(r, &key.PublicKey), httpsig.ErrBadSignature)
 	})
 }

@@ -1,20 +1,15 @@
-package relay_test
+package httpsig_test
 
 import (
 	"bytes"
-	"context"
-	"crypto"
 	"crypto/ed25519"
 	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -22,9 +17,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/fedirelay/relay"
-	"github.com/fedirelay/relay/relaytest"
-	"github.com/fedirelay/relay/store"
+	"github.com/fedirelay/relay/httpsig"
 )
 
 // RFC 9421 Appendix B.2.6: the signature base of the test request, and the
@@ -32,7 +25,7 @@ import (
 func TestRFC9421AppendixB26(t *testing.T) {
 	input := `sig-b26=("date" "@method" "@path" "@authority" "content-type" "content-length");created=1618884473;keyid="test-key-ed25519"`
 	signature := `sig-b26=:wqcAqbmYJ2ji2glfAMaRy4gruYYnx2nEFN2HN6jrnDnQCK1u02Gb04v9EDgwUPiu4A0w6vuQv5lIp5WPpBKRCw==:`
-	m, err := relay.ParseMessageSignature(input, signature)
+	m, err := httpsig.ParseMessageSignature(input, signature)
 	require.NoError(t, err)
 	assert.Equal(t, "sig-b26", m.Label)
 	assert.Equal(t, "test-key-ed25519", m.KeyID)
@@ -60,10 +53,10 @@ func TestRFC9421AppendixB26(t *testing.T) {
 	assert.True(t, ed25519.Verify(pub, []byte(base), m.Signature), "the RFC's signature verifies over our base")
 
 	// The relay verifies RSA only.
-	assert.ErrorIs(t, m.Verify(r, ed25519.PublicKey(pub)), relay.ErrBadSignature)
+	assert.ErrorIs(t, m.Verify(r, ed25519.PublicKey(pub)), httpsig.ErrBadSignature)
 	// The RFC's sha-512 Content-Digest of the body is accepted.
 	m.Components = append(m.Components, "@target-uri", "content-digest")
-	assert.NoError(t, m.Check(r, []byte(body), relay.VerifyOptions{Now: time.Unix(1618884473, 0)}))
+	assert.NoError(t, m.Check(r, []byte(body), httpsig.VerifyOptions{Now: time.Unix(1618884473, 0)}))
 }
 
 // The relay's signer, verified by the relay's verifier on the server side
@@ -91,7 +84,7 @@ func TestRFC9421RoundTrip(t *testing.T) {
 			if tt.body != nil {
 				req.Header.Set("Content-Type", "application/activity+json")
 			}
-			s := relay.Signer{KeyID: "https://relay.example/actor#main-key", Key: key}
+			s := httpsig.Signer{KeyID: "https://relay.example/actor#main-key", Key: key}
 			require.NoError(t, s.SignRequestRFC9421(req, tt.body, time.Now()))
 			resp, err := srv.Client().Do(req)
 			require.NoError(t, err)
@@ -101,17 +94,17 @@ func TestRFC9421RoundTrip(t *testing.T) {
 				assert.Equal(t, "sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:", got.Header.Get("Content-Digest"), "RFC 9530 value")
 			}
 			assert.Empty(t, got.Header.Get("Digest"))
-			m, err := relay.MessageSignatureFromRequest(got)
+			m, err := httpsig.MessageSignatureFromRequest(got)
 			require.NoError(t, err)
 			assert.Equal(t, s.KeyID, m.KeyID)
-			assert.Equal(t, relay.AlgRSAv15SHA256, m.Alg)
-			require.NoError(t, m.Check(got, gotBody, relay.VerifyOptions{}))
+			assert.Equal(t, httpsig.AlgRSAv15SHA256, m.Alg)
+			require.NoError(t, m.Check(got, gotBody, httpsig.VerifyOptions{}))
 			require.NoError(t, m.Verify(got, &key.PublicKey))
-			assert.ErrorIs(t, m.Verify(got, &testKeys()[1].PublicKey), relay.ErrBadSignature, "another key")
+			assert.ErrorIs(t, m.Verify(got, &testKeys()[1].PublicKey), httpsig.ErrBadSignature, "another key")
 		})
 	}
-	_, err := relay.MessageSignatureFromRequest(httptest.NewRequest("GET", "/", nil))
-	assert.ErrorIs(t, err, relay.ErrNoSignature)
+	_, err := httpsig.MessageSignatureFromRequest(httptest.NewRequest("GET", "/", nil))
+	assert.ErrorIs(t, err, httpsig.ErrNoSignature)
 }
 
 // Each rule of the RFC 9421 profile, violated.
@@ -221,9 +214,9 @@ func TestRFC9421Rules(t *testing.T) {
 			if tt.edit != nil {
 				tt.edit(r)
 			}
-			m, err := relay.MessageSignatureFromRequest(r)
+			m, err := httpsig.MessageSignatureFromRequest(r)
 			if err == nil {
-				err = m.Check(r, received, relay.VerifyOptions{Now: now})
+				err = m.Check(r, received, httpsig.VerifyOptions{Now: now})
 			}
 			if err == nil {
 				err = m.Verify(r, &k.PublicKey)
@@ -232,215 +225,8 @@ func TestRFC9421Rules(t *testing.T) {
 				assert.NoError(t, err)
 				return
 			}
-			require.ErrorIs(t, err, relay.ErrBadSignature)
+			require.ErrorIs(t, err, httpsig.ErrBadSignature)
 			assert.Contains(t, err.Error(), tt.want)
 		})
 	}
-}
-
-// --- the relay's inbox and deliveries ----------------------------------------------------------
-
-// relayPublicKey fetches the relay actor's public key.
-func relayPublicKey(t *testing.T, r *relay.Relay) crypto.PublicKey {
-	t.Helper()
-	resp, err := http.Get(r.ActorID())
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	var doc struct {
-		PublicKey struct {
-			PublicKeyPem string `json:"publicKeyPem"`
-		} `json:"publicKey"`
-	}
-	require.NoError(t, json.NewDecoder(resp.Body).Decode(&doc))
-	pub, err := relay.ParsePublicKeyPEM(doc.PublicKey.PublicKeyPem)
-	require.NoError(t, err)
-	return pub
-}
-
-var sigInputRE = regexp.MustCompile(`^sig1=\(((?:"[^"]+" ?)+)\)(;.*)$`)
-
-// checkRFC9421Delivery verifies a delivery the relay sent to a fake inbox
-// with code written for the test, not with the relay's verifier: it
-// rebuilds the signature base from the received request and checks it
-// with the relay's public key, and checks the Content-Digest.
-func checkRFC9421Delivery(t *testing.T, req *http.Request, body []byte, pub crypto.PublicKey) {
-	t.Helper()
-	sum := sha256.Sum256(body)
-	assert.Equal(t, "sha-256=:"+base64.StdEncoding.EncodeToString(sum[:])+":", req.Header.Get("Content-Digest"))
-	input := req.Header.Get("Signature-Input")
-	m := sigInputRE.FindStringSubmatch(input)
-	require.NotNil(t, m, "Signature-Input %q", input)
-	assert.Contains(t, m[2], `;alg="rsa-v1_5-sha256"`)
-	assert.Contains(t, m[2], `;keyid="`)
-	var lines []string
-	for _, c := range strings.Fields(m[1]) {
-		c = strings.Trim(c, `"`)
-		var v string
-		switch c {
-		case "@method":
-			v = req.Method
-		case "@target-uri":
-			v = "http://" + req.Host + req.URL.RequestURI()
-		default:
-			v = req.Header.Get(c)
-		}
-		lines = append(lines, `"`+c+`": `+v)
-	}
-	assert.Contains(t, lines, `"@method": POST`)
-	lines = append(lines, `"@signature-params": `+strings.TrimPrefix(input, "sig1="))
-	sig := strings.TrimSuffix(strings.TrimPrefix(req.Header.Get("Signature"), "sig1=:"), ":")
-	raw, err := base64.StdEncoding.DecodeString(sig)
-	require.NoError(t, err)
-	h := sha256.Sum256([]byte(strings.Join(lines, "\n")))
-	assert.NoError(t, rsa.VerifyPKCS1v15(pub.(*rsa.PublicKey), crypto.SHA256, h[:], raw), "the relay's RFC 9421 signature verifies")
-}
-
-// A subscriber that signs its Follow with RFC 9421 (Mastodon's or
-// Fedify's shape) is subscribed, and from then on gets its deliveries
-// signed with RFC 9421; other subscribers keep getting draft-cavage.
-func TestInboxAcceptsRFC9421AndLearnsIt(t *testing.T) {
-	for _, shape := range []struct {
-		name       string
-		components []string
-		params     func(keyID string) string
-	}{
-		{"Mastodon", []string{"@method", "@target-uri", "content-digest"}, func(keyID string) string {
-			return fmt.Sprintf(`;created=%d;keyid="%s"`, time.Now().Unix(), keyID)
-		}},
-		{"Fedify", []string{"@method", "@target-uri", "@authority", "host", "date", "content-digest"}, func(keyID string) string {
-			return fmt.Sprintf(`;alg="rsa-v1_5-sha256";keyid="%s";created=%d;expires=%d`, keyID, time.Now().Unix(), time.Now().Unix()+300)
-		}},
-	} {
-		t.Run(shape.name, func(t *testing.T) {
-			r := startRelay(t, relay.Config{})
-			pub := relayPublicKey(t, r)
-			actors := newFakeActors(t)
-			masto := newInstance(t, relaytest.Mastodon)
-			subscribe(t, r, masto)
-
-			actor := actors.actorID("relay")
-			follow := followDoc(actor)
-			code, text, _ := post(t, r.InboxURL(), follow, func(req *http.Request) {
-				signRFC9421(t, req, follow, sig9421{components: shape.components, params: shape.params(actors.keyID("relay")), key: actors.key("relay")})
-			})
-			require.Equal(t, http.StatusAccepted, code, text)
-			s, err := r.Subscriber(context.Background(), actor)
-			require.NoError(t, err)
-			assert.Equal(t, store.StateAccepted, s.State)
-			assert.Equal(t, store.SignatureRFC9421, s.SignatureScheme, "learnt from the subscriber's own signature")
-
-			n, err := masto.Post(context.Background(), r.InboxURL(), "alice", "hello")
-			require.NoError(t, err)
-			var reqs []*http.Request
-			var bodies [][]byte
-			require.Eventually(t, func() bool {
-				reqs, bodies = actors.received()
-				return len(reqs) >= 2 // the Accept and the post, in any order
-			}, wait, 5*time.Millisecond)
-			gotPost := false
-			for i, req := range reqs {
-				assert.Empty(t, req.Header.Get("Digest"), "no draft-cavage Digest")
-				checkRFC9421Delivery(t, req, bodies[i], pub)
-				gotPost = gotPost || bytes.Contains(bodies[i], []byte(n.ID))
-			}
-			assert.True(t, gotPost, "the post was delivered")
-			// Mastodon-flavoured subscribers, which check draft-cavage, got
-			// everything and refused nothing.
-			assert.Empty(t, masto.Rejected())
-		})
-	}
-}
-
-// The operator can switch a subscriber to RFC 9421.
-func TestConfiguredRFC9421Subscriber(t *testing.T) {
-	r := startRelay(t, relay.Config{})
-	pub := relayPublicKey(t, r)
-	actors := newFakeActors(t)
-	actor := actors.actorID("relay")
-	follow := followDoc(actor)
-	code, text, _ := post(t, r.InboxURL(), follow, func(req *http.Request) { actors.signCavage(req, "relay", follow) })
-	require.Equal(t, http.StatusAccepted, code, text)
-	var reqs []*http.Request
-	require.Eventually(t, func() bool { reqs, _ = actors.received(); return len(reqs) == 1 }, wait, 5*time.Millisecond)
-	assert.NotEmpty(t, reqs[0].Header.Get("Digest"), "draft-cavage by default")
-	assert.Empty(t, reqs[0].Header.Get("Signature-Input"))
-	s, err := r.Subscriber(context.Background(), actor)
-	require.NoError(t, err)
-	assert.Empty(t, s.SignatureScheme, "a draft-cavage signer teaches nothing")
-
-	_, err = r.UpdateSubscriber(context.Background(), actor, func(s *store.Subscriber) error {
-		s.SignatureScheme = store.SignatureRFC9421
-		return nil
-	})
-	require.NoError(t, err)
-	require.NoError(t, r.Approve(context.Background(), actor)) // sends the Accept again
-	var bodies [][]byte
-	require.Eventually(t, func() bool { reqs, bodies = actors.received(); return len(reqs) == 2 }, wait, 5*time.Millisecond)
-	checkRFC9421Delivery(t, reqs[1], bodies[1], pub)
-}
-
-// The inbox refuses RFC 9421 requests that break the rules, with 401.
-func TestInboxRefusesBadRFC9421(t *testing.T) {
-	r := startRelay(t, relay.Config{})
-	actors := newFakeActors(t)
-	keyID := actors.keyID("a")
-	ok := []string{"@method", "@target-uri", "content-digest"}
-	params := func(created int64) string { return fmt.Sprintf(`;created=%d;keyid="%s"`, created, keyID) }
-	now := time.Now().Unix()
-	for _, tt := range []struct {
-		name       string
-		components []string
-		params     string
-		targetURI  string
-		edit       func(*http.Request)
-	}{
-		{"content-digest not covered", []string{"@method", "@target-uri"}, params(now), "", nil},
-		{"digest of another body", ok, params(now), "", func(r *http.Request) {
-			r.Header.Set("Content-Digest", "sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:")
-		}},
-		{"signed for another inbox", ok, params(now), r.InboxURL() + "/other", nil},
-		{"expired", ok, params(now-60) + fmt.Sprintf(";expires=%d", now-1), "", nil},
-		{"too old", ok, params(now - 7200), "", nil},
-		{"rsa-pss", ok, params(now) + `;alg="rsa-pss-sha512"`, "", nil},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			body := followDoc(actors.actorID("a"))
-			code, text, _ := post(t, r.InboxURL(), body, func(req *http.Request) {
-				signRFC9421(t, req, body, sig9421{components: tt.components, params: tt.params, targetURI: tt.targetURI, key: actors.key("a")})
-				if tt.edit != nil {
-					tt.edit(req)
-				}
-			})
-			assert.Equal(t, http.StatusUnauthorized, code, text)
-		})
-	}
-	subs, err := r.Subscribers(context.Background(), store.SubscriberFilter{})
-	require.NoError(t, err)
-	assert.Empty(t, subs)
-}
-
-// A subscriber that followed with draft-cavage and later posts with an
-// RFC 9421 signature is switched to RFC 9421 too.
-func TestRFC9421LearntFromAPost(t *testing.T) {
-	r := startRelay(t, relay.Config{})
-	actors := newFakeActors(t)
-	follow := followDoc(actors.actorID("relay"))
-	code, text, _ := post(t, r.InboxURL(), follow, func(req *http.Request) { actors.signCavage(req, "relay", follow) })
-	require.Equal(t, http.StatusAccepted, code, text)
-	s, err := r.Subscriber(context.Background(), actors.actorID("relay"))
-	require.NoError(t, err)
-	require.Empty(t, s.SignatureScheme)
-
-	body := note(actors.actorID("alice"), "1", time.Now())
-	code, text, _ = post(t, r.InboxURL(), body, func(req *http.Request) {
-		signRFC9421(t, req, body, sig9421{
-			components: []string{"@method", "@target-uri", "content-digest"},
-			params:     fmt.Sprintf(`;created=%d;keyid="%s"`, time.Now().Unix(), actors.keyID("alice")),
-			key:        actors.key("alice"),
-		})
-	})
-	require.Equal(t, http.StatusAccepted, code, text)
-	s, err = r.Subscriber(context.Background(), actors.actorID("relay"))
-	require.NoError(t, err)
-	assert.Equal(t, store.SignatureRFC9421, s.SignatureScheme)
 }

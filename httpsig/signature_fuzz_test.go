@@ -1,4 +1,4 @@
-package relay_test
+package httpsig_test
 
 import (
 	"crypto/ed25519"
@@ -11,7 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/fedirelay/relay"
+	"github.com/fedirelay/relay/httpsig"
 )
 
 // Realistic Signature headers seen in the fediverse, used as fuzz seeds.
@@ -44,10 +44,10 @@ func FuzzParseSignature(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, value string) {
-		p, err := relay.ParseSignature(value)
+		p, err := httpsig.ParseSignature(value)
 		if err != nil {
 			require.Nil(t, p)
-			require.ErrorIs(t, err, relay.ErrBadSignature)
+			require.ErrorIs(t, err, httpsig.ErrBadSignature)
 			return
 		}
 		require.NotEmpty(t, p.KeyID)
@@ -64,7 +64,7 @@ func FuzzParseSignature(f *testing.F) {
 
 		// Re-serialising the parsed params (headers always explicit) must
 		// parse back to the same value.
-		q, err := relay.ParseSignature(sigFormat(p, true))
+		q, err := httpsig.ParseSignature(sigFormat(p, true))
 		require.NoError(t, err)
 		require.Equal(t, p, q)
 	})
@@ -91,7 +91,7 @@ func FuzzSigningString(f *testing.F) {
 				r.Header.Set(k, v)
 			}
 		}
-		p := &relay.SignatureParams{
+		p := &httpsig.SignatureParams{
 			KeyID:     "k",
 			Headers:   strings.Fields(headers),
 			Signature: []byte{1, 2, 3},
@@ -100,7 +100,7 @@ func FuzzSigningString(f *testing.F) {
 		}
 		s, err := p.SigningString(r, withQuery)
 		if err != nil {
-			require.ErrorIs(t, err, relay.ErrBadSignature)
+			require.ErrorIs(t, err, httpsig.ErrBadSignature)
 		} else if utf8.ValidString(headers) && !strings.ContainsAny(date+digest+ctype+host+method+path+query, "\n") {
 			lines := strings.Split(s, "\n")
 			require.Len(t, lines, len(p.Headers))
@@ -112,11 +112,11 @@ func FuzzSigningString(f *testing.F) {
 		}
 		for _, alg := range []string{"", "rsa-sha256", "hs2019", "ed25519", "bogus"} {
 			p.Algorithm = alg
-			if err := p.Check(r, body, relay.VerifyOptions{}); err != nil {
-				require.ErrorIs(t, err, relay.ErrBadSignature)
+			if err := p.Check(r, body, httpsig.VerifyOptions{}); err != nil {
+				require.ErrorIs(t, err, httpsig.ErrBadSignature)
 			}
-			require.ErrorIs(t, p.Verify(r, &key.PublicKey), relay.ErrBadSignature)
-			require.ErrorIs(t, p.Verify(r, edPub), relay.ErrBadSignature)
+			require.ErrorIs(t, p.Verify(r, &key.PublicKey), httpsig.ErrBadSignature)
+			require.ErrorIs(t, p.Verify(r, edPub), httpsig.ErrBadSignature)
 		}
 	})
 }

@@ -1,7 +1,6 @@
-package relay
+package httpsig
 
 import (
-	"context"
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
@@ -14,18 +13,16 @@ import (
 	"slices"
 	"strings"
 	"time"
-
-	"github.com/fedirelay/relay/store"
 )
 
 // RFC 9421 HTTP Message Signatures, the profile Mastodon 4.5 accepts
-// (protocol.md §6.4): one signature; keyid and created required; @method
+// (see docs/protocol.md): one signature; keyid and created required; @method
 // and @target-uri covered, and content-digest (RFC 9530) on requests with a
 // body; algorithm rsa-v1_5-sha256 only; the same time window as
 // draft-cavage signatures.
 
 // AlgRSAv15SHA256 is the RFC 9421 algorithm name of RSASSA-PKCS1-v1_5 with
-// SHA-256: the only algorithm the relay accepts and the one it signs with.
+// SHA-256: the only algorithm this package accepts and the one it signs with.
 const AlgRSAv15SHA256 = "rsa-v1_5-sha256"
 
 // MessageSignature is a parsed RFC 9421 signature: one member of the
@@ -45,7 +42,7 @@ type MessageSignature struct {
 	params string // the parameters as received, serialized
 }
 
-// derivedComponents are the derived components the relay can reproduce on
+// derivedComponents are the derived components this package can reproduce on
 // a request. @query-param (which needs a parameter) and @status (responses
 // only) are not supported.
 var derivedComponents = []string{"@method", "@target-uri", "@authority", "@scheme", "@request-target", "@path", "@query"}
@@ -407,11 +404,11 @@ func (m *MessageSignature) Verify(r *http.Request, pub crypto.PublicKey) error {
 func (s *Signer) SignRequestRFC9421(req *http.Request, body []byte, now time.Time) error {
 	switch {
 	case s.Key == nil:
-		return errors.New("relay: signer has no private key")
+		return errors.New("httpsig: signer has no private key")
 	case s.KeyID == "" || !validSFString(s.KeyID):
-		return fmt.Errorf("relay: signer key id %q is empty or has characters outside printable ASCII", s.KeyID)
+		return fmt.Errorf("httpsig: signer key id %q is empty or has characters outside printable ASCII", s.KeyID)
 	case req.URL == nil || req.URL.Scheme == "" || req.Host == "" && req.URL.Host == "":
-		return errors.New("relay: request has no absolute URL")
+		return errors.New("httpsig: request has no absolute URL")
 	}
 	if req.Header == nil {
 		req.Header = make(http.Header)
@@ -442,7 +439,7 @@ func (s *Signer) SignRequestRFC9421(req *http.Request, body []byte, now time.Tim
 	sum := sha256.Sum256([]byte(base))
 	sig, err := rsa.SignPKCS1v15(rand.Reader, s.Key, crypto.SHA256, sum[:])
 	if err != nil {
-		return fmt.Errorf("relay: signing request: %w", err)
+		return fmt.Errorf("httpsig: signing request: %w", err)
 	}
 	req.Header.Set("Signature-Input", m.Label+"="+m.SerializedParams())
 	req.Header.Set("Signature", m.Label+"="+sfBytesString(sig))
@@ -453,21 +450,6 @@ func sfBytesString(b []byte) string {
 	var sb strings.Builder
 	sfBare{kind: sfBytes, b: b}.serialize(&sb)
 	return sb.String()
-}
-
-// signDelivery signs a delivery POST for subscriber (an actor id, or ""
-// for messages to non-subscribers): with draft-cavage by default, with RFC
-// 9421 when the subscriber's SignatureScheme says it accepts it (set by the
-// operator, or learnt from the subscriber's own signatures). If the
-// subscriber cannot be read, draft-cavage is used.
-func (r *Relay) signDelivery(ctx context.Context, req *http.Request, body []byte, subscriber string) error {
-	if subscriber != "" {
-		s, err := r.store.GetSubscriber(ctx, subscriber)
-		if err == nil && s.SignatureScheme == store.SignatureRFC9421 {
-			return r.signer.SignRequestRFC9421(req, body, r.now())
-		}
-	}
-	return r.signer.SignRequest(req, body, r.now())
 }
 
 // withoutDefaultPort returns host (host[:port]) without its port when that

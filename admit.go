@@ -1,0 +1,95 @@
+package relay
+
+// Admission, the first stage after authentication: who may send what
+// (blocked hosts, the signer bound to the actor, subscribers only).
+
+import (
+	"context"
+	"net/http"
+	"strings"
+
+	"github.com/fedirelay/relay/store"
+)
+
+// keyOwnedBy reports whether keyID is a key of actor: the actor with a
+// fragment (actor#main-key) or below it (GoToSocial's actor/main-key).
+func keyOwnedBy(keyID, actor string) bool {
+	k := stripFragment(keyID)
+	return actor != "" && (k == actor || strings.HasPrefix(k, actor+"/"))
+}
+
+// blockedHost returns the blocked host among the activity's actor and
+// object (id, author, actor of an embedded activity), or "".
+func (r *Relay) blockedHost(env *envelope) string {
+	for _, u := range []string{env.Actor, env.Object.ID, env.Object.AttributedTo, env.Object.Actor} {
+		if r.guard.blocked.blockedURL(u) {
+			return hostOf(u)
+		}
+	}
+	return ""
+}
+
+// requireSelf checks that the activity's actor signed it: Follow, Undo,
+// Accept and Reject concern the actor's own relationships.
+func requireSelf(env *envelope, signer *remoteActor) error {
+	if signer.ID != env.Actor {
+		return refuse(http.StatusUnauthorized, "signed by %s, not by the actor %s", signer.ID, env.Actor)
+	}
+	return nil
+}
+
+// requireBound checks that the signer may speak for the activity's actor:
+// the actor itself, or the actor of a subscription (not a rejected one) on
+// the actor's own server, given in subscribers (the subscriptions of the
+// actor's host).
+// GoToSocial subscribes with its instance actor, which signs its users'
+// pushes (protocol reference §5.4). Any other actor of the host may not
+// speak for its neighbours: Mastodon and Misskey bot accounts are of type
+// Service too, and anyone may run one.
+func requireBound(env *envelope, signer *remoteActor, subscribers []store.Subscriber) error {
+	if signer.ID == env.Actor {
+		return nil
+	}
+	if s := subscriberWithActor(subscribers, signer.ID); s != nil && s.State != store.StateRejected && sameOrigin(signer.ID, env.Actor) {
+		return nil
+	}
+	return refuse(http.StatusUnauthorized, "signed by %s, which may not speak for %s", signer.ID, env.Actor)
+}
+
+// admitSender returns the subscription that env's actor sends under (the
+// actor's own, else an active one of its host) and every subscription of
+// the actor's host, after checking that the signer may speak for the actor
+// (requireBound). A host without an accepted subscription is refused (403).
+func (r *Relay) admitSender(ctx context.Context, env *envelope, signer *remoteActor) (*store.Subscriber, []store.Subscriber, error) {
+	senderHost := hostOf(env.Actor)
+	senders, err := r.store.ListSubscribers(ctx, store.SubscriberFilter{Host: senderHost})
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := requireBound(env, signer, senders); err != nil {
+		return nil, nil, err
+	}
+	var sender *store.Subscriber
+	for i := range senders {
+		if senders[i].Active() {
+			if sender == nil || senders[i].ActorID == env.Actor {
+				sender = &senders[i]
+			}
+		}
+	}
+	if sender == nil {
+		return nil, nil, refuse(http.StatusForbidden, "%s is not an accepted subscriber of this relay", senderHost)
+	}
+	return sender, senders, nil
+}
+
+// subscriberWithActor returns the subscription of subs whose actor is
+// actorID, whatever its state, or nil.
+func subscriberWithActor(subs []store.Subscriber, actorID string) *store.Subscriber {
+	for i := range subs {
+		if subs[i].ActorID == actorID {
+			return &subs[i]
+		}
+	}
+	return nil
+}
