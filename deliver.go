@@ -26,9 +26,10 @@ import (
 //     answer, plus Config.SlowHostWorkers to slow hosts, never more than
 //     Config.PerHostWorkers at once to one host (fewer while the host is
 //     slow or its circuit breaker is not closed, see breaker.go).
-//   - Signing (the CPU cost) takes one of GOMAXPROCS signing slots; the
-//     request then waits on the network without one, so signing keeps
-//     every core busy however many requests wait.
+//   - Signing (the CPU cost) is done by GOMAXPROCS signers for all the
+//     workers; a request waiting on the network holds no signing capacity,
+//     so signing keeps every core busy however many requests wait, and
+//     only the signers' stacks grow to what signing needs.
 //   - A 2xx completes the delivery; its id stays in memory until the store
 //     confirmed the completion, so a retry never sends a second copy to a
 //     subscriber that answered 2xx. Failures are retried with exponential
@@ -39,7 +40,7 @@ import (
 
 // leaseDuration is how long a leased delivery stays reserved for this
 // process. It is far longer than an attempt can take (RequestTimeout, plus
-// waiting for a signing slot) plus the time it may wait behind its host's
+// waiting for a signer) plus the time it may wait behind its host's
 // other deliveries, so a delivery is re-leased only when the process
 // holding it died.
 func (q *deliveryQueue) leaseDuration() time.Duration {
@@ -89,7 +90,8 @@ type deliveryQueue struct {
 	completeCh chan string
 	cwg        sync.WaitGroup // completers
 
-	signing chan struct{} // a slot per delivery being signed
+	signJobs chan signJob   // to the signers
+	swg      sync.WaitGroup // signers
 
 	mu       sync.Mutex
 	busy     int                         // deliveries leased and not finished
@@ -121,7 +123,7 @@ func newDeliveryQueue(r *Relay) *deliveryQueue {
 		bgCancel:   bgCancel,
 		stopCh:     make(chan struct{}),
 		completeCh: make(chan string, completeChBuffer),
-		signing:    make(chan struct{}, runtime.GOMAXPROCS(0)),
+		signJobs:   make(chan signJob),
 		perHost:    map[string]int{},
 		slow:       map[string]time.Duration{},
 		attempts:   map[string]*attempt{},
@@ -160,6 +162,10 @@ func (q *deliveryQueue) start() error {
 		q.cwg.Add(1)
 		go q.completer()
 	}
+	for range runtime.GOMAXPROCS(0) {
+		q.swg.Add(1)
+		go q.signer()
+	}
 	for range q.r.cfg.Workers + q.r.cfg.SlowHostWorkers {
 		q.wg.Add(1)
 		go q.worker()
@@ -187,6 +193,8 @@ func (q *deliveryQueue) stop(ctx context.Context) error {
 			q.cancel()
 			<-done
 		}
+		close(q.signJobs) // the workers are done
+		q.swg.Wait()
 		close(q.completeCh)
 		q.cwg.Wait()
 	}
@@ -578,8 +586,8 @@ func (q *deliveryQueue) payload(ctx context.Context, id string) ([]byte, error) 
 	return b, err
 }
 
-// post signs d (see signDelivery), holding one of the signing slots, and
-// sends it, holding none, as an attempt that sweepLocked can end. It
+// post has d signed by a signer and sends it, as an attempt that
+// sweepLocked can end. It
 // returns the status, a Retry-After delay if the receiver gave one, and a
 // transport error: one wrapping errTimedOut if the request took longer
 // than timeout (on the relay's Clock) or was ended by sweepLocked.
@@ -604,14 +612,13 @@ func (q *deliveryQueue) post(d store.Delivery, body []byte, timeout time.Duratio
 	req.Header.Set("Content-Type", activityJSON)
 	req.Header.Set("Accept", acceptActivity)
 	req.Header.Set("User-Agent", r.cfg.UserAgent)
+	signed := make(chan error, 1)
 	select {
-	case q.signing <- struct{}{}:
+	case q.signJobs <- signJob{ctx: ctx, req: req, body: body, subscriber: d.Subscriber, done: signed}:
 	case <-ctx.Done():
 		return 0, 0, ctx.Err()
 	}
-	err = r.signDelivery(ctx, req, body, d.Subscriber)
-	<-q.signing
-	if err != nil {
+	if err := <-signed; err != nil {
 		return 0, 0, err
 	}
 
@@ -629,6 +636,24 @@ func (q *deliveryQueue) post(d store.Delivery, body []byte, timeout time.Duratio
 	}
 	drain(resp)
 	return resp.StatusCode, parseRetryAfter(resp.Header.Get("Retry-After"), r.now()), nil
+}
+
+// signJob asks a signer to sign a delivery's request (see signDelivery)
+// and to send the outcome on done.
+type signJob struct {
+	ctx        context.Context
+	req        *http.Request
+	body       []byte
+	subscriber string
+	done       chan<- error // buffered
+}
+
+// signer signs deliveries for the workers until q.signJobs is closed.
+func (q *deliveryQueue) signer() {
+	defer q.swg.Done()
+	for j := range q.signJobs {
+		j.done <- q.r.signDelivery(j.ctx, j.req, j.body, j.subscriber)
+	}
 }
 
 // parseRetryAfter reads a Retry-After header: seconds or an HTTP date.
