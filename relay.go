@@ -163,7 +163,7 @@ type Config struct {
 	// separate: at most GOMAXPROCS deliveries are signed at once, and a
 	// delivery waiting on the network holds no signing capacity, so
 	// Workers can be large; each costs a goroutine, a request and
-	// possibly a connection. Default 256.
+	// possibly a connection. Default 128.
 	//
 	// PerHostWorkers caps the deliveries in flight to one host (a slow host
 	// gets 1, see SlowHostWorkers), so that a small instance never gets
@@ -453,7 +453,7 @@ func setDefaults(cfg *Config, base *url.URL) {
 		cfg.KeyCacheTTL = time.Hour
 	}
 	if cfg.Workers <= 0 {
-		cfg.Workers = 256
+		cfg.Workers = 128
 	}
 	if cfg.PerHostWorkers <= 0 {
 		cfg.PerHostWorkers = 4
