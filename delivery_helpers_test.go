@@ -395,6 +395,17 @@ func (e *memEnv) settled() relay.DeliveryStatus {
 	return st
 }
 
+// drained waits until every queued delivery was delivered (or dropped):
+// nothing queued, nothing in flight. Unlike settled, it also waits for
+// deliveries stored but not yet leased.
+func (e *memEnv) drained() {
+	e.t.Helper()
+	e.eventually(func() bool {
+		st, err := e.r.DeliveryStatus(context.Background())
+		return err == nil && st.InFlight == 0 && st.Backlog == 0
+	}, "queued deliveries are not delivered")
+}
+
 // circuit returns the breaker state of host.
 func (e *memEnv) circuit(host string) relay.HostStatus {
 	st, err := e.r.DeliveryStatus(context.Background())
