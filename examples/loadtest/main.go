@@ -198,8 +198,10 @@ func comparePairs(results []*result) {
 	}
 	if len(changes) > 1 {
 		slices.Sort(changes)
+		n := len(changes)
+		median := (changes[(n-1)/2] + changes[n/2]) / 2
 		fmt.Printf("median change over %d pairs: %+.1f %% (from %+.1f to %+.1f %%)\n",
-			len(changes), changes[len(changes)/2], changes[0], changes[len(changes)-1])
+			n, median, changes[0], changes[n-1])
 	}
 }
 
