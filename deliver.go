@@ -98,7 +98,7 @@ type deliveryQueue struct {
 	attempts map[string]*attempt         // deliveries being attempted, by id
 	released []store.Delivery            // dropped, to be given back to the store (returnReleased)
 	overflow map[string][]store.Delivery // leased, waiting for a host slot
-	held     map[string]string           // the leased deliveries: id → token of the latest lease
+	held     map[string]string           // leased here, not yet settled: id → token of the latest lease
 	done     map[string]completion       // answered 2xx, Complete pending or failed
 	breakers map[string]*breaker         // hosts whose breaker is not closed and clean
 	backlog  map[string]int              // upper estimate of each host's queued deliveries
