@@ -289,6 +289,12 @@ type HostStatus struct {
 	// InFlight counts deliveries to the host being attempted or waiting
 	// for one of its worker slots in this process.
 	InFlight int
+	// Slow reports that a request to the host timed out, or waited
+	// Config.MinRequestTimeout, since it last answered (see
+	// Config.SlowHostWorkers); Timeout is then the shortened request
+	// timeout its next delivery gets (zero for hosts that are not slow).
+	Slow    bool
+	Timeout time.Duration
 }
 
 // DeliveryStatus is an overview of the relay's delivery queue.
@@ -298,8 +304,8 @@ type DeliveryStatus struct {
 	// InFlight counts the deliveries this process has leased and not
 	// finished.
 	InFlight int
-	// Hosts lists the hosts with deliveries in flight or a circuit that is
-	// not closed, in no particular order.
+	// Hosts lists the hosts with deliveries in flight, a circuit that is
+	// not closed or that are slow, in no particular order.
 	Hosts []HostStatus
 }
 
@@ -324,6 +330,10 @@ func (r *Relay) DeliveryStatus(ctx context.Context) (DeliveryStatus, error) {
 	}
 	for h, k := range q.perHost {
 		get(h).InFlight = k
+	}
+	for h, t := range q.slow {
+		hs := get(h)
+		hs.Slow, hs.Timeout = true, t
 	}
 	for h := range q.breakers {
 		if b := q.refreshBreakerLocked(h, now); b.state != breakerClosed {
