@@ -28,6 +28,12 @@ type batch struct {
 
 func newBatch(r *Relay) *batch { return &batch{r: r, seen: map[string]bool{}} }
 
+// payloadID names a payload by its content.
+func payloadID(body []byte) string {
+	sum := sha256.Sum256(body)
+	return hex.EncodeToString(sum[:16])
+}
+
 // add queues p for inbox. The delivery id is derived from the payload and
 // the inbox's deduplication key (inboxKey), so queueing the same thing
 // twice, to any spelling of the inbox, is a no-op in the store.

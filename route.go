@@ -203,12 +203,6 @@ func (r *Relay) addTopicDeliveries(b *batch, env *envelope, rel relayable, sende
 // body limit (64 KiB, protocol reference §5.2 and §8).
 const maxVerbatimBytes = 64 << 10
 
-// payloadID names a payload by its content.
-func payloadID(body []byte) string {
-	sum := sha256.Sum256(body)
-	return hex.EncodeToString(sum[:16])
-}
-
 // announceID returns the id of the relay's Announce of objectID made for
 // the incoming activity env, derived from the object for a post (the relay
 // announces an object once), else from env's type and id (the object's,
