@@ -913,60 +913,6 @@ func (q *deliveryQueue) failure(d store.Delivery, cause error) bool {
 	return true
 }
 
-// bound keeps the backlog of the hosts that ds were queued for within
-// Config.MaxHostBacklog by shedding their oldest unleased Creates and
-// Announces (Update, Delete, Move and subscription messages are kept). It
-// counts a host's deliveries only when an upper estimate of its backlog
-// (the last count plus what was queued since) is over the bound, so it
-// costs the store nothing most of the time. On a store shared with other
-// processes (a store.Notifier), whose queueing this one does not see, it
-// also counts whenever this process queued another eighth of the bound
-// for the host since its last count, so that N processes overshoot the
-// bound by at most N/8 of it. Failures are logged: the deliveries are
-// stored whatever happens here.
-func (q *deliveryQueue) bound(ctx context.Context, ds []store.Delivery) {
-	limit := q.r.cfg.MaxHostBacklog
-	if limit <= 0 {
-		return
-	}
-	_, shared := q.r.store.(store.Notifier)
-	var over []string
-	q.mu.Lock()
-	for _, d := range ds {
-		q.backlog[d.Host]++
-		if shared {
-			q.added[d.Host]++
-		}
-		due := q.backlog[d.Host] > limit || shared && q.added[d.Host] >= max(limit/8, 1)
-		if due && !slices.Contains(over, d.Host) {
-			over = append(over, d.Host)
-		}
-	}
-	q.mu.Unlock()
-	for _, h := range over {
-		n, err := q.r.store.CountDeliveries(ctx, store.DeliveryFilter{Host: h})
-		if err == nil && n > limit {
-			var shed int
-			shed, err = q.r.store.ShedDeliveries(ctx, h, limit, sheddable)
-			if shed > 0 {
-				q.r.log.Warn("relay: host backlog over its bound, shed oldest posts", "host", h, "backlog", n, "shed", shed)
-			}
-			n -= shed
-		}
-		if err != nil {
-			q.r.log.Error("relay: bounding host backlog", "host", h, "err", err)
-			continue
-		}
-		q.mu.Lock()
-		q.backlog[h] = n
-		delete(q.added, h)
-		q.mu.Unlock()
-	}
-}
-
-// sheddable are the activity types dropped first from a full host backlog.
-var sheddable = []string{"Create", "Announce"}
-
 // payloadCacheBytes bounds the payload bodies kept in memory: hundreds of
 // typical activities, the few a fan-out is busy with and more (a miss costs
 // one store read, little next to signing).

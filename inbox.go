@@ -65,6 +65,7 @@ func (r *Relay) serveInbox(w http.ResponseWriter, req *http.Request) {
 // checks come first: size, signature syntax, digest and date need neither
 // JSON parsing nor network.
 func (r *Relay) receive(ctx context.Context, w http.ResponseWriter, req *http.Request) error {
+	inboxTopic := r.topicOfInboxPath(req.URL.EscapedPath()) // "" at the relay actor's inbox
 	limit := r.cfg.MaxBodyBytes
 	if req.ContentLength > limit {
 		return refuse(http.StatusRequestEntityTooLarge, "body of %d bytes is over the %d-byte limit", req.ContentLength, limit)
@@ -99,7 +100,7 @@ func (r *Relay) receive(ctx context.Context, w http.ResponseWriter, req *http.Re
 		return refuse(http.StatusBadRequest, "%v", err)
 	}
 	env.rfc9421 = sig.rfc9421()
-	env.inboxTopic = r.topicOfInboxPath(req.URL.EscapedPath())
+	env.inboxTopic = inboxTopic
 	if env.Actor == r.actorID || keyID == r.keyID || r.topicOfActor(env.Actor) != "" || r.topicOfActor(stripFragment(keyID)) != "" {
 		// An echo of the relay's own activity (a loop through another
 		// relay), or a forgery: either way there is nothing to do, and the
