@@ -396,6 +396,20 @@ func idList(m json.RawMessage) ([]string, error) {
 	return out, nil
 }
 
+// parseTime decodes an RFC 3339 time string (fractional seconds allowed),
+// or returns the zero time.
+func parseTime(m json.RawMessage) time.Time {
+	var s string
+	if len(m) == 0 || json.Unmarshal(m, &s) != nil {
+		return time.Time{}
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}
+	}
+	return t
+}
+
 func parseObject(m json.RawMessage) (objectRef, error) {
 	if len(m) == 0 || string(m) == "null" {
 		return objectRef{}, nil

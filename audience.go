@@ -99,20 +99,6 @@ func parseEmbeddedObject(body []byte) (embeddedObject, error) {
 	return obj, nil
 }
 
-// parseTime decodes an RFC 3339 time string (fractional seconds allowed),
-// or returns the zero time.
-func parseTime(m json.RawMessage) time.Time {
-	var s string
-	if len(m) == 0 || json.Unmarshal(m, &s) != nil {
-		return time.Time{}
-	}
-	t, err := time.Parse(time.RFC3339, s)
-	if err != nil {
-		return time.Time{}
-	}
-	return t
-}
-
 // isUndoAnnounce reports an un-boost: an Undo embedding an Announce.
 func (e *envelope) isUndoAnnounce() bool {
 	return e.Type == "Undo" && e.Object.Embedded && e.Object.Type == "Announce"

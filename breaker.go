@@ -7,7 +7,8 @@ import "time"
 //
 //   - closed: deliveries flow, up to Config.PerHostWorkers at once.
 //     Config.BreakerThreshold consecutive failed attempts (transport errors,
-//     timeouts, 5xx, 408) open it.
+//     timeouts, 5xx, 408) open it. A slow host gets one delivery at a
+//     time (see below).
 //   - open: nothing is sent to the host until the cool-off ends; its queued
 //     deliveries stay in the store untouched (the dispatcher skips the host)
 //     and deliveries already leased are rescheduled to the end of the
@@ -19,6 +20,14 @@ import "time"
 //     maxCooloffFactor × Config.BreakerCooloff.
 //
 // The breakers live in the deliveryQueue and are guarded by its mutex.
+//
+// Independently of its breaker, a host is slow from when a request to it
+// times out, or has waited Config.MinRequestTimeout for its answer, until
+// it answers again (any HTTP status). A slow host gets one delivery at a
+// time, each timeout halves its request timeout (down to
+// MinRequestTimeout), and slow hosts together hold at most
+// Config.SlowHostWorkers deliveries, outside the Workers that hosts which
+// answer use. A half-open breaker's probe gets the whole RequestTimeout.
 
 // maxCooloffFactor bounds the growth of a breaker's cool-off.
 const maxCooloffFactor = 64
@@ -64,8 +73,12 @@ const (
 	// outcomeRefused: the host answered a 4xx that is not retried; it is
 	// alive.
 	outcomeRefused
-	// outcomeFailed: transport error, timeout, 5xx or 408.
+	// outcomeFailed: the host answered 5xx or 408.
 	outcomeFailed
+	// outcomeUnreachable: a transport error other than a timeout.
+	outcomeUnreachable
+	// outcomeTimedOut: the request timed out (see Config.RequestTimeout).
+	outcomeTimedOut
 	// outcomeThrottled: 429 Too Many Requests.
 	outcomeThrottled
 	// outcomeCanceled: the attempt was cancelled by shutdown.
@@ -85,12 +98,15 @@ func (q *deliveryQueue) refreshBreakerLocked(host string, now time.Time) *breake
 }
 
 // hostCapLocked returns how many deliveries to host may be in flight now:
-// Config.PerHostWorkers when its breaker is closed, 1 when half-open, 0
-// when open.
+// Config.PerHostWorkers when its breaker is closed (1 if the host is slow),
+// 1 when half-open, 0 when open.
 func (q *deliveryQueue) hostCapLocked(host string, now time.Time) int {
 	b := q.refreshBreakerLocked(host, now)
 	switch {
 	case b == nil || b.state == breakerClosed:
+		if _, slow := q.slow[host]; slow {
+			return 1
+		}
 		return q.r.cfg.PerHostWorkers
 	case b.state == breakerHalfOpen:
 		return 1
@@ -128,7 +144,7 @@ func (q *deliveryQueue) recordLocked(host string, o outcome, retryAfter time.Dur
 			}
 			delete(q.breakers, host)
 		}
-	case outcomeFailed:
+	case outcomeFailed, outcomeUnreachable, outcomeTimedOut:
 		if b == nil && cfg.BreakerThreshold < 0 {
 			return
 		}
@@ -176,4 +192,61 @@ func (q *deliveryQueue) openLocked(host string, b *breaker, d time.Duration, now
 		q.r.log.Warn("relay: circuit opened, pausing deliveries to host", "host", host, "for", d)
 	}
 	b.state, b.until, b.probing, b.failures = breakerOpen, now.Add(d), false, 0
+}
+
+// timeoutLocked returns the request timeout of the next attempt to host:
+// its learnt timeout while it is slow, except for a half-open breaker's
+// probe, which gets Config.RequestTimeout like a host that answers.
+func (q *deliveryQueue) timeoutLocked(host string) time.Duration {
+	if b := q.breakers[host]; b != nil && b.state == breakerHalfOpen {
+		return q.r.cfg.RequestTimeout
+	}
+	if t, slow := q.slow[host]; slow {
+		return t
+	}
+	return q.r.cfg.RequestTimeout
+}
+
+// learnLocked updates what is known of host's slowness from the outcome of
+// an attempt whose request timeout was timeout: a timeout makes the host
+// slow and halves its timeout (once for attempts sent with the same
+// timeout), an answer makes it a host like any other.
+func (q *deliveryQueue) learnLocked(host string, o outcome, timeout time.Duration) {
+	cfg := &q.r.cfg
+	switch o {
+	case outcomeTimedOut:
+		current, slow := q.slow[host]
+		if !slow {
+			current = cfg.RequestTimeout
+		}
+		if timeout <= current { // not sent before the last halving
+			current = max(current/2, cfg.MinRequestTimeout)
+		}
+		if !slow {
+			q.r.log.Warn("relay: host is slow, shortening its timeout", "host", host, "timeout", current)
+		}
+		q.markSlowLocked(host, current)
+	case outcomeDelivered, outcomeRefused, outcomeFailed, outcomeThrottled:
+		if _, slow := q.slow[host]; slow {
+			q.r.log.Info("relay: slow host answers again", "host", host)
+			q.slowBusy -= q.perHost[host]
+			delete(q.slow, host)
+		}
+	}
+}
+
+// markSlowLocked makes host slow, its next requests timing out after
+// timeout. The host's deliveries waiting here for a slot are dropped, to
+// be given back to the store (see returnReleased): a slow host gets one
+// at a time, leased when it is due.
+func (q *deliveryQueue) markSlowLocked(host string, timeout time.Duration) {
+	if _, slow := q.slow[host]; !slow {
+		q.slowBusy += q.perHost[host]
+	}
+	q.slow[host] = timeout
+	for _, d := range q.overflow[host] {
+		q.dropLocked(d)
+		q.released = append(q.released, q.forgetLocked(d))
+	}
+	delete(q.overflow, host)
 }

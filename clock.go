@@ -1,14 +1,19 @@
 package relay
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // Clock is the relay's source of time. The relay reads the time (signature
 // dates, retry schedules, circuit-breaker cool-offs, dormancy, statistics)
 // and waits for it (the delivery dispatcher's polls, the periodic flush of
 // delivery statistics) only through its Clock, so that tests can run a relay
-// on a fake clock and move time forward at will. The exceptions always use
-// real time: network timeouts (Config.RequestTimeout, KeyFetchTimeout), the
-// brief gathering of completed deliveries into one store write, and the
+// on a fake clock and move time forward at will, delivery request timeouts
+// (Config.RequestTimeout and the shorter ones learnt for slow hosts)
+// included. The exceptions always use real time: the timeouts of fetches
+// (Config.RequestTimeout for documents, KeyFetchTimeout), the brief
+// gathering of completed deliveries into one store write, and the
 // dispatcher's brief wait for a batch of free workers.
 //
 // A Clock must be safe for concurrent use.
@@ -27,3 +32,21 @@ type realClock struct{}
 
 func (realClock) Now() time.Time                         { return time.Now() }
 func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// withTimeout returns a copy of ctx that is cancelled with cause once d
+// has passed on the relay's Clock, and the function that releases it.
+func (r *Relay) withTimeout(ctx context.Context, d time.Duration, cause error) (context.Context, context.CancelFunc) {
+	if _, real := r.clock.(realClock); real {
+		return context.WithTimeoutCause(ctx, d, cause)
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	after := r.clock.After(d) // now, not in the goroutine: the wait starts on return
+	go func() {
+		select {
+		case <-after:
+			cancel(cause)
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() { cancel(context.Canceled) }
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -21,10 +22,14 @@ import (
 //     delivery per inbox) before the inbox answers 202, so it survives a
 //     restart with a durable store.
 //   - A dispatcher leases due deliveries from the store and hands them to
-//     Config.Workers workers, never more than Config.PerHostWorkers at once
-//     to one host (fewer while the host's circuit breaker is not closed,
-//     see breaker.go). Workers sign (the CPU cost) and wait on the network
-//     concurrently, so signing keeps every core busy while others wait.
+//     workers: up to Config.Workers deliveries in flight to hosts that
+//     answer, plus Config.SlowHostWorkers to slow hosts, never more than
+//     Config.PerHostWorkers at once to one host (fewer while the host is
+//     slow or its circuit breaker is not closed, see breaker.go).
+//   - Signing (the CPU cost) is done by GOMAXPROCS signers for all the
+//     workers; a request waiting on the network holds no signing capacity,
+//     so signing keeps every core busy however many requests wait, and
+//     only the signers' stacks grow to what signing needs.
 //   - A 2xx completes the delivery; its id stays in memory until the store
 //     confirmed the completion, so a retry never sends a second copy to a
 //     subscriber that answered 2xx. Failures are retried with exponential
@@ -82,11 +87,18 @@ type deliveryQueue struct {
 	completeCh chan store.LeaseRef
 	cwg        sync.WaitGroup // completers
 
+	signJobs chan signJob   // to the signers
+	swg      sync.WaitGroup // signers
+
 	mu       sync.Mutex
 	busy     int                         // deliveries leased and not finished
 	perHost  map[string]int              // the same, per host
+	slowBusy int                         // the same, for the hosts in slow
+	slow     map[string]time.Duration    // slow hosts' learnt request timeouts (breaker.go)
+	attempts map[string]*attempt         // deliveries being attempted, by id
+	released []store.Delivery            // dropped, to be given back to the store (returnReleased)
 	overflow map[string][]store.Delivery // leased, waiting for a host slot
-	held     map[string]string           // the leased deliveries: id → token of the latest lease
+	held     map[string]string           // leased here, not yet settled: id → token of the latest lease
 	done     map[string]completion       // answered 2xx, Complete pending or failed
 	breakers map[string]*breaker         // hosts whose breaker is not closed and clean
 	backlog  map[string]int              // upper estimate of each host's queued deliveries
@@ -111,7 +123,10 @@ func newDeliveryQueue(r *Relay) *deliveryQueue {
 		bgCancel:   bgCancel,
 		stopCh:     make(chan struct{}),
 		completeCh: make(chan store.LeaseRef, completeChBuffer),
+		signJobs:   make(chan signJob),
 		perHost:    map[string]int{},
+		slow:       map[string]time.Duration{},
+		attempts:   map[string]*attempt{},
 		overflow:   map[string][]store.Delivery{},
 		held:       map[string]string{},
 		done:       map[string]completion{},
@@ -148,7 +163,11 @@ func (q *deliveryQueue) start() error {
 		q.cwg.Add(1)
 		go q.completer()
 	}
-	for range q.r.cfg.Workers {
+	for range runtime.GOMAXPROCS(0) {
+		q.swg.Add(1)
+		go q.signer()
+	}
+	for range q.r.cfg.Workers + q.r.cfg.SlowHostWorkers {
 		q.wg.Add(1)
 		go q.worker()
 	}
@@ -175,6 +194,8 @@ func (q *deliveryQueue) stop(ctx context.Context) error {
 			q.cancel()
 			<-done
 		}
+		close(q.signJobs) // the workers are done
+		q.swg.Wait()
 		close(q.completeCh)
 		q.cwg.Wait()
 	}
@@ -271,11 +292,13 @@ func (q *deliveryQueue) leaseSome(force bool) (n int, held bool, err error) {
 	cfg := &q.r.cfg
 	now := q.r.now()
 	q.mu.Lock()
-	free := cfg.Workers - q.busy
+	q.sweepLocked(now)
+	free := q.freeLocked()
 	if free <= 0 || !force && !q.leaseDueLocked() {
 		// Lease in batches: a finishing worker wakes the dispatcher again
 		// once enough workers are free.
 		q.mu.Unlock()
+		q.returnReleased()
 		return 0, free > 0, nil
 	}
 	var skip map[string]bool // allocated only if some host is at its cap
@@ -293,6 +316,15 @@ func (q *deliveryQueue) leaseSome(force bool) (n int, held bool, err error) {
 	for h := range q.breakers { // an open breaker's cap is 0
 		skipIfFull(h)
 	}
+	for h := range q.slow {
+		if q.slowBusy >= cfg.SlowHostWorkers {
+			if skip == nil {
+				skip = map[string]bool{}
+			}
+			skip[h] = true
+		}
+		skipIfFull(h)
+	}
 	q.mu.Unlock()
 	q.r.health.leasing(time.Now())
 	defer q.r.health.leasing(time.Time{})
@@ -307,6 +339,7 @@ func (q *deliveryQueue) leaseSome(force bool) (n int, held bool, err error) {
 		return 0, false, err
 	}
 	q.noteLag(ds, now)
+	q.returnReleased()
 	for _, d := range ds {
 		q.mu.Lock()
 		c, done := q.done[d.ID]
@@ -324,9 +357,19 @@ func (q *deliveryQueue) leaseSome(force bool) (n int, held bool, err error) {
 			q.mu.Unlock()
 			continue
 		}
+		if _, slow := q.slow[d.Host]; slow && (q.perHost[d.Host] > 0 || q.slowBusy >= cfg.SlowHostWorkers) {
+			// A slow host gets one delivery at a time, within the slow
+			// hosts' share: the others go back to the queue at once.
+			q.mu.Unlock()
+			q.reschedule(d, d.NotBefore)
+			continue
+		}
 		q.held[d.ID] = d.Token
 		q.busy++
 		q.perHost[d.Host]++
+		if _, slow := q.slow[d.Host]; slow {
+			q.slowBusy++
+		}
 		ready := q.perHost[d.Host] <= max(q.hostCapLocked(d.Host, now), 1)
 		if !ready {
 			q.overflow[d.Host] = append(q.overflow[d.Host], d)
@@ -345,22 +388,112 @@ func (q *deliveryQueue) leaseSome(force bool) (n int, held bool, err error) {
 // batches costs the store fewer Lease calls, and waking the dispatcher only
 // then saves a wake-up per delivery.
 func (q *deliveryQueue) leaseDueLocked() bool {
-	free := q.r.cfg.Workers - q.busy
+	free := q.freeLocked()
 	return free > 0 && (q.busy == 0 || free >= q.r.cfg.Workers/4)
 }
 
+// freeLocked returns how many more deliveries may be leased: Config.Workers
+// less those held for hosts that are not slow and those held for slow
+// hosts beyond Config.SlowHostWorkers (see sweepLocked).
+func (q *deliveryQueue) freeLocked() int {
+	return q.r.cfg.Workers - (q.busy - min(q.slowBusy, q.r.cfg.SlowHostWorkers))
+}
+
+// forgetLocked forgets that d is leased by this process (q.held) and
+// returns it with the token of this process's latest lease of it: the
+// dispatcher may have leased d again while it was attempted or waited for
+// a host slot. The store is then written under that token.
+func (q *deliveryQueue) forgetLocked(d store.Delivery) store.Delivery {
+	if t, ok := q.held[d.ID]; ok {
+		d.Token = t
+	}
+	delete(q.held, d.ID)
+	return d
+}
+
+// dropLocked releases d's place in the counts of deliveries held here
+// (busy, perHost, and slowBusy if its host is slow: learnLocked and
+// markSlowLocked move a host's held deliveries in and out of slowBusy
+// when it changes state).
+func (q *deliveryQueue) dropLocked(d store.Delivery) {
+	q.busy--
+	if _, slow := q.slow[d.Host]; slow {
+		q.slowBusy--
+	}
+	if q.perHost[d.Host]--; q.perHost[d.Host] <= 0 {
+		delete(q.perHost, d.Host)
+	}
+}
+
+// returnReleased gives the deliveries that markSlowLocked took from the
+// queue's overflow back to the store, due as they were, without using an
+// attempt, under their latest lease.
+func (q *deliveryQueue) returnReleased() {
+	q.mu.Lock()
+	ds := q.released
+	q.released = nil
+	q.mu.Unlock()
+	for _, d := range ds {
+		q.reschedule(d, d.NotBefore)
+	}
+}
+
+// attempt is a delivery being attempted.
+type attempt struct {
+	host   string
+	sent   time.Time // when its request was sent; zero while it is signed
+	cancel context.CancelCauseFunc
+	ended  bool // cancelled by sweepLocked
+}
+
+// errTimedOut is the cause of a request that timed out.
+var errTimedOut = errors.New("request timed out")
+
+// sweepLocked makes the hosts of requests that have waited
+// Config.MinRequestTimeout for an answer slow, and, while slow hosts hold
+// more than Config.SlowHostWorkers deliveries, times out their requests
+// that have waited that long, oldest first, so that hosts which answer
+// keep their Workers whatever hangs.
+func (q *deliveryQueue) sweepLocked(now time.Time) {
+	cfg := &q.r.cfg
+	var waiting []*attempt
+	for _, a := range q.attempts {
+		if a.sent.IsZero() || a.ended || now.Sub(a.sent) < cfg.MinRequestTimeout {
+			continue
+		}
+		if _, slow := q.slow[a.host]; !slow {
+			q.r.log.Warn("relay: host is slow to answer", "host", a.host, "waited", now.Sub(a.sent))
+			q.markSlowLocked(a.host, cfg.RequestTimeout)
+		}
+		waiting = append(waiting, a)
+	}
+	excess := q.slowBusy - cfg.SlowHostWorkers
+	if excess <= 0 || len(waiting) == 0 {
+		return
+	}
+	slices.SortFunc(waiting, func(a, b *attempt) int { return a.sent.Compare(b.sent) })
+	for _, a := range waiting[:min(excess, len(waiting))] {
+		a.ended = true
+		a.cancel(fmt.Errorf("%w: slow hosts hold more than %d deliveries", errTimedOut, cfg.SlowHostWorkers))
+	}
+}
+
 // settle records the outcome of an attempt at d (or of not attempting
-// it) for its host's breaker and forgets that d is being attempted. It
-// comes before d goes back to the store (Retry, Complete), so that the
-// store never shows a delivery whose outcome the queue has not taken into
-// account: the dispatcher may lease a rescheduled delivery at once, and a
-// status read after the store shows the retry sees the host's pause.
-func (q *deliveryQueue) settle(d store.Delivery, o outcome, retryAfter time.Duration) {
+// it), whose request timeout was timeout, for its host's breaker and
+// slowness (learnLocked), and forgets that d is being attempted. It
+// returns d with the token of this process's latest lease of it, under
+// which d goes back to the store. It comes before d goes back to the
+// store (Retry, Complete), so that the store never shows a delivery whose
+// outcome the queue has not taken into account: the dispatcher may lease
+// a rescheduled delivery at once, and a status read after the store shows
+// the retry sees the host's pause. d keeps its worker slot until finished.
+func (q *deliveryQueue) settle(d store.Delivery, o outcome, retryAfter, timeout time.Duration) store.Delivery {
 	now := q.r.now()
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.recordLocked(d.Host, o, retryAfter, now)
-	delete(q.held, d.ID)
+	q.learnLocked(d.Host, o, timeout)
+	return q.forgetLocked(d)
 }
 
 // finished releases the worker slot of d, settled, and returns the next
@@ -371,11 +504,8 @@ func (q *deliveryQueue) settle(d store.Delivery, o outcome, retryAfter time.Dura
 func (q *deliveryQueue) finished(d store.Delivery) (next store.Delivery, ok, wake bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.busy--
-	if q.perHost[d.Host]--; q.perHost[d.Host] <= 0 {
-		delete(q.perHost, d.Host)
-	}
-	wake = q.leaseDueLocked() || q.busy == q.r.cfg.Workers-1
+	q.dropLocked(d)
+	wake = q.leaseDueLocked() || q.freeLocked() == 1
 	if waiting := q.overflow[d.Host]; len(waiting) > 0 {
 		// The next delivery waiting for this host takes d's slot (it is
 		// counted in busy and perHost already).
@@ -394,6 +524,7 @@ func (q *deliveryQueue) worker() {
 		for {
 			q.process(d)
 			next, ok, wake := q.finished(d)
+			q.returnReleased()
 			if wake {
 				q.wake()
 			}
@@ -411,45 +542,47 @@ func (q *deliveryQueue) worker() {
 func (q *deliveryQueue) process(d store.Delivery) {
 	now := q.r.now()
 	if q.stopping() {
-		q.settle(d, outcomeSkipped, 0)
+		d = q.settle(d, outcomeSkipped, 0, 0)
 		q.reschedule(d, now)
 		return
 	}
 	q.mu.Lock()
 	ok, until := q.admitLocked(d.Host, now)
+	timeout := q.timeoutLocked(d.Host)
 	q.mu.Unlock()
 	if !ok {
-		q.settle(d, outcomeSkipped, 0)
+		d = q.settle(d, outcomeSkipped, 0, 0)
 		q.reschedule(d, until)
 		return
 	}
-	q.deliver(d)
+	q.deliver(d, timeout)
 }
 
-// deliver makes one attempt at d, settles it and records the outcome.
-func (q *deliveryQueue) deliver(d store.Delivery) {
+// deliver makes one attempt at d, its request timing out after timeout,
+// settles it and records the outcome.
+func (q *deliveryQueue) deliver(d store.Delivery, timeout time.Duration) {
 	r := q.r
 	ctx := q.ctx
 	body, err := q.payload(ctx, d.PayloadID)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		q.settle(d, outcomeSkipped, 0)
+		d = q.settle(d, outcomeSkipped, 0, 0)
 		q.complete(d) // dropped meanwhile
 		return
 	case err != nil && ctx.Err() != nil:
-		q.settle(d, outcomeCanceled, 0)
+		d = q.settle(d, outcomeCanceled, 0, 0)
 		q.reschedule(d, r.now())
 		return
 	case err != nil:
 		r.log.Error("relay: reading payload", "payload", d.PayloadID, "err", err)
-		q.settle(d, outcomeSkipped, 0)
+		d = q.settle(d, outcomeSkipped, 0, 0)
 		q.reschedule(d, r.now().Add(r.cfg.RetryBackoff))
 		return
 	}
-	status, retryAfter, err := r.post(ctx, d.Inbox, d.Subscriber, d.Signer, body)
+	status, retryAfter, err := q.post(d, body, timeout)
 	o := outcomeOf(ctx, status, err)
 	q.observe(d, status, err)
-	q.settle(d, o, retryAfter)
+	d = q.settle(d, o, retryAfter, timeout)
 	switch o {
 	case outcomeCanceled:
 		// Shutting down: the delivery is released for a later attempt.
@@ -475,7 +608,7 @@ func (q *deliveryQueue) deliver(d store.Delivery) {
 				q.checkActor(d)
 			}
 		}
-	default: // outcomeThrottled, outcomeFailed
+	default: // outcomeThrottled, outcomeFailed, outcomeTimedOut, outcomeUnreachable
 		if err == nil {
 			err = fmt.Errorf("HTTP %d", status)
 		}
@@ -483,13 +616,17 @@ func (q *deliveryQueue) deliver(d store.Delivery) {
 	}
 }
 
-// outcomeOf classifies an attempt that got status or err.
+// outcomeOf classifies an attempt that got status or err (made with ctx,
+// the queue's context): a request that timed out (errTimedOut) apart
+// from other transport errors.
 func outcomeOf(ctx context.Context, status int, err error) outcome {
 	switch {
 	case ctx.Err() != nil:
 		return outcomeCanceled
+	case errors.Is(err, errTimedOut):
+		return outcomeTimedOut
 	case err != nil:
-		return outcomeFailed
+		return outcomeUnreachable
 	case status >= 200 && status < 300:
 		return outcomeDelivered
 	case status == http.StatusTooManyRequests:
@@ -512,29 +649,77 @@ func (q *deliveryQueue) payload(ctx context.Context, id string) ([]byte, error) 
 	return b, err
 }
 
-// post signs (see signDelivery; signer is the Delivery's Signer) and
-// sends one delivery. It returns the
-// status, a Retry-After delay if the receiver gave one, and a transport
-// error.
-func (r *Relay) post(ctx context.Context, inbox, subscriber, signer string, body []byte) (int, time.Duration, error) {
-	ctx, cancel := context.WithTimeout(ctx, r.cfg.RequestTimeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, inbox, bytes.NewReader(body))
+// post has d signed by a signer (see signDelivery; d.Signer is the
+// relay's actor that signs) and sends it, as an attempt that sweepLocked
+// can end. It returns the status, a Retry-After delay if the receiver
+// gave one, and a transport error: one wrapping errTimedOut if the
+// request took longer than timeout (on the relay's Clock) or was ended by
+// sweepLocked.
+func (q *deliveryQueue) post(d store.Delivery, body []byte, timeout time.Duration) (int, time.Duration, error) {
+	r := q.r
+	ctx, cancel := context.WithCancelCause(q.ctx)
+	defer cancel(nil)
+	a := &attempt{host: d.Host, cancel: cancel}
+	q.mu.Lock()
+	q.attempts[d.ID] = a
+	q.mu.Unlock()
+	defer func() {
+		q.mu.Lock()
+		delete(q.attempts, d.ID)
+		q.mu.Unlock()
+	}()
+
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.Inbox, bytes.NewReader(body))
 	if err != nil {
 		return 0, 0, err
 	}
 	req.Header.Set("Content-Type", activityJSON)
 	req.Header.Set("Accept", acceptActivity)
 	req.Header.Set("User-Agent", r.cfg.UserAgent)
-	if err := r.signDelivery(ctx, req, body, subscriber, signer); err != nil {
+	signed := make(chan error, 1)
+	job := signJob{ctx: ctx, req: req, body: body, subscriber: d.Subscriber, actor: d.Signer, done: signed}
+	select {
+	case q.signJobs <- job:
+	case <-ctx.Done():
+		return 0, 0, ctx.Err()
+	}
+	if err := <-signed; err != nil {
 		return 0, 0, err
 	}
-	resp, err := r.transport.RoundTrip(req)
+
+	ctx, stop := r.withTimeout(ctx, timeout, fmt.Errorf("%w after %v", errTimedOut, timeout))
+	defer stop()
+	q.mu.Lock()
+	a.sent = r.now()
+	q.mu.Unlock()
+	resp, err := r.transport.RoundTrip(req.WithContext(ctx))
 	if err != nil {
+		if cause := context.Cause(ctx); errors.Is(cause, errTimedOut) {
+			err = cause
+		}
 		return 0, 0, err
 	}
 	drain(resp)
 	return resp.StatusCode, parseRetryAfter(resp.Header.Get("Retry-After"), r.now()), nil
+}
+
+// signJob asks a signer to sign a delivery's request (see signDelivery)
+// and to send the outcome on done.
+type signJob struct {
+	ctx        context.Context
+	req        *http.Request
+	body       []byte
+	subscriber string
+	actor      string       // the delivery's Signer: the relay's actor that signs
+	done       chan<- error // buffered
+}
+
+// signer signs deliveries for the workers until q.signJobs is closed.
+func (q *deliveryQueue) signer() {
+	defer q.swg.Done()
+	for j := range q.signJobs {
+		j.done <- q.r.signDelivery(j.ctx, j.req, j.body, j.subscriber, j.actor)
+	}
 }
 
 // parseRetryAfter reads a Retry-After header: seconds or an HTTP date.
@@ -589,11 +774,11 @@ func (q *deliveryQueue) retry(d store.Delivery, cause error, retryAfter time.Dur
 	q.reschedule(d, r.now().Add(wait))
 }
 
-// reschedule releases d's lease and makes it due at notBefore, keeping its
-// Attempts and LastError.
+// reschedule releases d's lease (d.Token, the latest: see settle) and
+// makes it due at notBefore, keeping its Attempts and LastError. If the
+// lease was lost meanwhile, the store leaves d to its new holder.
 func (q *deliveryQueue) reschedule(d store.Delivery, notBefore time.Time) {
 	d.NotBefore = notBefore.UTC()
-	d.Token = q.latestToken(d)
 	ctx, cancel := context.WithTimeout(q.bgCtx, storeTimeout)
 	defer cancel()
 	err := q.r.store.Retry(ctx, d)
@@ -610,29 +795,16 @@ type completion struct {
 	queued bool
 }
 
-// complete removes d from the store, under its lease: if another process
-// leased d meanwhile (this one's lease ran out), the store leaves it to
-// that one. Until the store confirms it, d's id stays in q.done so that
-// the delivery is not attempted again.
+// complete removes d from the store, under its lease (d.Token, the
+// latest: see settle): if another process leased d meanwhile (this one's
+// lease ran out), the store leaves it to that one. Until the store
+// confirms it, d's id stays in q.done so that the delivery is not
+// attempted again.
 func (q *deliveryQueue) complete(d store.Delivery) {
 	q.mu.Lock()
-	if t, ok := q.held[d.ID]; ok {
-		d.Token = t
-	}
 	q.done[d.ID] = completion{token: d.Token, queued: true}
 	q.mu.Unlock()
 	q.completeCh <- d.Ref()
-}
-
-// latestToken returns the token of this process's latest lease of d: the
-// dispatcher may have leased d again while it was being attempted.
-func (q *deliveryQueue) latestToken(d store.Delivery) string {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if t, ok := q.held[d.ID]; ok {
-		return t
-	}
-	return d.Token
 }
 
 // completer confirms completions to the store, in batches.
@@ -751,61 +923,6 @@ func (q *deliveryQueue) failure(d store.Delivery, cause error) bool {
 	r.events.Dropped("dormant", n)
 	return true
 }
-
-// bound keeps the backlog of the hosts that ds were queued for within
-// Config.MaxHostBacklog by shedding their oldest unleased Creates and
-// Announces (Update, Delete, Move and subscription messages are kept). It
-// counts a host's deliveries only when an upper estimate of its backlog
-// (the last count plus what was queued since) is over the bound, so it
-// costs the store nothing most of the time. On a store shared with other
-// processes (a store.Notifier), whose queueing this one does not see, it
-// also counts whenever this process queued another eighth of the bound
-// for the host since its last count, so that N processes overshoot the
-// bound by at most N/8 of it. Failures are logged: the deliveries are
-// stored whatever happens here.
-func (q *deliveryQueue) bound(ctx context.Context, ds []store.Delivery) {
-	limit := q.r.cfg.MaxHostBacklog
-	if limit <= 0 {
-		return
-	}
-	_, shared := q.r.baseStore().(store.Notifier)
-	var over []string
-	q.mu.Lock()
-	for _, d := range ds {
-		q.backlog[d.Host]++
-		if shared {
-			q.added[d.Host]++
-		}
-		due := q.backlog[d.Host] > limit || shared && q.added[d.Host] >= max(limit/8, 1)
-		if due && !slices.Contains(over, d.Host) {
-			over = append(over, d.Host)
-		}
-	}
-	q.mu.Unlock()
-	for _, h := range over {
-		n, err := q.r.store.CountDeliveries(ctx, store.DeliveryFilter{Host: h})
-		if err == nil && n > limit {
-			var shed int
-			shed, err = q.r.store.ShedDeliveries(ctx, h, limit, sheddable)
-			if shed > 0 {
-				q.r.events.Dropped("shed", shed)
-				q.r.log.Warn("relay: host backlog over its bound, shed oldest posts", "host", h, "backlog", n, "shed", shed)
-			}
-			n -= shed
-		}
-		if err != nil {
-			q.r.log.Error("relay: bounding host backlog", "host", h, "err", err)
-			continue
-		}
-		q.mu.Lock()
-		q.backlog[h] = n
-		delete(q.added, h)
-		q.mu.Unlock()
-	}
-}
-
-// sheddable are the activity types dropped first from a full host backlog.
-var sheddable = []string{"Create", "Announce"}
 
 // payloadCacheBytes bounds the payload bodies kept in memory: hundreds of
 // typical activities, the few a fan-out is busy with and more (a miss costs

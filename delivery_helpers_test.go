@@ -271,6 +271,8 @@ type memEnv struct {
 	clock *fakeClock
 	st    *spyStore
 	r     *relay.Relay
+	// wrap, if set, wraps the network as the relay's Transport.
+	wrap func(http.RoundTripper) http.RoundTripper
 }
 
 const (
@@ -286,7 +288,13 @@ const (
 // the test.
 func newMemEnv(t *testing.T, cfg relay.Config) *memEnv {
 	t.Helper()
-	e := &memEnv{t: t, net: &memnet.Network{}, clock: newFakeClock(), st: newSpyStore()}
+	return newWrappedMemEnv(t, cfg, nil)
+}
+
+// newWrappedMemEnv is newMemEnv with the relay's Transport wrap(network).
+func newWrappedMemEnv(t *testing.T, cfg relay.Config, wrap func(http.RoundTripper) http.RoundTripper) *memEnv {
+	t.Helper()
+	e := &memEnv{t: t, net: &memnet.Network{}, clock: newFakeClock(), st: newSpyStore(), wrap: wrap}
 	require.NoError(t, e.st.PutValue(context.Background(), "relay/private-key.pem", testRelayKey(t)))
 	e.r = e.newRelay(cfg)
 	require.NoError(t, e.r.Start())
@@ -305,6 +313,9 @@ func (e *memEnv) newRelay(cfg relay.Config) *relay.Relay {
 	cfg.BaseURL = "https://relay.test"
 	cfg.Store = e.st
 	cfg.Transport = e.net
+	if e.wrap != nil {
+		cfg.Transport = e.wrap(e.net)
+	}
 	cfg.Clock = e.clock
 	cfg.SignatureMaxAge, cfg.ClockSkew = farSkew, farSkew
 	cfg.MaxActivityAge = farSkew
@@ -382,6 +393,17 @@ func (e *memEnv) settled() relay.DeliveryStatus {
 		return err == nil && st.InFlight == 0
 	}, "deliveries in flight do not finish")
 	return st
+}
+
+// drained waits until every queued delivery was delivered (or dropped):
+// nothing queued, nothing in flight. Unlike settled, it also waits for
+// deliveries stored but not yet leased.
+func (e *memEnv) drained() {
+	e.t.Helper()
+	e.eventually(func() bool {
+		st, err := e.r.DeliveryStatus(context.Background())
+		return err == nil && st.InFlight == 0 && st.Backlog == 0
+	}, "queued deliveries are not delivered")
 }
 
 // circuit returns the breaker state of host.

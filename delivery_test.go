@@ -785,7 +785,7 @@ func TestChunkedFanOutsOfOneObject(t *testing.T) {
 	})
 	require.NoError(t, err)
 	assert.Equal(t, http.StatusAccepted, chunkedRace(t, e, in, createDoc(in[0], "alice", "raced"), in[1], boost))
-	e.settled()
+	e.drained()
 	for _, i := range in[1:] {
 		assert.Len(t, announcesOf(i, objectID), 1, i.Host())
 	}
@@ -799,7 +799,7 @@ func TestChunkedFanOutRepeated(t *testing.T) {
 	in := e.subscribed("a.test", "b.test", "c.test", "d.test", "e.test")
 	body := createDoc(in[0], "alice", "twice")
 	assert.Equal(t, http.StatusAccepted, chunkedRace(t, e, in, body, in[0], body))
-	e.settled()
+	e.drained()
 	objectID := in[0].ActorID("alice") + "/statuses/twice"
 	for _, i := range in[1:] {
 		assert.Len(t, announcesOf(i, objectID), 1, i.Host())

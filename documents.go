@@ -265,7 +265,8 @@ var ErrNodeInfoVersion = errors.New("relay: unknown NodeInfo version")
 // "2.1", as Relay.Handler serves it: software fedirelay, the accepted
 // subscribers as users, openRegistrations false when
 // Config.ApprovalRequired, Name and Summary as metadata nodeName and
-// nodeDescription. It reads the subscribers from the store: an error
+// nodeDescription, the policy metadata (see nodeInfoPolicies) and the
+// topics. It reads the subscribers from the store: an error
 // reading them is returned with the document, whose user counts are then
 // 0. A server that describes the host in its own NodeInfo can take
 // fields from it (marshal it with encoding/json; Metadata may be changed,
@@ -285,6 +286,7 @@ func (r *Relay) NodeInfo(ctx context.Context, version string) (NodeInfoDocument,
 	if r.cfg.Summary != "" {
 		n.Metadata["nodeDescription"] = r.cfg.Summary
 	}
+	r.nodeInfoPolicies(ctx, n.Metadata)
 	r.addTopicsNodeInfo(n.Metadata)
 	subs, err := r.store.ListSubscribers(ctx, store.SubscriberFilter{State: store.StateAccepted})
 	if err != nil {
@@ -395,14 +397,18 @@ func withPublished(doc []byte, t time.Time) []byte {
 
 // followReply builds the Accept or Reject of a Follow, embedding the whole
 // Follow with its id byte-identical (Misskey and old Mastodon require the
-// embedded form; Pleroma requires the actor to be the followed actor).
-func (r *Relay) followReply(typ vocab.ActivityVocabularyType, followID, follower, followed string) ([]byte, string, error) {
+// embedded form; Pleroma requires the actor to be the followed actor). A
+// reason, if not empty, is sent as the reply's summary.
+func (r *Relay) followReply(typ vocab.ActivityVocabularyType, followID, follower, followed, reason string) ([]byte, string, error) {
 	follow := vocab.FollowNew(vocab.ID(followID), vocab.IRI(followed))
 	follow.Actor = vocab.IRI(follower)
 	id := r.newID()
 	reply := vocab.ActivityNew(vocab.ID(id), typ, follow)
 	reply.Actor = vocab.IRI(r.actorID)
 	reply.To = vocab.ItemCollection{vocab.IRI(follower)}
+	if reason != "" {
+		reply.Summary = vocab.DefaultNaturalLanguageValue(reason)
+	}
 	b, err := marshalDoc(reply, false)
 	return b, id, err
 }
@@ -467,4 +473,36 @@ func (r *Relay) undoRelayedAnnounce(undo *envelope, objectID string) ([]byte, st
 	u.CC = vocab.ItemCollection{vocab.IRI(r.actorID + "/followers")}
 	b, err := marshalDoc(u, false)
 	return b, id, err
+}
+
+// nodeInfoPolicies adds to NodeInfo metadata what the relay publishes of
+// its policies: "approval_required" (as ActivityRelay names it) unless
+// Config.HideApprovalRequired, and unless Config.HideBlocks the domains
+// the run-time block list blocks or silences, "blocks" (as AodeRelay
+// names it), with their public reasons in "block_reasons" (domain to
+// reason, for those that have one). Config.BlockedDomains are not
+// published.
+func (r *Relay) nodeInfoPolicies(ctx context.Context, meta map[string]any) {
+	if !r.cfg.HideApprovalRequired {
+		meta["approval_required"] = r.approvalRequired()
+	}
+	if r.cfg.HideBlocks {
+		return
+	}
+	blocks, err := r.readBlocked(ctx)
+	if err != nil {
+		r.log.Error("relay: nodeinfo: reading the block list", "err", err)
+		return
+	}
+	domains, reasons := []string{}, map[string]string{}
+	for _, b := range blocks {
+		if b.Severity == SeverityNoop {
+			continue
+		}
+		domains = append(domains, b.Domain)
+		if b.Reason != "" {
+			reasons[b.Domain] = b.Reason
+		}
+	}
+	meta["blocks"], meta["block_reasons"] = domains, reasons
 }

@@ -1,6 +1,7 @@
 package relay_test
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -26,6 +27,7 @@ func FuzzWebFinger(f *testing.F) {
 	}
 	r, err := relay.New(relay.Config{BaseURL: "https://relay.example:8443", Logger: quietLogger()})
 	require.NoError(f, err)
+	f.Cleanup(func() { _ = r.Close(context.Background()) }) // its account is free for the next run (-count)
 	h := r.Handler()
 	accepted := map[string]bool{
 		"acct:relay@relay.example": true, "acct:relay@relay.example:8443": true,

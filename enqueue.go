@@ -1,7 +1,8 @@
 package relay
 
 // Storing a fan-out: the deliveries of one activity, with the
-// deduplication marks that guard them, in one store change or in chunks.
+// deduplication marks that guard them, in one store change or in chunks,
+// within each host's backlog bound.
 
 import (
 	"context"
@@ -26,6 +27,12 @@ type batch struct {
 }
 
 func newBatch(r *Relay) *batch { return &batch{r: r, seen: map[string]bool{}} }
+
+// payloadID names a payload by its content.
+func payloadID(body []byte) string {
+	sum := sha256.Sum256(body)
+	return hex.EncodeToString(sum[:16])
+}
 
 // add queues p for inbox. The delivery id is derived from the payload and
 // the inbox's deduplication key (inboxKey), so queueing the same thing
@@ -52,6 +59,26 @@ func (b *batch) add(p store.Payload, inbox, subscriber, activityType string) {
 		NotBefore:    now,
 		Created:      now,
 	})
+}
+
+// addAs queues p for inbox, signed by actor (see signerFor), for no
+// subscriber of the relay actor.
+func (b *batch) addAs(p store.Payload, inbox, actor, activityType string) {
+	n := len(b.deliveries)
+	b.add(p, inbox, "", activityType)
+	if len(b.deliveries) > n {
+		b.deliveries[n].Signer = actor
+	}
+}
+
+// servesInbox reports whether the batch sends anything to inbox.
+func (b *batch) servesInbox(inbox string) bool {
+	for _, p := range b.payloads {
+		if b.seen[inbox+" "+p.ID] {
+			return true
+		}
+	}
+	return false
 }
 
 // enqueueChunk is the most deliveries one store change holds: a larger
@@ -193,3 +220,58 @@ func checkOnly(marks []store.Mark) []store.Mark {
 	}
 	return out
 }
+
+// bound keeps the backlog of the hosts that ds were queued for within
+// Config.MaxHostBacklog by shedding their oldest unleased Creates and
+// Announces (Update, Delete, Move and subscription messages are kept). It
+// counts a host's deliveries only when an upper estimate of its backlog
+// (the last count plus what was queued since) is over the bound, so it
+// costs the store nothing most of the time. On a store shared with other
+// processes (a store.Notifier), whose queueing this one does not see, it
+// also counts whenever this process queued another eighth of the bound
+// for the host since its last count, so that N processes overshoot the
+// bound by at most N/8 of it. Failures are logged: the deliveries are
+// stored whatever happens here.
+func (q *deliveryQueue) bound(ctx context.Context, ds []store.Delivery) {
+	limit := q.r.cfg.MaxHostBacklog
+	if limit <= 0 {
+		return
+	}
+	_, shared := q.r.baseStore().(store.Notifier)
+	var over []string
+	q.mu.Lock()
+	for _, d := range ds {
+		q.backlog[d.Host]++
+		if shared {
+			q.added[d.Host]++
+		}
+		due := q.backlog[d.Host] > limit || shared && q.added[d.Host] >= max(limit/8, 1)
+		if due && !slices.Contains(over, d.Host) {
+			over = append(over, d.Host)
+		}
+	}
+	q.mu.Unlock()
+	for _, h := range over {
+		n, err := q.r.store.CountDeliveries(ctx, store.DeliveryFilter{Host: h})
+		if err == nil && n > limit {
+			var shed int
+			shed, err = q.r.store.ShedDeliveries(ctx, h, limit, sheddable)
+			if shed > 0 {
+				q.r.events.Dropped("shed", shed)
+				q.r.log.Warn("relay: host backlog over its bound, shed oldest posts", "host", h, "backlog", n, "shed", shed)
+			}
+			n -= shed
+		}
+		if err != nil {
+			q.r.log.Error("relay: bounding host backlog", "host", h, "err", err)
+			continue
+		}
+		q.mu.Lock()
+		q.backlog[h] = n
+		delete(q.added, h)
+		q.mu.Unlock()
+	}
+}
+
+// sheddable are the activity types dropped first from a full host backlog.
+var sheddable = []string{"Create", "Announce"}

@@ -201,8 +201,9 @@ const (
 )
 
 // maxIdleConns bounds the idle connections the default transport keeps for
-// reuse. It is well above the number of deliveries in flight (Config.Workers,
-// 16 × GOMAXPROCS by default), so steady fan-out to a few hundred hosts
+// reuse. It is well above the number of deliveries in flight
+// (Config.Workers + Config.SlowHostWorkers, 160 by default), so steady
+// fan-out to a few hundred hosts
 // reuses its connections, while a relay with thousands of subscribed hosts
 // does not keep one open to each (1,000 idle connections held ≈ 25 MB).
 const maxIdleConns = 256

@@ -230,7 +230,7 @@ func TestRefusalLasts(t *testing.T) {
 		s, err := r.Subscriber(ctx, actor)
 		require.NoError(t, err)
 		assert.Equal(t, store.StateRejected, s.State)
-		assert.Equal(t, "spam", s.Note)
+		assert.Equal(t, "spam", s.Reason)
 	}
 	refusedAgain()
 	require.NoError(t, sub.Unsubscribe(ctx, r.InboxURL()))

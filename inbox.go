@@ -66,6 +66,7 @@ func (r *Relay) serveInbox(w http.ResponseWriter, req *http.Request) {
 // checks come first: size, signature syntax, digest and date need neither
 // JSON parsing nor network.
 func (r *Relay) receive(ctx context.Context, w http.ResponseWriter, req *http.Request) error {
+	inboxTopic := r.topicOfInboxPath(req.URL.EscapedPath()) // "" at the relay actor's inbox
 	limit := r.cfg.MaxBodyBytes
 	if req.ContentLength > limit {
 		return refuse(http.StatusRequestEntityTooLarge, "body of %d bytes is over the %d-byte limit", req.ContentLength, limit)
@@ -100,7 +101,7 @@ func (r *Relay) receive(ctx context.Context, w http.ResponseWriter, req *http.Re
 		return refuse(http.StatusBadRequest, "%v", err)
 	}
 	env.rfc9421 = sig.rfc9421()
-	env.inboxTopic = r.topicOfInboxPath(req.URL.EscapedPath())
+	env.inboxTopic = inboxTopic
 	if env.Actor == r.actorID || keyID == r.keyID || r.topicOfActor(env.Actor) != "" || r.topicOfActor(stripFragment(keyID)) != "" {
 		// An echo of the relay's own activity (a loop through another
 		// relay), or a forgery: either way there is nothing to do, and the
@@ -157,9 +158,10 @@ func (r *Relay) receive(ctx context.Context, w http.ResponseWriter, req *http.Re
 
 // relayActivity accepts a public activity from a subscriber and queues it
 // for every other accepted subscriber before answering: admitSender (who
-// may send), filterActivity (what may be relayed), then fanOut
-// (selectRecipients: who gets it by content, topics and budgets; then in
-// which form, stored before the answer).
+// may send), receiveOnly (whether what it sends is relayed at all),
+// filterActivity (what may be relayed), then fanOut (selectRecipients: who
+// gets it by content, topics and budgets; then in which form, stored
+// before the answer).
 func (r *Relay) relayActivity(ctx context.Context, env *envelope, body []byte, signer *remoteActor) error {
 	sender, senders, err := r.admitSender(ctx, env, signer)
 	if err != nil {
@@ -176,6 +178,9 @@ func (r *Relay) relayActivity(ctx context.Context, env *envelope, body []byte, s
 				return err
 			}
 		}
+	}
+	if r.receiveOnly(sender) {
+		return accepted("the sender is receive-only: what it sends is not relayed")
 	}
 	rel, err := r.filterActivity(ctx, env, body, signer, sender, senders)
 	if err != nil {

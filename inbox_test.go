@@ -216,7 +216,7 @@ func TestManualApproval(t *testing.T) {
 	s, err := r.Subscriber(ctx, pleroma.RelayActorID())
 	require.NoError(t, err)
 	assert.Equal(t, store.StateRejected, s.State)
-	assert.Equal(t, "not this time", s.Note)
+	assert.Equal(t, "not this time", s.Reason)
 	assert.Empty(t, pleroma.Followers(), "no follow-back for a refused subscriber")
 
 	// Details are changeable through the Go API.

@@ -14,26 +14,31 @@ import (
 )
 
 // blockedDomainsValue is the store value that holds the domains blocked at
-// run time (BlockDomain), as {"domains": [...]}. It travels with backups
+// run time (BlockDomain, BlockDomains), as {"domains": [...], "blocks":
+// [...]}: domains lists the blocking entries (earlier versions stored only
+// it), blocks every entry with its details. It travels with backups
 // (store.Export) like every value.
 const blockedDomainsValue = "relay/blocked-domains"
 
 // policyRefresh is how often a started relay reads the run-time block list
-// from the store again, so that relays sharing one store see each other's
-// changes.
+// (and allowlist) from the store again, so that relays sharing one store
+// see each other's changes.
 const policyRefresh = time.Minute
 
 type blockedDomainsDoc struct {
-	Domains []string `json:"domains"`
+	Domains []string      `json:"domains"`
+	Blocks  []DomainBlock `json:"blocks,omitempty"`
 }
 
 // blockList is the guard's set of blocked domains: Config.BlockedDomains,
 // fixed, together with the run-time list, which set replaces as a whole.
-// Lookups see one set, the union of both. It is safe for concurrent use; a
-// nil *blockList blocks nothing.
+// Lookups see one set, the union of both. silenced holds the run-time
+// entries of severity silence. It is safe for concurrent use; a nil
+// *blockList blocks nothing.
 type blockList struct {
-	static []string // Config.BlockedDomains
-	all    atomic.Pointer[domainSet]
+	static   []string // Config.BlockedDomains
+	all      atomic.Pointer[domainSet]
+	silenced atomic.Pointer[domainSet]
 }
 
 func newBlockList(domains []string) *blockList {
@@ -43,9 +48,20 @@ func newBlockList(domains []string) *blockList {
 }
 
 // set replaces the run-time list.
-func (b *blockList) set(domains []string) {
-	s := newDomainSet(append(slices.Clip(b.static), domains...))
-	b.all.Store(&s)
+func (b *blockList) set(blocks []DomainBlock) {
+	var blocking, silenced []string
+	for _, e := range blocks {
+		switch e.Severity.effective() {
+		case SeveritySuspend:
+			blocking = append(blocking, e.Domain)
+		case SeveritySilence:
+			silenced = append(silenced, e.Domain)
+		}
+	}
+	all := newDomainSet(append(slices.Clip(b.static), blocking...))
+	b.all.Store(&all)
+	sil := newDomainSet(silenced)
+	b.silenced.Store(&sil)
 }
 
 // contains reports whether host (with or without a port) is on a blocked
@@ -59,10 +75,41 @@ func (b *blockList) blockedURL(rawURL string) bool {
 	return b != nil && b.all.Load().blockedURL(rawURL)
 }
 
+// isSilenced reports whether host is on a domain blocked with severity
+// silence: its subscribers receive, and what they send is not relayed.
+func (b *blockList) isSilenced(host string) bool {
+	return b != nil && b.silenced.Load().contains(host)
+}
+
+// endSubscriptionsOn ends every subscription on domains or their
+// subdomains. The list is installed before subscriptions are looked for,
+// and a Follow being stored checks it again (handleFollow), so no
+// subscription on a domain blocked before the call outlives it.
+func (r *Relay) endSubscriptionsOn(ctx context.Context, domains []string) error {
+	if len(domains) == 0 {
+		return nil
+	}
+	only := newDomainSet(domains)
+	subs, err := r.store.ListSubscribers(ctx, store.SubscriberFilter{})
+	if err != nil {
+		return err
+	}
+	for i := range subs {
+		s := &subs[i]
+		if only.contains(s.Host) || only.blockedURL(s.ActorID) || only.blockedURL(s.Inbox) || only.blockedURL(s.SharedInbox) {
+			if err := r.removeSubscriber(ctx, s, nil); err != nil {
+				return err
+			}
+			r.log.Info("subscription ended: domain blocked", "actor", s.ActorID, "host", s.Host)
+		}
+	}
+	return nil
+}
+
 // reloadBlocked reads the stored list and installs it, under policyMu so
 // that a change being made through this Relay is never replaced by the
 // list read before it.
-func (r *Relay) reloadBlocked(ctx context.Context) ([]string, error) {
+func (r *Relay) reloadBlocked(ctx context.Context) ([]DomainBlock, error) {
 	r.policyMu.Lock()
 	defer r.policyMu.Unlock()
 	list, err := r.readBlocked(ctx)
@@ -76,14 +123,14 @@ func (r *Relay) reloadBlocked(ctx context.Context) ([]string, error) {
 // checkDomain normalises domain and refuses what cannot be a host name.
 func checkDomain(domain string) (string, error) {
 	d := normalizeDomain(domain)
-	if d == "" || len(d) > 253 || strings.ContainsAny(d, " /@?#\t\r\n") {
+	if d == "" || len(d) > 253 || strings.ContainsAny(d, " /@?#,\t\r\n") {
 		return "", fmt.Errorf("relay: %q is not a domain name", domain)
 	}
 	return d, nil
 }
 
 // changeBlocked applies change to the stored list and installs the result.
-func (r *Relay) changeBlocked(ctx context.Context, change func([]string) []string) error {
+func (r *Relay) changeBlocked(ctx context.Context, change func([]DomainBlock) []DomainBlock) error {
 	r.policyMu.Lock()
 	defer r.policyMu.Unlock()
 	list, err := r.readBlocked(ctx)
@@ -91,8 +138,14 @@ func (r *Relay) changeBlocked(ctx context.Context, change func([]string) []strin
 		return err
 	}
 	list = change(list)
-	slices.Sort(list)
-	b, err := json.Marshal(blockedDomainsDoc{Domains: list})
+	slices.SortFunc(list, func(a, b DomainBlock) int { return strings.Compare(a.Domain, b.Domain) })
+	doc := blockedDomainsDoc{Domains: []string{}, Blocks: list}
+	for _, b := range list {
+		if b.Severity == SeveritySuspend {
+			doc.Domains = append(doc.Domains, b.Domain)
+		}
+	}
+	b, err := json.Marshal(doc)
 	if err != nil {
 		return err
 	}
@@ -103,11 +156,11 @@ func (r *Relay) changeBlocked(ctx context.Context, change func([]string) []strin
 	return nil
 }
 
-// readBlocked reads the stored run-time block list.
-func (r *Relay) readBlocked(ctx context.Context) ([]string, error) {
+// readBlocked reads the stored run-time block list, sorted by domain.
+func (r *Relay) readBlocked(ctx context.Context) ([]DomainBlock, error) {
 	b, err := r.store.GetValue(ctx, blockedDomainsValue)
 	if errors.Is(err, store.ErrNotFound) {
-		return []string{}, nil
+		return []DomainBlock{}, nil
 	}
 	if err != nil {
 		return nil, err
@@ -116,14 +169,21 @@ func (r *Relay) readBlocked(ctx context.Context) ([]string, error) {
 	if err := json.Unmarshal(b, &doc); err != nil {
 		return nil, fmt.Errorf("relay: store value %s: %w", blockedDomainsValue, err)
 	}
-	list := make([]string, 0, len(doc.Domains))
-	for _, d := range doc.Domains {
-		if d = normalizeDomain(d); d != "" {
-			list = append(list, d)
+	entries := doc.Blocks
+	if entries == nil { // written by an earlier version: domains only
+		for _, d := range doc.Domains {
+			entries = append(entries, DomainBlock{Domain: d})
 		}
 	}
-	slices.Sort(list)
-	return slices.Compact(list), nil
+	list := make([]DomainBlock, 0, len(entries))
+	for _, e := range entries {
+		if e.Domain = normalizeDomain(e.Domain); e.Domain != "" {
+			e.Severity = e.Severity.effective()
+			list = append(list, e)
+		}
+	}
+	slices.SortFunc(list, func(a, b DomainBlock) int { return strings.Compare(a.Domain, b.Domain) })
+	return slices.CompactFunc(list, func(a, b DomainBlock) bool { return a.Domain == b.Domain }), nil
 }
 
 // refreshPolicies reads the run-time block list again every policyRefresh
@@ -149,6 +209,9 @@ func (r *Relay) refreshPolicies() {
 		}
 		if err := r.loadTopics(ctx); err != nil && !errors.Is(err, store.ErrClosed) {
 			r.log.Warn("cannot read the topic followers", "err", err)
+		}
+		if _, err := r.reloadAllowed(ctx); err != nil && !errors.Is(err, store.ErrClosed) {
+			r.log.Warn("cannot read the allowlist", "err", err)
 		}
 		cancel()
 	}

@@ -51,7 +51,6 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
-	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -108,7 +107,8 @@ type FollowRequest struct {
 }
 
 // FollowPolicy decides what happens to a subscription request. It returns
-// a decision and, for a rejection, a reason kept in the subscriber's Note.
+// a decision and, for a rejection, a reason kept in the subscriber's Reason
+// and sent with the Reject.
 // It is called from the inbox handler and must return quickly.
 type FollowPolicy func(ctx context.Context, req FollowRequest) (Decision, string)
 
@@ -176,18 +176,45 @@ type Config struct {
 	// not lock out known senders. Default 1 hour.
 	KeyCacheTTL time.Duration
 
-	// Workers is the number of deliveries in flight at once; they wait on
-	// the network concurrently while signing uses every core. Default
-	// 16 × GOMAXPROCS. PerHostWorkers caps the deliveries in flight to one
-	// host so a slow host cannot take them all. Default 4. Both are per
-	// relay process: N processes sharing a store send up to N ×
-	// PerHostWorkers requests to one host at once (see docs/operating.md).
+	// Workers bounds the deliveries in flight at once to hosts that are not
+	// slow (leased, being signed, or waiting for their answer). Signing is
+	// separate: at most GOMAXPROCS deliveries are signed at once, and a
+	// delivery waiting on the network holds no signing capacity, so
+	// Workers can be large; each costs a goroutine, a request and
+	// possibly a connection. Default 128.
+	//
+	// PerHostWorkers caps the deliveries in flight to one host (a slow host
+	// gets 1, see SlowHostWorkers), so that a small instance never gets
+	// more than a few concurrent requests. Default 4.
+	//
+	// Workers, PerHostWorkers and SlowHostWorkers are per relay process: N
+	// processes sharing a store send up to N × PerHostWorkers requests to
+	// one host at once (see docs/operating.md).
 	Workers        int
 	PerHostWorkers int
 
+	// SlowHostWorkers bounds the deliveries in flight to slow hosts, all
+	// together, in addition to Workers (so memory stays bounded by
+	// Workers + SlowHostWorkers requests, and hosts that answer always
+	// have Workers). A host is slow from when one of its requests times
+	// out or has waited MinRequestTimeout for its answer until it answers
+	// again; it gets one delivery at a time. While slow hosts hold more
+	// than SlowHostWorkers deliveries, their requests waiting longer than
+	// MinRequestTimeout are timed out, oldest first. Default Workers / 4.
+	SlowHostWorkers int
+
 	// RequestTimeout bounds each outbound request, from dialling to the end
 	// of the response. Default 30 seconds.
-	RequestTimeout time.Duration
+	//
+	// A host whose request times out gets half its previous timeout for
+	// the next, down to MinRequestTimeout, until it answers (any HTTP
+	// status), which gives it RequestTimeout again. Timeouts count as
+	// failures for the circuit breaker (BreakerThreshold), and a half-open
+	// breaker's probe always gets the whole RequestTimeout, so a host that
+	// is slow but alive can recover. MinRequestTimeout defaults to 5
+	// seconds, or RequestTimeout if that is shorter.
+	RequestTimeout    time.Duration
+	MinRequestTimeout time.Duration
 
 	// LeaseDuration is how long a delivery this relay leased from the
 	// store stays reserved for it. When a relay process dies, the others
@@ -195,7 +222,8 @@ type Config struct {
 	// a lease that ends while its delivery is still being attempted or
 	// waits for its host lets another process send it too (at least
 	// once). Default 10 × RequestTimeout + 1 minute, far longer than an
-	// attempt plus its wait behind the host's other deliveries.
+	// attempt (with its wait for a signer) plus its wait behind the host's
+	// other deliveries.
 	LeaseDuration time.Duration
 
 	// RetryBackoff is the delay before the first retry of a failed
@@ -379,6 +407,19 @@ type Config struct {
 	// Store's key, generating and storing one on first use.
 	PrivateKeyPEM []byte
 
+	// Rules are the built-in rules for subscription requests (allowlist
+	// mode, software and actor type policies), checked before
+	// FollowPolicy. The zero value refuses nothing.
+	Rules SubscriptionRules
+
+	// HideBlocks keeps the run-time block list out of NodeInfo, which by
+	// default publishes its blocking domains with their public reasons
+	// (metadata "blocks" and "block_reasons"). HideApprovalRequired keeps
+	// out metadata "approval_required", which says whether subscription
+	// requests wait for the operator.
+	HideBlocks           bool
+	HideApprovalRequired bool
+
 	// Events receives the relay's events, for metrics (see Observer and
 	// package metrics/promrelay). If nil, nothing is reported.
 	Events Observer
@@ -442,7 +483,8 @@ type Relay struct {
 	closeMu  sync.Mutex
 	inflight sync.WaitGroup // inbox requests being handled
 	bg       sync.WaitGroup // background loops other than delivery
-	policyMu sync.Mutex     // serialises changes of the run-time block list
+	policyMu sync.Mutex     // serialises changes of the run-time block list and allowlist
+	rules    *followRules   // Config.Rules and the allowlist
 
 	topics     topicRegistry     // topic followers (topics.go)
 	subFilters subscriberFilters // compiled subscriber filters (select.go)
@@ -538,6 +580,11 @@ func New(cfg Config) (*Relay, error) {
 		return nil, err
 	}
 	r.guard.blocked.set(blocked)
+	r.rules = newFollowRules(r, cfg.Rules)
+	r.policy = r.rules.policy(cfg.FollowPolicy)
+	if _, err := r.reloadAllowed(ctx); err != nil {
+		return nil, err
+	}
 	if err := r.loadTopics(ctx); err != nil {
 		return nil, err
 	}
@@ -588,14 +635,21 @@ func setDefaults(cfg *Config, base *url.URL) {
 		cfg.KeyCacheTTL = time.Hour
 	}
 	if cfg.Workers <= 0 {
-		cfg.Workers = 16 * runtime.GOMAXPROCS(0)
+		cfg.Workers = 128
 	}
 	if cfg.PerHostWorkers <= 0 {
 		cfg.PerHostWorkers = 4
 	}
+	if cfg.SlowHostWorkers <= 0 {
+		cfg.SlowHostWorkers = max(cfg.Workers/4, 1)
+	}
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = 30 * time.Second
 	}
+	if cfg.MinRequestTimeout <= 0 {
+		cfg.MinRequestTimeout = 5 * time.Second
+	}
+	cfg.MinRequestTimeout = min(cfg.MinRequestTimeout, cfg.RequestTimeout)
 	if cfg.LeaseDuration <= 0 {
 		cfg.LeaseDuration = 10*cfg.RequestTimeout + time.Minute
 	}

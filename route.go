@@ -1,7 +1,7 @@
 package relay
 
 // Routing: who gets an admitted activity, and in which form (the original
-// bytes, or an Announce by the relay).
+// bytes, or an Announce by the relay or by a topic actor).
 
 import (
 	"cmp"
@@ -9,8 +9,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"time"
 
 	"github.com/fedirelay/relay/store"
+	vocab "github.com/go-ap/activitypub"
 )
 
 // fanOut queues the activity for every accepted subscriber on another
@@ -108,11 +110,11 @@ func (r *Relay) fanOutBatch(env *envelope, body []byte, rel relayable, senderHos
 	b := newBatch(r)
 	for i := range subs {
 		s := &subs[i]
-		if s.Host == senderHost || sel.skips(i) || !sameOrigin(s.DeliveryInbox(), s.ActorID) {
+		if s.Host == senderHost || sel.skips(i) || !sameOrigin(s.DeliveryInbox(), s.ActorID) || !s.Receives() {
 			// Nothing goes back to the sender's host, nor to subscribers the
 			// content stage left out, nor to an inbox off
 			// the subscriber's origin (a subscription stored before
-			// handleFollow refused those).
+			// handleFollow refused those), nor to a send-only subscriber.
 			continue
 		}
 		switch formFor(s, env, wrapUnsigned) {
@@ -147,15 +149,61 @@ func (r *Relay) fanOutBatch(env *envelope, body []byte, rel relayable, senderHos
 	return b, nil
 }
 
+// addTopicDeliveries queues an activity for the topic followers selection
+// chose: one delivery per inbox, none to an inbox the relay actor's
+// fan-out serves, on the sender's host, on a blocked domain or off the
+// follower's origin. Instances
+// get the form formFor gives a subscriber of their protocol (the topic
+// actor's Announce instead of the relay's); persons get posts as the topic
+// actor's Announce, and Updates, Deletes and Moves as they are (their
+// servers apply them by LD signature).
+func (r *Relay) addTopicDeliveries(b *batch, env *envelope, rel relayable, senderHost string, sel *selection, announce, wrapUnsigned bool, verbatim store.Payload) error {
+	if sel == nil || len(sel.topics) == 0 {
+		return nil
+	}
+	announcements := map[string]store.Payload{}
+	for _, t := range sel.topics {
+		f := t.f
+		inbox := f.deliveryInbox()
+		if f.Host == senderHost || b.servesInbox(inbox) || r.guard.blocked.blockedURL(inbox) || !sameOrigin(inbox, f.Actor) {
+			continue
+		}
+		var form deliveryForm
+		switch f.Kind {
+		case followerMastodon:
+			form = formFor(&store.Subscriber{Protocol: store.ProtocolMastodon}, env, wrapUnsigned)
+		case followerLitePub:
+			form = formFor(&store.Subscriber{Protocol: store.ProtocolLitePub}, env, wrapUnsigned)
+		case followerPerson:
+			form = formVerbatim
+			if env.isPost() {
+				form = formAnnounce
+			}
+		}
+		switch form {
+		case formVerbatim:
+			b.addAs(verbatim, inbox, t.actor, env.Type)
+		case formAnnounce:
+			if !announce || rel.objectID == "" {
+				continue
+			}
+			p, ok := announcements[t.actor]
+			if !ok {
+				var err error
+				if p, err = r.topicAnnounce(t.actor, env, rel); err != nil {
+					return err
+				}
+				announcements[t.actor] = p
+			}
+			b.addAs(p, inbox, t.actor, env.Type)
+		}
+	}
+	return nil
+}
+
 // maxVerbatimBytes is the largest post forwarded verbatim: Misskey's inbox
 // body limit (64 KiB, protocol reference §5.2 and §8).
 const maxVerbatimBytes = 64 << 10
-
-// payloadID names a payload by its content.
-func payloadID(body []byte) string {
-	sum := sha256.Sum256(body)
-	return hex.EncodeToString(sum[:16])
-}
 
 // announceID returns the id of the relay's Announce of objectID made for
 // the incoming activity env, derived from the object for a post (the relay
@@ -170,6 +218,35 @@ func (r *Relay) announceID(env *envelope, objectID string) string {
 	}
 	sum := sha256.Sum256([]byte(source))
 	return r.base.String() + "/activities/announce-" + hex.EncodeToString(sum[:16])
+}
+
+// topicAnnounce builds the Announce of a post by a topic actor for the
+// incoming activity env, as relayedAnnounce builds the relay actor's (the
+// post's visibility kept, dated no earlier than the post), its id derived
+// from the topic actor and the relay's own Announce id, so a retried
+// fan-out sends the same Announce.
+func (r *Relay) topicAnnounce(actor string, env *envelope, rel relayable) (store.Payload, error) {
+	sum := sha256.Sum256([]byte(actor + " " + r.announceID(env, rel.objectID)))
+	id := r.base.String() + "/activities/announce-" + hex.EncodeToString(sum[:16])
+	a := vocab.AnnounceNew(vocab.ID(id), vocab.IRI(rel.objectID))
+	a.Actor = vocab.IRI(actor)
+	public, followers := vocab.ItemCollection{vocab.IRI(PublicCollection)}, vocab.ItemCollection{vocab.IRI(actor + "/followers")}
+	a.To, a.CC = public, followers
+	if rel.visibility == visibilityUnlisted {
+		a.To, a.CC = followers, public
+	}
+	b, err := marshalDoc(a, false)
+	if err != nil {
+		return store.Payload{}, err
+	}
+	now := r.now()
+	var believed []time.Time
+	for _, t := range []time.Time{env.Published, rel.objectPublished} {
+		if t.Sub(now) <= r.cfg.ClockSkew {
+			believed = append(believed, t)
+		}
+	}
+	return store.Payload{ID: payloadID([]byte(id)), Body: withPublished(b, announceTime(now, believed...))}, nil
 }
 
 // deliveryForm is the form in which a subscriber gets a relayed activity.

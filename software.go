@@ -102,16 +102,10 @@ func (r *Relay) discoverSoftware(ctx context.Context, actorID string) (string, e
 }
 
 // learnSoftware returns the software of actorID's server from its
-// NodeInfo (see discoverSoftware), waiting at most Config.KeyFetchTimeout,
-// or "" if it cannot be learnt: then the subscriber gets the forms every
-// server of its protocol applies.
+// NodeInfo (see discoverSoftware), remembered per host by the subscription
+// rules (see followRules.softwareOf, which the rules on software ask
+// first), or "" if it cannot be learnt: then the subscriber gets the forms
+// every server of its protocol applies.
 func (r *Relay) learnSoftware(ctx context.Context, actorID string) string {
-	ctx, cancel := context.WithTimeout(ctx, r.cfg.KeyFetchTimeout)
-	defer cancel()
-	name, err := r.discoverSoftware(ctx, actorID)
-	if err != nil {
-		r.log.Debug("relay: subscriber software unknown", "actor", actorID, "err", err)
-		return ""
-	}
-	return name
+	return r.rules.softwareOf(ctx, actorID)
 }

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"html/template"
 	"net/http"
-	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -121,13 +120,6 @@ func (r *Relay) topicPatterns() []string {
 	}
 	b := r.base.String()
 	return []string{b + "/tag/{hashtag}", b + "/language/{code}", b + "/instance/{host}"}
-}
-
-// approvalRequired reports whether subscriptions wait for the operator:
-// Config.ApprovalRequired, or a FollowPolicy that is ManualApproval.
-func (r *Relay) approvalRequired() bool {
-	return r.cfg.ApprovalRequired ||
-		reflect.ValueOf(r.cfg.FollowPolicy).Pointer() == reflect.ValueOf(ManualApproval).Pointer()
 }
 
 // serveIndex serves the status page at P/: JSON with ?format=json or

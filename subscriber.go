@@ -96,7 +96,7 @@ func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteA
 		case DecisionReject:
 			s.State = store.StateRejected
 			if reason != "" {
-				s.Note = reason
+				s.Reason = reason
 			}
 		default:
 			s.State = store.StatePending
@@ -124,7 +124,10 @@ func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteA
 	if s.State == store.StateAccepted && (!found || existing.State != store.StateAccepted) {
 		r.queue.stats.revive(s.ActorID)
 	}
-	r.log.Info("relay: subscription request", "actor", s.ActorID, "protocol", s.Protocol, "state", s.State)
+	r.log.Info("relay: subscription request", "actor", s.ActorID, "protocol", s.Protocol, "state", s.State, "reason", s.Reason)
+	if s.State == store.StatePending {
+		r.log.Info("relay: subscription request awaits approval", "actor", s.ActorID, "software", s.Software, "host", s.Host)
+	}
 	return r.sendDecision(ctx, &s, followBack)
 }
 
@@ -143,7 +146,7 @@ func (r *Relay) rejectForeignInbox(ctx context.Context, env *envelope, signer *r
 	if proto == store.ProtocolMastodon {
 		followed = PublicCollection
 	}
-	reply, _, err := r.followReply(vocab.RejectType, env.ID, env.Actor, followed)
+	reply, _, err := r.followReply(vocab.RejectType, env.ID, env.Actor, followed, "its inbox is not on its own server")
 	if err != nil {
 		return err
 	}
@@ -163,15 +166,15 @@ func (r *Relay) sendDecision(ctx context.Context, s *store.Subscriber, followBac
 	if s.Protocol == store.ProtocolMastodon {
 		followed = PublicCollection
 	}
-	typ := vocab.AcceptType
+	typ, reason := vocab.AcceptType, ""
 	switch s.State {
 	case store.StateAccepted:
 	case store.StateRejected:
-		typ = vocab.RejectType
+		typ, reason = vocab.RejectType, s.Reason
 	default:
 		return nil
 	}
-	reply, _, err := r.followReply(typ, s.FollowID, s.ActorID, followed)
+	reply, _, err := r.followReply(typ, s.FollowID, s.ActorID, followed, reason)
 	if err != nil {
 		return err
 	}

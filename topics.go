@@ -386,26 +386,6 @@ func (r *Relay) signerFor(actor string) *httpsig.Signer {
 	return &httpsig.Signer{KeyID: actor + "#main-key", Key: r.signer.Key}
 }
 
-// addAs queues p for inbox, signed by actor (see signerFor), for no
-// subscriber of the relay actor.
-func (b *batch) addAs(p store.Payload, inbox, actor, activityType string) {
-	n := len(b.deliveries)
-	b.add(p, inbox, "", activityType)
-	if len(b.deliveries) > n {
-		b.deliveries[n].Signer = actor
-	}
-}
-
-// servesInbox reports whether the batch sends anything to inbox.
-func (b *batch) servesInbox(inbox string) bool {
-	for _, p := range b.payloads {
-		if b.seen[inbox+" "+p.ID] {
-			return true
-		}
-	}
-	return false
-}
-
 // topicInboxGone ends the follows of topics delivered to inbox, which
 // answered 410 Gone to a topic actor's delivery.
 func (r *Relay) topicInboxGone(ctx context.Context, inbox string) {
@@ -875,90 +855,9 @@ func (r *Relay) actorUndoFollow(actor, followID, followed string) ([]byte, error
 	return marshalDoc(u, false)
 }
 
-// topicAnnounce builds the Announce of a post by a topic actor for the
-// incoming activity env, as relayedAnnounce builds the relay actor's (the
-// post's visibility kept, dated no earlier than the post), its id derived
-// from the topic actor and the relay's own Announce id, so a retried
-// fan-out sends the same Announce.
-func (r *Relay) topicAnnounce(actor string, env *envelope, rel relayable) (store.Payload, error) {
-	sum := sha256.Sum256([]byte(actor + " " + r.announceID(env, rel.objectID)))
-	id := r.base.String() + "/activities/announce-" + hex.EncodeToString(sum[:16])
-	a := vocab.AnnounceNew(vocab.ID(id), vocab.IRI(rel.objectID))
-	a.Actor = vocab.IRI(actor)
-	public, followers := vocab.ItemCollection{vocab.IRI(PublicCollection)}, vocab.ItemCollection{vocab.IRI(actor + "/followers")}
-	a.To, a.CC = public, followers
-	if rel.visibility == visibilityUnlisted {
-		a.To, a.CC = followers, public
-	}
-	b, err := marshalDoc(a, false)
-	if err != nil {
-		return store.Payload{}, err
-	}
-	now := r.now()
-	var believed []time.Time
-	for _, t := range []time.Time{env.Published, rel.objectPublished} {
-		if t.Sub(now) <= r.cfg.ClockSkew {
-			believed = append(believed, t)
-		}
-	}
-	return store.Payload{ID: payloadID([]byte(id)), Body: withPublished(b, announceTime(now, believed...))}, nil
-}
-
 // topicRecipient is one follower a post goes to, and the topic actor it
 // goes out as.
 type topicRecipient struct {
 	f     *TopicFollower
 	actor string
-}
-
-// addTopicDeliveries queues an activity for the topic followers selection
-// chose: one delivery per inbox, none to an inbox the relay actor's
-// fan-out serves, on the sender's host, on a blocked domain or off the
-// follower's origin. Instances
-// get the form formFor gives a subscriber of their protocol (the topic
-// actor's Announce instead of the relay's); persons get posts as the topic
-// actor's Announce, and Updates, Deletes and Moves as they are (their
-// servers apply them by LD signature).
-func (r *Relay) addTopicDeliveries(b *batch, env *envelope, rel relayable, senderHost string, sel *selection, announce, wrapUnsigned bool, verbatim store.Payload) error {
-	if sel == nil || len(sel.topics) == 0 {
-		return nil
-	}
-	announcements := map[string]store.Payload{}
-	for _, t := range sel.topics {
-		f := t.f
-		inbox := f.deliveryInbox()
-		if f.Host == senderHost || b.servesInbox(inbox) || r.guard.blocked.blockedURL(inbox) || !sameOrigin(inbox, f.Actor) {
-			continue
-		}
-		var form deliveryForm
-		switch f.Kind {
-		case followerMastodon:
-			form = formFor(&store.Subscriber{Protocol: store.ProtocolMastodon}, env, wrapUnsigned)
-		case followerLitePub:
-			form = formFor(&store.Subscriber{Protocol: store.ProtocolLitePub}, env, wrapUnsigned)
-		case followerPerson:
-			form = formVerbatim
-			if env.isPost() {
-				form = formAnnounce
-			}
-		}
-		switch form {
-		case formVerbatim:
-			b.addAs(verbatim, inbox, t.actor, env.Type)
-		case formAnnounce:
-			if !announce || rel.objectID == "" {
-				continue
-			}
-			p, ok := announcements[t.actor]
-			if !ok {
-				var err error
-				if p, err = r.topicAnnounce(t.actor, env, rel); err != nil {
-					return err
-				}
-				announcements[t.actor] = p
-			}
-			b.addAs(p, inbox, t.actor, env.Type)
-		}
-	}
-	return nil
 }

@@ -116,6 +116,50 @@ const (
 	ProtocolLitePub Protocol = "litepub"
 )
 
+// Mode is which way activities flow between the relay and a subscriber.
+type Mode string
+
+// Subscriber modes.
+const (
+	// ModeBoth (the zero value): the subscriber's posts are relayed and it
+	// receives the others'.
+	ModeBoth Mode = ""
+	// ModeReceiveOnly: the subscriber receives the others' posts, and its
+	// own are not relayed.
+	ModeReceiveOnly Mode = "receive-only"
+	// ModeSendOnly: the subscriber's posts are relayed, and it receives
+	// nothing.
+	ModeSendOnly Mode = "send-only"
+)
+
+// String returns the mode's name: "both", "receive-only" or "send-only".
+func (m Mode) String() string {
+	if m == ModeBoth {
+		return "both"
+	}
+	return string(m)
+}
+
+// ParseMode returns the mode named s ("both", "receive-only",
+// "send-only"; "" is "both"), or an error naming s.
+func ParseMode(s string) (Mode, error) {
+	switch Mode(s) {
+	case ModeBoth, "both":
+		return ModeBoth, nil
+	case ModeReceiveOnly, ModeSendOnly:
+		return Mode(s), nil
+	}
+	return "", fmt.Errorf("store: unknown mode %q (want both, receive-only or send-only)", s)
+}
+
+// Receives reports whether the subscriber is sent what others publish
+// (its mode is not ModeSendOnly).
+func (s *Subscriber) Receives() bool { return s.Mode != ModeSendOnly }
+
+// Publishes reports whether the subscriber's own activities are relayed
+// (its mode is not ModeReceiveOnly).
+func (s *Subscriber) Publishes() bool { return s.Mode != ModeReceiveOnly }
+
 // Subscriber is one subscription to the relay, keyed by the following
 // actor's id.
 type Subscriber struct {
@@ -145,8 +189,14 @@ type Subscriber struct {
 	// sends edits, deletions and un-boosts in the form that software
 	// applies. The operator may set it.
 	Software string `json:"software,omitempty"`
-	// Note is free text kept for the operator, such as a rejection reason.
+	// Note is free text kept for the operator: private, never sent.
 	Note string `json:"note,omitempty"`
+	// Reason is the public reason of a refusal, sent to the subscriber
+	// with its Reject.
+	Reason string `json:"reason,omitempty"`
+	// Mode says which way activities flow for the subscriber (ModeBoth,
+	// the zero value, ModeReceiveOnly or ModeSendOnly).
+	Mode Mode `json:"mode,omitempty"`
 	// SignatureScheme is how deliveries to the subscriber are signed:
 	// SignatureCavage (or "", the default) or SignatureRFC9421. The relay
 	// sets it to SignatureRFC9421 when it is empty and the subscriber signs

@@ -13,6 +13,7 @@
 //	go run ./examples/loadtest                          # K=200, M=50, as fast as possible
 //	go run ./examples/loadtest -k 50 -m 100 -rate 10    # latency at 10 posts/s
 //	go run ./examples/loadtest -scenario compare        # healthy vs one hanging + one failing subscriber
+//	go run ./examples/loadtest -scenario compare10 -k 100 -m 100 -rounds 3   # healthy vs ten hanging, three pairs
 //	go run ./examples/loadtest -scenario backlog -k 10000 -m 10 -per-host 10
 //
 // Scenarios:
@@ -21,9 +22,15 @@
 //	hang      one subscriber never answers (the relay's request timeout ends each attempt)
 //	fail500   one subscriber answers 500 to every delivery
 //	hangfail  both of the above
+//	hang10    ten subscribers never answer
 //	compare   normal, then hangfail: the others' deliveries/s with and without
+//	compare10 normal, then hang10
 //	backlog   every subscriber but the sender answers 503, so that all M × K
 //	          deliveries stay queued: reports the relay's peak RSS with that backlog
+//
+// Every scenario but backlog also reports the healthy subscribers'
+// deliveries per one-second window, from the first post until the last of
+// them arrived (while they had work): a window without any is a stall.
 //
 // Generating RSA keys is slow, so -keys keys (default 4) are generated in
 // parallel and shared: each simulated actor still has its own key id and
@@ -77,6 +84,7 @@ type options struct {
 	perHost   int
 	rate      float64
 	scenario  string
+	rounds    int
 	keys      int
 	signTime  time.Duration
 	timeout   time.Duration
@@ -94,7 +102,8 @@ func run(args []string) error {
 	fs.IntVar(&o.m, "m", 50, "number of public posts")
 	fs.IntVar(&o.perHost, "per-host", 1, "subscribers per simulated host (each with its own actor and inbox)")
 	fs.Float64Var(&o.rate, "rate", 0, "posts per second (0: as fast as the relay takes them)")
-	fs.StringVar(&o.scenario, "scenario", "normal", "normal, hang, fail500, hangfail, compare or backlog")
+	fs.StringVar(&o.scenario, "scenario", "normal", "normal, hang, fail500, hangfail, hang10, compare, compare10 or backlog")
+	fs.IntVar(&o.rounds, "rounds", 1, "compare scenarios: healthy and failure runs alternated this many times (pairs close in time share the machine's load)")
 	fs.IntVar(&o.keys, "keys", 4, "distinct RSA keys shared by the simulated actors")
 	fs.DurationVar(&o.signTime, "sign-time", 2*time.Second, "how long to measure the raw signing rate")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "bound on each scenario run")
@@ -103,19 +112,24 @@ func run(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if o.k < 2 || o.m < 1 || o.perHost < 1 || o.keys < 1 {
-		return errors.New("need -k >= 2, -m >= 1, -per-host >= 1, -keys >= 1")
+	if o.k < 2 || o.m < 1 || o.perHost < 1 || o.keys < 1 || o.rounds < 1 {
+		return errors.New("need -k >= 2, -m >= 1, -per-host >= 1, -keys >= 1, -rounds >= 1")
 	}
 	scenarios := []string{o.scenario}
 	switch o.scenario {
-	case "normal", "hang", "fail500", "hangfail", "backlog":
+	case "normal", "hang", "fail500", "hangfail", "hang10", "backlog":
 	case "compare":
-		scenarios = []string{"normal", "hangfail"}
+		scenarios = slices.Repeat([]string{"normal", "hangfail"}, o.rounds)
+	case "compare10":
+		scenarios = slices.Repeat([]string{"normal", "hang10"}, o.rounds)
 	default:
 		return fmt.Errorf("unknown -scenario %q", o.scenario)
 	}
 	if o.scenario != "normal" && o.scenario != "backlog" && o.k < 4 {
 		return errors.New("the failure scenarios need -k >= 4")
+	}
+	if slices.Contains(scenarios, "hang10") && (o.k-o.perHost) < 12 {
+		return errors.New("hang10 needs at least 12 subscribers outside the sender's host")
 	}
 
 	tmp, err := os.MkdirTemp("", "fedirelay-loadtest-")
@@ -159,11 +173,45 @@ func run(args []string) error {
 	for _, res := range results {
 		res.print(sig)
 	}
-	if len(results) == 2 && results[0].rate > 0 {
-		fmt.Printf("\nothers' deliveries/s with one hanging and one failing subscriber: %.0f vs %.0f healthy = %.1f %% change\n",
-			results[1].rate, results[0].rate, 100*(results[1].rate/results[0].rate-1))
+	if strings.HasPrefix(o.scenario, "compare") {
+		comparePairs(results)
 	}
 	return nil
+}
+
+// comparePairs prints the change in the healthy subscribers' deliveries/s
+// from each healthy run to the failure run that followed it, and their
+// median.
+func comparePairs(results []*result) {
+	what := map[string]string{"hangfail": "one hanging and one failing subscriber", "hang10": "ten hanging subscribers"}
+	var changes []float64
+	fmt.Println()
+	for i := 0; i+1 < len(results); i += 2 {
+		healthy, bad := results[i], results[i+1]
+		if healthy.rate <= 0 {
+			continue
+		}
+		change := 100 * (bad.rate/healthy.rate - 1)
+		changes = append(changes, change)
+		fmt.Printf("others' deliveries/s with %s: %.0f vs %.0f healthy = %+.1f %%; seconds without deliveries: %d vs %d; load average %s / %s\n",
+			what[bad.scenario], bad.rate, healthy.rate, change, bad.zeroWindows, healthy.zeroWindows, healthy.load, bad.load)
+	}
+	if len(changes) > 1 {
+		slices.Sort(changes)
+		n := len(changes)
+		median := (changes[(n-1)/2] + changes[n/2]) / 2
+		fmt.Printf("median change over %d pairs: %+.1f %% (from %+.1f to %+.1f %%)\n",
+			n, median, changes[0], changes[n-1])
+	}
+}
+
+// loadAverage returns the machine's 1-minute load average, as uptime shows it.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) > 0 {
+		return f[0]
+	}
+	return "?"
 }
 
 func moduleRoot() string {
@@ -265,10 +313,15 @@ type result struct {
 	peakRSS      int64         // bytes
 	backlog      int
 	postDuration time.Duration
+	// windows counts healthy deliveries per second from the first post
+	// to the last healthy arrival; zeroWindows those without any.
+	windows     []int
+	zeroWindows int
+	load        string // 1-minute load average before the run
 }
 
 func (res *result) print(sig signing) {
-	fmt.Printf("scenario %s: K=%d subscribers on %d hosts, M=%d posts\n", res.scenario, res.k, res.hosts, res.m)
+	fmt.Printf("scenario %s: K=%d subscribers on %d hosts, M=%d posts (load average %s)\n", res.scenario, res.k, res.hosts, res.m, res.load)
 	if res.scenario == "backlog" {
 		fmt.Printf("  queued deliveries (M × subscribers not on the sender's host): %d, posted in %v\n", res.backlog, res.postDuration.Round(time.Millisecond))
 		fmt.Printf("  relay peak RSS: %.1f MB\n", float64(res.peakRSS)/1e6)
@@ -287,6 +340,9 @@ func (res *result) print(sig signing) {
 			res.relayCPU.Seconds(), res.relayUser.Seconds(), res.relaySys.Seconds(), res.cpuDeliv, ms(per), float64(per)/float64(sig.cpuPerSig))
 	}
 	fmt.Printf("  relay peak RSS: %.1f MB\n", float64(res.peakRSS)/1e6)
+	if len(res.windows) > 0 {
+		fmt.Printf("  deliveries per second (%d windows, %d without any): %s\n", len(res.windows), res.zeroWindows, fmt.Sprint(res.windows))
+	}
 }
 
 // runScenario runs one scenario against a fresh relay process.
@@ -332,12 +388,24 @@ func runScenario(o options, scenario string, keys []*rsa.PrivateKey, tmp string)
 		healthy[0].mode.Store(modeHang)
 		healthy[1].mode.Store(mode500)
 		healthy = healthy[2:]
+	case "hang10":
+		// Spread over the fleet, not all first in the fan-out order.
+		step := len(healthy) / 10
+		var rest []*simActor
+		for i, a := range healthy {
+			if i%step == 0 && i/step < 10 {
+				a.mode.Store(modeHang)
+				continue
+			}
+			rest = append(rest, a)
+		}
+		healthy = rest
 	case "backlog":
 		for _, a := range healthy {
 			a.mode.Store(mode503)
 		}
 	}
-	res := &result{scenario: scenario, k: o.k, m: o.m, hosts: len(f.hosts)}
+	res := &result{scenario: scenario, k: o.k, m: o.m, hosts: len(f.hosts), load: loadAverage()}
 
 	fmt.Printf("posting %d activities ...\n", o.m)
 	user0, sys0, err := rp.cpuSplit()
@@ -397,16 +465,27 @@ func runScenario(o options, scenario string, keys []*rsa.PrivateKey, tmp string)
 
 	var lat []time.Duration
 	var last time.Time
+	var arrived []time.Time
 	for _, a := range healthy {
 		a.mu.Lock()
 		for _, arr := range a.arrivals {
 			lat = append(lat, arr.latency)
+			arrived = append(arrived, arr.at)
 			if arr.at.After(last) {
 				last = arr.at
 			}
 		}
 		res.dups += a.dups
 		a.mu.Unlock()
+	}
+	res.windows = make([]int, int(last.Sub(start)/time.Second)+1)
+	for _, at := range arrived {
+		res.windows[int(at.Sub(start)/time.Second)]++
+	}
+	for _, n := range res.windows {
+		if n == 0 {
+			res.zeroWindows++
+		}
 	}
 	res.got = len(lat)
 	slices.Sort(lat)

@@ -46,8 +46,8 @@ func TestCommandLineRefusedBeforeAnything(t *testing.T) {
 		want  string   // the whole first line of standard error
 		usage bool
 	}{
-		{"stray argument first", []string{"extra"}, `relay: unknown command "extra" (commands: export, import, filter, help; flags start with -; see relay help)`, false},
-		{"stray argument after flags", []string{"-name", "x", "extra", "-approval"}, `relay: unexpected argument "extra": flags go first, and commands (export, import, filter, help) before them`, false},
+		{"stray argument first", []string{"extra"}, `relay: unknown command "extra" (commands: ` + commandNames() + `; flags start with -; see relay help)`, false},
+		{"stray argument after flags", []string{"-name", "x", "extra", "-approval"}, `relay: unexpected argument "extra": flags go first, and commands (` + commandNames() + `) before them`, false},
 		{"bad -base-url", []string{"-base-url", "relay.example"}, `relay: -base-url must be an absolute http(s) URL: "relay.example"`, false},
 		{"-base-url with a query", []string{"-base-url", "https://relay.example/?a=b"}, `relay: -base-url must not have a query, fragment or user info: "https://relay.example/?a=b"`, false},
 		{"bad -allow-private", []string{"-allow-private", "127.0.0.0/8,localhost"}, `relay: -allow-private must be comma-separated address ranges such as 127.0.0.0/8 (or addresses): "localhost" is not one`, false},

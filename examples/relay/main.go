@@ -33,6 +33,15 @@
 //	relay export -data ./relay-data > backup.json
 //	relay import -data ./new-data < backup.json
 //
+// While it runs, the relay serves its admin API on the Unix socket
+// admin.sock in the data directory (mode 0600, so only its user may use
+// it), and, with -admin-addr, on TCP with the bearer token of
+// -admin-token-file. Commands act on the running relay through the
+// socket; relay help lists them, docs/operating.md explains each task:
+//
+//	relay subscribers -data ./relay-data -state pending
+//	relay approve -data ./relay-data https://example.social/actor
+//
 // The data directory should be private (mode 0700): the relay creates it
 // so, and warns at start when an existing one is open to other users. If
 // the store fails to write to disk (a full disk, an I/O error), the relay
@@ -54,6 +63,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -137,6 +147,8 @@ func init() {
 			return nil
 		}},
 	}
+	// The commands acting on the running relay (commands.go), before help.
+	commands = slices.Insert(commands, len(commands)-1, adminCommandList()...)
 }
 
 func backupCommand(name string) func([]string, io.Reader, io.Writer) error {
@@ -183,6 +195,10 @@ type config struct {
 	relay relay.Config
 	// warnings about the configuration, logged at start.
 	warnings []string
+	// admin holds the admin API flags (admin.go), adminToken the TCP admin
+	// API's bearer token read from -admin-token-file.
+	admin      *adminFlags
+	adminToken string
 }
 
 // flagNames maps the relay.Config fields set from flags to the flags.
@@ -213,6 +229,7 @@ func newServeFlags() (*flag.FlagSet, *config, *rawFlags) {
 	fs.StringVar(&raw.trustedProxies, "trusted-proxies", "", "address ranges of the reverse proxies in front of the relay (comma-separated CIDRs,\n"+
 		"e.g. 127.0.0.1/32): for their requests, logs show the client from X-Forwarded-For or Forwarded")
 	raw.applyTopics = addTopicFlags(fs)
+	c.admin = addAdminFlags(fs)
 	return fs, c, raw
 }
 
@@ -272,6 +289,10 @@ func (c *config) check(raw *rawFlags) error {
 	if err := raw.applyTopics(&c.relay); err != nil {
 		return usageErrorf("%v", err)
 	}
+	if c.adminToken, err = c.admin.token(); err != nil {
+		return usageErrorf("%v", err)
+	}
+	c.admin.apply(&c.relay)
 	c.relay.BaseURL = raw.baseURL
 	if c.relay.BaseURL == "" {
 		c.relay.BaseURL = defaultBaseURL(host, port)
@@ -377,7 +398,6 @@ func serve(c config, stdout io.Writer) error {
 		return err
 	}
 	metrics.Watch(r)
-	_ = observeHandler // mounted on the admin listener: observeHandler(r, metrics)
 	srv := newHTTPServer(r.Handler(), logger)
 	// Catch the signals before announcing that the relay listens, so that
 	// one sent right after the announcement stops it cleanly.
@@ -386,10 +406,17 @@ func serve(c config, stdout io.Writer) error {
 	if err := r.Start(); err != nil {
 		return err
 	}
+	adminSrv, err := startAdmin(r, c.dataDir, c.admin, c.adminToken, logger, observeHandler(r, metrics))
+	if err != nil {
+		_ = r.Close(context.Background())
+		return err
+	}
+	defer adminSrv.close(context.Background())
 	fmt.Fprintf(stdout, "fedirelay listening on http://%s\n", ln.Addr())
 	fmt.Fprintf(stdout, "  public URL  %s\n", cfg.BaseURL)
 	fmt.Fprintf(stdout, "  subscribe   Mastodon/Misskey inbox %s, Pleroma/Akkoma/GoToSocial actor %s\n", r.InboxURL(), r.ActorID())
 	fmt.Fprintf(stdout, "  state in    %s\n", st.where)
+	fmt.Fprintf(stdout, "  admin       relay subscribers -data %s   (relay help lists the commands)\n", c.dataDir)
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()

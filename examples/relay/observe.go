@@ -27,3 +27,14 @@ func observeHandler(r *relay.Relay, exp *promrelay.Exporter) http.Handler {
 	mux.Handle("GET /favicon.svg", operator)
 	return mux
 }
+
+// withObserve serves the routes of observe (see observeHandler) and
+// everything else (the admin API) with admin.
+func withObserve(admin, observe http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	for _, p := range []string{"GET /metrics", "GET /healthz", "GET /readyz", "GET /{$}", "GET /status.css", "GET /favicon.svg"} {
+		mux.Handle(p, observe)
+	}
+	mux.Handle("/", admin)
+	return mux
+}

@@ -29,6 +29,8 @@ func sampleSubscriber(actorID string) store.Subscriber {
 		FollowBackID:    "https://relay.example/follows/" + host,
 		FollowBackState: store.StatePending,
 		Note:            "note with ünïcode and \"quotes\"",
+		Reason:          "public reason",
+		Mode:            store.ModeReceiveOnly,
 		Filter:          `{"allow_tags":["cats"],"max_posts_per_hour":60}`,
 		CreatedAt:       t0.In(zone),
 		UpdatedAt:       at(time.Hour),
