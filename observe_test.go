@@ -112,7 +112,7 @@ func TestStatusPageNegotiates(t *testing.T) {
 	for _, rec := range []*httptest.ResponseRecorder{get("/sub/", ""), get("/sub/", "text/html"), get("/sub/?format=json", ""), get("/sub/", "application/json")} {
 		assert.NotContains(t, rec.Body.String(), "secret.example", "the public page hides pending requests")
 		assert.NotContains(t, rec.Body.String(), "private note")
-		assert.NotContains(t, rec.Body.String(), "spam.example", "blocked domains are not published by default")
+		assert.NotContains(t, rec.Body.String(), "spam.example", "Config.BlockedDomains are not published")
 	}
 
 	text := get("/sub/", "")
@@ -135,7 +135,7 @@ func TestStatusPageNegotiates(t *testing.T) {
 		assert.Equal(t, 1, doc.Subscribers)
 		assert.Equal(t, []relay.SoftwareCount{{Software: "mastodon", Count: 1}}, doc.BySoftware)
 		assert.Equal(t, 1, doc.BlockedCount)
-		assert.Empty(t, doc.BlockedDomains)
+		assert.Empty(t, doc.Blocks, "Config.BlockedDomains are not published")
 	}
 
 	css := get("/sub/status.css", "")
@@ -152,13 +152,14 @@ func TestStatusPageNegotiates(t *testing.T) {
 
 func TestStatusPagePublishesBlocksWhenAsked(t *testing.T) {
 	r, err := relay.New(relay.Config{BaseURL: "https://relay.example", Logger: quietLogger(),
-		BlockedDomains: []string{"spam.example"}, PublishBlocks: true})
+		BlockedDomains: []string{"spam.example"}})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = r.Close(context.Background()) })
-	require.NoError(t, r.BlockDomain(context.Background(), "bad.example"))
+	require.NoError(t, r.BlockDomains(context.Background(), relay.DomainBlock{Domain: "bad.example", Reason: "harassment", Note: "private"}))
 	st, err := r.PublicStatus(context.Background())
 	require.NoError(t, err)
-	assert.Equal(t, []string{"bad.example", "spam.example"}, st.BlockedDomains)
+	assert.Equal(t, []relay.PublicBlock{{Domain: "bad.example", Reason: "harassment"}}, st.Blocks)
+	assert.Equal(t, 2, st.BlockedCount)
 	assert.False(t, st.ApprovalRequired)
 }
 

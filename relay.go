@@ -423,11 +423,6 @@ type Config struct {
 	// Events receives the relay's events, for metrics (see Observer and
 	// package metrics/promrelay). If nil, nothing is reported.
 	Events Observer
-
-	// PublishBlocks lists the blocked domains (Config.BlockedDomains and
-	// the run-time block list) on the public status page. By default the
-	// page says only how many domains are blocked.
-	PublishBlocks bool
 }
 
 // Defaults of the Config fields that limit what the relay accepts.

@@ -42,7 +42,8 @@ const pageCSP = "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 
 
 // PublicStatus is what the public status page shows: only what the relay
 // publishes anyway (its name, description and URLs) and counts, plus the
-// blocked domains when Config.PublishBlocks is set. It never holds a
+// run-time block list with its public reasons, as NodeInfo publishes it
+// (unless Config.HideBlocks). It never holds a
 // subscriber's actor, a pending request or an operator's note.
 type PublicStatus struct {
 	Name             string          `json:"name"`
@@ -55,12 +56,19 @@ type PublicStatus struct {
 	BySoftware       []SoftwareCount `json:"subscribers_by_software"`
 	PostsLastHour    int64           `json:"posts_last_hour"`
 	BlockedCount     int             `json:"blocked_domains_count"`
-	BlockedDomains   []string        `json:"blocked_domains,omitempty"`
+	Blocks           []PublicBlock   `json:"blocks,omitempty"`
 	// Topics lists the topic actors' URL patterns (see Config.Topics),
 	// such as P/tag/{hashtag}; empty when topics are disabled.
 	Topics []string `json:"topics,omitempty"`
 	CSS    string   `json:"-"`
 	Icon   string   `json:"-"`
+}
+
+// PublicBlock is a blocked domain with its public reason (never the
+// operator's note).
+type PublicBlock struct {
+	Domain string `json:"domain"`
+	Reason string `json:"reason,omitempty"`
 }
 
 // SoftwareCount is the number of accepted subscribers running a software
@@ -99,17 +107,19 @@ func (r *Relay) PublicStatus(ctx context.Context) (PublicStatus, error) {
 	slices.SortFunc(st.BySoftware, func(a, b SoftwareCount) int {
 		return cmp.Or(b.Count-a.Count, strings.Compare(a.Software, b.Software))
 	})
-	blocked, err := r.BlockedDomains(ctx)
+	blocks, err := r.DomainBlocks(ctx)
 	if err != nil {
 		return st, err
 	}
-	all := slices.Concat(blocked, r.cfg.BlockedDomains)
-	slices.Sort(all)
-	all = slices.Compact(all)
-	st.BlockedCount = len(all)
-	if r.cfg.PublishBlocks {
-		st.BlockedDomains = all
+	all := slices.Clone(r.cfg.BlockedDomains)
+	for _, b := range blocks {
+		all = append(all, b.Domain)
+		if !r.cfg.HideBlocks {
+			st.Blocks = append(st.Blocks, PublicBlock{Domain: b.Domain, Reason: b.Reason})
+		}
 	}
+	slices.Sort(all)
+	st.BlockedCount = len(slices.Compact(all))
 	return st, nil
 }
 
