@@ -130,14 +130,7 @@ func parseEnvelope(body []byte) (*envelope, error) {
 	if e.Cc, err = idList(raw.Cc); err != nil {
 		return nil, fmt.Errorf("%w: cc: %v", errMalformed, err)
 	}
-	if len(raw.Published) > 0 && string(raw.Published) != "null" {
-		var s string
-		if json.Unmarshal(raw.Published, &s) == nil {
-			if t, err := time.Parse(time.RFC3339, s); err == nil {
-				e.Published = t
-			}
-		}
-	}
+	e.Published = parseTime(raw.Published)
 	e.LDSigned = hasLDSignature(raw.Signature) || hasProof(raw.Proof)
 	switch {
 	case e.Type == "":
@@ -368,23 +361,14 @@ func typeOf(m json.RawMessage) (string, error) {
 }
 
 // idList decodes addressing given as one IRI or an array of IRIs/objects.
+// Items without an id are left out.
 func idList(m json.RawMessage) ([]string, error) {
-	if len(m) == 0 || string(m) == "null" {
-		return nil, nil
-	}
-	if m[0] != '[' {
-		id, err := idOf(m)
-		if err != nil || id == "" {
-			return nil, err
-		}
-		return []string{id}, nil
-	}
-	var l []json.RawMessage
-	if err := json.Unmarshal(m, &l); err != nil {
+	items, err := oneOrMany(m)
+	if err != nil {
 		return nil, err
 	}
-	out := make([]string, 0, len(l))
-	for _, item := range l {
+	var out []string
+	for _, item := range items {
 		id, err := idOf(item)
 		if err != nil {
 			return nil, err
@@ -394,6 +378,23 @@ func idList(m json.RawMessage) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// oneOrMany returns the items of m when it is a JSON array, m itself as
+// the only item when it is any other value, and nothing when m is absent
+// or null. It fails only for an array that does not decode.
+func oneOrMany(m json.RawMessage) ([]json.RawMessage, error) {
+	if len(m) == 0 || string(m) == "null" {
+		return nil, nil
+	}
+	if m[0] != '[' {
+		return []json.RawMessage{m}, nil
+	}
+	var items []json.RawMessage
+	if err := json.Unmarshal(m, &items); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 // parseTime decodes an RFC 3339 time string (fractional seconds allowed),

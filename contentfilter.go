@@ -378,12 +378,7 @@ func (p *Post) readObject(doc []byte) error {
 	if id, err := idOf(o.InReplyTo); err == nil {
 		p.InReplyTo = id
 	}
-	var published string
-	if json.Unmarshal(o.Published, &published) == nil {
-		if t, err := time.Parse(time.RFC3339, published); err == nil {
-			p.Published = t
-		}
-	}
+	p.Published = parseTime(o.Published)
 	p.ObjectKnown = true
 	return nil
 }
@@ -391,16 +386,9 @@ func (p *Post) readObject(doc []byte) error {
 // readTags returns the normalised names of the Hashtag entries of a tag
 // property (one object or an array), without duplicates, sorted.
 func readTags(m json.RawMessage) []string {
-	if len(m) == 0 || string(m) == "null" {
+	list, err := oneOrMany(m)
+	if err != nil {
 		return nil
-	}
-	var list []json.RawMessage
-	if m[0] == '[' {
-		if json.Unmarshal(m, &list) != nil {
-			return nil
-		}
-	} else {
-		list = []json.RawMessage{m}
 	}
 	var tags []string
 	for _, item := range list {

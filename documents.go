@@ -435,22 +435,14 @@ func (r *Relay) undoFollowBack(followID, subscriber string) ([]byte, string, err
 	return b, id, err
 }
 
-// acctHost is the host part of the relay's acct: URI: BaseURL's host, with
-// its port unless that is the scheme's default.
+// acctHost is the host part of the relay's acct: URI: BaseURL's host in
+// canonical form (see canonicalHost), so without the scheme's default port;
+// BaseURL's host as given if it has no canonical form.
 func (r *Relay) acctHost() string {
-	return withoutDefaultPort(r.base.Scheme, r.base.Host)
-}
-
-// withoutDefaultPort returns host (host[:port]) without its port when that
-// is scheme's default (443 for https, 80 for http).
-func withoutDefaultPort(scheme, host string) string {
-	switch scheme {
-	case "https":
-		return strings.TrimSuffix(host, ":443")
-	case "http":
-		return strings.TrimSuffix(host, ":80")
+	if h, err := canonicalHost(r.base.Scheme, r.base.Host); err == nil {
+		return h
 	}
-	return host
+	return r.base.Host
 }
 
 // undoRelayedAnnounce builds the relay's Undo of its own Announce of

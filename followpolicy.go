@@ -6,16 +6,12 @@ package relay
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/fedirelay/relay/store"
 )
 
 // SubscriptionRules are the relay's built-in rules for subscription
@@ -165,11 +161,7 @@ func (r *Relay) changeAllowed(ctx context.Context, change func([]string) []strin
 	}
 	list = change(list)
 	slices.Sort(list)
-	b, err := json.Marshal(allowedDomainsDoc{Domains: list})
-	if err != nil {
-		return err
-	}
-	if err := r.store.PutValue(ctx, allowedDomainsValue, b); err != nil {
+	if err := r.writeJSONValue(ctx, allowedDomainsValue, allowedDomainsDoc{Domains: list}); err != nil {
 		return err
 	}
 	r.rules.setAllowed(list)
@@ -193,16 +185,9 @@ func (f *followRules) setAllowed(list []string) {
 }
 
 func (r *Relay) readAllowed(ctx context.Context) ([]string, error) {
-	b, err := r.store.GetValue(ctx, allowedDomainsValue)
-	if errors.Is(err, store.ErrNotFound) {
-		return []string{}, nil
-	}
-	if err != nil {
-		return nil, err
-	}
 	var doc allowedDomainsDoc
-	if err := json.Unmarshal(b, &doc); err != nil {
-		return nil, fmt.Errorf("relay: store value %s: %w", allowedDomainsValue, err)
+	if err := r.readJSONValue(ctx, allowedDomainsValue, &doc); err != nil {
+		return nil, err
 	}
 	list := []string{}
 	for _, d := range doc.Domains {

@@ -145,11 +145,7 @@ func (r *Relay) changeBlocked(ctx context.Context, change func([]DomainBlock) []
 			doc.Domains = append(doc.Domains, b.Domain)
 		}
 	}
-	b, err := json.Marshal(doc)
-	if err != nil {
-		return err
-	}
-	if err := r.store.PutValue(ctx, blockedDomainsValue, b); err != nil {
+	if err := r.writeJSONValue(ctx, blockedDomainsValue, doc); err != nil {
 		return err
 	}
 	r.guard.blocked.set(list)
@@ -158,16 +154,9 @@ func (r *Relay) changeBlocked(ctx context.Context, change func([]DomainBlock) []
 
 // readBlocked reads the stored run-time block list, sorted by domain.
 func (r *Relay) readBlocked(ctx context.Context) ([]DomainBlock, error) {
-	b, err := r.store.GetValue(ctx, blockedDomainsValue)
-	if errors.Is(err, store.ErrNotFound) {
-		return []DomainBlock{}, nil
-	}
-	if err != nil {
-		return nil, err
-	}
 	var doc blockedDomainsDoc
-	if err := json.Unmarshal(b, &doc); err != nil {
-		return nil, fmt.Errorf("relay: store value %s: %w", blockedDomainsValue, err)
+	if err := r.readJSONValue(ctx, blockedDomainsValue, &doc); err != nil {
+		return nil, err
 	}
 	entries := doc.Blocks
 	if entries == nil { // written by an earlier version: domains only
@@ -184,6 +173,32 @@ func (r *Relay) readBlocked(ctx context.Context) ([]DomainBlock, error) {
 	}
 	slices.SortFunc(list, func(a, b DomainBlock) int { return strings.Compare(a.Domain, b.Domain) })
 	return slices.CompactFunc(list, func(a, b DomainBlock) bool { return a.Domain == b.Domain }), nil
+}
+
+// readJSONValue decodes the JSON store value name into v, and leaves v
+// unchanged when there is no such value. It returns the store's error, or
+// an error naming the value when it does not decode.
+func (r *Relay) readJSONValue(ctx context.Context, name string, v any) error {
+	b, err := r.store.GetValue(ctx, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("relay: store value %s: %w", name, err)
+	}
+	return nil
+}
+
+// writeJSONValue stores v, encoded as JSON, as the store value name.
+func (r *Relay) writeJSONValue(ctx context.Context, name string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return r.store.PutValue(ctx, name, b)
 }
 
 // refreshPolicies reads the run-time block list again every policyRefresh

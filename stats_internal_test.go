@@ -26,6 +26,19 @@ func (s *reviveDuringUpdate) UpdateSubscriber(ctx context.Context, id string, fn
 	return s.Store.UpdateSubscriber(ctx, id, fn)
 }
 
+// dormantSubscriberStore returns a memory store holding one subscriber,
+// actor on b.test, dormant and failing since t0.
+func dormantSubscriberStore(t *testing.T, actor string, t0 time.Time) *memstore.Store {
+	t.Helper()
+	ms := memstore.New()
+	_, err := ms.UpdateSubscriber(context.Background(), actor, func(s *store.Subscriber, _ bool) error {
+		s.Host, s.State, s.FailingSince = "b.test", store.StateDormant, t0
+		return nil
+	})
+	require.NoError(t, err)
+	return ms
+}
+
 // A flush copies a subscriber's failure run, then writes it: a revive
 // between the two must not get its cleared FailingSince written back
 // (after a restart, the next failure would make the subscriber dormant
@@ -34,12 +47,7 @@ func TestStaleFailureRunNotWrittenOverRevive(t *testing.T) {
 	ctx := context.Background()
 	const actor = "https://b.test/actor"
 	t0 := time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
-	ms := memstore.New()
-	_, err := ms.UpdateSubscriber(ctx, actor, func(s *store.Subscriber, _ bool) error {
-		s.Host, s.State, s.FailingSince = "b.test", store.StateDormant, t0
-		return nil
-	})
-	require.NoError(t, err)
+	ms := dormantSubscriberStore(t, actor, t0)
 	st := &reviveDuringUpdate{Store: ms}
 	stats := newDeliveryStats(&Relay{store: st})
 	stats.failure(ctx, actor, t0.Add(time.Hour), "HTTP 500")
@@ -76,18 +84,13 @@ func TestFailureRunOfAnotherProcessNotWrittenOverRevive(t *testing.T) {
 	ctx := context.Background()
 	const actor = "https://b.test/actor"
 	t0 := time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
-	ms := memstore.New()
-	_, err := ms.UpdateSubscriber(ctx, actor, func(s *store.Subscriber, _ bool) error {
-		s.Host, s.State, s.FailingSince = "b.test", store.StateDormant, t0
-		return nil
-	})
-	require.NoError(t, err)
+	ms := dormantSubscriberStore(t, actor, t0)
 	first := newDeliveryStats(&Relay{store: ms})
 	first.failure(ctx, actor, t0.Add(time.Hour), "HTTP 500")
 
 	// The other process revives it (as Relay.revive does).
 	revived := t0.Add(2 * time.Hour)
-	_, err = ms.UpdateSubscriber(ctx, actor, func(s *store.Subscriber, _ bool) error {
+	_, err := ms.UpdateSubscriber(ctx, actor, func(s *store.Subscriber, _ bool) error {
 		s.State, s.FailingSince, s.RevivedAt = store.StateAccepted, time.Time{}, revived
 		return nil
 	})

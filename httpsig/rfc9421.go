@@ -239,11 +239,16 @@ func requestScheme(r *http.Request) string {
 	return "http"
 }
 
+// requestHost returns the host[:port] r is addressed to: r.Host, else
+// r.URL's host, else "".
 func requestHost(r *http.Request) string {
 	if r.Host != "" {
 		return r.Host
 	}
-	return r.URL.Host
+	if r.URL != nil {
+		return r.URL.Host
+	}
+	return ""
 }
 
 func componentValue(r *http.Request, c string) (string, error) {

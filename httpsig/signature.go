@@ -529,11 +529,8 @@ func (p *SignatureParams) headerLine(r *http.Request, h string, withQuery bool) 
 		}
 		return strconv.FormatInt(n, 10), nil
 	case "host":
-		if r.Host != "" {
-			return r.Host, nil
-		}
-		if r.URL != nil && r.URL.Host != "" {
-			return r.URL.Host, nil
+		if h := requestHost(r); h != "" {
+			return h, nil
 		}
 	default:
 		if strings.HasPrefix(h, "(") {

@@ -589,22 +589,9 @@ func (i *Instance) processPleroma(rec *Received, act map[string]any) (int, strin
 	}
 	switch rec.Type {
 	case "Follow":
-		if rec.ObjectID != i.system.id {
-			drop(rec, "Follow of %s is not processed", rec.ObjectID)
-			return 0, "", nil
-		}
-		followMap, _ := copyAny(act).(map[string]any)
-		i.mu.Lock()
-		i.followers[rec.Actor] = rec.ID
-		i.mu.Unlock()
-		rec.Reason = "follow of the relay actor: accepting"
-		return 0, "", []job{i.acceptBackJob(rec.Actor, followMap)}
+		return 0, "", i.followSystemActor(rec, act, "relay actor")
 	case "Undo":
-		if m, ok := act["object"].(map[string]any); ok && typeOf(m) == "Follow" && idOf(m["object"]) == i.system.id {
-			i.mu.Lock()
-			delete(i.followers, rec.Actor)
-			i.mu.Unlock()
-			rec.Reason = "unfollowed the relay actor"
+		if i.unfollowSystemActor(rec, act, "relay actor") {
 			return 0, "", nil
 		}
 		i.undoAnnounce(rec, act)
@@ -630,6 +617,37 @@ func (i *Instance) processPleroma(rec *Received, act map[string]any) (int, strin
 		return 0, "", i.boostJob(rec, act, nil)
 	}
 	return 0, "", nil
+}
+
+// followSystemActor records the Follow act of the instance's system actor
+// (named what in rec.Reason) and returns the job that accepts it; it drops
+// a Follow of anything else and returns no job.
+func (i *Instance) followSystemActor(rec *Received, act map[string]any, what string) []job {
+	if rec.ObjectID != i.system.id {
+		drop(rec, "Follow of %s is not processed", rec.ObjectID)
+		return nil
+	}
+	followMap, _ := copyAny(act).(map[string]any)
+	i.mu.Lock()
+	i.followers[rec.Actor] = rec.ID
+	i.mu.Unlock()
+	rec.Reason = "follow of the " + what + ": accepting"
+	return []job{i.acceptBackJob(rec.Actor, followMap)}
+}
+
+// unfollowSystemActor applies the Undo act when it undoes a Follow of the
+// instance's system actor (named what in rec.Reason), and reports whether
+// it did.
+func (i *Instance) unfollowSystemActor(rec *Received, act map[string]any, what string) bool {
+	m, ok := act["object"].(map[string]any)
+	if !ok || typeOf(m) != "Follow" || idOf(m["object"]) != i.system.id {
+		return false
+	}
+	i.mu.Lock()
+	delete(i.followers, rec.Actor)
+	i.mu.Unlock()
+	rec.Reason = "unfollowed the " + what
+	return true
 }
 
 // acceptBackJob answers a Follow of Pleroma's relay actor with a signed Accept embedding it.
@@ -793,16 +811,7 @@ func (i *Instance) processFriendica(ctx context.Context, rec *Received, act map[
 	}
 	switch rec.Type {
 	case "Follow":
-		if rec.ObjectID != i.system.id {
-			drop(rec, "Follow of %s is not processed", rec.ObjectID)
-			return nil
-		}
-		followMap, _ := copyAny(act).(map[string]any)
-		i.mu.Lock()
-		i.followers[rec.Actor] = rec.ID
-		i.mu.Unlock()
-		rec.Reason = "follow of the system actor: accepting"
-		return []job{i.acceptBackJob(rec.Actor, followMap)}
+		return i.followSystemActor(rec, act, "system actor")
 	case "Accept", "Reject":
 		i.subscriptionReply(rec, act)
 	case "Create", "Update":
@@ -810,11 +819,7 @@ func (i *Instance) processFriendica(ctx context.Context, rec *Received, act map[
 	case "Delete":
 		i.deleteStatus(rec)
 	case "Undo":
-		if m, ok := act["object"].(map[string]any); ok && typeOf(m) == "Follow" && idOf(m["object"]) == i.system.id {
-			i.mu.Lock()
-			delete(i.followers, rec.Actor)
-			i.mu.Unlock()
-			rec.Reason = "unfollowed the system actor"
+		if i.unfollowSystemActor(rec, act, "system actor") {
 			return nil
 		}
 		i.undoAnnounce(rec, act)

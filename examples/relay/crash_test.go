@@ -86,6 +86,32 @@ func creates(i *relaytest.Instance) map[string]int {
 	return n
 }
 
+// checkDuplicates checks that each of insts accepted every Create at most
+// twice, the second time only when the first delivery (in attempts) was in
+// flight at killed or acknowledged less than settled before it, and that
+// none refused a delivery. It returns the number of duplicate deliveries.
+func checkDuplicates(t *testing.T, insts []*relaytest.Instance, attempts []attempt, killed time.Time, settled time.Duration) int {
+	t.Helper()
+	dups := 0
+	for _, i := range insts {
+		for id, n := range creates(i) {
+			if n < 2 {
+				continue
+			}
+			dups += n - 1
+			assert.Equal(t, 2, n, "%s received %s %d times", i.Host(), id, n)
+			for _, a := range attempts {
+				if a.instance == i.Host() && a.object == id && a.start.Before(killed) {
+					assert.True(t, a.end.After(killed.Add(-settled)),
+						"%s received %s again although it acknowledged it %v before the kill", i.Host(), id, killed.Sub(a.end))
+				}
+			}
+		}
+		assert.Empty(t, i.Rejected(), "%s refused deliveries", i.Host())
+	}
+	return dups
+}
+
 // actorKey returns the public key the relay actor document shows.
 func actorKey(t *testing.T, base string) string {
 	t.Helper()
@@ -206,24 +232,7 @@ func TestCrashDuringFanOut(t *testing.T) {
 
 	// Duplicates: only deliveries in flight at the kill or acknowledged
 	// less than settled before it, at most once more.
-	attempts := watch.attempts()
-	dups := 0
-	for _, i := range subs {
-		for id, n := range creates(i) {
-			if n < 2 {
-				continue
-			}
-			dups += n - 1
-			assert.Equal(t, 2, n, "%s received %s %d times", i.Host(), id, n)
-			for _, a := range attempts {
-				if a.instance == i.Host() && a.object == id && a.start.Before(killed) {
-					assert.True(t, a.end.After(killed.Add(-settled)),
-						"%s received %s again although it acknowledged it %v before the kill", i.Host(), id, killed.Sub(a.end))
-				}
-			}
-		}
-		assert.Empty(t, i.Rejected(), "%s refused deliveries", i.Host())
-	}
+	dups := checkDuplicates(t, subs, watch.attempts(), killed, settled)
 	t.Logf("%d duplicate deliveries (in flight at the kill, or acknowledged less than %v before it)", dups, settled)
 	p.stop(t)
 

@@ -168,24 +168,7 @@ func TestSeveralProcessesOneDatabase(t *testing.T) {
 		i.WaitForMatch(t, wait, func(rc relaytest.Received) bool { return rc.Type == "Create" && rc.ObjectID == after.ID })
 	}
 
-	attempts := watch.attempts()
-	dups := 0
-	for _, i := range insts {
-		for id, n := range creates(i) {
-			if n < 2 {
-				continue
-			}
-			dups += n - 1
-			assert.Equal(t, 2, n, "%s received %s %d times", i.Host(), id, n)
-			for _, a := range attempts {
-				if a.instance == i.Host() && a.object == id && a.start.Before(killed) {
-					assert.True(t, a.end.After(killed.Add(-settled)),
-						"%s received %s again although it acknowledged it %v before the kill", i.Host(), id, killed.Sub(a.end))
-				}
-			}
-		}
-		assert.Empty(t, i.Rejected(), "%s refused deliveries", i.Host())
-	}
+	dups := checkDuplicates(t, insts, watch.attempts(), killed, settled)
 	t.Logf("%d duplicate deliveries", dups)
 	for _, p := range procs[1:] {
 		p.stop(t)

@@ -4,12 +4,11 @@ import (
 	"fmt"
 	"runtime"
 	"strconv"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/fedirelay/relay/store"
 	"github.com/fedirelay/relay/store/filestore"
+	"github.com/fedirelay/relay/store/storetest"
 )
 
 // fanOutWorkers is how many deliveries the relay has in flight by default
@@ -42,44 +41,7 @@ func BenchmarkFanOut(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	b.ResetTimer()
-	var wg sync.WaitGroup
-	for range fanOutWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				ds, err := s.Lease(ctx, store.LeaseRequest{Now: t0, Limit: 1, Duration: time.Minute, PerHost: 4})
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				if len(ds) == 0 {
-					return
-				}
-				d := ds[0]
-				if _, err := s.GetPayload(ctx, d.PayloadID); err != nil {
-					b.Error(err)
-					return
-				}
-				if err := s.Complete(ctx, d.Ref()); err != nil {
-					b.Error(err)
-					return
-				}
-				if _, err := s.UpdateSubscriber(ctx, d.Subscriber, func(p *store.Subscriber, _ bool) error {
-					p.Delivered++
-					p.LastSuccess = t0
-					return nil
-				}); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	b.StopTimer()
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "deliveries/s")
+	storetest.FanOutWorkers(b, s, t0, fanOutWorkers)
 }
 
 // BenchmarkEnqueueFanOut measures one fan-out to 10,000 subscribers: one

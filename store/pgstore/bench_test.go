@@ -59,47 +59,9 @@ func fanOutSetup(b *testing.B, s store.Store) time.Time {
 // it in its subscriber's statistics (UpdateSubscriber), four transactions
 // per delivery. One operation is one delivery.
 func BenchmarkFanOut(b *testing.B) {
-	ctx := b.Context()
 	s := open(b, newSchema(b))
 	t0 := fanOutSetup(b, s)
-	b.ResetTimer()
-	var wg sync.WaitGroup
-	for range fanOutWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				ds, err := s.Lease(ctx, store.LeaseRequest{Now: t0, Limit: 1, Duration: time.Minute, PerHost: 4})
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				if len(ds) == 0 {
-					return
-				}
-				d := ds[0]
-				if _, err := s.GetPayload(ctx, d.PayloadID); err != nil {
-					b.Error(err)
-					return
-				}
-				if err := s.Complete(ctx, d.Ref()); err != nil {
-					b.Error(err)
-					return
-				}
-				if _, err := s.UpdateSubscriber(ctx, d.Subscriber, func(p *store.Subscriber, _ bool) error {
-					p.Delivered++
-					p.LastSuccess = t0
-					return nil
-				}); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	b.StopTimer()
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "deliveries/s")
+	storetest.FanOutWorkers(b, s, t0, fanOutWorkers)
 }
 
 // BenchmarkRelayDequeue drives the store the way the relay's delivery

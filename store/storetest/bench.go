@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"runtime"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -264,3 +265,52 @@ func benchMarkSeen(b *testing.B, s store.Store) {
 
 // far is a time after every delivery the benchmarks enqueue.
 func far() time.Time { return at(1000 * time.Hour) }
+
+// FanOutWorkers measures what the relay's delivery workers do to the
+// store: workers goroutines each Lease one delivery due at now (PerHost 4),
+// read its payload, Complete it and count it in its subscriber's
+// statistics (UpdateSubscriber: Delivered, LastSuccess), until no delivery
+// is left. It resets b's timer first, stops it at the end and reports the
+// deliveries/s metric; the caller fills s with b.N deliveries beforehand.
+// Errors fail b.
+func FanOutWorkers(b *testing.B, s store.Store, now time.Time, workers int) {
+	ctx := b.Context()
+	b.ResetTimer()
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				ds, err := s.Lease(ctx, store.LeaseRequest{Now: now, Limit: 1, Duration: time.Minute, PerHost: 4})
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				if len(ds) == 0 {
+					return
+				}
+				d := ds[0]
+				if _, err := s.GetPayload(ctx, d.PayloadID); err != nil {
+					b.Error(err)
+					return
+				}
+				if err := s.Complete(ctx, d.Ref()); err != nil {
+					b.Error(err)
+					return
+				}
+				if _, err := s.UpdateSubscriber(ctx, d.Subscriber, func(p *store.Subscriber, _ bool) error {
+					p.Delivered++
+					p.LastSuccess = now
+					return nil
+				}); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "deliveries/s")
+}
