@@ -32,6 +32,9 @@ const AdminAPIPrefix = "/api/v1/"
 //	POST   /api/v1/subscriber/remove           {"actor": URL}
 //	POST   /api/v1/subscriber/mode             {"actor": URL, "mode": "both"|"receive-only"|"send-only"}
 //	POST   /api/v1/subscriber/note             {"actor": URL, "note": TEXT}
+//	GET    /api/v1/subscriber/filter?actor=URL the subscriber's FilterSpec ({} for none)
+//	PUT    /api/v1/subscriber/filter?actor=URL set it: the body is a FilterSpec
+//	DELETE /api/v1/subscriber/filter?actor=URL remove it
 //	GET    /api/v1/blocks                      the run-time block list (DomainBlock objects)
 //	PUT    /api/v1/blocks/{domain}             block: {"severity", "reason", "note"} (all optional)
 //	DELETE /api/v1/blocks/{domain}             unblock
@@ -56,6 +59,9 @@ func (r *Relay) AdminHandler() http.Handler {
 	mux.HandleFunc("GET "+p+"/subscribers", r.adminSubscribers)
 	mux.HandleFunc("GET "+p+"/subscriber", r.adminSubscriber)
 	mux.HandleFunc("POST "+p+"/subscriber/{action}", r.adminSubscriberAction)
+	mux.HandleFunc("GET "+p+"/subscriber/filter", r.adminFilter)
+	mux.HandleFunc("PUT "+p+"/subscriber/filter", r.adminFilter)
+	mux.HandleFunc("DELETE "+p+"/subscriber/filter", r.adminFilter)
 	mux.HandleFunc("GET "+p+"/blocks", r.adminBlocks)
 	mux.HandleFunc("PUT "+p+"/blocks/{domain}", r.adminBlock)
 	mux.HandleFunc("DELETE "+p+"/blocks/{domain}", r.adminUnblock)
@@ -230,6 +236,43 @@ func (r *Relay) adminSubscriberAction(w http.ResponseWriter, req *http.Request) 
 		return
 	}
 	writeAdminJSON(w, http.StatusOK, AdminSubscriber{Subscriber: st.Subscriber, Mode: st.Mode.String(), Backlog: &st.Backlog})
+}
+
+// adminFilter reads, sets (PUT, a FilterSpec body) or removes (DELETE) the
+// filter of the subscriber named by the actor parameter, and answers the
+// filter in force afterwards.
+func (r *Relay) adminFilter(w http.ResponseWriter, req *http.Request) {
+	actor := req.URL.Query().Get("actor")
+	if actor == "" {
+		writeAdminError(w, http.StatusBadRequest, "missing actor parameter")
+		return
+	}
+	ctx := req.Context()
+	var err error
+	switch req.Method {
+	case http.MethodPut:
+		var spec FilterSpec
+		if !readAdminJSON(w, req, &spec) {
+			return
+		}
+		if _, cerr := spec.Compile(); cerr != nil {
+			writeAdminError(w, http.StatusBadRequest, "%v", cerr)
+			return
+		}
+		err = r.SetSubscriberFilter(ctx, actor, spec)
+	case http.MethodDelete:
+		err = r.SetSubscriberFilter(ctx, actor, FilterSpec{})
+	}
+	if err != nil {
+		r.adminFailed(w, err)
+		return
+	}
+	spec, err := r.SubscriberFilter(ctx, actor)
+	if err != nil {
+		r.adminFailed(w, err)
+		return
+	}
+	writeAdminJSON(w, http.StatusOK, spec)
 }
 
 func (r *Relay) adminBlocks(w http.ResponseWriter, req *http.Request) {

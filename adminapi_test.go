@@ -192,6 +192,14 @@ func TestAdminAPIBadInput(t *testing.T) {
 		{"POST", "/api/v1/subscriber/note", `{"actor": "` + actor + `"}`, 400, "missing note"},
 		{"POST", "/api/v1/subscriber/mode", `{"actor": "` + actor + `"}`, 400, "missing mode"},
 		{"POST", "/api/v1/subscriber/explode", `{"actor": "` + actor + `"}`, 404, "unknown subscriber action"},
+		{"GET", "/api/v1/subscriber/filter", "", 400, "missing actor"},
+		{"GET", "/api/v1/subscriber/filter?actor=https://nobody.test/actor", "", 404, "unknown actor https://nobody.test/actor"},
+		{"PUT", "/api/v1/subscriber/filter?actor=https://nobody.test/actor", `{}`, 404, "unknown actor https://nobody.test/actor"},
+		{"DELETE", "/api/v1/subscriber/filter?actor=https://nobody.test/actor", ``, 404, "unknown actor"},
+		{"PUT", "/api/v1/subscriber/filter?actor=" + actor, `{"media": "sometimes"}`, 400, `media must be "with", "without" or empty`},
+		{"PUT", "/api/v1/subscriber/filter?actor=" + actor, `{"max_bytes": -1}`, 400, "negative limit"},
+		{"PUT", "/api/v1/subscriber/filter?actor=" + actor, `{"allow_tags": ["#"]}`, 400, "invalid filter: tag"},
+		{"PUT", "/api/v1/subscriber/filter?actor=" + actor, `{"langs": ["de"]}`, 400, "unknown field"},
 		{"PUT", "/api/v1/blocks/not%20a%20domain", ``, 400, "not a domain"},
 		{"PUT", "/api/v1/blocks/b%C3%A4d.test", ``, 400, "ASCII"},
 		{"PUT", "/api/v1/blocks/bad.test", `{"severity": "obliterate"}`, 400, "unknown severity"},
@@ -212,9 +220,46 @@ func TestAdminAPIBadInput(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, store.StateAccepted, s.State)
 	assert.Equal(t, store.ModeBoth, s.Mode)
+	assert.Empty(t, s.Filter, "no invalid filter was stored")
 	blocks, err := r.DomainBlocks(context.Background())
 	require.NoError(t, err)
 	assert.Empty(t, blocks, "the malformed import changed nothing")
+}
+
+// A subscriber's filter is read, set and removed through the admin API,
+// and applies to the next post.
+func TestAdminAPISubscriberFilter(t *testing.T) {
+	var network memnet.Network
+	r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{})
+	a := admin(t, r)
+	masto := relaytest.NewInstance(t, relaytest.Mastodon, memOpts(&network, "masto.test"))
+	gts := relaytest.NewInstance(t, relaytest.GoToSocial, memOpts(&network, "gts.test"))
+	subscribe(t, r, masto, gts)
+	path := "/api/v1/subscriber/filter?actor=" + gts.RelayActorID()
+
+	var spec relay.FilterSpec
+	a.ok("GET", path, "", &spec)
+	assert.True(t, spec.IsZero())
+	a.ok("PUT", path, `{"deny_tags": ["#Cats"], "max_posts_per_hour": 5}`, &spec)
+	assert.Equal(t, relay.FilterSpec{DenyTags: []string{"#Cats"}, MaxPostsPerHour: 5}, spec)
+	got, err := r.SubscriberFilter(context.Background(), gts.RelayActorID())
+	require.NoError(t, err)
+	assert.Equal(t, spec, got, "the API stores what the library reads")
+
+	ctx := context.Background()
+	cats, err := masto.PostWith(ctx, r.InboxURL(), "alice", "cats", relaytest.PostOptions{Tags: []string{"cats"}})
+	require.NoError(t, err)
+	dogs, err := masto.PostWith(ctx, r.InboxURL(), "alice", "dogs", relaytest.PostOptions{Tags: []string{"dogs"}})
+	require.NoError(t, err)
+	waitFor(t, gts, "Announce", dogs.ID)
+	require.NoError(t, r.Close(ctx)) // every delivery has been attempted
+	assert.Zero(t, countFor(gts, "Announce", cats.ID), "the filter denies #cats")
+
+	var removed, after relay.FilterSpec
+	a.ok("DELETE", path, "", &removed)
+	assert.True(t, removed.IsZero())
+	a.ok("GET", path, "", &after)
+	assert.True(t, after.IsZero())
 }
 
 // A receive-only subscriber's posts are not relayed, and a send-only one

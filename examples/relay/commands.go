@@ -31,12 +31,14 @@ type adminCommand struct {
 
 // adminCommands are the subcommands that talk to a running relay, by name.
 var adminCommands = map[string]adminCommand{
-	"subscribers":   {"[-state pending|accepted|rejected|dormant] [-host HOST] [-software NAME] [-json]", "list subscribers", cmdSubscribers},
-	"approve":       {"ACTOR...", "accept pending (or refused) subscription requests", cmdSubscriberAction("approve", "approved")},
-	"refuse":        {"[-reason TEXT] ACTOR...", "refuse subscriptions: each gets a Reject with the reason", cmdSubscriberAction("refuse", "refused")},
-	"remove":        {"ACTOR...", "end subscriptions (a Reject is sent) and delete them", cmdSubscriberAction("remove", "removed")},
-	"mode":          {"ACTOR both|receive-only|send-only", "set which way a subscriber's activities flow", cmdMode},
-	"note":          {"ACTOR TEXT", "set the private note on a subscriber", cmdNote},
+	"subscribers": {"[-state pending|accepted|rejected|dormant] [-host HOST] [-software NAME] [-json]", "list subscribers", cmdSubscribers},
+	"approve":     {"ACTOR...", "accept pending (or refused) subscription requests", cmdSubscriberAction("approve", "approved")},
+	"refuse":      {"[-reason TEXT] ACTOR...", "refuse subscriptions: each gets a Reject with the reason", cmdSubscriberAction("refuse", "refused")},
+	"remove":      {"ACTOR...", "end subscriptions (a Reject is sent) and delete them", cmdSubscriberAction("remove", "removed")},
+	"mode":        {"ACTOR both|receive-only|send-only", "set which way a subscriber's activities flow", cmdMode},
+	"note":        {"ACTOR TEXT", "set the private note on a subscriber", cmdNote},
+	"filter": {"ACTOR [FILE|-|none]", "print, set (a JSON filter from FILE or - for standard input,\n" +
+		"see docs/operating.md) or remove (none) a subscriber's content filter", cmdFilter},
 	"block":         {"[-reason TEXT] [-note TEXT] [-severity suspend|silence|noop] DOMAIN...", "block domains (ends their subscriptions)", cmdBlock},
 	"unblock":       {"DOMAIN...", "remove domains from the block list", cmdDomains("DELETE", "blocks", "unblocked")},
 	"blocks":        {"[-json]", "list the block list", cmdBlocks},
@@ -49,7 +51,7 @@ var adminCommands = map[string]adminCommand{
 }
 
 // adminCommandOrder is the order the usage text lists adminCommands in.
-var adminCommandOrder = []string{"subscribers", "approve", "refuse", "remove", "mode", "note", "block", "unblock",
+var adminCommandOrder = []string{"subscribers", "approve", "refuse", "remove", "mode", "note", "filter", "block", "unblock",
 	"blocks", "blocks-import", "blocks-export", "allow", "disallow", "allowed", "status"}
 
 // adminCommandList returns adminCommands as entries of the command table.
@@ -270,6 +272,45 @@ func cmdNote(c *commandEnv) error {
 	}
 	fmt.Fprintf(c.stdout, "note set on %s\n", c.fs.Arg(0))
 	return nil
+}
+
+func cmdFilter(c *commandEnv) error {
+	if err := c.needArgs(1, 2, "ACTOR and optionally FILE, - (standard input) or none"); err != nil {
+		return err
+	}
+	path := "/api/v1/subscriber/filter?" + url.Values{"actor": {c.fs.Arg(0)}}.Encode()
+	method, body := "GET", io.Reader(nil)
+	switch src := c.fs.Arg(1); src {
+	case "":
+	case "none":
+		method = "DELETE"
+	default:
+		var data []byte
+		var err error
+		if src == "-" {
+			data, err = io.ReadAll(c.stdin)
+		} else {
+			data, err = os.ReadFile(src)
+		}
+		if err != nil {
+			return fmt.Errorf("filter: %w", err)
+		}
+		method, body = "PUT", bytes.NewReader(data)
+	}
+	var spec relay.FilterSpec
+	if err := c.call(method, path, body, &spec); err != nil {
+		return err
+	}
+	if spec.IsZero() {
+		_, err := fmt.Fprintln(c.stdout, "none")
+		return err
+	}
+	b, err := json.Marshal(spec)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(c.stdout, string(b))
+	return err
 }
 
 func cmdBlock(c *commandEnv) error {
