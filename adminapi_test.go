@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -589,4 +590,66 @@ func memstoreFor(t testing.TB) *memstore.Store {
 	st := memstore.New()
 	t.Cleanup(func() { _ = st.Close() })
 	return st
+}
+
+// With manual approval, instance follows of topic actors wait as pending
+// in the admin API's list of topic followers; approving one sends the
+// Accept, refusing one the Reject; bad input gets 400, an unknown follow
+// 404.
+func TestAdminAPITopicFollowers(t *testing.T) {
+	var network memnet.Network
+	r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{FollowPolicy: relay.ManualApproval})
+	a := admin(t, r)
+	ctx := context.Background()
+	masto := relaytest.NewInstance(t, relaytest.Mastodon, memOpts(&network, "masto.test"))
+	pleroma := relaytest.NewInstance(t, relaytest.Pleroma, memOpts(&network, "pleroma.test"))
+	const cats = "https://relay.test/tag/cats"
+	_, err := masto.Subscribe(ctx, cats, "")
+	require.NoError(t, err)
+	_, err = pleroma.Subscribe(ctx, cats, cats)
+	require.NoError(t, err)
+
+	var pending []relay.TopicFollower
+	a.ok("GET", "/api/v1/topic-followers?state=pending&topic=tag/Cats", "", &pending)
+	require.Len(t, pending, 2)
+	for _, f := range pending {
+		assert.Equal(t, "tag/cats", f.Topic)
+		assert.Equal(t, store.StatePending, f.State)
+	}
+	var none []relay.TopicFollower
+	a.ok("GET", "/api/v1/topic-followers?topic=tag/dogs", "", &none)
+	assert.Empty(t, none)
+
+	var f relay.TopicFollower
+	a.ok("POST", "/api/v1/topic-follower/approve", fmt.Sprintf(`{"topic": "tag/cats", "actor": %q}`, masto.RelayActorID()), &f)
+	assert.Equal(t, store.StateAccepted, f.State)
+	masto.WaitSubscribed(t, wait)
+	a.ok("POST", "/api/v1/topic-follower/refuse", fmt.Sprintf(`{"topic": "tag/cats", "actor": %q}`, pleroma.RelayActorID()), &f)
+	assert.Equal(t, store.StateRejected, f.State)
+	require.Eventually(t, func() bool { return pleroma.SubscriptionState(cats) == relaytest.StateRejected },
+		wait, 10*time.Millisecond, "the refused follower gets a Reject")
+
+	var accepted []relay.TopicFollower
+	a.ok("GET", "/api/v1/topic-followers?state=accepted", "", &accepted)
+	require.Len(t, accepted, 1)
+	assert.Equal(t, masto.RelayActorID(), accepted[0].Actor)
+
+	for _, c := range []struct {
+		method, path, body string
+		status             int
+		msg                string
+	}{
+		{"GET", "/api/v1/topic-followers?state=bogus", "", 400, "unknown state"},
+		{"GET", "/api/v1/topic-followers?topic=cats", "", 400, "unknown topic"},
+		{"POST", "/api/v1/topic-follower/approve", `{"topic": "tag/cats"}`, 400, "missing actor"},
+		{"POST", "/api/v1/topic-follower/approve", `{"actor": "https://x.test/a"}`, 400, "unknown topic"},
+		{"POST", "/api/v1/topic-follower/approve", `{"topic": "colour/red", "actor": "https://x.test/a"}`, 400, "unknown topic"},
+		{"POST", "/api/v1/topic-follower/approve", `{"topic": "tag/dogs", "actor": "` + masto.RelayActorID() + `"}`, 404,
+			"unknown follow of tag/dogs by " + masto.RelayActorID()},
+		{"POST", "/api/v1/topic-follower/explode", `{"topic": "tag/cats", "actor": "https://x.test/a"}`, 404, "unknown topic follower action"},
+	} {
+		code, body := a.do(c.method, c.path, c.body)
+		assert.Equal(t, c.status, code, "%s %s %s: %s", c.method, c.path, c.body, body)
+		assert.Contains(t, string(body), c.msg, "%s %s", c.method, c.path)
+	}
 }

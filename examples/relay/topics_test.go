@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -55,4 +56,46 @@ func TestFilterCommand(t *testing.T) {
 	}
 	_, err = relayCmdErr(dir, nil, "filter", sub)
 	assert.EqualError(t, err, "no relay is running on "+dir)
+}
+
+// With -approval, instance follows of a topic actor wait as pending in
+// relay topic-followers; relay approve -topic accepts one, relay refuse
+// -topic refuses one.
+func TestTopicFollowerCommands(t *testing.T) {
+	dir := t.TempDir()
+	p := startRelayProcess(t, dir, "-approval")
+	cats := p.BaseURL + "/tag/cats"
+	ctx := context.Background()
+	masto := quietInstance(t, relaytest.Mastodon)
+	pleroma := quietInstance(t, relaytest.Pleroma)
+	_, err := masto.Subscribe(ctx, cats, "")
+	require.NoError(t, err)
+	_, err = pleroma.Subscribe(ctx, cats, cats)
+	require.NoError(t, err)
+
+	var pending []struct{ Topic, Actor, Kind, State string }
+	require.NoError(t, json.Unmarshal([]byte(relayCmd(t, dir, "topic-followers", "-state", "pending", "-json")), &pending))
+	require.Len(t, pending, 2)
+	for _, f := range pending {
+		assert.Equal(t, "tag/cats", f.Topic)
+		assert.Equal(t, "pending", f.State)
+	}
+	table := relayCmd(t, dir, "topic-followers")
+	assert.Contains(t, table, "TOPIC")
+	assert.Contains(t, table, pleroma.RelayActorID())
+
+	out := relayCmd(t, dir, "approve", "-topic", "tag/cats", masto.RelayActorID())
+	assert.Equal(t, "approved "+masto.RelayActorID()+" (follow of tag/cats)\n", out)
+	masto.WaitSubscribed(t, 10*time.Second)
+	relayCmd(t, dir, "refuse", "-topic", "tag/Cats", pleroma.RelayActorID())
+	require.Eventually(t, func() bool { return pleroma.SubscriptionState(cats) == relaytest.StateRejected },
+		10*time.Second, 10*time.Millisecond, "the refused follower gets a Reject")
+	assert.Empty(t, listSubscribers(t, dir), "topic follows are not subscriptions of the relay actor")
+
+	_, err = relayCmdErr(dir, nil, "approve", "-topic", "tag/dogs", masto.RelayActorID())
+	assert.EqualError(t, err, "unknown follow of tag/dogs by "+masto.RelayActorID())
+	_, err = relayCmdErr(dir, nil, "refuse", "-topic", "tag/cats", "-reason", "no", masto.RelayActorID())
+	assert.ErrorContains(t, err, "-reason is for subscriptions")
+	_, err = relayCmdErr(dir, nil, "topic-followers", "-topic", "cats")
+	assert.ErrorContains(t, err, "unknown topic")
 }
