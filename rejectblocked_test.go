@@ -1,0 +1,59 @@
+package relay_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/fedirelay/relay"
+	"github.com/fedirelay/relay/memnet"
+	"github.com/fedirelay/relay/relaytest"
+)
+
+// A Follow from a blocked domain is refused (403) and answered with one
+// Reject carrying the block's public reason; a second Follow within the
+// hour gets none, and nothing else (no post, no follow-back) ever reaches
+// the blocked instance, Mastodon or LitePub style.
+func TestFollowFromBlockedDomainGetsReject(t *testing.T) {
+	var network memnet.Network
+	r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{})
+	ctx := context.Background()
+	good := relaytest.NewInstance(t, relaytest.Mastodon, memOpts(&network, "good.test"))
+	subscribe(t, r, good)
+	require.NoError(t, r.BlockDomains(ctx,
+		relay.DomainBlock{Domain: "bad.test", Reason: "harassment"},
+		relay.DomainBlock{Domain: "worse.test", Reason: "spam"}))
+	bad := relaytest.NewInstance(t, relaytest.Mastodon, memOpts(&network, "bad.test"))
+	worse := relaytest.NewInstance(t, relaytest.Pleroma, memOpts(&network, "worse.test"))
+
+	_, err := bad.Subscribe(ctx, r.InboxURL(), "")
+	var he *relaytest.HTTPError
+	require.ErrorAs(t, err, &he)
+	assert.Equal(t, 403, he.StatusCode)
+	_, err = worse.Subscribe(ctx, r.InboxURL(), r.ActorID())
+	require.ErrorAs(t, err, &he)
+	assert.Equal(t, 403, he.StatusCode)
+
+	rc := bad.WaitForMatch(t, wait, func(rc relaytest.Received) bool { return rc.Type == "Reject" })
+	assert.Contains(t, string(rc.Body), "harassment", "the Reject carries the block's public reason")
+	rc = worse.WaitForMatch(t, wait, func(rc relaytest.Received) bool { return rc.Type == "Reject" })
+	assert.Contains(t, string(rc.Body), "spam")
+
+	_, err = bad.Subscribe(ctx, r.InboxURL(), "") // again, within the hour
+	require.ErrorAs(t, err, &he)
+	n, err := good.Post(ctx, r.InboxURL(), "alice", "not for blocked servers")
+	require.NoError(t, err)
+	require.NoError(t, r.Close(ctx)) // every delivery has been attempted, every Reject sent
+	for _, i := range []*relaytest.Instance{bad, worse} {
+		var types []string
+		for _, rc := range i.Received() {
+			types = append(types, rc.Type)
+			assert.NotEqual(t, n.ID, rc.ObjectID)
+		}
+		assert.Equal(t, []string{"Reject"}, types, "one Reject, nothing else")
+	}
+	_, err = r.Subscriber(ctx, bad.RelayActorID())
+	assert.ErrorIs(t, err, relay.ErrNotSubscribed, "nothing is stored for a blocked follower")
+}
