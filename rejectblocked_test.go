@@ -57,3 +57,24 @@ func TestFollowFromBlockedDomainGetsReject(t *testing.T) {
 	_, err = r.Subscriber(ctx, bad.RelayActorID())
 	assert.ErrorIs(t, err, relay.ErrNotSubscribed, "nothing is stored for a blocked follower")
 }
+
+// A Follow that claims an actor on a blocked domain but is not signed with
+// that actor's key gets no Reject: the blocked domain only ever hears
+// about Follows it really sent.
+func TestForgedFollowFromBlockedDomainGetsNothing(t *testing.T) {
+	var network memnet.Network
+	r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{BlockedDomains: []string{"bad.test"}})
+	ctx := context.Background()
+	forger := relaytest.NewInstance(t, relaytest.Mastodon, memOpts(&network, "forger.test"))
+	bad := relaytest.NewInstance(t, relaytest.Mastodon, memOpts(&network, "bad.test"))
+	follow := mustJSON(map[string]any{
+		"@context": "https://www.w3.org/ns/activitystreams", "id": bad.ActorID("eve") + "#follow/1",
+		"type": "Follow", "actor": bad.ActorID("eve"), "object": relay.PublicCollection,
+	})
+	code, text := status(t, forger, r, "mallory", follow, relaytest.WithKeyID(bad.ActorID("eve")+"#main-key"))
+	assert.Equal(t, 403, code, text)
+	require.NoError(t, r.Close(ctx))
+	for _, rc := range bad.Received() {
+		assert.NotEqual(t, "Reject", rc.Type, "no Reject for a forged Follow")
+	}
+}
