@@ -56,15 +56,15 @@ func (b *blockedRejects) take(host string, now time.Time) bool {
 	return true
 }
 
-// rejectBlockedFollow answers a Follow of the relay actor (or of
-// as:Public) whose keyId is on a blocked domain with a Reject whose
-// summary is the block's public reason. The inbox still refuses the
+// rejectBlockedFollow answers a Follow of the relay actor, of as:Public or
+// of a topic actor whose keyId is on a blocked domain with a Reject (by
+// the followed actor) whose summary is the block's public reason. The inbox still refuses the
 // request (403); the Reject is sent in the background, and only when:
 // the body is a Follow by the key's owner, the host was not answered in
 // the last blockedRejectInterval, the follower's actor document (fetched
 // by id, the one fetch allowed on the blocked domain) lists the key and
 // the signature verifies with it, and the actor has an inbox on its own
-// origin. The Reject goes to that inbox only, signed by the relay actor,
+// origin. The Reject goes to that inbox only, signed by the followed actor,
 // once, without retries; it is not stored. Every other request to a
 // blocked domain stays refused by the outbound guard.
 func (r *Relay) rejectBlockedFollow(ctx context.Context, req *http.Request, sig inboundSignature, body []byte) {
@@ -73,13 +73,21 @@ func (r *Relay) rejectBlockedFollow(ctx context.Context, req *http.Request, sig 
 	if err != nil || env.Type != "Follow" || !keyOwnedBy(keyID, env.Actor) {
 		return
 	}
-	followed := r.actorID
-	switch {
-	case env.inboxTopic == "" && isPublic(env.Object.ID):
+	env.inboxTopic = r.topicOfInboxPath(req.URL.EscapedPath())
+	actor, followed := r.actorID, env.Object.ID
+	if topic := r.followedTopic(env); topic != "" {
+		if !r.topicExists(topic) {
+			return
+		}
+		actor = r.topicActorID(topic) // the topic actor answers its own follows
+		if !isPublic(followed) {
+			followed = actor
+		}
+	} else if !isPublic(followed) && followed != r.actorID {
+		return
+	}
+	if isPublic(followed) {
 		followed = PublicCollection
-	case env.inboxTopic == "" && env.Object.ID == r.actorID:
-	default:
-		return // topic actors are followed in their own right: not answered here
 	}
 	if err := sig.check(req, body, r.verifyOptions()); err != nil {
 		return // digest or date do not hold: not a Follow worth answering
@@ -94,7 +102,7 @@ func (r *Relay) rejectBlockedFollow(ctx context.Context, req *http.Request, sig 
 		defer r.inflight.Done()
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*r.cfg.RequestTimeout)
 		defer cancel()
-		if err := r.sendBlockedReject(ctx, signed, sig, env, followed); err != nil {
+		if err := r.sendBlockedReject(ctx, signed, sig, env, actor, followed); err != nil {
 			r.log.Debug("relay: no Reject for a Follow from a blocked domain", "actor", env.Actor, "err", err)
 		}
 	}()
@@ -102,7 +110,7 @@ func (r *Relay) rejectBlockedFollow(ctx context.Context, req *http.Request, sig 
 
 // sendBlockedReject authenticates the Follow env (see rejectBlockedFollow)
 // and posts the Reject.
-func (r *Relay) sendBlockedReject(ctx context.Context, req *http.Request, sig inboundSignature, env *envelope, followed string) error {
+func (r *Relay) sendBlockedReject(ctx context.Context, req *http.Request, sig inboundSignature, env *envelope, actor, followed string) error {
 	d, err := r.fetchByID(withBlockedException(ctx, env.Actor), env.Actor)
 	if err != nil {
 		return err
@@ -131,7 +139,7 @@ func (r *Relay) sendBlockedReject(ctx context.Context, req *http.Request, sig in
 	if inbox == "" {
 		return refuse(http.StatusBadRequest, "actor %s has no inbox on its own origin", env.Actor)
 	}
-	reply, _, err := r.followReply(vocab.RejectType, env.ID, env.Actor, followed, r.blockReason(ctx, hostOf(env.Actor)))
+	reply, err := r.actorFollowReply(actor, vocab.RejectType, env.ID, env.Actor, followed, r.blockReason(ctx, hostOf(env.Actor)))
 	if err != nil {
 		return err
 	}
@@ -142,7 +150,7 @@ func (r *Relay) sendBlockedReject(ctx context.Context, req *http.Request, sig in
 	out.Header.Set("Content-Type", activityJSON)
 	out.Header.Set("Accept", acceptActivity)
 	out.Header.Set("User-Agent", r.cfg.UserAgent)
-	if err := r.signer.SignRequest(out, reply, r.now()); err != nil {
+	if err := r.signerFor(actor).SignRequest(out, reply, r.now()); err != nil {
 		return err
 	}
 	resp, err := r.transport.RoundTrip(out)

@@ -27,6 +27,7 @@ func TestFollowFromBlockedDomainGetsReject(t *testing.T) {
 		relay.DomainBlock{Domain: "worse.test", Reason: "spam"}))
 	bad := relaytest.NewInstance(t, relaytest.Mastodon, memOpts(&network, "bad.test"))
 	worse := relaytest.NewInstance(t, relaytest.Pleroma, memOpts(&network, "worse.test"))
+	cats := relaytest.NewInstance(t, relaytest.Mastodon, memOpts(&network, "cats.bad.test"))
 
 	_, err := bad.Subscribe(ctx, r.InboxURL(), "")
 	var he *relaytest.HTTPError
@@ -40,13 +41,20 @@ func TestFollowFromBlockedDomainGetsReject(t *testing.T) {
 	assert.Contains(t, string(rc.Body), "harassment", "the Reject carries the block's public reason")
 	rc = worse.WaitForMatch(t, wait, func(rc relaytest.Received) bool { return rc.Type == "Reject" })
 	assert.Contains(t, string(rc.Body), "spam")
+	const topic = "https://relay.test/tag/cats"
+	_, err = cats.Subscribe(ctx, topic, "")
+	require.ErrorAs(t, err, &he)
+	assert.Equal(t, 403, he.StatusCode)
+	rc = cats.WaitForMatch(t, wait, func(rc relaytest.Received) bool { return rc.Type == "Reject" })
+	assert.Contains(t, string(rc.Body), "harassment", "a subdomain's Follow of a topic gets its Reject too")
+	assert.Contains(t, string(rc.Body), `"actor":"`+topic+`"`, "from the topic actor")
 
 	_, err = bad.Subscribe(ctx, r.InboxURL(), "") // again, within the hour
 	require.ErrorAs(t, err, &he)
 	n, err := good.Post(ctx, r.InboxURL(), "alice", "not for blocked servers")
 	require.NoError(t, err)
 	require.NoError(t, r.Close(ctx)) // every delivery has been attempted, every Reject sent
-	for _, i := range []*relaytest.Instance{bad, worse} {
+	for _, i := range []*relaytest.Instance{bad, worse, cats} {
 		var types []string
 		for _, rc := range i.Received() {
 			types = append(types, rc.Type)
