@@ -32,11 +32,13 @@ type adminCommand struct {
 // adminCommands are the subcommands that talk to a running relay, by name.
 var adminCommands = map[string]adminCommand{
 	"subscribers": {"[-state pending|accepted|rejected|dormant] [-host HOST] [-software NAME] [-json]", "list subscribers", cmdSubscribers},
-	"approve":     {"ACTOR...", "accept pending (or refused) subscription requests", cmdSubscriberAction("approve", "approved")},
-	"refuse":      {"[-reason TEXT] ACTOR...", "refuse subscriptions: each gets a Reject with the reason", cmdSubscriberAction("refuse", "refused")},
-	"remove":      {"ACTOR...", "end subscriptions (a Reject is sent) and delete them", cmdSubscriberAction("remove", "removed")},
-	"mode":        {"ACTOR both|receive-only|send-only", "set which way a subscriber's activities flow", cmdMode},
-	"note":        {"ACTOR TEXT", "set the private note on a subscriber", cmdNote},
+	"approve": {"[-topic TOPIC] ACTOR...", "accept pending (or refused) subscription requests;\n" +
+		"with -topic, follows of that topic actor (see relay topic-followers)", cmdSubscriberAction("approve", "approved")},
+	"refuse": {"[-reason TEXT | -topic TOPIC] ACTOR...", "refuse subscriptions: each gets a Reject with the reason;\n" +
+		"with -topic, follows of that topic actor (a Reject without reason)", cmdSubscriberAction("refuse", "refused")},
+	"remove": {"ACTOR...", "end subscriptions (a Reject is sent) and delete them", cmdSubscriberAction("remove", "removed")},
+	"mode":   {"ACTOR both|receive-only|send-only", "set which way a subscriber's activities flow", cmdMode},
+	"note":   {"ACTOR TEXT", "set the private note on a subscriber", cmdNote},
 	"filter": {"ACTOR [FILE|-|none]", "print, set (a JSON filter from FILE or - for standard input,\n" +
 		"see docs/operating.md) or remove (none) a subscriber's content filter", cmdFilter},
 	"block":           {"[-reason TEXT] [-note TEXT] [-severity suspend|silence|noop] DOMAIN...", "block domains (ends their subscriptions)", cmdBlock},
