@@ -452,31 +452,33 @@ type Relay struct {
 	// marks (see batch.enqueue).
 	markLocks keyedLocks
 
-	base           *url.URL
-	prefix         string // BaseURL path without trailing slash
-	actorID        string
-	inboxURL       string
-	keyID          string
-	account        string // acct:Username@host, lower case (see claimAccount)
-	signer         *httpsig.Signer
-	pubPEM         string
-	keys           *keyCache
-	guard          *guard
-	keyLimit       *limiter // failed key fetches per keyId host
-	keyAll         *limiter // all key fetches per keyId host without a subscriber
-	keySub         *limiter // all key fetches per keyId host with a subscriber
-	inLimit        *limiter // authenticated inbox requests per signer host
-	sigFail        *limiter // failed signature verifications per keyId host without a subscriber
-	sigFailS       *limiter // failed signature verifications per keyId host with a subscriber
-	handler        http.Handler
-	queue          *deliveryQueue
-	closed         chan struct{}
-	closeMu        sync.Mutex
-	inflight       sync.WaitGroup // inbox requests being handled, and Rejects to blocked domains
-	blockedRejects blockedRejects // when each blocked host was last sent a Reject (rejectblocked.go)
-	bg             sync.WaitGroup // background loops other than delivery
-	policyMu       sync.Mutex     // serialises changes of the run-time block list and allowlist
-	rules          *followRules   // Config.Rules and the allowlist
+	base     *url.URL
+	prefix   string // BaseURL path without trailing slash
+	actorID  string
+	inboxURL string
+	keyID    string
+	account  string // acct:Username@host, lower case (see claimAccount)
+	signer   *httpsig.Signer
+	pubPEM   string
+	keys     *keyCache
+	guard    *guard
+	keyLimit *limiter // failed key fetches per keyId host
+	keyAll   *limiter // all key fetches per keyId host without a subscriber
+	keySub   *limiter // all key fetches per keyId host with a subscriber
+	inLimit  *limiter // authenticated inbox requests per signer host
+	sigFail  *limiter // failed signature verifications per keyId host without a subscriber
+	sigFailS *limiter // failed signature verifications per keyId host with a subscriber
+	handler  http.Handler
+	queue    *deliveryQueue
+	closed   chan struct{}
+	closeMu  sync.Mutex
+	inflight sync.WaitGroup // inbox requests being handled, and Rejects to blocked domains
+	bg       sync.WaitGroup // background loops other than delivery
+	policyMu sync.Mutex     // serialises changes of the run-time block list and allowlist
+	rules    *followRules   // Config.Rules and the allowlist
+
+	// when each blocked host was last sent a Reject (rejectblocked.go)
+	blockedRejects blockedRejects
 
 	topics     topicRegistry     // topic followers (topics.go)
 	subFilters subscriberFilters // compiled subscriber filters (select.go)
