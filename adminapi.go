@@ -32,6 +32,12 @@ const AdminAPIPrefix = "/api/v1/"
 //	POST   /api/v1/subscriber/remove           {"actor": URL}
 //	POST   /api/v1/subscriber/mode             {"actor": URL, "mode": "both"|"receive-only"|"send-only"}
 //	POST   /api/v1/subscriber/note             {"actor": URL, "note": TEXT}
+//	GET    /api/v1/subscriber/filter?actor=URL the subscriber's FilterSpec ({} for none)
+//	PUT    /api/v1/subscriber/filter?actor=URL set it: the body is a FilterSpec
+//	DELETE /api/v1/subscriber/filter?actor=URL remove it
+//	GET    /api/v1/topic-followers             follows of topic actors: ?state= &topic=
+//	POST   /api/v1/topic-follower/approve      {"topic": "tag/cats", "actor": URL}
+//	POST   /api/v1/topic-follower/refuse       {"topic": "tag/cats", "actor": URL}
 //	GET    /api/v1/blocks                      the run-time block list (DomainBlock objects)
 //	PUT    /api/v1/blocks/{domain}             block: {"severity", "reason", "note"} (all optional)
 //	DELETE /api/v1/blocks/{domain}             unblock
@@ -56,6 +62,11 @@ func (r *Relay) AdminHandler() http.Handler {
 	mux.HandleFunc("GET "+p+"/subscribers", r.adminSubscribers)
 	mux.HandleFunc("GET "+p+"/subscriber", r.adminSubscriber)
 	mux.HandleFunc("POST "+p+"/subscriber/{action}", r.adminSubscriberAction)
+	mux.HandleFunc("GET "+p+"/subscriber/filter", r.adminFilter)
+	mux.HandleFunc("PUT "+p+"/subscriber/filter", r.adminFilter)
+	mux.HandleFunc("DELETE "+p+"/subscriber/filter", r.adminFilter)
+	mux.HandleFunc("GET "+p+"/topic-followers", r.adminTopicFollowers)
+	mux.HandleFunc("POST "+p+"/topic-follower/{action}", r.adminTopicFollowerAction)
 	mux.HandleFunc("GET "+p+"/blocks", r.adminBlocks)
 	mux.HandleFunc("PUT "+p+"/blocks/{domain}", r.adminBlock)
 	mux.HandleFunc("DELETE "+p+"/blocks/{domain}", r.adminUnblock)
@@ -105,10 +116,8 @@ func (r *Relay) adminStatus(w http.ResponseWriter, req *http.Request) {
 func (r *Relay) adminSubscribers(w http.ResponseWriter, req *http.Request) {
 	q := req.URL.Query()
 	f := store.SubscriberFilter{Host: strings.ToLower(q.Get("host")), State: store.State(q.Get("state"))}
-	switch f.State {
-	case "", store.StatePending, store.StateAccepted, store.StateRejected, store.StateDormant:
-	default:
-		writeAdminError(w, http.StatusBadRequest, "unknown state %q (want pending, accepted, rejected or dormant)", f.State)
+	if msg := checkState(f.State); msg != "" {
+		writeAdminError(w, http.StatusBadRequest, "%s", msg)
 		return
 	}
 	software := strings.ToLower(q.Get("software"))
@@ -230,6 +239,124 @@ func (r *Relay) adminSubscriberAction(w http.ResponseWriter, req *http.Request) 
 		return
 	}
 	writeAdminJSON(w, http.StatusOK, AdminSubscriber{Subscriber: st.Subscriber, Mode: st.Mode.String(), Backlog: &st.Backlog})
+}
+
+// adminFilter reads, sets (PUT, a FilterSpec body) or removes (DELETE) the
+// filter of the subscriber named by the actor parameter, and answers the
+// filter in force afterwards.
+func (r *Relay) adminFilter(w http.ResponseWriter, req *http.Request) {
+	actor := req.URL.Query().Get("actor")
+	if actor == "" {
+		writeAdminError(w, http.StatusBadRequest, "missing actor parameter")
+		return
+	}
+	ctx := req.Context()
+	var err error
+	switch req.Method {
+	case http.MethodPut:
+		var spec FilterSpec
+		if !readAdminJSON(w, req, &spec) {
+			return
+		}
+		if _, cerr := spec.Compile(); cerr != nil {
+			writeAdminError(w, http.StatusBadRequest, "%v", cerr)
+			return
+		}
+		err = r.SetSubscriberFilter(ctx, actor, spec)
+	case http.MethodDelete:
+		err = r.SetSubscriberFilter(ctx, actor, FilterSpec{})
+	}
+	if err != nil {
+		r.adminFailed(w, err)
+		return
+	}
+	spec, err := r.SubscriberFilter(ctx, actor)
+	if err != nil {
+		r.adminFailed(w, err)
+		return
+	}
+	writeAdminJSON(w, http.StatusOK, spec)
+}
+
+// checkState returns a 400 message for a state parameter that is not
+// empty or one of the subscription states, or "".
+func checkState(state store.State) string {
+	switch state {
+	case "", store.StatePending, store.StateAccepted, store.StateRejected, store.StateDormant:
+		return ""
+	}
+	return fmt.Sprintf("unknown state %q (want pending, accepted, rejected or dormant)", state)
+}
+
+func (r *Relay) adminTopicFollowers(w http.ResponseWriter, req *http.Request) {
+	q := req.URL.Query()
+	state := store.State(q.Get("state"))
+	if msg := checkState(state); msg != "" {
+		writeAdminError(w, http.StatusBadRequest, "%s", msg)
+		return
+	}
+	topic := ""
+	if v := q.Get("topic"); v != "" {
+		if topic = parseTopicKey(v); topic == "" {
+			writeAdminError(w, http.StatusBadRequest, "unknown topic %q (want tag/NAME, language/CODE or instance/HOST)", v)
+			return
+		}
+	}
+	out := []TopicFollower{}
+	for _, f := range r.TopicFollowers() {
+		if (state == "" || f.State == state) && (topic == "" || f.Topic == topic) {
+			out = append(out, f)
+		}
+	}
+	writeAdminJSON(w, http.StatusOK, out)
+}
+
+// adminTopicRequest is the body of the POST /api/v1/topic-follower/
+// actions.
+type adminTopicRequest struct {
+	Topic string `json:"topic"`
+	Actor string `json:"actor"`
+}
+
+func (r *Relay) adminTopicFollowerAction(w http.ResponseWriter, req *http.Request) {
+	var body adminTopicRequest
+	if !readAdminJSON(w, req, &body) {
+		return
+	}
+	if body.Actor == "" {
+		writeAdminError(w, http.StatusBadRequest, "missing actor")
+		return
+	}
+	topic := parseTopicKey(body.Topic)
+	if topic == "" {
+		writeAdminError(w, http.StatusBadRequest, "unknown topic %q (want tag/NAME, language/CODE or instance/HOST)", body.Topic)
+		return
+	}
+	var err error
+	switch action := req.PathValue("action"); action {
+	case "approve":
+		err = r.ApproveTopicFollower(req.Context(), topic, body.Actor)
+	case "refuse":
+		err = r.RefuseTopicFollower(req.Context(), topic, body.Actor)
+	default:
+		writeAdminError(w, http.StatusNotFound, "unknown topic follower action %q (want approve or refuse)", action)
+		return
+	}
+	if errors.Is(err, ErrNotSubscribed) {
+		writeAdminError(w, http.StatusNotFound, "unknown follow of %s by %s", topic, body.Actor)
+		return
+	}
+	if err != nil {
+		r.adminFailed(w, err)
+		return
+	}
+	for _, f := range r.TopicFollowers() {
+		if f.Topic == topic && f.Actor == body.Actor {
+			writeAdminJSON(w, http.StatusOK, f)
+			return
+		}
+	}
+	writeAdminError(w, http.StatusNotFound, "unknown follow of %s by %s", topic, body.Actor)
 }
 
 func (r *Relay) adminBlocks(w http.ResponseWriter, req *http.Request) {

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -192,6 +193,14 @@ func TestAdminAPIBadInput(t *testing.T) {
 		{"POST", "/api/v1/subscriber/note", `{"actor": "` + actor + `"}`, 400, "missing note"},
 		{"POST", "/api/v1/subscriber/mode", `{"actor": "` + actor + `"}`, 400, "missing mode"},
 		{"POST", "/api/v1/subscriber/explode", `{"actor": "` + actor + `"}`, 404, "unknown subscriber action"},
+		{"GET", "/api/v1/subscriber/filter", "", 400, "missing actor"},
+		{"GET", "/api/v1/subscriber/filter?actor=https://nobody.test/actor", "", 404, "unknown actor https://nobody.test/actor"},
+		{"PUT", "/api/v1/subscriber/filter?actor=https://nobody.test/actor", `{}`, 404, "unknown actor https://nobody.test/actor"},
+		{"DELETE", "/api/v1/subscriber/filter?actor=https://nobody.test/actor", ``, 404, "unknown actor"},
+		{"PUT", "/api/v1/subscriber/filter?actor=" + actor, `{"media": "sometimes"}`, 400, `media must be "with", "without" or empty`},
+		{"PUT", "/api/v1/subscriber/filter?actor=" + actor, `{"max_bytes": -1}`, 400, "negative limit"},
+		{"PUT", "/api/v1/subscriber/filter?actor=" + actor, `{"allow_tags": ["#"]}`, 400, "invalid filter: tag"},
+		{"PUT", "/api/v1/subscriber/filter?actor=" + actor, `{"langs": ["de"]}`, 400, "unknown field"},
 		{"PUT", "/api/v1/blocks/not%20a%20domain", ``, 400, "not a domain"},
 		{"PUT", "/api/v1/blocks/b%C3%A4d.test", ``, 400, "ASCII"},
 		{"PUT", "/api/v1/blocks/bad.test", `{"severity": "obliterate"}`, 400, "unknown severity"},
@@ -212,9 +221,46 @@ func TestAdminAPIBadInput(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, store.StateAccepted, s.State)
 	assert.Equal(t, store.ModeBoth, s.Mode)
+	assert.Empty(t, s.Filter, "no invalid filter was stored")
 	blocks, err := r.DomainBlocks(context.Background())
 	require.NoError(t, err)
 	assert.Empty(t, blocks, "the malformed import changed nothing")
+}
+
+// A subscriber's filter is read, set and removed through the admin API,
+// and applies to the next post.
+func TestAdminAPISubscriberFilter(t *testing.T) {
+	var network memnet.Network
+	r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{})
+	a := admin(t, r)
+	masto := relaytest.NewInstance(t, relaytest.Mastodon, memOpts(&network, "masto.test"))
+	gts := relaytest.NewInstance(t, relaytest.GoToSocial, memOpts(&network, "gts.test"))
+	subscribe(t, r, masto, gts)
+	path := "/api/v1/subscriber/filter?actor=" + gts.RelayActorID()
+
+	var spec relay.FilterSpec
+	a.ok("GET", path, "", &spec)
+	assert.True(t, spec.IsZero())
+	a.ok("PUT", path, `{"deny_tags": ["#Cats"], "max_posts_per_hour": 5}`, &spec)
+	assert.Equal(t, relay.FilterSpec{DenyTags: []string{"#Cats"}, MaxPostsPerHour: 5}, spec)
+	got, err := r.SubscriberFilter(context.Background(), gts.RelayActorID())
+	require.NoError(t, err)
+	assert.Equal(t, spec, got, "the API stores what the library reads")
+
+	ctx := context.Background()
+	cats, err := masto.PostWith(ctx, r.InboxURL(), "alice", "cats", relaytest.PostOptions{Tags: []string{"cats"}})
+	require.NoError(t, err)
+	dogs, err := masto.PostWith(ctx, r.InboxURL(), "alice", "dogs", relaytest.PostOptions{Tags: []string{"dogs"}})
+	require.NoError(t, err)
+	waitFor(t, gts, "Announce", dogs.ID)
+	require.NoError(t, r.Close(ctx)) // every delivery has been attempted
+	assert.Zero(t, countFor(gts, "Announce", cats.ID), "the filter denies #cats")
+
+	var removed, after relay.FilterSpec
+	a.ok("DELETE", path, "", &removed)
+	assert.True(t, removed.IsZero())
+	a.ok("GET", path, "", &after)
+	assert.True(t, after.IsZero())
 }
 
 // A receive-only subscriber's posts are not relayed, and a send-only one
@@ -544,4 +590,66 @@ func memstoreFor(t testing.TB) *memstore.Store {
 	st := memstore.New()
 	t.Cleanup(func() { _ = st.Close() })
 	return st
+}
+
+// With manual approval, instance follows of topic actors wait as pending
+// in the admin API's list of topic followers; approving one sends the
+// Accept, refusing one the Reject; bad input gets 400, an unknown follow
+// 404.
+func TestAdminAPITopicFollowers(t *testing.T) {
+	var network memnet.Network
+	r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{FollowPolicy: relay.ManualApproval})
+	a := admin(t, r)
+	ctx := context.Background()
+	masto := relaytest.NewInstance(t, relaytest.Mastodon, memOpts(&network, "masto.test"))
+	pleroma := relaytest.NewInstance(t, relaytest.Pleroma, memOpts(&network, "pleroma.test"))
+	const cats = "https://relay.test/tag/cats"
+	_, err := masto.Subscribe(ctx, cats, "")
+	require.NoError(t, err)
+	_, err = pleroma.Subscribe(ctx, cats, cats)
+	require.NoError(t, err)
+
+	var pending []relay.TopicFollower
+	a.ok("GET", "/api/v1/topic-followers?state=pending&topic=tag/Cats", "", &pending)
+	require.Len(t, pending, 2)
+	for _, f := range pending {
+		assert.Equal(t, "tag/cats", f.Topic)
+		assert.Equal(t, store.StatePending, f.State)
+	}
+	var none []relay.TopicFollower
+	a.ok("GET", "/api/v1/topic-followers?topic=tag/dogs", "", &none)
+	assert.Empty(t, none)
+
+	var f relay.TopicFollower
+	a.ok("POST", "/api/v1/topic-follower/approve", fmt.Sprintf(`{"topic": "tag/cats", "actor": %q}`, masto.RelayActorID()), &f)
+	assert.Equal(t, store.StateAccepted, f.State)
+	masto.WaitSubscribed(t, wait)
+	a.ok("POST", "/api/v1/topic-follower/refuse", fmt.Sprintf(`{"topic": "tag/cats", "actor": %q}`, pleroma.RelayActorID()), &f)
+	assert.Equal(t, store.StateRejected, f.State)
+	require.Eventually(t, func() bool { return pleroma.SubscriptionState(cats) == relaytest.StateRejected },
+		wait, 10*time.Millisecond, "the refused follower gets a Reject")
+
+	var accepted []relay.TopicFollower
+	a.ok("GET", "/api/v1/topic-followers?state=accepted", "", &accepted)
+	require.Len(t, accepted, 1)
+	assert.Equal(t, masto.RelayActorID(), accepted[0].Actor)
+
+	for _, c := range []struct {
+		method, path, body string
+		status             int
+		msg                string
+	}{
+		{"GET", "/api/v1/topic-followers?state=bogus", "", 400, "unknown state"},
+		{"GET", "/api/v1/topic-followers?topic=cats", "", 400, "unknown topic"},
+		{"POST", "/api/v1/topic-follower/approve", `{"topic": "tag/cats"}`, 400, "missing actor"},
+		{"POST", "/api/v1/topic-follower/approve", `{"actor": "https://x.test/a"}`, 400, "unknown topic"},
+		{"POST", "/api/v1/topic-follower/approve", `{"topic": "colour/red", "actor": "https://x.test/a"}`, 400, "unknown topic"},
+		{"POST", "/api/v1/topic-follower/approve", `{"topic": "tag/dogs", "actor": "` + masto.RelayActorID() + `"}`, 404,
+			"unknown follow of tag/dogs by " + masto.RelayActorID()},
+		{"POST", "/api/v1/topic-follower/explode", `{"topic": "tag/cats", "actor": "https://x.test/a"}`, 404, "unknown topic follower action"},
+	} {
+		code, body := a.do(c.method, c.path, c.body)
+		assert.Equal(t, c.status, code, "%s %s %s: %s", c.method, c.path, c.body, body)
+		assert.Contains(t, string(body), c.msg, "%s %s", c.method, c.path)
+	}
 }

@@ -414,8 +414,8 @@ func readTags(m json.RawMessage) []string {
 // SetSubscriberFilter sets the content filter and rate budget of the
 // subscriber actorID; a zero spec removes them. The spec is kept with the
 // subscription in the store (store.Subscriber.Filter), so it survives
-// restarts and is shared by processes using the store. It returns
-// ErrNotSubscribed if there is no such subscriber, and an error wrapping
+// restarts and is shared by processes using the store. It returns an
+// error matching ErrNotSubscribed if there is no such subscriber, and an error wrapping
 // the reason for an invalid spec (see FilterSpec.Compile).
 func (r *Relay) SetSubscriberFilter(ctx context.Context, actorID string, spec FilterSpec) error {
 	if _, err := spec.Compile(); err != nil {
@@ -431,7 +431,7 @@ func (r *Relay) SetSubscriberFilter(ctx context.Context, actorID string, spec Fi
 	}
 	_, err := r.store.UpdateSubscriber(ctx, actorID, func(s *store.Subscriber, found bool) error {
 		if !found {
-			return ErrNotSubscribed
+			return fmt.Errorf("%w: %s", ErrNotSubscribed, actorID)
 		}
 		s.Filter = text
 		s.UpdatedAt = r.now().UTC()
@@ -441,11 +441,11 @@ func (r *Relay) SetSubscriberFilter(ctx context.Context, actorID string, spec Fi
 }
 
 // SubscriberFilter returns the filter of the subscriber actorID (zero if
-// it has none), or ErrNotSubscribed.
+// it has none), or an error matching ErrNotSubscribed.
 func (r *Relay) SubscriberFilter(ctx context.Context, actorID string) (FilterSpec, error) {
 	s, err := r.store.GetSubscriber(ctx, actorID)
 	if errors.Is(err, store.ErrNotFound) {
-		return FilterSpec{}, ErrNotSubscribed
+		return FilterSpec{}, fmt.Errorf("%w: %s", ErrNotSubscribed, actorID)
 	}
 	if err != nil {
 		return FilterSpec{}, err

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -91,7 +92,12 @@ func (g *guard) allowedAddr(ip netip.Addr) bool {
 // checkURL is the check every outbound request (fetch, redirect hop,
 // delivery) passes before it is sent: https (or http if allowed), a host,
 // no user info, no blocked domain, and no refused IP literal.
-func (g *guard) checkURL(u *url.URL) error {
+func (g *guard) checkURL(u *url.URL) error { return g.checkURLExcept(u, "") }
+
+// checkURLExcept is checkURL, except that the URL allowedBlocked, exactly,
+// may be on a blocked domain (see withBlockedException). Every other check
+// still applies.
+func (g *guard) checkURLExcept(u *url.URL, allowedBlocked string) error {
 	if u == nil {
 		return fmt.Errorf("%w: no URL", ErrOutboundRefused)
 	}
@@ -111,7 +117,7 @@ func (g *guard) checkURL(u *url.URL) error {
 	if _, err := canonicalHost(u.Scheme, u.Host); err != nil {
 		return fmt.Errorf("%w: %s: %v", ErrOutboundRefused, u.Redacted(), err)
 	}
-	if g.blocked.contains(host) {
+	if g.blocked.contains(host) && (allowedBlocked == "" || u.String() != allowedBlocked) {
 		return fmt.Errorf("%w: %s is on a blocked domain", ErrOutboundRefused, host)
 	}
 	if ip, err := netip.ParseAddr(host); err == nil && !g.allowedAddr(ip) {
@@ -182,8 +188,21 @@ type guardedTransport struct {
 	g    *guard
 }
 
+// blockedExceptionKey is the context key of withBlockedException.
+type blockedExceptionKey struct{}
+
+// withBlockedException returns a context under which the outbound guard
+// lets requests to exactly rawURL through although its domain is blocked.
+// It exists for one purpose: answering a Follow from a blocked domain with
+// a Reject (see rejectBlockedFollow). A redirect to any other URL is
+// still refused.
+func withBlockedException(ctx context.Context, rawURL string) context.Context {
+	return context.WithValue(ctx, blockedExceptionKey{}, rawURL)
+}
+
 func (t *guardedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if err := t.g.checkURL(req.URL); err != nil {
+	allowed, _ := req.Context().Value(blockedExceptionKey{}).(string)
+	if err := t.g.checkURLExcept(req.URL, allowed); err != nil {
 		if req.Body != nil {
 			_ = req.Body.Close()
 		}

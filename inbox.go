@@ -17,7 +17,9 @@ import (
 //	    key not found; signer not bound to the actor
 //	400 malformed JSON (or nested too deeply), an activity without type,
 //	    actor or id; an id, actor, object or keyId over maxIDLength bytes
-//	403 keyId, actor or object on a blocked domain (before any fetch);
+//	403 keyId, actor or object on a blocked domain (before any fetch; a
+//	    Follow signed on a blocked domain also gets a Reject, see
+//	    rejectBlockedFollow);
 //	    sender not subscribed, not public, object from another origin
 //	429 too many key fetches for the keyId host, or too many requests from
 //	    the signer's host (with Retry-After)
@@ -91,6 +93,7 @@ func (r *Relay) receive(ctx context.Context, w http.ResponseWriter, req *http.Re
 		return badSignature("malformed", refuse(http.StatusUnauthorized, "unsupported keyId: %v", err))
 	}
 	if r.guard.blocked.blockedURL(keyID) {
+		r.rejectBlockedFollow(ctx, req, sig, body)
 		return refuse(http.StatusForbidden, "%s is blocked", hostOf(keyID))
 	}
 	if err := sig.check(req, body, r.verifyOptions()); err != nil {

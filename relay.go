@@ -476,10 +476,13 @@ type Relay struct {
 	queue    *deliveryQueue
 	closed   chan struct{}
 	closeMu  sync.Mutex
-	inflight sync.WaitGroup // inbox requests being handled
+	inflight sync.WaitGroup // inbox requests being handled, and Rejects to blocked domains
 	bg       sync.WaitGroup // background loops other than delivery
 	policyMu sync.Mutex     // serialises changes of the run-time block list and allowlist
 	rules    *followRules   // Config.Rules and the allowlist
+
+	// when each blocked host was last sent a Reject (rejectblocked.go)
+	blockedRejects blockedRejects
 
 	topics     topicRegistry     // topic followers (topics.go)
 	subFilters subscriberFilters // compiled subscriber filters (select.go)

@@ -507,14 +507,18 @@ func TestBlockedDomains(t *testing.T) {
 	}
 	good := relaytest.NewInstance(t, relaytest.Mastodon, opts("good.test"))
 	bad := relaytest.NewInstance(t, relaytest.Mastodon, opts("sub.blocked.test"))
-	var badGets atomic.Int64
-	bad.SetFault(func(*http.Request) int { badGets.Add(1); return 0 })
+	var badRequests atomic.Int64
+	bad.SetFault(func(*http.Request) int { badRequests.Add(1); return 0 })
 	ctx := context.Background()
 
 	_, err = bad.Subscribe(ctx, r.InboxURL(), r.ActorID())
 	var he *relaytest.HTTPError
 	require.ErrorAs(t, err, &he, "a Follow from a blocked subdomain")
 	assert.Equal(t, http.StatusForbidden, he.StatusCode)
+	// It is answered with a Reject: one fetch of the follower's actor (to
+	// authenticate the Follow and find its inbox) and the Reject itself.
+	bad.WaitForMatch(t, wait, func(rc relaytest.Received) bool { return rc.Type == "Reject" })
+	require.Equal(t, int64(2), badRequests.Load(), "the actor's fetch and the Reject")
 
 	_, err = good.Subscribe(ctx, r.InboxURL(), r.ActorID())
 	require.NoError(t, err)
@@ -532,7 +536,7 @@ func TestBlockedDomains(t *testing.T) {
 	// A keyId on a blocked domain, for an actor elsewhere.
 	code, text = status(t, good, r, "alice", createDoc(good, "alice", "2"), relaytest.WithKeyID(bad.ActorID("eve")+"#main-key"))
 	assert.Equal(t, http.StatusForbidden, code, text)
-	assert.Zero(t, badGets.Load(), "nothing was fetched from the blocked domain")
+	assert.Equal(t, int64(2), badRequests.Load(), "nothing else was fetched from or sent to the blocked domain")
 }
 
 // --- 4. Hostile input -------------------------------------------------------------------------

@@ -685,7 +685,7 @@ func (r *Relay) sendTopicDecision(ctx context.Context, f *TopicFollower, followB
 	if f.Kind == followerMastodon {
 		followed = PublicCollection
 	}
-	reply, err := r.actorFollowReply(actor, typ, f.FollowID, f.Actor, followed)
+	reply, err := r.actorFollowReply(actor, typ, f.FollowID, f.Actor, followed, "")
 	if err != nil {
 		return err
 	}
@@ -825,12 +825,15 @@ func (r *Relay) handleTopicFollowBackReply(ctx context.Context, env *envelope, s
 
 // actorFollowReply builds the Accept or Reject by actor of a Follow, the
 // Follow embedded with its id byte-identical (see followReply).
-func (r *Relay) actorFollowReply(actor string, typ vocab.ActivityVocabularyType, followID, follower, followed string) ([]byte, error) {
+func (r *Relay) actorFollowReply(actor string, typ vocab.ActivityVocabularyType, followID, follower, followed, reason string) ([]byte, error) {
 	follow := vocab.FollowNew(vocab.ID(followID), vocab.IRI(followed))
 	follow.Actor = vocab.IRI(follower)
 	reply := vocab.ActivityNew(vocab.ID(r.newID()), typ, follow)
 	reply.Actor = vocab.IRI(actor)
 	reply.To = vocab.ItemCollection{vocab.IRI(follower)}
+	if reason != "" {
+		reply.Summary = vocab.DefaultNaturalLanguageValue(reason)
+	}
 	return marshalDoc(reply, false)
 }
 

@@ -245,8 +245,8 @@ func TestAdminCommandExitStatus(t *testing.T) {
 	help.Env = append(os.Environ(), runAsRelay+"=1")
 	out, err := help.Output()
 	require.NoError(t, err)
-	for _, name := range []string{"subscribers", "approve", "refuse", "remove", "mode", "block", "unblock", "blocks",
-		"blocks-import", "blocks-export", "allow", "disallow", "allowed", "status"} {
+	for _, name := range []string{"subscribers", "approve", "refuse", "remove", "mode", "filter", "block", "unblock", "blocks",
+		"blocks-import", "blocks-export", "allow", "disallow", "allowed", "topic-followers", "status"} {
 		assert.Contains(t, string(out), "relay "+name+" ", name)
 	}
 }

@@ -31,26 +31,31 @@ type adminCommand struct {
 
 // adminCommands are the subcommands that talk to a running relay, by name.
 var adminCommands = map[string]adminCommand{
-	"subscribers":   {"[-state pending|accepted|rejected|dormant] [-host HOST] [-software NAME] [-json]", "list subscribers", cmdSubscribers},
-	"approve":       {"ACTOR...", "accept pending (or refused) subscription requests", cmdSubscriberAction("approve", "approved")},
-	"refuse":        {"[-reason TEXT] ACTOR...", "refuse subscriptions: each gets a Reject with the reason", cmdSubscriberAction("refuse", "refused")},
-	"remove":        {"ACTOR...", "end subscriptions (a Reject is sent) and delete them", cmdSubscriberAction("remove", "removed")},
-	"mode":          {"ACTOR both|receive-only|send-only", "set which way a subscriber's activities flow", cmdMode},
-	"note":          {"ACTOR TEXT", "set the private note on a subscriber", cmdNote},
-	"block":         {"[-reason TEXT] [-note TEXT] [-severity suspend|silence|noop] DOMAIN...", "block domains (ends their subscriptions)", cmdBlock},
-	"unblock":       {"DOMAIN...", "remove domains from the block list", cmdDomains("DELETE", "blocks", "unblocked")},
-	"blocks":        {"[-json]", "list the block list", cmdBlocks},
-	"blocks-import": {"FILE|-", "import a Mastodon CSV or plain-text block list", cmdBlocksImport},
-	"blocks-export": {"", "write the block list as Mastodon CSV", cmdBlocksExport},
-	"allow":         {"DOMAIN...", "add domains to the allowlist (see -allowlist)", cmdDomains("PUT", "allowlist", "allowed")},
-	"disallow":      {"DOMAIN...", "remove domains from the allowlist", cmdDomains("DELETE", "allowlist", "disallowed")},
-	"allowed":       {"[-json]", "list the allowlist", cmdAllowed},
-	"status":        {"[-json]", "subscribers by state, backlog, deliveries in flight, open breakers", cmdStatus},
+	"subscribers": {"[-state pending|accepted|rejected|dormant] [-host HOST] [-software NAME] [-json]", "list subscribers", cmdSubscribers},
+	"approve": {"[-topic TOPIC] ACTOR...", "accept pending (or refused) subscription requests;\n" +
+		"with -topic, follows of that topic actor (see relay topic-followers)", cmdSubscriberAction("approve", "approved")},
+	"refuse": {"[-reason TEXT | -topic TOPIC] ACTOR...", "refuse subscriptions: each gets a Reject with the reason;\n" +
+		"with -topic, follows of that topic actor (a Reject without reason)", cmdSubscriberAction("refuse", "refused")},
+	"remove": {"ACTOR...", "end subscriptions (a Reject is sent) and delete them", cmdSubscriberAction("remove", "removed")},
+	"mode":   {"ACTOR both|receive-only|send-only", "set which way a subscriber's activities flow", cmdMode},
+	"note":   {"ACTOR TEXT", "set the private note on a subscriber", cmdNote},
+	"filter": {"ACTOR [FILE|-|none]", "print, set (a JSON filter from FILE or - for standard input,\n" +
+		"see docs/operating.md) or remove (none) a subscriber's content filter", cmdFilter},
+	"block":           {"[-reason TEXT] [-note TEXT] [-severity suspend|silence|noop] DOMAIN...", "block domains (ends their subscriptions)", cmdBlock},
+	"unblock":         {"DOMAIN...", "remove domains from the block list", cmdDomains("DELETE", "blocks", "unblocked")},
+	"blocks":          {"[-json]", "list the block list", cmdBlocks},
+	"blocks-import":   {"FILE|-", "import a Mastodon CSV or plain-text block list", cmdBlocksImport},
+	"blocks-export":   {"", "write the block list as Mastodon CSV", cmdBlocksExport},
+	"allow":           {"DOMAIN...", "add domains to the allowlist (see -allowlist)", cmdDomains("PUT", "allowlist", "allowed")},
+	"disallow":        {"DOMAIN...", "remove domains from the allowlist", cmdDomains("DELETE", "allowlist", "disallowed")},
+	"allowed":         {"[-json]", "list the allowlist", cmdAllowed},
+	"topic-followers": {"[-state pending|accepted|rejected] [-topic TOPIC] [-json]", "list the follows of topic actors (tag/…, language/…, instance/…)", cmdTopicFollowers},
+	"status":          {"[-json]", "subscribers by state, backlog, deliveries in flight, open breakers", cmdStatus},
 }
 
 // adminCommandOrder is the order the usage text lists adminCommands in.
-var adminCommandOrder = []string{"subscribers", "approve", "refuse", "remove", "mode", "note", "block", "unblock",
-	"blocks", "blocks-import", "blocks-export", "allow", "disallow", "allowed", "status"}
+var adminCommandOrder = []string{"subscribers", "approve", "refuse", "remove", "mode", "note", "filter", "block", "unblock",
+	"blocks", "blocks-import", "blocks-export", "allow", "disallow", "allowed", "topic-followers", "status"}
 
 // adminCommandList returns adminCommands as entries of the command table.
 func adminCommandList() []command {
@@ -77,6 +82,7 @@ type commandEnv struct {
 	json                   *bool
 	state, host, software  *string
 	reason, note, severity *string
+	topic                  *string
 }
 
 // runAdminCommand runs the admin subcommand name with its arguments.
@@ -97,8 +103,14 @@ func runAdminCommand(name string, args []string, stdin io.Reader, stdout io.Writ
 		c.state = fs.String("state", "", "only subscribers in this state: pending, accepted, rejected or dormant")
 		c.host = fs.String("host", "", "only subscribers on this host")
 		c.software = fs.String("software", "", "only subscribers running this software (NodeInfo name)")
+	case "approve":
+		c.topic = fs.String("topic", "", "approve follows of this topic actor (e.g. tag/cats) instead of subscriptions")
 	case "refuse":
 		c.reason = fs.String("reason", "", "public reason, sent with the Reject")
+		c.topic = fs.String("topic", "", "refuse follows of this topic actor (e.g. tag/cats) instead of subscriptions")
+	case "topic-followers":
+		c.state = fs.String("state", "", "only follows in this state: pending, accepted or rejected")
+		c.topic = fs.String("topic", "", "only follows of this topic (e.g. tag/cats)")
 	case "block":
 		c.reason = fs.String("reason", "", "public reason, published in NodeInfo and exported")
 		c.note = fs.String("note", "", "private note")
@@ -232,6 +244,9 @@ func cmdSubscriberAction(action, done string) func(c *commandEnv) error {
 		if err := c.needArgs(1, -1, "at least one ACTOR"); err != nil {
 			return err
 		}
+		if c.topic != nil && *c.topic != "" {
+			return topicFollowerAction(c, action, done)
+		}
 		for _, actor := range c.fs.Args() {
 			body := map[string]string{"actor": actor}
 			if c.reason != nil && *c.reason != "" {
@@ -244,6 +259,48 @@ func cmdSubscriberAction(action, done string) func(c *commandEnv) error {
 		}
 		return nil
 	}
+}
+
+// topicFollowerAction approves or refuses the follows of the -topic actor
+// by every actor argument.
+func topicFollowerAction(c *commandEnv, action, done string) error {
+	if c.reason != nil && *c.reason != "" {
+		return usageErrorf("%s: -reason is for subscriptions; a topic follow is refused without one", c.fs.Name())
+	}
+	for _, actor := range c.fs.Args() {
+		var f relay.TopicFollower
+		body := jsonBody(map[string]string{"topic": *c.topic, "actor": actor})
+		if err := c.call("POST", "/api/v1/topic-follower/"+action, body, &f); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.stdout, "%s %s (follow of %s)\n", done, actor, f.Topic)
+	}
+	return nil
+}
+
+func cmdTopicFollowers(c *commandEnv) error {
+	if err := c.needArgs(0, 0, "no arguments"); err != nil {
+		return err
+	}
+	q := url.Values{}
+	for k, v := range map[string]string{"state": *c.state, "topic": *c.topic} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	var follows []relay.TopicFollower
+	if err := c.call("GET", "/api/v1/topic-followers?"+q.Encode(), nil, &follows); err != nil {
+		return err
+	}
+	if *c.json {
+		return c.printJSON(follows)
+	}
+	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TOPIC\tACTOR\tKIND\tSTATE\tSINCE")
+	for _, f := range follows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", f.Topic, f.Actor, f.Kind, f.State, f.CreatedAt.Format(time.DateOnly))
+	}
+	return tw.Flush()
 }
 
 func cmdMode(c *commandEnv) error {
@@ -270,6 +327,45 @@ func cmdNote(c *commandEnv) error {
 	}
 	fmt.Fprintf(c.stdout, "note set on %s\n", c.fs.Arg(0))
 	return nil
+}
+
+func cmdFilter(c *commandEnv) error {
+	if err := c.needArgs(1, 2, "ACTOR and optionally FILE, - (standard input) or none"); err != nil {
+		return err
+	}
+	path := "/api/v1/subscriber/filter?" + url.Values{"actor": {c.fs.Arg(0)}}.Encode()
+	method, body := "GET", io.Reader(nil)
+	switch src := c.fs.Arg(1); src {
+	case "":
+	case "none":
+		method = "DELETE"
+	default:
+		var data []byte
+		var err error
+		if src == "-" {
+			data, err = io.ReadAll(c.stdin)
+		} else {
+			data, err = os.ReadFile(src)
+		}
+		if err != nil {
+			return fmt.Errorf("filter: %w", err)
+		}
+		method, body = "PUT", bytes.NewReader(data)
+	}
+	var spec relay.FilterSpec
+	if err := c.call(method, path, body, &spec); err != nil {
+		return err
+	}
+	if spec.IsZero() {
+		_, err := fmt.Fprintln(c.stdout, "none")
+		return err
+	}
+	b, err := json.Marshal(spec)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(c.stdout, string(b))
+	return err
 }
 
 func cmdBlock(c *commandEnv) error {

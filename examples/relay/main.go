@@ -137,8 +137,6 @@ func init() {
 			"to standard output as JSON", backupCommand("export")},
 		{"import", "[-data DIR | -database-url URL] < FILE", "read such a document into the data directory (the relay must not\n" +
 			"be running); subscribers and values it holds replace those stored", backupCommand("import")},
-		{"filter", "[-data DIR] ACTOR [FILE|-|none]", "print, set (a JSON filter, see docs/operating.md) or remove\n" +
-			"a subscriber's filter (the relay must not be running)", runFilter},
 		{"help", "", "print this text", func(args []string, _ io.Reader, stdout io.Writer) error {
 			if len(args) > 0 {
 				return usageErrorf("help: unexpected argument %q", args[0])

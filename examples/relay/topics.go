@@ -1,19 +1,13 @@
 package main
 
 import (
-	"bytes"
-	"cmp"
-	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 
 	"github.com/fedirelay/relay"
-	"github.com/fedirelay/relay/store"
 )
 
 // addTopicFlags defines the flags for topic actors and content filters on
@@ -65,75 +59,4 @@ func splitList(v string) []string {
 		}
 	}
 	return out
-}
-
-// runFilter runs "relay filter [-data DIR] ACTOR [FILE|none]": it prints
-// the subscriber's filter, sets it from the JSON FilterSpec in FILE ("-"
-// for standard input), or removes it ("none"). The relay must not be
-// running on DIR.
-func runFilter(args []string, stdin io.Reader, stdout io.Writer) error {
-	fs := flag.NewFlagSet("relay filter", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	dataDir := fs.String("data", "relay-data", dataHelp)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			printUsage(stdout)
-			return err
-		}
-		return usageErrorf("filter: %v (see relay help)", err)
-	}
-	if fs.NArg() < 1 || fs.NArg() > 2 {
-		return usageErrorf("filter: want ACTOR [FILE|-|none], got %q", fs.Args())
-	}
-	actor := fs.Arg(0)
-	st, err := openStore(*dataDir)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	ctx := context.Background()
-	if fs.NArg() == 1 {
-		s, err := st.GetSubscriber(ctx, actor)
-		if err != nil {
-			return fmt.Errorf("filter: %s: %w", actor, err)
-		}
-		_, err = fmt.Fprintln(stdout, cmp.Or(s.Filter, "none"))
-		return err
-	}
-	text := ""
-	if src := fs.Arg(1); src != "none" {
-		var b []byte
-		if src == "-" {
-			b, err = io.ReadAll(stdin)
-		} else {
-			b, err = os.ReadFile(src)
-		}
-		if err != nil {
-			return fmt.Errorf("filter: %w", err)
-		}
-		var spec relay.FilterSpec
-		dec := json.NewDecoder(bytes.NewReader(b))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&spec); err != nil {
-			return fmt.Errorf("filter: %w", err)
-		}
-		if _, err := spec.Compile(); err != nil {
-			return fmt.Errorf("filter: %w", err)
-		}
-		if !spec.IsZero() {
-			b, _ := json.Marshal(spec)
-			text = string(b)
-		}
-	}
-	_, err = st.UpdateSubscriber(ctx, actor, func(s *store.Subscriber, found bool) error {
-		if !found {
-			return fmt.Errorf("filter: %s: %w", actor, store.ErrNotFound)
-		}
-		s.Filter = text
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	return st.Close()
 }
