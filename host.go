@@ -116,9 +116,12 @@ func canonicalPort(scheme, port string) (string, error) {
 // trailing dot. It refuses empty names and labels, and characters other
 // than ASCII letters, digits, '-', '_' and '.'.
 func canonicalName(name string) (string, error) {
-	name = strings.TrimSuffix(name, ".")
+	name = strings.TrimSuffix(name, ".") // one root dot: "example.org."
 	if name == "" {
 		return "", errors.New("empty host")
+	}
+	if strings.HasSuffix(name, ".") {
+		return "", errors.New("empty label")
 	}
 	b := []byte(name)
 	for i, c := range b {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -125,6 +126,13 @@ func checkDomain(domain string) (string, error) {
 	d := normalizeDomain(domain)
 	if d == "" || len(d) > 253 || strings.ContainsAny(d, " /@?#,\t\r\n") {
 		return "", fmt.Errorf("relay: %q is not a domain name", domain)
+	}
+	// What is stored must read back as itself: a valid host name in
+	// canonical form, or an IP address.
+	if _, err := netip.ParseAddr(d); err != nil {
+		if c, err := canonicalName(d); err != nil || c != d {
+			return "", fmt.Errorf("relay: %q is not a domain name (use the ASCII form of internationalised names)", domain)
+		}
 	}
 	return d, nil
 }
