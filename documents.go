@@ -334,16 +334,24 @@ func writeDoc(w http.ResponseWriter, r *Relay, contentType string, body []byte, 
 // more than Config.ClockSkew ahead of the relay's clock is not believed.
 func (r *Relay) relayedAnnounce(env *envelope, rel relayable) ([]byte, string, error) {
 	id := r.announceID(env, rel.objectID)
+	b, err := r.announceBy(r.actorID, id, env, rel)
+	return b, id, err
+}
+
+// announceBy builds the Announce with id id of rel.objectID by actor
+// (the relay actor or a topic actor), addressed and dated as
+// relayedAnnounce says.
+func (r *Relay) announceBy(actor, id string, env *envelope, rel relayable) ([]byte, error) {
 	a := vocab.AnnounceNew(vocab.ID(id), vocab.IRI(rel.objectID))
-	a.Actor = vocab.IRI(r.actorID)
-	public, followers := vocab.ItemCollection{vocab.IRI(PublicCollection)}, vocab.ItemCollection{vocab.IRI(r.actorID + "/followers")}
+	a.Actor = vocab.IRI(actor)
+	public, followers := vocab.ItemCollection{vocab.IRI(PublicCollection)}, vocab.ItemCollection{vocab.IRI(actor + "/followers")}
 	a.To, a.CC = public, followers
 	if rel.visibility == visibilityUnlisted {
 		a.To, a.CC = followers, public
 	}
 	b, err := marshalDoc(a, false)
 	if err != nil {
-		return nil, id, err
+		return nil, err
 	}
 	now := r.now()
 	var believed []time.Time
@@ -352,7 +360,7 @@ func (r *Relay) relayedAnnounce(env *envelope, rel relayable) ([]byte, string, e
 			believed = append(believed, t)
 		}
 	}
-	return withPublished(b, announceTime(now, believed...)), id, nil
+	return withPublished(b, announceTime(now, believed...)), nil
 }
 
 // announceTime returns the published time of a relay Announce: now, or

@@ -38,11 +38,15 @@ func payloadID(body []byte) string {
 // the inbox's deduplication key (inboxKey), so queueing the same thing
 // twice, to any spelling of the inbox, is a no-op in the store.
 func (b *batch) add(p store.Payload, inbox, subscriber, activityType string) {
-	key := inboxKey(inbox) // spellings of one inbox get one delivery
-	if inbox == "" || b.seen[key+" "+p.ID] {
+	if inbox == "" {
 		return
 	}
-	b.seen[key+" "+p.ID] = true
+	key := inboxKey(inbox) // spellings of one inbox get one delivery
+	seenKey := key + " " + p.ID
+	if b.seen[seenKey] {
+		return
+	}
+	b.seen[seenKey] = true
 	if !b.seen[p.ID] {
 		b.seen[p.ID] = true
 		b.payloads = append(b.payloads, p)

@@ -9,10 +9,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"time"
 
 	"github.com/fedirelay/relay/store"
-	vocab "github.com/go-ap/activitypub"
 )
 
 // fanOut queues the activity for every accepted subscriber on another
@@ -228,25 +226,11 @@ func (r *Relay) announceID(env *envelope, objectID string) string {
 func (r *Relay) topicAnnounce(actor string, env *envelope, rel relayable) (store.Payload, error) {
 	sum := sha256.Sum256([]byte(actor + " " + r.announceID(env, rel.objectID)))
 	id := r.base.String() + "/activities/announce-" + hex.EncodeToString(sum[:16])
-	a := vocab.AnnounceNew(vocab.ID(id), vocab.IRI(rel.objectID))
-	a.Actor = vocab.IRI(actor)
-	public, followers := vocab.ItemCollection{vocab.IRI(PublicCollection)}, vocab.ItemCollection{vocab.IRI(actor + "/followers")}
-	a.To, a.CC = public, followers
-	if rel.visibility == visibilityUnlisted {
-		a.To, a.CC = followers, public
-	}
-	b, err := marshalDoc(a, false)
+	b, err := r.announceBy(actor, id, env, rel)
 	if err != nil {
 		return store.Payload{}, err
 	}
-	now := r.now()
-	var believed []time.Time
-	for _, t := range []time.Time{env.Published, rel.objectPublished} {
-		if t.Sub(now) <= r.cfg.ClockSkew {
-			believed = append(believed, t)
-		}
-	}
-	return store.Payload{ID: payloadID([]byte(id)), Body: withPublished(b, announceTime(now, believed...))}, nil
+	return store.Payload{ID: payloadID([]byte(id)), Body: b}, nil
 }
 
 // deliveryForm is the form in which a subscriber gets a relayed activity.
