@@ -23,10 +23,13 @@ type batch struct {
 	r          *Relay
 	payloads   []store.Payload
 	deliveries []store.Delivery
-	seen       map[string]bool
+	seen       map[string]bool // payload ids, and inbox key + " " + payload id
+	served     map[string]bool // inbox keys (inboxKey) the batch sends to
 }
 
-func newBatch(r *Relay) *batch { return &batch{r: r, seen: map[string]bool{}} }
+func newBatch(r *Relay) *batch {
+	return &batch{r: r, seen: map[string]bool{}, served: map[string]bool{}}
+}
 
 // payloadID names a payload by its content.
 func payloadID(body []byte) string {
@@ -47,6 +50,7 @@ func (b *batch) add(p store.Payload, inbox, subscriber, activityType string) {
 		return
 	}
 	b.seen[seenKey] = true
+	b.served[key] = true
 	if !b.seen[p.ID] {
 		b.seen[p.ID] = true
 		b.payloads = append(b.payloads, p)
@@ -75,14 +79,10 @@ func (b *batch) addAs(p store.Payload, inbox, actor, activityType string) {
 	}
 }
 
-// servesInbox reports whether the batch sends anything to inbox.
+// servesInbox reports whether the batch sends anything to inbox, however
+// it is spelled (inboxKey).
 func (b *batch) servesInbox(inbox string) bool {
-	for _, p := range b.payloads {
-		if b.seen[inbox+" "+p.ID] {
-			return true
-		}
-	}
-	return false
+	return inbox != "" && b.served[inboxKey(inbox)]
 }
 
 // enqueueChunk is the most deliveries one store change holds: a larger
