@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -129,6 +130,8 @@ func (q *deliveryQueue) observe(d store.Delivery, status int, err error) {
 	}
 	if name != "delivered" {
 		r.activity.failed.Add(1)
+	}
+	if name != "delivered" && r.log.Enabled(q.bgCtx, slog.LevelDebug) {
 		cause := fmt.Sprintf("HTTP %d", status)
 		if err != nil {
 			cause = err.Error()
