@@ -590,7 +590,7 @@ func (q *deliveryQueue) deliver(d store.Delivery, timeout time.Duration) {
 	case outcomeDelivered:
 		q.complete(d)
 		if d.Subscriber != "" {
-			q.stats.success(q.bgCtx, d.Subscriber, r.now().UTC())
+			q.stats.success(d.Subscriber, r.now().UTC())
 		}
 	case outcomeRefused:
 		// The receiver refuses this message; repeating it will not help.
