@@ -581,7 +581,7 @@ func (q *deliveryQueue) deliver(d store.Delivery, timeout time.Duration) {
 	}
 	status, retryAfter, err := q.post(d, body, timeout)
 	o := outcomeOf(ctx, status, err)
-	q.observe(d, status, err)
+	q.observe(d, o, status, err)
 	d = q.settle(d, o, retryAfter, timeout)
 	switch o {
 	case outcomeCanceled:
