@@ -13,8 +13,10 @@ import (
 // (Config.RequestTimeout and the shorter ones learnt for slow hosts)
 // included. The exceptions always use real time: the timeouts of fetches
 // (Config.RequestTimeout for documents, KeyFetchTimeout), the brief
-// gathering of completed deliveries into one store write, and the
-// dispatcher's brief wait for a batch of free workers.
+// gathering of completed deliveries into one store write, the
+// dispatcher's brief wait for a batch of free workers, and Ready's limits
+// (how long the store may take to answer, and a Lease before the delivery
+// loop counts as stuck).
 //
 // A Clock must be safe for concurrent use.
 type Clock interface {
