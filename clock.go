@@ -8,13 +8,16 @@ import (
 // Clock is the relay's source of time. The relay reads the time (signature
 // dates, retry schedules, circuit-breaker cool-offs, dormancy, statistics)
 // and waits for it (the delivery dispatcher's polls, the periodic flush of
-// delivery statistics) only through its Clock, so that tests can run a relay
+// delivery statistics, the traffic summaries, the block list's reloads)
+// only through its Clock, so that tests can run a relay
 // on a fake clock and move time forward at will, delivery request timeouts
 // (Config.RequestTimeout and the shorter ones learnt for slow hosts)
 // included. The exceptions always use real time: the timeouts of fetches
 // (Config.RequestTimeout for documents, KeyFetchTimeout), the brief
-// gathering of completed deliveries into one store write, and the
-// dispatcher's brief wait for a batch of free workers.
+// gathering of completed deliveries into one store write, the
+// dispatcher's brief wait for a batch of free workers, and Ready's limits
+// (how long the store may take to answer, and a Lease before the delivery
+// loop counts as stuck).
 //
 // A Clock must be safe for concurrent use.
 type Clock interface {

@@ -581,7 +581,7 @@ func (q *deliveryQueue) deliver(d store.Delivery, timeout time.Duration) {
 	}
 	status, retryAfter, err := q.post(d, body, timeout)
 	o := outcomeOf(ctx, status, err)
-	q.observe(d, status, err)
+	q.observe(d, o, status, err)
 	d = q.settle(d, o, retryAfter, timeout)
 	switch o {
 	case outcomeCanceled:
@@ -590,7 +590,7 @@ func (q *deliveryQueue) deliver(d store.Delivery, timeout time.Duration) {
 	case outcomeDelivered:
 		q.complete(d)
 		if d.Subscriber != "" {
-			q.stats.success(q.bgCtx, d.Subscriber, r.now().UTC())
+			q.stats.success(d.Subscriber, r.now().UTC())
 		}
 	case outcomeRefused:
 		// The receiver refuses this message; repeating it will not help.

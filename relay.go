@@ -200,7 +200,8 @@ type Config struct {
 	// out or has waited MinRequestTimeout for its answer until it answers
 	// again; it gets one delivery at a time. While slow hosts hold more
 	// than SlowHostWorkers deliveries, their requests waiting longer than
-	// MinRequestTimeout are timed out, oldest first. Default Workers / 4.
+	// MinRequestTimeout are timed out, oldest first. Default Workers / 4
+	// (at least 1).
 	SlowHostWorkers int
 
 	// RequestTimeout bounds each outbound request, from dialling to the end

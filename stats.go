@@ -48,19 +48,15 @@ func newDeliveryStats(r *Relay) *deliveryStats {
 	return &deliveryStats{r: r, m: map[string]*subStats{}}
 }
 
-// entry returns the statistics of subscriber, creating them. With seed
-// set, the start of a failure run is read from the store the first time
-// (only failures need it, so successes cost no store read).
-func (st *deliveryStats) entry(ctx context.Context, subscriber string, seed bool) *subStats {
+// seededEntry returns the statistics of subscriber, creating them, and
+// reads the start of its failure run from the store the first time (only
+// failures need it, so successes cost no store read).
+func (st *deliveryStats) seededEntry(ctx context.Context, subscriber string) *subStats {
 	st.mu.Lock()
-	e := st.m[subscriber]
-	if e == nil {
-		e = &subStats{}
-		st.m[subscriber] = e
-	}
+	e := st.entryLocked(subscriber)
 	seeded := e.seeded
 	st.mu.Unlock()
-	if !seed || seeded {
+	if seeded {
 		return e
 	}
 	var since time.Time
@@ -78,11 +74,21 @@ func (st *deliveryStats) entry(ctx context.Context, subscriber string, seed bool
 	return e
 }
 
+// entryLocked returns the statistics of subscriber, creating them.
+func (st *deliveryStats) entryLocked(subscriber string) *subStats {
+	e := st.m[subscriber]
+	if e == nil {
+		e = &subStats{}
+		st.m[subscriber] = e
+	}
+	return e
+}
+
 // success records a delivery answered 2xx.
-func (st *deliveryStats) success(ctx context.Context, subscriber string, now time.Time) {
-	e := st.entry(ctx, subscriber, false)
+func (st *deliveryStats) success(subscriber string, now time.Time) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	e := st.entryLocked(subscriber)
 	e.delivered++
 	if now.After(e.lastSuccess) {
 		e.lastSuccess = now
@@ -93,7 +99,7 @@ func (st *deliveryStats) success(ctx context.Context, subscriber string, now tim
 // failure records a failed attempt and returns when the subscriber's
 // current run of failures began.
 func (st *deliveryStats) failure(ctx context.Context, subscriber string, now time.Time, cause string) time.Time {
-	e := st.entry(ctx, subscriber, true)
+	e := st.seededEntry(ctx, subscriber)
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	e.failed++

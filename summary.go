@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -105,30 +106,31 @@ func (r *Relay) relayed(env *envelope, b *batch, body []byte) {
 		"sender", hostOf(env.Actor), "fan_out", verbatim+announce, "form", form)
 }
 
-// observe reports one delivery attempt that got an answer or a transport
-// error, and logs a failed one at debug.
-func (q *deliveryQueue) observe(d store.Delivery, status int, err error) {
+// observe reports one delivery attempt that ended as o (see outcomeOf)
+// with status or err, and logs a failed one at debug.
+func (q *deliveryQueue) observe(d store.Delivery, o outcome, status int, err error) {
 	r := q.r
-	if q.ctx.Err() != nil {
-		return // shutting down: not an attempt
-	}
 	var name string
 	var latency time.Duration
 	switch {
-	case err == nil && status >= 200 && status < 300:
+	case o == outcomeCanceled:
+		return // shutting down: not an attempt
+	case o == outcomeDelivered:
 		name, latency = "delivered", r.now().Sub(d.Created)
 		r.activity.delivered.Add(1)
-	case err == nil && status == http.StatusGone:
+	case o == outcomeRefused && status == http.StatusGone:
 		name = "gone"
-	case err == nil && status == http.StatusTooManyRequests:
-		name = "throttled"
-	case err == nil && status >= 400 && !transientStatus(status):
+	case o == outcomeRefused:
 		name = "refused"
+	case o == outcomeThrottled:
+		name = "throttled"
 	default:
 		name = "failed"
 	}
 	if name != "delivered" {
 		r.activity.failed.Add(1)
+	}
+	if name != "delivered" && r.log.Enabled(q.bgCtx, slog.LevelDebug) {
 		cause := fmt.Sprintf("HTTP %d", status)
 		if err != nil {
 			cause = err.Error()

@@ -500,7 +500,8 @@ type Store interface {
 	// never removes other deliveries, so the backlog may stay above keep. It
 	// returns how many it removed. It takes no time: a delivery counts as
 	// leased until it is completed or retried, or until the store itself
-	// notices that its lease expired (at the latest at the next Lease).
+	// notices that its lease expired: memstore and filestore at the next
+	// Lease, pgstore only when Lease takes that delivery again.
 	ShedDeliveries(ctx context.Context, host string, keep int, types []string) (int, error)
 }
 
