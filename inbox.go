@@ -141,15 +141,10 @@ func (r *Relay) readMessage(w http.ResponseWriter, req *http.Request) (*message,
 // Other types are accepted without effect.
 func (r *Relay) dispatch(ctx context.Context, m *message, signer *remoteActor) error {
 	env := m.env
-	switch env.Type {
-	case "Create", "Update", "Delete", "Move", "Announce":
+	switch {
+	case env.isRelayable():
 		return r.relayActivity(ctx, env, m.body, signer)
-	case "Undo":
-		if env.isUndoAnnounce() {
-			return r.relayActivity(ctx, env, m.body, signer)
-		}
-		fallthrough
-	case "Follow", "Accept", "Reject":
+	case env.Type == "Follow", env.Type == "Undo", env.Type == "Accept", env.Type == "Reject":
 		if err := requireSelf(env, signer); err != nil {
 			return err
 		}
