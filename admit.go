@@ -6,17 +6,9 @@ package relay
 import (
 	"context"
 	"net/http"
-	"strings"
 
 	"github.com/fedirelay/relay/store"
 )
-
-// keyOwnedBy reports whether keyID is a key of actor: the actor with a
-// fragment (actor#main-key) or below it (GoToSocial's actor/main-key).
-func keyOwnedBy(keyID, actor string) bool {
-	k := stripFragment(keyID)
-	return actor != "" && (k == actor || strings.HasPrefix(k, actor+"/"))
-}
 
 // admitUnverified refuses, before any fetch, what no signature could
 // admit: a keyId on a blocked domain (403; a Follow signed there gets a
@@ -112,15 +104,4 @@ func (r *Relay) admitSender(ctx context.Context, env *envelope, signer *remoteAc
 // store.Subscriber.Receives, checked where the fan-out picks receivers.)
 func (r *Relay) receiveOnly(sender *store.Subscriber) bool {
 	return !sender.Publishes() || r.guard.blocked.isSilenced(sender.Host)
-}
-
-// subscriberWithActor returns the subscription of subs whose actor is
-// actorID, whatever its state, or nil.
-func subscriberWithActor(subs []store.Subscriber, actorID string) *store.Subscriber {
-	for i := range subs {
-		if subs[i].ActorID == actorID {
-			return &subs[i]
-		}
-	}
-	return nil
 }

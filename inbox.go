@@ -86,16 +86,6 @@ func (r *Relay) receive(ctx context.Context, w http.ResponseWriter, req *http.Re
 	return r.dispatch(ctx, m, signer)
 }
 
-// message is an inbox request as read: its body, its signature (syntax,
-// digest and date checked; not yet verified) and its activity.
-type message struct {
-	req   *http.Request
-	body  []byte
-	sig   inboundSignature
-	keyID string
-	env   *envelope
-}
-
 // readMessage reads the request's body (at most Config.MaxBodyBytes), its
 // signature and its activity. It needs neither the network nor the store.
 func (r *Relay) readMessage(w http.ResponseWriter, req *http.Request) (*message, error) {

@@ -381,3 +381,14 @@ func (r *Relay) learnRFC9421(ctx context.Context, actorID string) {
 		r.log.Warn("relay: recording a subscriber's signature scheme", "actor", actorID, "err", err)
 	}
 }
+
+// subscriberWithActor returns the subscription of subs whose actor is
+// actorID, whatever its state, or nil.
+func subscriberWithActor(subs []store.Subscriber, actorID string) *store.Subscriber {
+	for i := range subs {
+		if subs[i].ActorID == actorID {
+			return &subs[i]
+		}
+	}
+	return nil
+}
