@@ -6,16 +6,29 @@ package relay
 import (
 	"context"
 	"net/http"
-	"strings"
 
 	"github.com/fedirelay/relay/store"
 )
 
-// keyOwnedBy reports whether keyID is a key of actor: the actor with a
-// fragment (actor#main-key) or below it (GoToSocial's actor/main-key).
-func keyOwnedBy(keyID, actor string) bool {
-	k := stripFragment(keyID)
-	return actor != "" && (k == actor || strings.HasPrefix(k, actor+"/"))
+// admitUnverified refuses, before any fetch, what no signature could
+// admit: a keyId on a blocked domain (403; a Follow signed there gets a
+// Reject, see rejectBlockedFollow), the relay's own activities (an echo
+// through another relay, or a forgery: accepted without effect, and the
+// relay's own keys, its topic actors' included, are never fetched), and an
+// actor or object on a blocked domain (403).
+func (r *Relay) admitUnverified(ctx context.Context, m *message) error {
+	env, keyID := m.env, m.keyID
+	if r.guard.blocked.blockedURL(keyID) {
+		r.rejectBlockedFollow(ctx, m)
+		return refuse(http.StatusForbidden, "%s is blocked", hostOf(keyID))
+	}
+	if env.Actor == r.actorID || keyID == r.keyID || r.topicOfActor(env.Actor) != "" || r.topicOfActor(stripFragment(keyID)) != "" {
+		return accepted("activity of this relay itself")
+	}
+	if host := r.blockedHost(env); host != "" {
+		return refuse(http.StatusForbidden, "%s is blocked", host)
+	}
+	return nil
 }
 
 // blockedHost returns the blocked host among the activity's actor and
@@ -30,7 +43,7 @@ func (r *Relay) blockedHost(env *envelope) string {
 }
 
 // requireSelf checks that the activity's actor signed it: Follow, Undo,
-// Accept and Reject concern the actor's own relationships.
+// Accept and Reject concern the actor's own relationships (see dispatch).
 func requireSelf(env *envelope, signer *remoteActor) error {
 	if signer.ID != env.Actor {
 		return badSignature("not_bound", refuse(http.StatusUnauthorized, "signed by %s, not by the actor %s", signer.ID, env.Actor))
@@ -91,15 +104,4 @@ func (r *Relay) admitSender(ctx context.Context, env *envelope, signer *remoteAc
 // store.Subscriber.Receives, checked where the fan-out picks receivers.)
 func (r *Relay) receiveOnly(sender *store.Subscriber) bool {
 	return !sender.Publishes() || r.guard.blocked.isSilenced(sender.Host)
-}
-
-// subscriberWithActor returns the subscription of subs whose actor is
-// actorID, whatever its state, or nil.
-func subscriberWithActor(subs []store.Subscriber, actorID string) *store.Subscriber {
-	for i := range subs {
-		if subs[i].ActorID == actorID {
-			return &subs[i]
-		}
-	}
-	return nil
 }

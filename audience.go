@@ -99,6 +99,16 @@ func parseEmbeddedObject(body []byte) (embeddedObject, error) {
 	return obj, nil
 }
 
+// isRelayable reports whether the activity goes down the relay path: a
+// post, edit, deletion, move or boost, or an un-boost.
+func (e *envelope) isRelayable() bool {
+	switch e.Type {
+	case "Create", "Update", "Delete", "Move", "Announce":
+		return true
+	}
+	return e.isUndoAnnounce()
+}
+
 // isUndoAnnounce reports an un-boost: an Undo embedding an Announce.
 func (e *envelope) isUndoAnnounce() bool {
 	return e.Type == "Undo" && e.Object.Embedded && e.Object.Type == "Announce"

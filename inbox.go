@@ -64,97 +64,81 @@ func (r *Relay) serveInbox(w http.ResponseWriter, req *http.Request) {
 	}
 }
 
-// receive reads, authenticates and dispatches one inbox request. Cheap
-// checks come first: size, signature syntax, digest and date need neither
-// JSON parsing nor network.
+// receive takes one inbox request through its stages: read it (size,
+// body, signature syntax, digest and date, activity), admit what can be
+// refused before any fetch, authenticate the signer, then dispatch by
+// activity type. Cheap checks come first: only authenticate may fetch.
 func (r *Relay) receive(ctx context.Context, w http.ResponseWriter, req *http.Request) error {
-	inboxTopic := r.topicOfInboxPath(req.URL.EscapedPath()) // "" at the relay actor's inbox
+	m, err := r.readMessage(w, req)
+	if err != nil {
+		return err
+	}
+	if err := r.admitUnverified(ctx, m); err != nil {
+		return err
+	}
+	signer, err := r.authenticate(ctx, m)
+	if errors.Is(err, errGone) {
+		return r.signerGone(ctx, m)
+	}
+	if err != nil {
+		return err
+	}
+	return r.dispatch(ctx, m, signer)
+}
+
+// readMessage reads the request's body (at most Config.MaxBodyBytes), its
+// signature and its activity. It needs neither the network nor the store.
+func (r *Relay) readMessage(w http.ResponseWriter, req *http.Request) (*message, error) {
 	limit := r.cfg.MaxBodyBytes
 	if req.ContentLength > limit {
-		return refuse(http.StatusRequestEntityTooLarge, "body of %d bytes is over the %d-byte limit", req.ContentLength, limit)
+		return nil, refuse(http.StatusRequestEntityTooLarge, "body of %d bytes is over the %d-byte limit", req.ContentLength, limit)
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, req.Body, limit))
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			return refuse(http.StatusRequestEntityTooLarge, "body is over the %d-byte limit", limit)
+			return nil, refuse(http.StatusRequestEntityTooLarge, "body is over the %d-byte limit", limit)
 		}
-		return refuse(http.StatusBadRequest, "reading body: %v", err)
+		return nil, refuse(http.StatusBadRequest, "reading body: %v", err)
 	}
 	sig, err := r.requestSignature(req)
 	if err != nil {
-		return badSignature("malformed", refuse(http.StatusUnauthorized, "%v", err))
+		return nil, badSignature("malformed", refuse(http.StatusUnauthorized, "%v", err))
 	}
 	keyID := sig.keyID()
 	if len(keyID) > maxIDLength {
-		return refuse(http.StatusBadRequest, "keyId is %d bytes long, over the %d-byte limit for ids", len(keyID), maxIDLength)
+		return nil, refuse(http.StatusBadRequest, "keyId is %d bytes long, over the %d-byte limit for ids", len(keyID), maxIDLength)
 	}
 	if err := checkIRI(keyID); err != nil {
-		return badSignature("malformed", refuse(http.StatusUnauthorized, "unsupported keyId: %v", err))
-	}
-	if r.guard.blocked.blockedURL(keyID) {
-		r.rejectBlockedFollow(ctx, req, sig, body)
-		return refuse(http.StatusForbidden, "%s is blocked", hostOf(keyID))
+		return nil, badSignature("malformed", refuse(http.StatusUnauthorized, "unsupported keyId: %v", err))
 	}
 	if err := sig.check(req, body, r.verifyOptions()); err != nil {
-		return badSignature("invalid", refuse(http.StatusUnauthorized, "%v", err))
+		return nil, badSignature("invalid", refuse(http.StatusUnauthorized, "%v", err))
 	}
 	env, err := parseEnvelope(body)
 	if err != nil {
-		return refuse(http.StatusBadRequest, "%v", err)
+		return nil, refuse(http.StatusBadRequest, "%v", err)
 	}
 	env.rfc9421 = sig.rfc9421()
-	env.inboxTopic = inboxTopic
-	if env.Actor == r.actorID || keyID == r.keyID || r.topicOfActor(env.Actor) != "" || r.topicOfActor(stripFragment(keyID)) != "" {
-		// An echo of the relay's own activity (a loop through another
-		// relay), or a forgery: either way there is nothing to do, and the
-		// relay's own key (its topic actors' included) is not fetched.
-		return accepted("activity of this relay itself")
-	}
-	if host := r.blockedHost(env); host != "" {
-		return refuse(http.StatusForbidden, "%s is blocked", host)
-	}
-	key, err := r.authenticate(ctx, req, sig)
-	if errors.Is(err, errGone) {
-		if env.Type == "Delete" && keyOwnedBy(keyID, env.Actor) {
-			// The actor is gone (deleted account): nothing can verify it and
-			// nothing unverifiable is amplified, but the sender must not
-			// retry forever. If the actor is a subscriber whose actor
-			// document is gone too, the subscription ends.
-			r.removeIfGone(ctx, env.Actor)
-			return accepted("delete from an actor whose key is gone")
-		}
-		r.log.Debug("relay: inbox: key is gone", "keyId", keyID)
-		return badSignature("gone", refuse(http.StatusUnauthorized, "cannot get key %s", keyID))
-	}
-	if err != nil {
-		return badSignature("key", err)
-	}
-	r.software.learn(hostOf(key.ID), req.UserAgent())
-	if ok, after := r.inLimit.allow(hostOf(key.ID), r.now()); !ok {
-		return refuseRetry(http.StatusTooManyRequests, after, "too many requests from %s", hostOf(key.ID))
-	}
-	switch env.Type {
-	case "Follow":
-		if topic := r.followedTopic(env); topic != "" {
-			return r.handleTopicFollow(ctx, env, key.Owner, topic)
-		}
-		return r.handleFollow(ctx, env, key.Owner)
-	case "Undo":
-		if env.isUndoAnnounce() {
-			return r.relayActivity(ctx, env, body, key.Owner)
-		}
-		if done, err := r.handleTopicUndo(ctx, env, key.Owner); done {
+	env.inboxTopic = r.topicOfInboxPath(req.URL.EscapedPath()) // "" at the relay actor's inbox
+	return &message{req: req, body: body, sig: sig, keyID: keyID, env: env}, nil
+}
+
+// dispatch hands an authenticated activity to its stage: posts, edits,
+// deletions, moves, boosts and un-boosts go down the relay path
+// (relayActivity); Follow, Undo, Accept and Reject, which concern the
+// signer's own relationships, to the subscriber lifecycle (handleLifecycle).
+// Other types are accepted without effect.
+func (r *Relay) dispatch(ctx context.Context, m *message, signer *remoteActor) error {
+	env := m.env
+	switch {
+	case env.isRelayable():
+		return r.relayActivity(ctx, env, m.body, signer)
+	case env.Type == "Follow", env.Type == "Undo", env.Type == "Accept", env.Type == "Reject":
+		if err := requireSelf(env, signer); err != nil {
 			return err
 		}
-		return r.handleUndo(ctx, env, key.Owner)
-	case "Accept", "Reject":
-		if done, err := r.handleTopicFollowBackReply(ctx, env, key.Owner); done {
-			return err
-		}
-		return r.handleFollowBackReply(ctx, env, key.Owner)
-	case "Create", "Update", "Delete", "Move", "Announce":
-		return r.relayActivity(ctx, env, body, key.Owner)
+		return r.handleLifecycle(ctx, env, signer)
 	}
 	return accepted("activity type " + env.Type + " is not relayed")
 }

@@ -81,6 +81,19 @@ func TestInboxRefusesBadInput(t *testing.T) {
 		{"follow of another object", sender, "", mustJSON(map[string]any{
 			"id": sender.RelayActorID() + "/f2", "type": "Follow", "actor": sender.RelayActorID(), "object": sender.ActorID("bob"),
 		}), nil, http.StatusBadRequest},
+		// Follow, Undo, Accept and Reject concern the signer's own
+		// relationships: signed by anyone else, they are refused, whatever
+		// they are about (known or not, relay or topic actor).
+		{"follow signed by another actor", sender, "mallory", mustJSON(map[string]any{
+			"id": sender.ActorID("alice") + "#follows/1", "type": "Follow", "actor": sender.ActorID("alice"), "object": relay.PublicCollection,
+		}), nil, http.StatusUnauthorized},
+		{"undo of an unknown follow signed by another actor", sender, "mallory", mustJSON(map[string]any{
+			"id": sender.ActorID("alice") + "#undo/1", "type": "Undo", "actor": sender.ActorID("alice"),
+			"object": map[string]any{"id": sender.ActorID("alice") + "#follows/9", "type": "Follow", "actor": sender.ActorID("alice"), "object": strings.TrimSuffix(r.ActorID(), "/actor") + "/tag/unknown"},
+		}), nil, http.StatusUnauthorized},
+		{"accept of an unknown follow signed by another actor", sender, "mallory", mustJSON(map[string]any{
+			"id": sender.ActorID("alice") + "#accepts/1", "type": "Accept", "actor": sender.ActorID("alice"), "object": "https://relay.invalid/follows/unknown",
+		}), nil, http.StatusUnauthorized},
 		{"body over the limit", sender, "alice", bytes.Repeat([]byte("x"), 65<<10), nil, http.StatusRequestEntityTooLarge},
 		{"ignored activity type", sender, "alice", mustJSON(map[string]any{
 			"id": sender.ActorID("alice") + "#likes/1", "type": "Like", "actor": sender.ActorID("alice"), "object": "https://x.example/1",

@@ -827,3 +827,10 @@ func (r *Relay) fetchOwner(ctx context.Context, ownerID, keyID string) (*remoteA
 	}
 	return nil, fmt.Errorf("relay: actor %s does not list key %s", ownerID, keyID)
 }
+
+// keyOwnedBy reports whether keyID is a key of actor: the actor with a
+// fragment (actor#main-key) or below it (GoToSocial's actor/main-key).
+func keyOwnedBy(keyID, actor string) bool {
+	k := stripFragment(keyID)
+	return actor != "" && (k == actor || strings.HasPrefix(k, actor+"/"))
+}

@@ -22,7 +22,27 @@ func (r *Relay) verifyOptions() httpsig.VerifyOptions {
 	return httpsig.VerifyOptions{Now: r.now(), MaxAge: r.cfg.SignatureMaxAge, MaxFuture: r.cfg.ClockSkew}
 }
 
-// authenticate verifies the request's signature with the signer's key,
+// authenticate returns the actor that signed m: its signature verified
+// (see verifySignature), the signer's software noted from its User-Agent,
+// and its host's request budget taken (429 when spent). It returns an
+// error wrapping errGone when the key's document is gone.
+func (r *Relay) authenticate(ctx context.Context, m *message) (*remoteActor, error) {
+	key, err := r.verifySignature(ctx, m.req, m.sig)
+	if errors.Is(err, errGone) {
+		return nil, err
+	}
+	if err != nil {
+		return nil, badSignature("key", err)
+	}
+	host := hostOf(key.ID)
+	r.software.learn(host, m.req.UserAgent())
+	if ok, after := r.inLimit.allow(host, r.now()); !ok {
+		return nil, refuseRetry(http.StatusTooManyRequests, after, "too many requests from %s", host)
+	}
+	return key.Owner, nil
+}
+
+// verifySignature verifies the request's signature with the signer's key,
 // fetching it (cached; fetched again if verification fails, in case the key
 // was rotated, unless it was fetched less than keyRefetchInterval ago, in
 // which case the failure is a 401 without any fetch). An expired key of a
@@ -37,7 +57,7 @@ func (r *Relay) verifyOptions() httpsig.VerifyOptions {
 // tried with at most maxVerificationsPerKey signing strings (or signature
 // bases), and at most two keys are tried: the cached one and, at most
 // once per keyRefetchInterval, a fresh copy.
-func (r *Relay) authenticate(ctx context.Context, req *http.Request, sig inboundSignature) (*remoteKey, error) {
+func (r *Relay) verifySignature(ctx context.Context, req *http.Request, sig inboundSignature) (*remoteKey, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.KeyFetchTimeout)
 	defer cancel()
 	keyID := sig.keyID()

@@ -10,6 +10,44 @@ import (
 	vocab "github.com/go-ap/activitypub"
 )
 
+// handleLifecycle processes the signer's own Follow, Undo (of a Follow),
+// Accept or Reject (of a follow-back), whether it concerns a topic actor
+// (topics.go) or the relay actor. dispatch has checked that the signer is
+// the activity's actor.
+func (r *Relay) handleLifecycle(ctx context.Context, env *envelope, signer *remoteActor) error {
+	switch env.Type {
+	case "Follow":
+		if topic := r.followedTopic(env); topic != "" {
+			return r.handleTopicFollow(ctx, env, signer, topic)
+		}
+		return r.handleFollow(ctx, env, signer)
+	case "Undo":
+		if done, err := r.handleTopicUndo(ctx, env); done {
+			return err
+		}
+		return r.handleUndo(ctx, env)
+	default: // Accept, Reject
+		if done, err := r.handleTopicFollowBackReply(ctx, env); done {
+			return err
+		}
+		return r.handleFollowBackReply(ctx, env)
+	}
+}
+
+// signerGone answers a request whose signing key is gone (its document
+// answers 410, or 404): a Delete by the key's owner is accepted, since
+// nothing can verify it and nothing unverifiable is relayed, but the
+// sender must not retry forever; if the actor is a subscriber whose actor
+// document is gone too, the subscription ends. Anything else is a 401.
+func (r *Relay) signerGone(ctx context.Context, m *message) error {
+	if m.env.Type == "Delete" && keyOwnedBy(m.keyID, m.env.Actor) {
+		r.removeIfGone(ctx, m.env.Actor)
+		return accepted("delete from an actor whose key is gone")
+	}
+	r.log.Debug("relay: inbox: key is gone", "keyId", m.keyID)
+	return badSignature("gone", refuse(http.StatusUnauthorized, "cannot get key %s", m.keyID))
+}
+
 // handleFollow processes a subscription request. A Follow of as:Public is
 // a Mastodon-style subscription, a Follow of the relay actor a LitePub one.
 // The subscriber is stored before any reply is queued, so an activity that
@@ -18,9 +56,6 @@ import (
 // a rejected one its Reject (the FollowPolicy is not asked again, so a
 // refused server cannot come back by following again).
 func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteActor) error {
-	if err := requireSelf(env, signer); err != nil {
-		return err
-	}
 	var proto store.Protocol
 	switch {
 	case isPublic(env.Object.ID):
@@ -189,10 +224,7 @@ func (r *Relay) sendDecision(ctx context.Context, s *store.Subscriber, followBac
 // handleUndo ends a subscription when the actor undoes its own Follow,
 // embedded or by id. An Undo naming another Follow than the stored one is a
 // stale retry and changes nothing.
-func (r *Relay) handleUndo(ctx context.Context, env *envelope, signer *remoteActor) error {
-	if err := requireSelf(env, signer); err != nil {
-		return err
-	}
+func (r *Relay) handleUndo(ctx context.Context, env *envelope) error {
 	o := env.Object
 	if o.Embedded && o.Type != "Follow" {
 		return accepted("undo of a " + o.Type + " is not relayed")
@@ -218,10 +250,7 @@ func (r *Relay) handleUndo(ctx context.Context, env *envelope, signer *remoteAct
 // handleFollowBackReply records a LitePub subscriber's answer to the
 // relay's reciprocal Follow. Delivery never waits for it: GoToSocial, for
 // one, never answers.
-func (r *Relay) handleFollowBackReply(ctx context.Context, env *envelope, signer *remoteActor) error {
-	if err := requireSelf(env, signer); err != nil {
-		return err
-	}
+func (r *Relay) handleFollowBackReply(ctx context.Context, env *envelope) error {
 	state := store.StateAccepted
 	if env.Type == "Reject" {
 		state = store.StateRejected
@@ -351,4 +380,15 @@ func (r *Relay) learnRFC9421(ctx context.Context, actorID string) {
 	if err != nil {
 		r.log.Warn("relay: recording a subscriber's signature scheme", "actor", actorID, "err", err)
 	}
+}
+
+// subscriberWithActor returns the subscription of subs whose actor is
+// actorID, whatever its state, or nil.
+func subscriberWithActor(subs []store.Subscriber, actorID string) *store.Subscriber {
+	for i := range subs {
+		if subs[i].ActorID == actorID {
+			return &subs[i]
+		}
+	}
+	return nil
 }

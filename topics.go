@@ -594,9 +594,6 @@ func (r *Relay) followedTopic(env *envelope) string {
 // if the relay actor refused them; persons only receive, and are accepted.
 // A repeated Follow is answered again; a refused follower stays refused.
 func (r *Relay) handleTopicFollow(ctx context.Context, env *envelope, signer *remoteActor, topic string) error {
-	if err := requireSelf(env, signer); err != nil {
-		return err
-	}
 	if !r.topicExists(topic) {
 		return refuse(http.StatusNotFound, "no topic %s here", topic)
 	}
@@ -737,7 +734,7 @@ func (r *Relay) decideTopicFollower(ctx context.Context, topic, actorID string, 
 // handleTopicUndo ends a follow of a topic when the follower undoes its
 // Follow (embedded, or by id). It reports false when the Undo is not about
 // a topic follow, for handleUndo to process.
-func (r *Relay) handleTopicUndo(ctx context.Context, env *envelope, signer *remoteActor) (bool, error) {
+func (r *Relay) handleTopicUndo(ctx context.Context, env *envelope) (bool, error) {
 	o := env.Object
 	if o.Embedded && o.Type != "Follow" {
 		return false, nil
@@ -767,9 +764,6 @@ func (r *Relay) handleTopicUndo(ctx context.Context, env *envelope, signer *remo
 		}
 		return false, nil
 	}
-	if err := requireSelf(env, signer); err != nil {
-		return true, err
-	}
 	if o.ID != f.FollowID && (o.ID != "" || !o.Embedded || o.Actor != env.Actor) {
 		return true, accepted("undo of follow " + o.ID + ", which is not the current topic follow")
 	}
@@ -796,13 +790,10 @@ func (r *Relay) handleTopicUndo(ctx context.Context, env *envelope, signer *remo
 // handleTopicFollowBackReply records an instance's answer to a topic
 // actor's follow-back. It reports false when the object is no topic
 // actor's Follow.
-func (r *Relay) handleTopicFollowBackReply(ctx context.Context, env *envelope, signer *remoteActor) (bool, error) {
+func (r *Relay) handleTopicFollowBackReply(ctx context.Context, env *envelope) (bool, error) {
 	f := r.topics.current().byFollowBack[env.Object.ID]
 	if f == nil || env.Object.ID == "" {
 		return false, nil
-	}
-	if err := requireSelf(env, signer); err != nil {
-		return true, err
 	}
 	if f.Actor != env.Actor {
 		return true, accepted(env.Type + " of another actor's follow")
