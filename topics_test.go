@@ -582,3 +582,38 @@ func TestGoneTopicFollowerIsRemoved(t *testing.T) {
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return len(r.TopicFollowers()) == 0 }, wait, 10*time.Millisecond)
 }
+
+// A server that subscribes to the relay actor and whose user follows a
+// topic gets a matching post once, although the user's actor spells the
+// server's shared inbox differently (host case, default port): the relay
+// actor's delivery serves the topic follower too.
+func TestTopicFollowerOnASubscribedInboxGetsAPostOnce(t *testing.T) {
+	var network memnet.Network
+	r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{})
+	ctx := context.Background()
+	pub := memInstance(t, &network, relaytest.Mastodon, "pub.test")
+	people := memInstance(t, &network, relaytest.Mastodon, "people.test")
+	subscribe(t, r, pub, people)
+	const spelled = "https://PEOPLE.test:443/inbox"
+	require.NoError(t, people.SetProfile("ann", map[string]any{"endpoints": map[string]any{"sharedInbox": spelled}}))
+	const topic = "https://relay.test/tag/x"
+	_, err := people.Follow(ctx, "ann", topic)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return people.Follows("ann", topic) }, wait, 10*time.Millisecond)
+	followers := r.TopicFollowers()
+	require.Len(t, followers, 1)
+	require.Equal(t, spelled, followers[0].SharedInbox, "the follower keeps its spelling of the inbox")
+	drained(t, r)
+	people.ResetRecords()
+
+	note, err := pub.PostWith(ctx, r.InboxURL(), "alice", "x marks the spot", relaytest.PostOptions{Tags: []string{"x"}})
+	require.NoError(t, err)
+	drained(t, r)
+	var got []string
+	for _, rc := range people.Received() {
+		if rc.ObjectID == note.ID {
+			got = append(got, rc.Type+" by "+rc.Actor)
+		}
+	}
+	assert.Equal(t, []string{"Create by " + pub.ActorID("alice")}, got, "one copy, the relay actor's")
+}
