@@ -749,8 +749,12 @@ func (r *Relay) InboxURL() string { return r.inboxURL }
 // Store returns the store the relay uses.
 func (r *Relay) Store() store.Store { return r.baseStore() }
 
-// Start starts delivering queued activities in the background. It returns
-// an error if the relay is closed or already started.
+// Start starts delivering queued activities in the background, and the
+// background work: reloading the block list and policies, summaries, and
+// learning the software of accepted subscribers stored without it (their
+// NodeInfo, read once per host after Start and again daily while it
+// cannot be, with the relay's guarded fetches). It does not wait for any
+// of it. It returns an error if the relay is closed or already started.
 func (r *Relay) Start() error {
 	r.closeMu.Lock()
 	defer r.closeMu.Unlock()
@@ -762,9 +766,10 @@ func (r *Relay) Start() error {
 	if err := r.queue.start(); err != nil {
 		return err
 	}
-	r.bg.Add(2)
+	r.bg.Add(3)
 	go r.refreshPolicies()
 	go r.logSummaries()
+	go r.learnMissingSoftware()
 	return nil
 }
 
