@@ -195,6 +195,7 @@ func (r *Relay) learnSoftwareOnce(ctx context.Context) {
 // by a new Follow), which keep theirs.
 func (r *Relay) storeSoftware(ctx context.Context, host string, actors []string, name string) {
 	now := r.now().UTC()
+	stored := 0
 	for _, id := range actors {
 		_, err := r.store.UpdateSubscriber(ctx, id, func(s *store.Subscriber, found bool) error {
 			if !found || s.Software != "" {
@@ -203,7 +204,11 @@ func (r *Relay) storeSoftware(ctx context.Context, host string, actors []string,
 			s.Software, s.UpdatedAt = name, now
 			return nil
 		})
-		if err != nil && !errors.Is(err, errSoftwareKnown) {
+		switch {
+		case err == nil:
+			stored++
+		case errors.Is(err, errSoftwareKnown):
+		default:
 			if ctx.Err() == nil && !errors.Is(err, store.ErrClosed) {
 				r.log.Warn("relay: cannot store a subscriber's software", "actor", id, "err", err)
 			}
@@ -211,5 +216,7 @@ func (r *Relay) storeSoftware(ctx context.Context, host string, actors []string,
 		}
 	}
 	r.software.seed(host, name)
-	r.log.Info("relay: learnt the software of subscribers", "host", host, "software", name, "subscribers", len(actors))
+	if stored > 0 {
+		r.log.Info("relay: learnt the software of subscribers", "host", host, "software", name, "subscribers", stored)
+	}
 }
