@@ -68,17 +68,21 @@ func TestParseAuthor(t *testing.T) {
 
 func TestTopicKeys(t *testing.T) {
 	for in, want := range map[string]string{
-		"tag/#Cats":               "tag/cats",
-		"tag/!!":                  "",
-		"language/EN_gb":          "language/en-gb",
-		"language/english":        "",
-		"instance/Example.ORG.":   "instance/example.org",
-		"instance/a.example:443":  "instance/a.example",
-		"instance/a.example:8443": "instance/a.example:8443",
-		"instance/a.example/x":    "",
-		"instance/bücher.example": "",
-		"colour/red":              "",
-		"tag":                     "",
+		"tag/#Cats":                "tag/cats",
+		"tag/!!":                   "",
+		"language/EN_gb":           "language/en-gb",
+		"language/english":         "",
+		"instance/Example.ORG.":    "instance/example.org",
+		"instance/a.example:443":   "instance/a.example",
+		"instance/a.example:8443":  "instance/a.example:8443",
+		"instance/a.example/x":     "",
+		"instance/bücher.example":  "",
+		"instance/a.example:0443":  "instance/a.example",
+		"instance/[2001:DB8:0::1]": "instance/[2001:db8::1]",
+		"instance/user@a.example":  "",
+		"instance/a..example":      "",
+		"colour/red":               "",
+		"tag":                      "",
 	} {
 		assert.Equal(t, want, parseTopicKey(in), in)
 	}

@@ -600,9 +600,14 @@ func (q *deliveryQueue) deliver(d store.Delivery, timeout time.Duration) {
 			r.subscriberGone(q.bgCtx, d.Subscriber, d.Inbox)
 		case status == http.StatusGone && d.Signer != "":
 			r.topicInboxGone(q.bgCtx, d.Inbox)
-		case d.Subscriber != "":
-			r.log.Info("relay: delivery refused, not retried", "subscriber", d.Subscriber, "inbox", d.Inbox, "status", status, "type", d.ActivityType)
+		default:
+			// Every refusal counts, topic deliveries (no Subscriber)
+			// included; only a subscriber's counts against it.
+			r.log.Info("relay: delivery refused, not retried", "subscriber", d.Subscriber, "signer", d.Signer, "inbox", d.Inbox, "status", status, "type", d.ActivityType)
 			r.events.Dropped("budget", 1)
+			if d.Subscriber == "" {
+				break
+			}
 			q.failure(d, fmt.Errorf("HTTP %d", status))
 			if status == http.StatusUnauthorized || status == http.StatusForbidden || status == http.StatusNotFound {
 				q.checkActor(d)

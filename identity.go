@@ -100,32 +100,89 @@ func parseBaseURL(s string) (*url.URL, error) {
 }
 
 // ErrAccountTaken is wrapped by the error New returns when another open
-// Relay of this process claims the same account (see New).
+// Relay of this process claims the same account, or one of the same topic
+// accounts on the same host (see New).
 var ErrAccountTaken = errors.New("relay: account claimed by another relay in this process")
 
-// accounts are the acct: URIs claimed by the open relays of this process.
-var accounts = struct {
-	sync.Mutex
-	claimed map[string]bool
-}{claimed: map[string]bool{}}
+// accountClaim is what one relay answers for in WebFinger: its account
+// acct:user@host and, unless topics are disabled, the accounts of its
+// topic actors (acct:tag.cats@host, see topicUsername) on the same host.
+type accountClaim struct {
+	base   string       // BaseURL, as the relay uses it
+	host   string       // the accounts' host (acctHost)
+	user   string       // Username, lower case
+	topics *TopicConfig // normalised; nil when topics are disabled
+}
 
-// claimAccount records that a relay answers for acct, or returns an error
-// wrapping ErrAccountTaken if another does.
-func claimAccount(acct string) error {
-	accounts.Lock()
-	defer accounts.Unlock()
-	if accounts.claimed[acct] {
-		return fmt.Errorf("%w: %s (give each relay its own Config.Username, or close the other first)", ErrAccountTaken, acct)
+func (c *accountClaim) account() string { return "acct:" + c.user + "@" + c.host }
+
+// offersTopic reports whether c's relay has an actor for the topic key
+// (as Relay.topicExists does).
+func (c *accountClaim) offersTopic(key string) bool {
+	t := c.topics
+	if t == nil || key == "" || slices.Contains(t.Block, key) {
+		return false
 	}
-	accounts.claimed[acct] = true
+	return len(t.Allow) == 0 || slices.Contains(t.Allow, key)
+}
+
+// conflict returns an account that both c and o would answer for, and
+// what the operator can do about it, or "" if there is none.
+func (c *accountClaim) conflict(o *accountClaim) (acct, fix string) {
+	if c.host != o.host {
+		return "", ""
+	}
+	if c.user == o.user {
+		return c.account(), "give each relay its own Config.Username"
+	}
+	for _, p := range [][2]*accountClaim{{c, o}, {o, c}} {
+		if key := topicOfUsername(p[1].user); p[0].offersTopic(key) {
+			return p[1].account(), "choose a Username that is no topic account (tag.…, language.…, instance.…), or block the topic " + key
+		}
+	}
+	if c.topics == nil || o.topics == nil || c.base == o.base {
+		return "", "" // relays with one BaseURL have the same topic actors
+	}
+	const topicsFix = "offer topics on one relay per host: set Topics.Disabled, or disjoint Topics.Allow lists, on the others"
+	if len(c.topics.Allow) == 0 && len(o.topics.Allow) == 0 {
+		return "acct:tag.…@" + c.host, topicsFix // every topic but a few blocked ones
+	}
+	for _, p := range [][2]*accountClaim{{c, o}, {o, c}} {
+		for _, key := range p[0].topics.Allow {
+			if p[0].offersTopic(key) && p[1].offersTopic(key) {
+				return "acct:" + topicUsername(key) + "@" + c.host, topicsFix
+			}
+		}
+	}
+	return "", ""
+}
+
+// claims are the accounts claimed by the open relays of this process.
+var claims = struct {
+	sync.Mutex
+	open []*accountClaim
+}{}
+
+// claimAccounts records that a relay answers for c's accounts, or returns
+// an error wrapping ErrAccountTaken if another open relay answers for one
+// of them.
+func claimAccounts(c *accountClaim) error {
+	claims.Lock()
+	defer claims.Unlock()
+	for _, o := range claims.open {
+		if acct, fix := c.conflict(o); acct != "" {
+			return fmt.Errorf("%w: %s (%s, or close the other first)", ErrAccountTaken, acct, fix)
+		}
+	}
+	claims.open = append(claims.open, c)
 	return nil
 }
 
-// releaseAccount forgets a claim of claimAccount.
-func releaseAccount(acct string) {
-	accounts.Lock()
-	defer accounts.Unlock()
-	delete(accounts.claimed, acct)
+// releaseAccounts forgets a claim of claimAccounts.
+func releaseAccounts(c *accountClaim) {
+	claims.Lock()
+	defer claims.Unlock()
+	claims.open = slices.DeleteFunc(claims.open, func(o *accountClaim) bool { return o == c })
 }
 
 // wrapf adds context to err, an error of this package or another, keeping

@@ -45,7 +45,8 @@ func TestTwoRelaysOnOneHost(t *testing.T) {
 	a, err := relay.New(relay.Config{BaseURL: "https://example.org/a", Username: "a", Logger: quietLogger()})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = a.Close(context.Background()) })
-	b, err := relay.New(relay.Config{BaseURL: "https://example.org/b", Username: "b", ActorType: "Service", Logger: quietLogger()})
+	b, err := relay.New(relay.Config{BaseURL: "https://example.org/b", Username: "b", ActorType: "Service", Logger: quietLogger(),
+		Topics: relay.TopicConfig{Disabled: true}})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = b.Close(context.Background()) })
 
@@ -67,6 +68,7 @@ func TestTwoRelaysOnOneHost(t *testing.T) {
 		{"acct:a@example.org", "acct:a@example.org", "https://example.org/a/actor"},
 		{"acct:B@example.org", "acct:b@example.org", "https://example.org/b/actor"},
 		{"https://example.org/b/actor", "acct:b@example.org", "https://example.org/b/actor"},
+		{"acct:tag.cats@example.org", "acct:tag.cats@example.org", "https://example.org/a/tag/cats"},
 	} {
 		code, _, body := get(t, mux, "https://example.org/.well-known/webfinger?resource="+tc.resource)
 		require.Equal(t, http.StatusOK, code, tc.resource)
@@ -104,6 +106,57 @@ func TestDuplicateAccountRefused(t *testing.T) {
 	second, err := relay.New(relay.Config{BaseURL: "https://dup.example/two", Logger: quietLogger()})
 	require.NoError(t, err, "the account is free once the first relay is closed")
 	require.NoError(t, second.Close(context.Background()))
+}
+
+// New refuses a relay that would answer WebFinger for a topic account
+// another open relay of the process answers for on the same host: both
+// offering topics (unless their Topics.Allow lists are disjoint), or a
+// Username that is one of the other's topic accounts. Relays with one
+// BaseURL serve the same topic actors, and another port is another host.
+func TestTopicAccountsClaimedOncePerHost(t *testing.T) {
+	open := func(cfg relay.Config) (*relay.Relay, error) {
+		t.Helper()
+		cfg.Logger = quietLogger()
+		r, err := relay.New(cfg)
+		if err == nil {
+			t.Cleanup(func() { _ = r.Close(context.Background()) })
+		}
+		return r, err
+	}
+	a, err := open(relay.Config{BaseURL: "https://topics.example/a", Username: "a"})
+	require.NoError(t, err)
+
+	_, err = open(relay.Config{BaseURL: "https://topics.example/b", Username: "b"})
+	require.ErrorIs(t, err, relay.ErrAccountTaken, "both offer every topic")
+	assert.Contains(t, err.Error(), "acct:tag.…@topics.example")
+	assert.Contains(t, err.Error(), "Topics.Disabled")
+	_, err = open(relay.Config{BaseURL: "https://topics.example/b", Username: "b", Topics: relay.TopicConfig{Allow: []string{"tag/dogs"}}})
+	require.ErrorIs(t, err, relay.ErrAccountTaken, "a offers tag/dogs too")
+	assert.Contains(t, err.Error(), "acct:tag.dogs@topics.example")
+	_, err = open(relay.Config{BaseURL: "https://topics.example/b", Username: "Tag.Cats", Topics: relay.TopicConfig{Disabled: true}})
+	require.ErrorIs(t, err, relay.ErrAccountTaken, "b's account is a's topic account")
+	assert.Contains(t, err.Error(), "acct:tag.cats@topics.example")
+
+	_, err = open(relay.Config{BaseURL: "https://topics.example/b", Username: "b", Topics: relay.TopicConfig{Disabled: true}})
+	require.NoError(t, err, "topics disabled")
+	_, err = open(relay.Config{BaseURL: "https://topics.example/a", Username: "a2"})
+	require.NoError(t, err, "the same BaseURL: the same topic actors")
+	_, err = open(relay.Config{BaseURL: "https://topics.example:8443/c", Username: "c"})
+	require.NoError(t, err, "another port")
+
+	_, err = open(relay.Config{BaseURL: "https://allow.example/c", Username: "c", Topics: relay.TopicConfig{Allow: []string{"tag/cats"}}})
+	require.NoError(t, err)
+	_, err = open(relay.Config{BaseURL: "https://allow.example/d", Username: "d", Topics: relay.TopicConfig{Allow: []string{"tag/dogs", "language/en"}}})
+	require.NoError(t, err, "disjoint Allow lists")
+	_, err = open(relay.Config{BaseURL: "https://allow.example/e", Username: "e", Topics: relay.TopicConfig{Allow: []string{"tag/birds", "tag/#Cats"}}})
+	require.ErrorIs(t, err, relay.ErrAccountTaken)
+	assert.Contains(t, err.Error(), "acct:tag.cats@allow.example")
+	_, err = open(relay.Config{BaseURL: "https://allow.example/e", Username: "e", Topics: relay.TopicConfig{Allow: []string{"tag/birds", "tag/cats"}, Block: []string{"tag/cats"}}})
+	require.NoError(t, err, "e blocks the topic c offers")
+
+	require.NoError(t, a.Close(context.Background()))
+	_, err = open(relay.Config{BaseURL: "https://topics.example/f", Username: "f"})
+	require.ErrorIs(t, err, relay.ErrAccountTaken, "the relay with a's BaseURL still offers topics")
 }
 
 // A key given in Config signs the relay's requests and is published in

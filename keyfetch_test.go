@@ -1,6 +1,7 @@
 package relay_test
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"slices"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/fedirelay/relay"
 	"github.com/fedirelay/relay/httpsig"
+	"github.com/fedirelay/relay/store"
 )
 
 // subscribeFake makes f's actor user an accepted subscriber of r.
@@ -250,4 +252,38 @@ func TestSubscribedHostKeysSurviveEviction(t *testing.T) {
 	code, text, _ = sendAs(t, r, sub, "alice")
 	assert.Equal(t, http.StatusAccepted, code, text)
 	assert.Equal(t, 1, sub.getCount("/users/alice"), "still cached")
+}
+
+// hostListingStore counts the ListSubscribers calls that ask for one
+// host's subscribers.
+type hostListingStore struct {
+	store.Store
+	calls atomic.Int32
+}
+
+func (s *hostListingStore) ListSubscribers(ctx context.Context, f store.SubscriberFilter) ([]store.Subscriber, error) {
+	if f.Host != "" {
+		s.calls.Add(1)
+	}
+	return s.Store.ListSubscribers(ctx, f)
+}
+
+// An inbox request whose signature fails, even after its key was fetched
+// again, asks the store once whether its keyId host has a subscriber.
+func TestFailedSignatureAsksForTheHostsSubscribersOnce(t *testing.T) {
+	actors := newFakeActors(t)
+	clock := &stepClock{now: time.Now()}
+	st := &hostListingStore{Store: newMemStore(t)}
+	r := newRelayServer(t, relay.Config{AllowHTTP: true, AllowPrivate: loopback, Clock: clock, Store: st}, nil)
+	subscribeFake(t, r, actors, "instance")
+	code, text, _ := sendAs(t, r, actors, "k")
+	require.Equal(t, http.StatusAccepted, code, "k's key is cached: %s", text)
+	require.Equal(t, 1, actors.getCount("/users/k"))
+
+	clock.advance(61 * time.Second) // the key may be fetched again
+	st.calls.Store(0)
+	code, text, _ = sendForged(t, r, actors, "k")
+	require.Equal(t, http.StatusUnauthorized, code, text)
+	require.Equal(t, 2, actors.getCount("/users/k"), "the key was fetched again")
+	assert.Equal(t, int32(1), st.calls.Load(), "ListSubscribers calls for the keyId host")
 }

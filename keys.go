@@ -470,8 +470,11 @@ var (
 // cached key of a host with a subscriber again takes no token. Callers that
 // join a fetch in flight take none. Fetches in flight are capped per host
 // and, for hosts without a subscriber, all together (errKeyFetchesBusy).
-func (c *keyCache) get(ctx context.Context, keyID string, stale *remoteKey) (*remoteKey, error) {
-	host := "" // hostOf(keyID), once needed: not on a cache hit
+//
+// kh is keyID's host (see keyHost), asked whether it has a subscriber
+// only when the cache cannot answer.
+func (c *keyCache) get(ctx context.Context, keyID string, stale *remoteKey, kh *keyHost) (*remoteKey, error) {
+	host := kh.host
 	subscribed, checked := false, false
 	for {
 		now := c.r.now()
@@ -486,8 +489,7 @@ func (c *keyCache) get(ctx context.Context, keyID string, stale *remoteKey) (*re
 		call, ok := c.inflight[keyID]
 		if (!ok || expired) && !checked {
 			c.mu.Unlock()
-			host = hostOf(keyID)
-			subscribed, checked = c.r.hostHasSubscriber(ctx, host), true
+			subscribed, checked = kh.hasSubscriber(ctx), true
 			continue
 		}
 		if expired && subscribed && now.Before(k.expires.Add(c.r.cfg.KeyCacheTTL)) {
@@ -583,31 +585,54 @@ func (r *Relay) hostHasSubscriber(ctx context.Context, host string) bool {
 	return false
 }
 
-// signatureFailuresSpent reports whether host (a canonical keyId host) has
-// spent its budget of failed signature verifications
-// (Config.SignatureFailureLimit; hosts with an accepted or dormant
-// subscriber have their own, larger buckets), and if so when it will have
-// a token again. It looks at the store only when the host's bucket for
-// hosts without a subscriber is empty.
-func (r *Relay) signatureFailuresSpent(ctx context.Context, host string) (bool, time.Duration) {
+// keyHost is the keyId host of one inbox request, with whether it has an
+// accepted (or dormant) subscriber (hostHasSubscriber), asked of the store
+// at most once per request and only when needed. It belongs to the
+// request's goroutine.
+type keyHost struct {
+	r          *Relay
+	host       string
+	subscribed bool
+	checked    bool
+}
+
+func (r *Relay) keyHostOf(keyID string) *keyHost {
+	return &keyHost{r: r, host: hostOf(keyID)}
+}
+
+// hasSubscriber reports whether h's host has an accepted (or dormant)
+// subscriber, asking the store the first time only.
+func (h *keyHost) hasSubscriber(ctx context.Context) bool {
+	if !h.checked {
+		h.subscribed, h.checked = h.r.hostHasSubscriber(ctx, h.host), true
+	}
+	return h.subscribed
+}
+
+// signatureFailuresSpent reports whether h's host has spent its budget of
+// failed signature verifications (Config.SignatureFailureLimit; hosts
+// with an accepted or dormant subscriber have their own, larger buckets),
+// and if so when it will have a token again. It looks at the store only
+// when the host's bucket for hosts without a subscriber is empty.
+func (r *Relay) signatureFailuresSpent(ctx context.Context, h *keyHost) (bool, time.Duration) {
 	now := r.now()
-	if empty, after := r.sigFailS.empty(host, now); empty {
+	if empty, after := r.sigFailS.empty(h.host, now); empty {
 		return true, after
 	}
-	if empty, after := r.sigFail.empty(host, now); empty && !r.hostHasSubscriber(ctx, host) {
+	if empty, after := r.sigFail.empty(h.host, now); empty && !h.hasSubscriber(ctx) {
 		return true, after
 	}
 	return false, 0
 }
 
-// countSignatureFailure takes a token from host's budget of failed
+// countSignatureFailure takes a token from h's host's budget of failed
 // signature verifications.
-func (r *Relay) countSignatureFailure(ctx context.Context, host string) {
+func (r *Relay) countSignatureFailure(ctx context.Context, h *keyHost) {
 	lim := r.sigFail
-	if r.hostHasSubscriber(ctx, host) {
+	if h.hasSubscriber(ctx) {
 		lim = r.sigFailS
 	}
-	lim.allow(host, r.now())
+	lim.allow(h.host, r.now())
 }
 
 // subscribedHosts returns the hosts with an accepted (or dormant)

@@ -366,7 +366,10 @@ type Config struct {
 	Filters FilterSet
 
 	// Topics configures the topic actors P/tag/{tag}, P/language/{code}
-	// and P/instance/{host}; the zero value offers them all.
+	// and P/instance/{host}; the zero value offers them all. Their
+	// accounts (acct:tag.cats@host, see Relay.WebFinger) are on the
+	// relay's host: of the relays of one process on one host, only one may
+	// offer a given topic (see New).
 	Topics TopicConfig
 
 	// OptOuts says where authors' opt-outs (indexable: false, #nobot,
@@ -394,7 +397,8 @@ type Config struct {
 	// of its account, acct:Username@host (see Relay.WebFinger). Default
 	// "relay". Letters, digits, '_', '-' and '.' (not first or last), at
 	// most 64 bytes. Two relays in one process must not claim the same
-	// account: see New.
+	// account, nor may one's account be another's topic account
+	// (tag.cats, ...): see New.
 	Username string
 
 	// ActorType is the relay actor's ActivityStreams type: "Application"
@@ -462,7 +466,7 @@ type Relay struct {
 	actorID  string
 	inboxURL string
 	keyID    string
-	account  string // acct:Username@host, lower case (see claimAccount)
+	accounts *accountClaim // the accounts it answers for (see claimAccounts)
 	signer   *httpsig.Signer
 	pubPEM   string
 	keys     *keyCache
@@ -505,10 +509,15 @@ const keyValueName = "relay/private-key.pem"
 //
 // Within one process, relays must be told apart by their accounts
 // (acct:Username@host, host with BaseURL's port unless it is the scheme's
-// default): New returns an error wrapping ErrAccountTaken while another
-// relay that claims the same account is open, for WebFinger could answer
-// for only one of them. Close releases the account; a Relay never closed
-// keeps it for the life of the process.
+// default), for WebFinger could answer for only one of them: New returns
+// an error wrapping ErrAccountTaken while another open relay on the same
+// host claims the same account, one whose Username is one of the other's
+// topic accounts (acct:tag.cats@host), or offers topics too, unless the
+// two offer no topic in common (Config.Topics: Disabled, or disjoint
+// Allow lists) or have the same BaseURL (then their topic actors are the
+// same). The error names the account and the setting to change. Close
+// releases the accounts; a Relay never closed keeps them for the life of
+// the process.
 func New(cfg Config) (*Relay, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -560,14 +569,17 @@ func New(cfg Config) (*Relay, error) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	r.account = "acct:" + strings.ToLower(cfg.Username) + "@" + r.acctHost()
-	if err := claimAccount(r.account); err != nil {
+	r.accounts = &accountClaim{base: base.String(), host: r.acctHost(), user: strings.ToLower(cfg.Username)}
+	if !cfg.Topics.Disabled {
+		r.accounts.topics = &r.cfg.Topics
+	}
+	if err := claimAccounts(r.accounts); err != nil {
 		return nil, err
 	}
 	claimed := true
 	defer func() {
 		if claimed {
-			releaseAccount(r.account)
+			releaseAccounts(r.accounts)
 		}
 	}()
 	key, err := r.loadKey(ctx)
@@ -737,8 +749,12 @@ func (r *Relay) InboxURL() string { return r.inboxURL }
 // Store returns the store the relay uses.
 func (r *Relay) Store() store.Store { return r.baseStore() }
 
-// Start starts delivering queued activities in the background. It returns
-// an error if the relay is closed or already started.
+// Start starts delivering queued activities in the background, and the
+// background work: reloading the block list and policies, summaries, and
+// learning the software of accepted subscribers stored without it (their
+// NodeInfo, read once per host after Start and again daily while it
+// cannot be, with the relay's guarded fetches). It does not wait for any
+// of it. It returns an error if the relay is closed or already started.
 func (r *Relay) Start() error {
 	r.closeMu.Lock()
 	defer r.closeMu.Unlock()
@@ -750,9 +766,10 @@ func (r *Relay) Start() error {
 	if err := r.queue.start(); err != nil {
 		return err
 	}
-	r.bg.Add(2)
+	r.bg.Add(3)
 	go r.refreshPolicies()
 	go r.logSummaries()
+	go r.learnMissingSoftware()
 	return nil
 }
 
@@ -778,7 +795,7 @@ func (r *Relay) Close(ctx context.Context) error {
 	}
 	close(r.closed)
 	r.closeMu.Unlock()
-	defer releaseAccount(r.account)
+	defer releaseAccounts(r.accounts)
 
 	done := make(chan struct{})
 	go func() { r.inflight.Wait(); close(done) }()

@@ -179,7 +179,7 @@ func (r *Relay) selectRecipients(ctx context.Context, env *envelope, body []byte
 // the author opted out (see optout.go).
 func (r *Relay) selectTopics(sel *selection, view *topicView, p *Post, objectID string, isPost bool, readAuthor func() *author) {
 	var keys []string
-	if h := topicHost(hostOf(objectID)); h != "" {
+	if h, err := canonicalHost("https", hostOf(objectID)); err == nil {
 		keys = append(keys, topicInstance+"/"+h)
 	}
 	for _, t := range p.Tags {

@@ -61,11 +61,11 @@ func (r *Relay) verifySignature(ctx context.Context, req *http.Request, sig inbo
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.KeyFetchTimeout)
 	defer cancel()
 	keyID := sig.keyID()
-	host := hostOf(keyID)
-	if spent, after := r.signatureFailuresSpent(ctx, host); spent {
-		return nil, refuseRetry(http.StatusTooManyRequests, after, "too many signatures of %s did not verify", host)
+	kh := r.keyHostOf(keyID) // asks the store at most once for the request
+	if spent, after := r.signatureFailuresSpent(ctx, kh); spent {
+		return nil, refuseRetry(http.StatusTooManyRequests, after, "too many signatures of %s did not verify", kh.host)
 	}
-	key, err := r.keys.get(ctx, keyID, nil)
+	key, err := r.keys.get(ctx, keyID, nil, kh)
 	if err != nil {
 		return nil, r.keyError(keyID, err)
 	}
@@ -74,16 +74,16 @@ func (r *Relay) verifySignature(ctx context.Context, req *http.Request, sig inbo
 		key.markVerified()
 		return key, nil
 	}
-	fresh, err := r.keys.get(ctx, keyID, key)
+	fresh, err := r.keys.get(ctx, keyID, key, kh)
 	switch {
 	case errors.Is(err, errRefetchTooSoon):
-		r.countSignatureFailure(ctx, host)
+		r.countSignatureFailure(ctx, kh)
 		return nil, badSignature("invalid", refuse(http.StatusUnauthorized, "%v", verr))
 	case err != nil:
 		return nil, r.keyError(keyID, err)
 	}
 	if err := sig.verify(req, fresh.Key); err != nil {
-		r.countSignatureFailure(ctx, host)
+		r.countSignatureFailure(ctx, kh)
 		return nil, badSignature("invalid", refuse(http.StatusUnauthorized, "%v", err))
 	}
 	fresh.markVerified()

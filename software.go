@@ -3,9 +3,14 @@ package relay
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
+	"sync"
+	"time"
+
+	"github.com/fedirelay/relay/store"
 )
 
 // Subscriber software, as NodeInfo names it (software.name, lower case).
@@ -108,4 +113,110 @@ func (r *Relay) discoverSoftware(ctx context.Context, actorID string) (string, e
 // every server of its protocol applies.
 func (r *Relay) learnSoftware(ctx context.Context, actorID string) string {
 	return r.rules.softwareOf(ctx, actorID)
+}
+
+// Learning the software of subscribers stored without it.
+const (
+	// softwareRelearn is how long the relay waits before it looks again
+	// for the software of subscribers whose NodeInfo could not be read.
+	softwareRelearn = 24 * time.Hour
+	// maxSoftwareLookups bounds the NodeInfo lookups of learnMissingSoftware
+	// in flight at once.
+	maxSoftwareLookups = 4
+)
+
+// errSoftwareKnown leaves a subscriber unchanged in storeSoftware.
+var errSoftwareKnown = errors.New("relay: software known")
+
+// learnMissingSoftware runs from Start until Close: at once, then every
+// softwareRelearn, it learns the software of the accepted subscribers
+// stored without one (they subscribed before the relay read NodeInfo, or
+// their NodeInfo could not be read when they followed), so that they get
+// the edits, deletions and un-boosts their software applies (see
+// formFor). Close cancels the lookups in flight and waits for them.
+func (r *Relay) learnMissingSoftware() {
+	defer r.bg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { <-r.closed; cancel() }() // this loop returns only once closed
+	for {
+		r.learnSoftwareOnce(ctx)
+		select {
+		case <-r.closed:
+			return
+		case <-r.clock.After(softwareRelearn):
+		}
+	}
+}
+
+// learnSoftwareOnce looks up the NodeInfo of each host of accepted
+// subscribers without Software once (learnSoftware, through the relay's
+// guarded fetches, at most maxSoftwareLookups at once) and stores what it
+// learns in them.
+func (r *Relay) learnSoftwareOnce(ctx context.Context) {
+	lctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	subs, err := r.store.ListSubscribers(lctx, store.SubscriberFilter{State: store.StateAccepted})
+	cancel()
+	if err != nil {
+		if ctx.Err() == nil && !errors.Is(err, store.ErrClosed) {
+			r.log.Warn("relay: cannot list subscribers to learn their software", "err", err)
+		}
+		return
+	}
+	byHost := map[string][]string{}
+	for i := range subs {
+		if s := &subs[i]; s.Software == "" && s.Host != "" {
+			byHost[s.Host] = append(byHost[s.Host], s.ActorID)
+		}
+	}
+	slots := make(chan struct{}, maxSoftwareLookups)
+	var wg sync.WaitGroup
+	for host, actors := range byHost {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			if name := r.learnSoftware(ctx, actors[0]); name != "" {
+				r.storeSoftware(ctx, host, actors, name)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// storeSoftware stores name as the Software of the subscribers actors on
+// host, except those whose Software was set meanwhile (by the operator, or
+// by a new Follow), which keep theirs.
+func (r *Relay) storeSoftware(ctx context.Context, host string, actors []string, name string) {
+	now := r.now().UTC()
+	stored := 0
+	for _, id := range actors {
+		_, err := r.store.UpdateSubscriber(ctx, id, func(s *store.Subscriber, found bool) error {
+			if !found || s.Software != "" {
+				return errSoftwareKnown
+			}
+			s.Software, s.UpdatedAt = name, now
+			return nil
+		})
+		switch {
+		case err == nil:
+			stored++
+		case errors.Is(err, errSoftwareKnown):
+		default:
+			if ctx.Err() == nil && !errors.Is(err, store.ErrClosed) {
+				r.log.Warn("relay: cannot store a subscriber's software", "actor", id, "err", err)
+			}
+			return
+		}
+	}
+	r.software.seed(host, name)
+	if stored > 0 {
+		r.log.Info("relay: learnt the software of subscribers", "host", host, "software", name, "subscribers", stored)
+	}
 }

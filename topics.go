@@ -75,7 +75,7 @@ func canonicalTopic(kind, value string) string {
 	case topicLanguage:
 		v = normalizeLanguage(value)
 	case topicInstance:
-		v = topicHost(value)
+		v, _ = canonicalHost("https", strings.TrimSpace(value)) // "" if it is no host
 	}
 	if v == "" {
 		return ""
@@ -90,28 +90,6 @@ func parseTopicKey(key string) string {
 		return ""
 	}
 	return canonicalTopic(kind, value)
-}
-
-// topicHost returns host (an ASCII host name or IP with an optional
-// port) lower-cased, without a trailing dot or the default https port, or
-// "" if it is not one.
-func topicHost(h string) string {
-	h = strings.ToLower(strings.TrimSpace(h))
-	u, err := url.Parse("https://" + h + "/")
-	if err != nil || u.Host != h || u.User != nil || u.Hostname() == "" {
-		return ""
-	}
-	for _, c := range h {
-		if c > 0x7f {
-			return "" // internationalised names in their ASCII (punycode) form only
-		}
-	}
-	name, port := u.Hostname(), u.Port()
-	name = strings.TrimSuffix(name, ".")
-	if port == "" || port == "443" {
-		return name
-	}
-	return name + ":" + port
 }
 
 // topicExists reports whether the operator offers the topic key.

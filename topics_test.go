@@ -4,9 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -581,4 +584,114 @@ func TestGoneTopicFollowerIsRemoved(t *testing.T) {
 	_, err = pub.PostWith(ctx, r.InboxURL(), "alice", "x", relaytest.PostOptions{Tags: []string{"x"}})
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return len(r.TopicFollowers()) == 0 }, wait, 10*time.Millisecond)
+}
+
+// A server that subscribes to the relay actor and whose user follows a
+// topic gets a matching post once, although the user's actor spells the
+// server's shared inbox differently (host case, default port): the relay
+// actor's delivery serves the topic follower too.
+func TestTopicFollowerOnASubscribedInboxGetsAPostOnce(t *testing.T) {
+	var network memnet.Network
+	r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{})
+	ctx := context.Background()
+	pub := memInstance(t, &network, relaytest.Mastodon, "pub.test")
+	people := memInstance(t, &network, relaytest.Mastodon, "people.test")
+	subscribe(t, r, pub, people)
+	const spelled = "https://PEOPLE.test:443/inbox"
+	require.NoError(t, people.SetProfile("ann", map[string]any{"endpoints": map[string]any{"sharedInbox": spelled}}))
+	const topic = "https://relay.test/tag/x"
+	_, err := people.Follow(ctx, "ann", topic)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return people.Follows("ann", topic) }, wait, 10*time.Millisecond)
+	followers := r.TopicFollowers()
+	require.Len(t, followers, 1)
+	require.Equal(t, spelled, followers[0].SharedInbox, "the follower keeps its spelling of the inbox")
+	drained(t, r)
+	people.ResetRecords()
+
+	note, err := pub.PostWith(ctx, r.InboxURL(), "alice", "x marks the spot", relaytest.PostOptions{Tags: []string{"x"}})
+	require.NoError(t, err)
+	drained(t, r)
+	var got []string
+	for _, rc := range people.Received() {
+		if rc.ObjectID == note.ID {
+			got = append(got, rc.Type+" by "+rc.Actor)
+		}
+	}
+	assert.Equal(t, []string{"Create by " + pub.ActorID("alice")}, got, "one copy, the relay actor's")
+}
+
+// countingObserver counts the relay's delivery events.
+type countingObserver struct {
+	relay.NopObserver
+	mu        sync.Mutex
+	dropped   map[string]int // by reason
+	delivered map[string]int // by outcome
+}
+
+func newCountingObserver() *countingObserver {
+	return &countingObserver{dropped: map[string]int{}, delivered: map[string]int{}}
+}
+
+func (o *countingObserver) Dropped(reason string, n int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.dropped[reason] += n
+}
+
+func (o *countingObserver) Delivered(outcome, _ string, _ time.Duration) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.delivered[outcome]++
+}
+
+func (o *countingObserver) counts() (dropped, delivered map[string]int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return maps.Clone(o.dropped), maps.Clone(o.delivered)
+}
+
+// A topic follower's inbox that refuses a delivery with a 4xx other than
+// 410 is counted and logged like a subscriber's: a dropped delivery
+// (Observer.Dropped "budget") and an info line naming the inbox.
+func TestTopicDeliveryRefusalIsCounted(t *testing.T) {
+	var network memnet.Network
+	var logs lockedBuffer
+	events := newCountingObserver()
+	r, err := relay.New(relay.Config{
+		BaseURL: "https://relay.test", Transport: &network, Store: newMemStore(t), Events: events,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	require.NoError(t, err)
+	network.Handle("relay.test", r.Handler())
+	require.NoError(t, r.Start())
+	t.Cleanup(func() { _ = r.Close(context.Background()) })
+	ctx := context.Background()
+	pub := memInstance(t, &network, relaytest.Mastodon, "pub.test")
+	subscribe(t, r, pub)
+	people := memInstance(t, &network, relaytest.Mastodon, "people.test")
+	const topic = "https://relay.test/tag/x"
+	_, err = people.Follow(ctx, "ann", topic)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return people.Follows("ann", topic) }, wait, 10*time.Millisecond)
+	drained(t, r)
+	droppedBefore, _ := events.counts()
+	people.SetFault(func(req *http.Request) int {
+		if req.Method == http.MethodPost {
+			return http.StatusForbidden
+		}
+		return 0
+	})
+
+	_, err = pub.PostWith(ctx, r.InboxURL(), "alice", "x", relaytest.PostOptions{Tags: []string{"x"}})
+	require.NoError(t, err)
+	drained(t, r)
+	require.Eventually(t, func() bool {
+		_, delivered := events.counts()
+		return delivered["refused"] == 1
+	}, wait, 10*time.Millisecond, "the refusal is reported")
+	dropped, _ := events.counts()
+	assert.Equal(t, droppedBefore["budget"]+1, dropped["budget"], "the refused delivery counts as dropped")
+	assert.Regexp(t, `level=INFO msg="relay: delivery refused, not retried" .*inbox=https://people\.test/inbox .*status=403`, logs.String())
+	assert.Len(t, r.TopicFollowers(), 1, "a refusal other than 410 keeps the follower")
 }

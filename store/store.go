@@ -185,9 +185,10 @@ type Subscriber struct {
 	FollowBackState State  `json:"follow_back_state,omitempty"`
 	// Software is the subscriber's server software as its NodeInfo names it
 	// (software.name, lower case: "mastodon", "misskey", "gotosocial",
-	// "pleroma", ...), read when it subscribes; "" when unknown. The relay
-	// sends edits, deletions and un-boosts in the form that software
-	// applies. The operator may set it.
+	// "pleroma", ...), read when it subscribes, or later in the background
+	// if it could not be then; "" when unknown. The relay sends edits,
+	// deletions and un-boosts in the form that software applies. The
+	// operator may set it; the relay never replaces a value that is set.
 	Software string `json:"software,omitempty"`
 	// Note is free text kept for the operator: private, never sent.
 	Note string `json:"note,omitempty"`
