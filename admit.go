@@ -97,11 +97,3 @@ func (r *Relay) admitSender(ctx context.Context, env *envelope, signer *remoteAc
 	}
 	return sender, senders, nil
 }
-
-// receiveOnly reports whether what sender sends is not relayed: its mode
-// is store.ModeReceiveOnly, or its domain is blocked with severity
-// silence. (Its counterpart, a send-only subscriber receiving nothing, is
-// store.Subscriber.Receives, checked where the fan-out picks receivers.)
-func (r *Relay) receiveOnly(sender *store.Subscriber) bool {
-	return !sender.Publishes() || r.guard.blocked.isSilenced(sender.Host)
-}

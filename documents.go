@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -505,4 +506,19 @@ func (r *Relay) nodeInfoPolicies(ctx context.Context, meta map[string]any) {
 		}
 	}
 	meta["blocks"], meta["block_reasons"] = domains, reasons
+}
+
+// announceID returns the id of the relay's Announce of objectID made for
+// the incoming activity env, derived from the object for a post (the relay
+// announces an object once), else from env's type and id (the object's,
+// for a Delete without an id). So a fan-out repeated after a failure, or
+// another post of the same object, sends the same Announce, which
+// receivers recognise by its id.
+func (r *Relay) announceID(env *envelope, objectID string) string {
+	source := env.Type + " " + cmp.Or(env.ID, objectID)
+	if env.isPost() {
+		source = "post " + objectID
+	}
+	sum := sha256.Sum256([]byte(source))
+	return r.base.String() + "/activities/announce-" + hex.EncodeToString(sum[:16])
 }

@@ -25,8 +25,9 @@ type relayable struct {
 	visibility visibility
 }
 
-// filterActivity returns what env is about if env may be relayed:
-// addressed to the public (a LitePub relay actor's Announce needs not be),
+// filterActivity returns what env is about if env may be relayed: sent by
+// a subscriber whose activities are relayed (receiveOnly), addressed to
+// the public (a LitePub relay actor's Announce needs not be),
 // its object IRI (and a Move's target) one receivers may fetch
 // (guard.checkObjectIRI, else 400), its object from the actor's origin
 // unless it is an Announce (relayableObject), a post
@@ -36,6 +37,9 @@ type relayable struct {
 // admitSender's results. A refusal is an inboxError; an activity ignored
 // is accepted.
 func (r *Relay) filterActivity(ctx context.Context, env *envelope, body []byte, signer *remoteActor, sender *store.Subscriber, senders []store.Subscriber) (relayable, error) {
+	if r.receiveOnly(sender) {
+		return relayable{}, accepted("the sender is receive-only: what it sends is not relayed")
+	}
 	// A LitePub relay actor announces public posts to its followers only.
 	litePubAnnounce := env.Type == "Announce" && sender.Protocol == store.ProtocolLitePub && sender.ActorID == env.Actor
 	if !env.IsPublic() && !litePubAnnounce {
@@ -171,4 +175,12 @@ func (r *Relay) fetchedAudience(ctx context.Context, objectID string) (visibilit
 		return 0, time.Time{}, accepted("announced object " + objectID + " has malformed addressing")
 	}
 	return visibilityOf(to, cc), parseTime(f["published"]), nil
+}
+
+// receiveOnly reports whether what sender sends is not relayed: its mode
+// is store.ModeReceiveOnly, or its domain is blocked with severity
+// silence. (Its counterpart, a send-only subscriber receiving nothing, is
+// store.Subscriber.Receives, checked where the fan-out picks receivers.)
+func (r *Relay) receiveOnly(sender *store.Subscriber) bool {
+	return !sender.Publishes() || r.guard.blocked.isSilenced(sender.Host)
 }

@@ -6,8 +6,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-
-	"github.com/fedirelay/relay/store"
 )
 
 // serveInbox handles POST P/inbox:
@@ -145,7 +143,7 @@ func (r *Relay) dispatch(ctx context.Context, m *message, signer *remoteActor) e
 
 // relayActivity accepts a public activity from a subscriber and queues it
 // for every other accepted subscriber before answering: admitSender (who
-// may send), receiveOnly (whether what it sends is relayed at all),
+// may send), senderAlive (what the sending tells of the sender),
 // filterActivity (what may be relayed), then fanOut (selectRecipients: who
 // gets it by content, topics and budgets; then in which form, stored
 // before the answer).
@@ -154,20 +152,8 @@ func (r *Relay) relayActivity(ctx context.Context, env *envelope, body []byte, s
 	if err != nil {
 		return err
 	}
-	if env.rfc9421 && sender.SignatureScheme == "" {
-		r.learnRFC9421(ctx, sender.ActorID)
-	}
-	// A dormant subscriber (see Config.DormantAfter) that sends something
-	// is alive again.
-	for i := range senders {
-		if senders[i].State == store.StateDormant {
-			if err := r.revive(ctx, senders[i].ActorID); err != nil {
-				return err
-			}
-		}
-	}
-	if r.receiveOnly(sender) {
-		return accepted("the sender is receive-only: what it sends is not relayed")
+	if err := r.senderAlive(ctx, env, sender, senders); err != nil {
+		return err
 	}
 	rel, err := r.filterActivity(ctx, env, body, signer, sender, senders)
 	if err != nil {

@@ -4,7 +4,6 @@ package relay
 // bytes, or an Announce by the relay or by a topic actor).
 
 import (
-	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -202,21 +201,6 @@ func (r *Relay) addTopicDeliveries(b *batch, env *envelope, rel relayable, sende
 // maxVerbatimBytes is the largest post forwarded verbatim: Misskey's inbox
 // body limit (64 KiB, protocol reference §5.2 and §8).
 const maxVerbatimBytes = 64 << 10
-
-// announceID returns the id of the relay's Announce of objectID made for
-// the incoming activity env, derived from the object for a post (the relay
-// announces an object once), else from env's type and id (the object's,
-// for a Delete without an id). So a fan-out repeated after a failure, or
-// another post of the same object, sends the same Announce, which
-// receivers recognise by its id.
-func (r *Relay) announceID(env *envelope, objectID string) string {
-	source := env.Type + " " + cmp.Or(env.ID, objectID)
-	if env.isPost() {
-		source = "post " + objectID
-	}
-	sum := sha256.Sum256([]byte(source))
-	return r.base.String() + "/activities/announce-" + hex.EncodeToString(sum[:16])
-}
 
 // topicAnnounce builds the Announce of a post by a topic actor for the
 // incoming activity env, as relayedAnnounce builds the relay actor's (the

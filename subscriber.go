@@ -364,6 +364,24 @@ func (r *Relay) subscriberGone(ctx context.Context, actorID, inbox string) {
 	r.queue.stats.forget(actorID)
 }
 
+// senderAlive records what an activity a subscriber sent tells of it: that
+// it signs with RFC 9421 (learnRFC9421), and that its host's dormant
+// subscriptions (see Config.DormantAfter) are alive again (revive).
+// sender and senders are admitSender's results.
+func (r *Relay) senderAlive(ctx context.Context, env *envelope, sender *store.Subscriber, senders []store.Subscriber) error {
+	if env.rfc9421 && sender.SignatureScheme == "" {
+		r.learnRFC9421(ctx, sender.ActorID)
+	}
+	for i := range senders {
+		if senders[i].State == store.StateDormant {
+			if err := r.revive(ctx, senders[i].ActorID); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // learnRFC9421 records that a subscriber signs with RFC 9421, and so
 // accepts it: deliveries to it are signed that way from then on. A scheme
 // already set (by the operator or earlier) is kept.
