@@ -106,6 +106,11 @@ type deliveryQueue struct {
 	checked  map[string]time.Time        // when a subscriber's actor was last checked for 410
 	lag      time.Duration               // how long the oldest delivery of the last Lease had been due
 	lagAt    time.Time                   // when that Lease was made
+	// leasing is set while the dispatcher leases, until it has looked at
+	// what the Lease returned; confirmedWhileLeasing holds the completions
+	// confirmed meanwhile, settled by leaseLookedAt (see confirm).
+	leasing               bool
+	confirmedWhileLeasing []store.LeaseRef
 }
 
 func newDeliveryQueue(r *Relay) *deliveryQueue {
@@ -325,7 +330,9 @@ func (q *deliveryQueue) leaseSome(force bool) (n int, held bool, err error) {
 		}
 		skipIfFull(h)
 	}
+	q.leasing = true
 	q.mu.Unlock()
+	defer q.leaseLookedAt()
 	q.r.health.leasing(time.Now())
 	defer q.r.health.leasing(time.Time{})
 	ds, err := q.r.store.Lease(q.ctx, store.LeaseRequest{
@@ -381,6 +388,34 @@ func (q *deliveryQueue) leaseSome(force bool) (n int, held bool, err error) {
 		}
 	}
 	return n, false, nil
+}
+
+// leaseLookedAt ends a Lease once the dispatcher has looked at every
+// delivery it returned (each is now held, or its id kept in done): it
+// settles the completions confirmed meanwhile (see confirm). One that this
+// Lease did not return again was removed by the store and is forgotten; one
+// it returned was leased again before the store saw the completion, which
+// the store then ignored: it is completed again, under the new lease.
+func (q *deliveryQueue) leaseLookedAt() {
+	q.mu.Lock()
+	q.leasing = false
+	var again []store.LeaseRef
+	for _, ref := range q.confirmedWhileLeasing {
+		c, ok := q.done[ref.ID]
+		switch {
+		case !ok:
+		case c.token == ref.Token:
+			delete(q.done, ref.ID)
+		default:
+			q.done[ref.ID] = completion{token: c.token, queued: true}
+			again = append(again, store.LeaseRef{ID: ref.ID, Token: c.token})
+		}
+	}
+	q.confirmedWhileLeasing = q.confirmedWhileLeasing[:0]
+	q.mu.Unlock()
+	for _, ref := range again {
+		q.completeCh <- ref // closed only once the dispatcher has returned
+	}
 }
 
 // leaseDueLocked reports whether the dispatcher should lease now: when no
@@ -838,24 +873,39 @@ func (q *deliveryQueue) completer() {
 	}
 }
 
-// confirm writes the completions of ids to the store, in one change, and
+// confirm writes the completions of refs to the store, in one change, and
 // records the outcome: forgotten once written, kept for retryCompletes if
-// the store failed.
+// the store failed. The store ignores a completion under a lease that ran
+// out if the delivery was leased again: one that this process leased again
+// meanwhile is completed again under the new lease, and while the
+// dispatcher has not looked at what its Lease returned, a completion that
+// seems written is kept in done, so that the delivery is not sent again,
+// until leaseLookedAt settles it.
 func (q *deliveryQueue) confirm(ctx context.Context, refs []store.LeaseRef) {
-	err := q.r.store.Complete(ctx, refs...)
-	q.mu.Lock()
-	for _, ref := range refs {
-		if c := q.done[ref.ID]; err == nil && c.token == ref.Token {
-			delete(q.done, ref.ID)
-		} else {
-			// Failed, or leased again meanwhile (complete it under the
-			// new lease): for retryCompletes.
-			q.done[ref.ID] = completion{token: c.token}
+	for len(refs) > 0 {
+		err := q.r.store.Complete(ctx, refs...)
+		var again []store.LeaseRef
+		q.mu.Lock()
+		for _, ref := range refs {
+			c, ok := q.done[ref.ID]
+			switch {
+			case err == nil && c.token == ref.Token && q.leasing:
+				q.confirmedWhileLeasing = append(q.confirmedWhileLeasing, ref)
+			case err == nil && c.token == ref.Token:
+				delete(q.done, ref.ID)
+			case err == nil && ok:
+				// Leased again meanwhile: complete it under the new lease.
+				again = append(again, store.LeaseRef{ID: ref.ID, Token: c.token})
+			default:
+				// Failed: for retryCompletes.
+				q.done[ref.ID] = completion{token: c.token}
+			}
 		}
-	}
-	q.mu.Unlock()
-	if err != nil && ctx.Err() == nil {
-		q.r.log.Error("relay: completing deliveries", "count", len(refs), "first", refs[0].ID, "err", err)
+		q.mu.Unlock()
+		if err != nil && ctx.Err() == nil {
+			q.r.log.Error("relay: completing deliveries", "count", len(refs), "first", refs[0].ID, "err", err)
+		}
+		refs = again
 	}
 }
 
