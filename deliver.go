@@ -96,6 +96,7 @@ type deliveryQueue struct {
 	slowBusy int                         // the same, for the hosts in slow
 	slow     map[string]time.Duration    // slow hosts' learnt request timeouts (breaker.go)
 	attempts map[string]*attempt         // deliveries being attempted, by id
+	ending   map[string]string           // deliveries whose request sweepLocked ended, until finished: id → host
 	released []store.Delivery            // dropped, to be given back to the store (returnReleased)
 	overflow map[string][]store.Delivery // leased, waiting for a host slot
 	held     map[string]string           // leased here, not yet settled: id → token of the latest lease
@@ -132,6 +133,7 @@ func newDeliveryQueue(r *Relay) *deliveryQueue {
 		perHost:    map[string]int{},
 		slow:       map[string]time.Duration{},
 		attempts:   map[string]*attempt{},
+		ending:     map[string]string{},
 		overflow:   map[string][]store.Delivery{},
 		held:       map[string]string{},
 		done:       map[string]completion{},
@@ -451,6 +453,7 @@ func (q *deliveryQueue) forgetLocked(d store.Delivery) store.Delivery {
 // markSlowLocked move a host's held deliveries in and out of slowBusy
 // when it changes state).
 func (q *deliveryQueue) dropLocked(d store.Delivery) {
+	delete(q.ending, d.ID)
 	q.busy--
 	if _, slow := q.slow[d.Host]; slow {
 		q.slowBusy--
@@ -475,6 +478,7 @@ func (q *deliveryQueue) returnReleased() {
 
 // attempt is a delivery being attempted.
 type attempt struct {
+	id     string // the delivery's
 	host   string
 	sent   time.Time // when its request was sent; zero while it is signed
 	cancel context.CancelCauseFunc
@@ -502,13 +506,22 @@ func (q *deliveryQueue) sweepLocked(now time.Time) {
 		}
 		waiting = append(waiting, a)
 	}
-	excess := q.slowBusy - cfg.SlowHostWorkers
+	// Deliveries whose requests an earlier sweep ended stay in slowBusy
+	// until their workers have finished with them: they are not excess.
+	ending := 0
+	for _, h := range q.ending {
+		if _, slow := q.slow[h]; slow {
+			ending++
+		}
+	}
+	excess := q.slowBusy - ending - cfg.SlowHostWorkers
 	if excess <= 0 || len(waiting) == 0 {
 		return
 	}
 	slices.SortFunc(waiting, func(a, b *attempt) int { return a.sent.Compare(b.sent) })
 	for _, a := range waiting[:min(excess, len(waiting))] {
 		a.ended = true
+		q.ending[a.id] = a.host
 		a.cancel(fmt.Errorf("%w: slow hosts hold more than %d deliveries", errTimedOut, cfg.SlowHostWorkers))
 	}
 }
@@ -694,7 +707,7 @@ func (q *deliveryQueue) post(d store.Delivery, body []byte, timeout time.Duratio
 	r := q.r
 	ctx, cancel := context.WithCancelCause(q.ctx)
 	defer cancel(nil)
-	a := &attempt{host: d.Host, cancel: cancel}
+	a := &attempt{id: d.ID, host: d.Host, cancel: cancel}
 	q.mu.Lock()
 	q.attempts[d.ID] = a
 	q.mu.Unlock()
