@@ -578,6 +578,9 @@ func TestFailedCompleteDoesNotResend(t *testing.T) {
 	note := e.post(in[0], "hello")
 	waitFor(t, in[1], "Create", note.ID)
 	e.eventually(func() bool { return e.st.failedCompletes() == 1 }, "Complete fails")
+	// The store answers before the relay keeps the completion for the
+	// flusher: wait for that, so that the flush below retries it.
+	e.eventually(func() bool { return relay.CompletionsToRetry(e.r) == 1 }, "kept for a retry")
 	e.settled()
 	assert.Equal(t, 1, e.backlog("b.test"), "Complete failed")
 	e.advance(time.Hour) // the lease expires; the flusher retries Complete
@@ -636,6 +639,7 @@ func TestBatchCompletion(t *testing.T) {
 		waitFor(t, i, "Create", note2.ID)
 	}
 	e.eventually(func() bool { return e.st.failedCompletes() == 4 }, "Complete fails")
+	e.eventually(func() bool { return relay.CompletionsToRetry(e.r) == 4 }, "kept for a retry")
 	e.settled()
 	assert.Equal(t, 4, backlog(), "Complete failed")
 	e.advance(time.Hour) // the leases expire; the flusher retries the completions
