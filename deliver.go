@@ -96,6 +96,7 @@ type deliveryQueue struct {
 	slowBusy int                         // the same, for the hosts in slow
 	slow     map[string]time.Duration    // slow hosts' learnt request timeouts (breaker.go)
 	attempts map[string]*attempt         // deliveries being attempted, by id
+	ending   map[string]string           // deliveries whose request sweepLocked ended, until finished: id → host
 	released []store.Delivery            // dropped, to be given back to the store (returnReleased)
 	overflow map[string][]store.Delivery // leased, waiting for a host slot
 	held     map[string]string           // leased here, not yet settled: id → token of the latest lease
@@ -106,6 +107,11 @@ type deliveryQueue struct {
 	checked  map[string]time.Time        // when a subscriber's actor was last checked for 410
 	lag      time.Duration               // how long the oldest delivery of the last Lease had been due
 	lagAt    time.Time                   // when that Lease was made
+	// leasing is set while the dispatcher leases, until it has looked at
+	// what the Lease returned; confirmedWhileLeasing holds the completions
+	// confirmed meanwhile, settled by leaseLookedAt (see confirm).
+	leasing               bool
+	confirmedWhileLeasing []store.LeaseRef
 }
 
 func newDeliveryQueue(r *Relay) *deliveryQueue {
@@ -127,6 +133,7 @@ func newDeliveryQueue(r *Relay) *deliveryQueue {
 		perHost:    map[string]int{},
 		slow:       map[string]time.Duration{},
 		attempts:   map[string]*attempt{},
+		ending:     map[string]string{},
 		overflow:   map[string][]store.Delivery{},
 		held:       map[string]string{},
 		done:       map[string]completion{},
@@ -325,7 +332,9 @@ func (q *deliveryQueue) leaseSome(force bool) (n int, held bool, err error) {
 		}
 		skipIfFull(h)
 	}
+	q.leasing = true
 	q.mu.Unlock()
+	defer q.leaseLookedAt()
 	q.r.health.leasing(time.Now())
 	defer q.r.health.leasing(time.Time{})
 	ds, err := q.r.store.Lease(q.ctx, store.LeaseRequest{
@@ -383,6 +392,34 @@ func (q *deliveryQueue) leaseSome(force bool) (n int, held bool, err error) {
 	return n, false, nil
 }
 
+// leaseLookedAt ends a Lease once the dispatcher has looked at every
+// delivery it returned (each is now held, or its id kept in done): it
+// settles the completions confirmed meanwhile (see confirm). One that this
+// Lease did not return again was removed by the store and is forgotten; one
+// it returned was leased again before the store saw the completion, which
+// the store then ignored: it is completed again, under the new lease.
+func (q *deliveryQueue) leaseLookedAt() {
+	q.mu.Lock()
+	q.leasing = false
+	var again []store.LeaseRef
+	for _, ref := range q.confirmedWhileLeasing {
+		c, ok := q.done[ref.ID]
+		switch {
+		case !ok:
+		case c.token == ref.Token:
+			delete(q.done, ref.ID)
+		default:
+			q.done[ref.ID] = completion{token: c.token, queued: true}
+			again = append(again, store.LeaseRef{ID: ref.ID, Token: c.token})
+		}
+	}
+	q.confirmedWhileLeasing = q.confirmedWhileLeasing[:0]
+	q.mu.Unlock()
+	for _, ref := range again {
+		q.completeCh <- ref // closed only once the dispatcher has returned
+	}
+}
+
 // leaseDueLocked reports whether the dispatcher should lease now: when no
 // delivery is in flight, or a quarter of the workers are free. Leasing in
 // batches costs the store fewer Lease calls, and waking the dispatcher only
@@ -416,6 +453,7 @@ func (q *deliveryQueue) forgetLocked(d store.Delivery) store.Delivery {
 // markSlowLocked move a host's held deliveries in and out of slowBusy
 // when it changes state).
 func (q *deliveryQueue) dropLocked(d store.Delivery) {
+	delete(q.ending, d.ID)
 	q.busy--
 	if _, slow := q.slow[d.Host]; slow {
 		q.slowBusy--
@@ -440,6 +478,7 @@ func (q *deliveryQueue) returnReleased() {
 
 // attempt is a delivery being attempted.
 type attempt struct {
+	id     string // the delivery's
 	host   string
 	sent   time.Time // when its request was sent; zero while it is signed
 	cancel context.CancelCauseFunc
@@ -467,13 +506,22 @@ func (q *deliveryQueue) sweepLocked(now time.Time) {
 		}
 		waiting = append(waiting, a)
 	}
-	excess := q.slowBusy - cfg.SlowHostWorkers
+	// Deliveries whose requests an earlier sweep ended stay in slowBusy
+	// until their workers have finished with them: they are not excess.
+	ending := 0
+	for _, h := range q.ending {
+		if _, slow := q.slow[h]; slow {
+			ending++
+		}
+	}
+	excess := q.slowBusy - ending - cfg.SlowHostWorkers
 	if excess <= 0 || len(waiting) == 0 {
 		return
 	}
 	slices.SortFunc(waiting, func(a, b *attempt) int { return a.sent.Compare(b.sent) })
 	for _, a := range waiting[:min(excess, len(waiting))] {
 		a.ended = true
+		q.ending[a.id] = a.host
 		a.cancel(fmt.Errorf("%w: slow hosts hold more than %d deliveries", errTimedOut, cfg.SlowHostWorkers))
 	}
 }
@@ -664,7 +712,7 @@ func (q *deliveryQueue) post(d store.Delivery, body []byte, timeout time.Duratio
 	r := q.r
 	ctx, cancel := context.WithCancelCause(q.ctx)
 	defer cancel(nil)
-	a := &attempt{host: d.Host, cancel: cancel}
+	a := &attempt{id: d.ID, host: d.Host, cancel: cancel}
 	q.mu.Lock()
 	q.attempts[d.ID] = a
 	q.mu.Unlock()
@@ -843,24 +891,39 @@ func (q *deliveryQueue) completer() {
 	}
 }
 
-// confirm writes the completions of ids to the store, in one change, and
+// confirm writes the completions of refs to the store, in one change, and
 // records the outcome: forgotten once written, kept for retryCompletes if
-// the store failed.
+// the store failed. The store ignores a completion under a lease that ran
+// out if the delivery was leased again: one that this process leased again
+// meanwhile is completed again under the new lease, and while the
+// dispatcher has not looked at what its Lease returned, a completion that
+// seems written is kept in done, so that the delivery is not sent again,
+// until leaseLookedAt settles it.
 func (q *deliveryQueue) confirm(ctx context.Context, refs []store.LeaseRef) {
-	err := q.r.store.Complete(ctx, refs...)
-	q.mu.Lock()
-	for _, ref := range refs {
-		if c := q.done[ref.ID]; err == nil && c.token == ref.Token {
-			delete(q.done, ref.ID)
-		} else {
-			// Failed, or leased again meanwhile (complete it under the
-			// new lease): for retryCompletes.
-			q.done[ref.ID] = completion{token: c.token}
+	for len(refs) > 0 {
+		err := q.r.store.Complete(ctx, refs...)
+		var again []store.LeaseRef
+		q.mu.Lock()
+		for _, ref := range refs {
+			c, ok := q.done[ref.ID]
+			switch {
+			case err == nil && c.token == ref.Token && q.leasing:
+				q.confirmedWhileLeasing = append(q.confirmedWhileLeasing, ref)
+			case err == nil && c.token == ref.Token:
+				delete(q.done, ref.ID)
+			case err == nil && ok:
+				// Leased again meanwhile: complete it under the new lease.
+				again = append(again, store.LeaseRef{ID: ref.ID, Token: c.token})
+			default:
+				// Failed: for retryCompletes.
+				q.done[ref.ID] = completion{token: c.token}
+			}
 		}
-	}
-	q.mu.Unlock()
-	if err != nil && ctx.Err() == nil {
-		q.r.log.Error("relay: completing deliveries", "count", len(refs), "first", refs[0].ID, "err", err)
+		q.mu.Unlock()
+		if err != nil && ctx.Err() == nil {
+			q.r.log.Error("relay: completing deliveries", "count", len(refs), "first", refs[0].ID, "err", err)
+		}
+		refs = again
 	}
 }
 

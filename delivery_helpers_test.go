@@ -95,6 +95,9 @@ type spyStore struct {
 	marks        int // MarkSeen and ForgetSeen calls
 	// afterEnqueue, if set, is called after each Enqueue that succeeded.
 	afterEnqueue func(deliveries []store.Delivery, marks []store.Mark)
+	// completeHold, if set, holds every Complete call (counted in batches
+	// already) until it receives from completeHold.
+	completeHold chan struct{}
 }
 
 func (s *spyStore) MarkSeen(ctx context.Context, id string, until time.Time) (bool, error) {
@@ -151,12 +154,17 @@ func (s *spyStore) Retry(ctx context.Context, d store.Delivery) error {
 	return s.Store.Retry(ctx, d)
 }
 
-// Complete counts batches; with failOnce it fails a call that holds a
-// delivery it has not failed yet.
+// Complete counts batches, then waits for completeHold if set; with
+// failOnce it fails a call that holds a delivery it has not failed yet.
 func (s *spyStore) Complete(ctx context.Context, refs ...store.LeaseRef) error {
 	s.mu.Lock()
 	if len(refs) > 1 {
 		s.batches++
+	}
+	if hold := s.completeHold; hold != nil {
+		s.mu.Unlock()
+		<-hold
+		s.mu.Lock()
 	}
 	fail := false
 	for _, ref := range refs {

@@ -46,3 +46,18 @@ func FanOutsWaiting(r *Relay) int {
 	defer r.markLocks.mu.Unlock()
 	return r.markLocks.waiting
 }
+
+// CompletionsToRetry returns how many completions the store failed and
+// the relay keeps for its next retry (see retryCompletes).
+func CompletionsToRetry(r *Relay) int {
+	q := r.queue
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	n := 0
+	for _, c := range q.done {
+		if !c.queued {
+			n++
+		}
+	}
+	return n
+}

@@ -162,6 +162,9 @@ func TestSlowHostTimeoutShrinksAndRecovers(t *testing.T) {
 		e.eventually(func() bool { return e.circuit("slow.test").Timeout == timeouts[k+1] },
 			"after a timeout of %v the next is %v", timeouts[k], timeouts[k+1])
 		assert.True(t, e.circuit("slow.test").Slow)
+		// The host's timeout is learnt before the retry is stored, whose
+		// due time is taken then: wait for it before moving the clock.
+		e.eventually(func() bool { return len(e.st.retriesWith(k+1)) > 0 }, "retry %d is stored", k+1)
 		e.advance(time.Duration(1<<(k+1)) * time.Second)
 	}
 	s.waitStarted(e, 4)
@@ -170,6 +173,7 @@ func TestSlowHostTimeoutShrinksAndRecovers(t *testing.T) {
 	hs := e.circuit("slow.test")
 	assert.True(t, hs.Slow)
 	assert.Equal(t, 5*time.Second, hs.Timeout, "never below MinRequestTimeout")
+	e.eventually(func() bool { return len(e.st.retriesWith(4)) > 0 }, "retry 4 is stored")
 
 	// The host now answers after 10 s: longer than its learnt timeout,
 	// within RequestTimeout, which the probe gets.

@@ -115,8 +115,8 @@ func canonicalHost(host, scheme string) string {
 // The handler's context is derived from req.Context().
 //
 // An unknown host yields a *net.DNSError (wrapped by http.Client in a *url.Error). If
-// req.Context() is done before the handler has returned, RoundTrip returns the context's error
-// without waiting for the handler. A panicking handler yields an error, like a dropped
+// req.Context() is done before RoundTrip returns, RoundTrip returns the context's error, without
+// waiting for the handler, and never an answer the handler gave once the context was done. A panicking handler yields an error, like a dropped
 // connection.
 func (n *Network) RoundTrip(req *http.Request) (*http.Response, error) {
 	body, err := readAndClose(req.Body)
@@ -168,6 +168,12 @@ func (n *Network) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	}
+	if err := ctx.Err(); err != nil {
+		// The request ended while the handler was answering (often the
+		// handler answers because it ended): a client whose request ended
+		// gets its context's error, whichever of the two this noticed first.
+		return nil, err
 	}
 	return rec.response(req), nil
 }
