@@ -45,7 +45,8 @@ func (q *deliveryQueue) leaseDuration() time.Duration {
 }
 
 // pollInterval bounds how long due retries wait when nothing wakes the
-// dispatcher.
+// dispatcher: it leases again pollInterval, on the relay's Clock, after it
+// last looked at the queue.
 const pollInterval = time.Second
 
 // Completions are confirmed to the store in batches: a completer gathers
@@ -234,6 +235,7 @@ func (q *deliveryQueue) dispatch() {
 		enqueued = n.QueueChanged()
 	}
 	for {
+		looked := q.r.now()
 		n, held, err := q.leaseSome(force)
 		force = false
 		if err != nil && !errors.Is(err, context.Canceled) {
@@ -246,7 +248,10 @@ func (q *deliveryQueue) dispatch() {
 			continue
 		}
 		if tick == nil {
-			tick = q.r.clock.After(pollInterval)
+			// The poll counts from when the dispatcher looked at the
+			// queue: if the Clock passed that poll meanwhile (a jump of a
+			// fake clock), it looks again at once.
+			tick = q.r.clock.After(pollInterval - q.r.now().Sub(looked))
 		}
 		var batched <-chan time.Time
 		if held {
