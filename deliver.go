@@ -45,7 +45,8 @@ func (q *deliveryQueue) leaseDuration() time.Duration {
 }
 
 // pollInterval bounds how long due retries wait when nothing wakes the
-// dispatcher.
+// dispatcher: it leases again pollInterval, on the relay's Clock, after it
+// last looked at the queue.
 const pollInterval = time.Second
 
 // Completions are confirmed to the store in batches: a completer gathers
@@ -234,6 +235,7 @@ func (q *deliveryQueue) dispatch() {
 		enqueued = n.QueueChanged()
 	}
 	for {
+		looked := q.r.now()
 		n, held, err := q.leaseSome(force)
 		force = false
 		if err != nil && !errors.Is(err, context.Canceled) {
@@ -246,7 +248,10 @@ func (q *deliveryQueue) dispatch() {
 			continue
 		}
 		if tick == nil {
-			tick = q.r.clock.After(pollInterval)
+			// The poll counts from when the dispatcher looked at the
+			// queue: if the Clock passed that poll meanwhile (a jump of a
+			// fake clock), it looks again at once.
+			tick = q.r.clock.After(pollInterval - q.r.now().Sub(looked))
 		}
 		var batched <-chan time.Time
 		if held {
@@ -349,47 +354,62 @@ func (q *deliveryQueue) leaseSome(force bool) (n int, held bool, err error) {
 	}
 	q.noteLag(ds, now)
 	q.returnReleased()
+	ready, back, n := q.holdLeased(ds, now)
+	for _, d := range back {
+		// A slow host gets one delivery at a time, within the slow hosts'
+		// share: the others go back to the queue at once.
+		q.reschedule(d, d.NotBefore)
+	}
+	for _, d := range ready {
+		q.work <- d // a worker is free: busy counts every leased delivery
+	}
+	return n, false, nil
+}
+
+// holdLeased takes the deliveries a Lease returned at now into the
+// queue's counts, all under one lock, so that DeliveryStatus never shows
+// some of them neither queued nor in flight. It returns those to hand to
+// workers now (the others wait in overflow for a host slot), those to give
+// back to the store (a slow host's beyond its one), and how many it holds.
+// Deliveries already held or completed here are not counted again: the
+// attempt or completion acts under the new lease.
+func (q *deliveryQueue) holdLeased(ds []store.Delivery, now time.Time) (ready, back []store.Delivery, n int) {
+	slowWorkers := q.r.cfg.SlowHostWorkers
+	q.mu.Lock()
+	defer q.mu.Unlock()
 	for _, d := range ds {
-		q.mu.Lock()
 		c, done := q.done[d.ID]
 		_, held := q.held[d.ID]
 		if held || done {
 			// Already being attempted here (its lease ran out meanwhile),
 			// or answered 2xx and being completed: never send it twice.
-			// The attempt or completion acts under the new lease.
 			if held {
 				q.held[d.ID] = d.Token
 			}
 			if done {
 				q.done[d.ID] = completion{token: d.Token, queued: c.queued}
 			}
-			q.mu.Unlock()
 			continue
 		}
-		if _, slow := q.slow[d.Host]; slow && (q.perHost[d.Host] > 0 || q.slowBusy >= cfg.SlowHostWorkers) {
-			// A slow host gets one delivery at a time, within the slow
-			// hosts' share: the others go back to the queue at once.
-			q.mu.Unlock()
-			q.reschedule(d, d.NotBefore)
+		_, slow := q.slow[d.Host]
+		if slow && (q.perHost[d.Host] > 0 || q.slowBusy >= slowWorkers) {
+			back = append(back, d)
 			continue
 		}
 		q.held[d.ID] = d.Token
 		q.busy++
 		q.perHost[d.Host]++
-		if _, slow := q.slow[d.Host]; slow {
+		if slow {
 			q.slowBusy++
 		}
-		ready := q.perHost[d.Host] <= max(q.hostCapLocked(d.Host, now), 1)
-		if !ready {
+		n++
+		if q.perHost[d.Host] <= max(q.hostCapLocked(d.Host, now), 1) {
+			ready = append(ready, d)
+		} else {
 			q.overflow[d.Host] = append(q.overflow[d.Host], d)
 		}
-		q.mu.Unlock()
-		n++
-		if ready {
-			q.work <- d // a worker is free: busy counts every leased delivery
-		}
 	}
-	return n, false, nil
+	return ready, back, n
 }
 
 // leaseLookedAt ends a Lease once the dispatcher has looked at every

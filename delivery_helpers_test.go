@@ -98,6 +98,9 @@ type spyStore struct {
 	// completeHold, if set, holds every Complete call (counted in batches
 	// already) until it receives from completeHold.
 	completeHold chan struct{}
+	// afterLease, if set, is called after each Lease call, before the
+	// leased deliveries are returned to the relay.
+	afterLease func()
 }
 
 func (s *spyStore) MarkSeen(ctx context.Context, id string, until time.Time) (bool, error) {
@@ -135,11 +138,15 @@ func newSpyStore() *spyStore {
 func (s *spyStore) Lease(ctx context.Context, r store.LeaseRequest) ([]store.Delivery, error) {
 	ds, err := s.Store.Lease(ctx, r)
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	r.SkipHosts = maps.Clone(r.SkipHosts)
 	s.leases = append(s.leases, r)
 	for _, d := range ds {
 		s.leased[d.ID] = d.Attempts
+	}
+	after := s.afterLease
+	s.mu.Unlock()
+	if after != nil {
+		after()
 	}
 	return ds, err
 }

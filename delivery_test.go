@@ -219,6 +219,37 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 	waitFor(t, in[1], "Create", second.ID)
 }
 
+// TestDispatcherLooksAgainAfterClockJump: when the relay's Clock passes
+// the dispatcher's next poll while it is leasing, the dispatcher looks at
+// the queue again at once, not a poll interval after the new time.
+func TestDispatcherLooksAgainAfterClockJump(t *testing.T) {
+	e := newMemEnv(t, relay.Config{})
+	e.settled()
+	var jumped time.Time
+	var once sync.Once
+	e.st.mu.Lock()
+	e.st.afterLease = func() {
+		once.Do(func() {
+			e.clock.Advance(time.Minute)
+			e.st.mu.Lock()
+			jumped = e.clock.Now()
+			e.st.mu.Unlock()
+		})
+	}
+	e.st.mu.Unlock()
+	e.clock.Advance(time.Second) // the dispatcher's poll: it leases, and the clock jumps meanwhile
+	e.eventually(func() bool {
+		e.st.mu.Lock()
+		at := jumped
+		e.st.mu.Unlock()
+		if at.IsZero() {
+			return false
+		}
+		_, ok := e.st.leaseAt(at)
+		return ok
+	}, "no lease after the clock jumped")
+}
+
 // TestCircuitBreakerOpensAndCloses: consecutive failures open a host's
 // breaker, nothing is sent during the cool-off (and no attempt is used
 // up), then one probe is let through: a failed probe reopens it for twice

@@ -206,6 +206,10 @@ func TestSlowHostGetsOneRequestAtATime(t *testing.T) {
 	for _, n := range notes {
 		waitFor(t, in[2], "Create", n.ID)
 	}
+	// c.test has every post once its handler has run, before the relay
+	// has read the answers: wait for the relay to complete them, or moving
+	// the clock would time out a request still waiting for its answer.
+	e.eventually(func() bool { return e.backlog("c.test") == 0 }, "the deliveries to c.test are completed")
 	s.waitStarted(e, 3)
 	assert.Equal(t, 3, c.max("slow.test"), "PerHostWorkers")
 
