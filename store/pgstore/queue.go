@@ -3,6 +3,8 @@ package pgstore
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -132,9 +134,11 @@ func scanDelivery(row pgx.CollectableRow) (leasedDelivery, error) {
 // due deliveries that no other transaction holds (FOR UPDATE SKIP LOCKED,
 // so processes leasing at once get different ones), keeps at most
 // r.PerHost per host among them, and gives each a lease until r.Now +
-// r.Duration and a new token. With r.PerHost set it considers the first
-// 8 × r.Limit due deliveries: a host whose backlog fills them all yields
-// r.PerHost this time (callers skip hosts they are saturated with).
+// r.Duration and a new token. With r.PerHost or r.HostCap set it considers
+// the first 2 × r.Limit due deliveries: a host whose backlog fills them
+// all yields r.PerHost this time (callers skip hosts they are saturated
+// with). With r.HostCap set it takes a transaction of three statements
+// instead (see leaseCapped).
 func (s *Store) Lease(ctx context.Context, r store.LeaseRequest) ([]store.Delivery, error) {
 	if err := s.check(ctx); err != nil {
 		return nil, err
@@ -149,8 +153,11 @@ func (s *Store) Lease(ctx context.Context, r store.LeaseRequest) ([]store.Delive
 		}
 	}
 	candidates := r.Limit
-	if r.PerHost > 0 {
+	if r.PerHost > 0 || r.HostCap > 0 {
 		candidates = min(r.Limit*2, 100_000)
+	}
+	if r.HostCap > 0 {
+		return s.leaseCapped(ctx, r, skip, candidates)
 	}
 	rows, err := s.pool.Query(ctx, `WITH candidate AS (
 			SELECT id_hash, host, not_before, seq FROM fedirelay_deliveries
@@ -176,6 +183,99 @@ func (s *Store) Lease(ctx context.Context, r store.LeaseRequest) ([]store.Delive
 	if err != nil {
 		return nil, s.wrap(ctx, "Lease", err)
 	}
+	return sortLeased(got), nil
+}
+
+// leaseCapped is Lease with r.HostCap set, in one transaction:
+//
+//  1. It locks up to candidates due deliveries (FOR UPDATE SKIP LOCKED),
+//     oldest first, leaving out the hosts in skip and those that had
+//     r.HostCap live leases when the statement began.
+//  2. It takes a transaction-scoped advisory lock per host among them, in
+//     a fixed order (so that two Leases never wait for each other in a
+//     cycle): the Leases of one host are serialised from here to their
+//     commit.
+//  3. A new statement, whose snapshot shows every lease committed by
+//     transactions that held those locks before, counts each host's live
+//     leases and leases what fits under r.HostCap (and r.PerHost).
+//
+// Completions and retries take no such lock: they only lower the counts,
+// so a Lease that misses one only leases less.
+func (s *Store) leaseCapped(ctx context.Context, r store.LeaseRequest, skip []string, candidates int) ([]store.Delivery, error) {
+	var got []leasedDelivery
+	err := s.tx(ctx, func(tx pgx.Tx) error {
+		got = nil
+		rows, err := tx.Query(ctx, `SELECT id_hash, host FROM fedirelay_deliveries
+			WHERE not_before <= $1 AND (lease_until IS NULL OR lease_until <= $1) AND host <> ALL($2)
+			AND host NOT IN (SELECT host FROM fedirelay_deliveries
+				WHERE lease_until IS NOT NULL AND lease_until > $1
+				GROUP BY host HAVING count(*) >= $4)
+			ORDER BY not_before, seq LIMIT $3
+			FOR UPDATE SKIP LOCKED`, r.Now, skip, candidates, r.HostCap)
+		if err != nil {
+			return err
+		}
+		var hashes [][]byte
+		var hosts []string
+		var hash []byte
+		var host string
+		_, err = pgx.ForEachRow(rows, []any{&hash, &host}, func() error {
+			hashes = append(hashes, slices.Clone(hash))
+			if !slices.Contains(hosts, host) {
+				hosts = append(hosts, host)
+			}
+			return nil
+		})
+		if err != nil || len(hashes) == 0 {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k`, hostLocks(hosts)); err != nil {
+			return err
+		}
+		rows, err = tx.Query(ctx, `WITH live AS (
+				SELECT host, count(*) AS n FROM fedirelay_deliveries
+				WHERE host = ANY($1) AND lease_until IS NOT NULL AND lease_until > $2
+				GROUP BY host
+			), picked AS (
+				SELECT c.id_hash FROM (
+					SELECT id_hash, host, not_before, seq,
+						row_number() OVER (PARTITION BY host ORDER BY not_before, seq) AS n
+					FROM fedirelay_deliveries WHERE id_hash = ANY($3)) c
+				LEFT JOIN live ON live.host = c.host
+				WHERE ($4 <= 0 OR c.n <= $4) AND c.n <= $5::bigint - coalesce(live.n, 0)
+				ORDER BY c.not_before, c.seq LIMIT $6
+			)
+			UPDATE fedirelay_deliveries d SET lease_until = $7, lease_token = nextval('fedirelay_lease_tokens')
+			FROM picked WHERE d.id_hash = picked.id_hash
+			RETURNING `+deliveryColumns,
+			hosts, r.Now, hashes, r.PerHost, r.HostCap, r.Limit, r.Now.Add(r.Duration))
+		if err == nil {
+			got, err = pgx.CollectRows(rows, scanDelivery)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, s.wrap(ctx, "Lease", err)
+	}
+	return sortLeased(got), nil
+}
+
+// hostLocks returns the advisory lock keys of hosts, sorted and without
+// repeats: the first 8 bytes of the SHA-256 of "fedirelay host " and the
+// host name. Two hosts may share a key, which only serialises their Leases.
+func hostLocks(hosts []string) []int64 {
+	keys := make([]int64, 0, len(hosts))
+	for _, h := range hosts {
+		sum := sha256.Sum256([]byte("fedirelay host " + h))
+		keys = append(keys, int64(binary.BigEndian.Uint64(sum[:8])))
+	}
+	slices.Sort(keys)
+	return slices.Compact(keys)
+}
+
+// sortLeased returns the deliveries of got in lease order: by NotBefore,
+// then enqueue order.
+func sortLeased(got []leasedDelivery) []store.Delivery {
 	slices.SortFunc(got, func(a, b leasedDelivery) int {
 		return cmp.Or(a.NotBefore.Compare(b.NotBefore), cmp.Compare(a.seq, b.seq))
 	})
@@ -183,7 +283,7 @@ func (s *Store) Lease(ctx context.Context, r store.LeaseRequest) ([]store.Delive
 	for i := range got {
 		out[i] = got[i].Delivery
 	}
-	return out, nil
+	return out
 }
 
 // GetPayload returns the body of a stored payload, or store.ErrNotFound.
