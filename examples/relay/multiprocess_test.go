@@ -79,8 +79,8 @@ func (p *spreadProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // the other two take its deliveries over once their leases end, so every
 // instance receives every post of the others, each at most twice. A
 // delivery comes twice only if the killed process had it in flight, or had
-// it acknowledged less than the completion gathering time (100 ms) plus a
-// commit before the kill (the window: see docs/operating.md).
+// it acknowledged less than the completion gathering time (5 ms on a
+// shared store) plus a commit before the kill (the window: see docs/operating.md).
 func TestSeveralProcessesOneDatabase(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the relay as child processes")

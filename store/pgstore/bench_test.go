@@ -66,10 +66,12 @@ func BenchmarkFanOut(b *testing.B) {
 
 // BenchmarkRelayDequeue drives the store the way the relay's delivery
 // queue does with fanOutWorkers workers: a dispatcher leases for the free
-// workers once at least a quarter of them are free (PerHost 4) and hands
-// the deliveries to the workers, which read the payload (once per payload: the relay caches
+// workers once at least a quarter of them are free (PerHost and HostCap 4,
+// as on a store shared by several processes) and hands the deliveries to
+// the workers, which read the payload (once per payload: the relay caches
 // bodies) and pass the completion to a completer that confirms batches
-// (up to 1,024, gathered for at most 100 ms) in one Complete; delivery
+// (up to 1,024, gathered for at most 5 ms, as on a shared store) in one
+// Complete; delivery
 // statistics go to the store every 10 s and at the end, one
 // UpdateSubscriber per subscriber, 32 at a time. One operation is one
 // delivery; no network, no signing.
@@ -162,7 +164,7 @@ func BenchmarkRelayDequeue(b *testing.B) {
 				stats[d.Subscriber]++
 				statsMu.Unlock()
 				if len(batch) == 1 {
-					gather.Reset(100 * time.Millisecond)
+					gather.Reset(5 * time.Millisecond)
 				}
 			}
 			if len(batch) > 0 && (len(batch) >= 1024 || !open || d.ID == "") {
@@ -179,7 +181,7 @@ func BenchmarkRelayDequeue(b *testing.B) {
 			time.Sleep(100 * time.Microsecond)
 			continue
 		}
-		ds, err := s.Lease(ctx, store.LeaseRequest{Now: t0, Limit: free, Duration: time.Minute, PerHost: 4})
+		ds, err := s.Lease(ctx, store.LeaseRequest{Now: t0, Limit: free, Duration: time.Minute, PerHost: 4, HostCap: 4})
 		if err != nil {
 			b.Fatal(err)
 		}
