@@ -833,13 +833,13 @@ func (q *deliveryQueue) complete(d store.Delivery) {
 func (q *deliveryQueue) completer() {
 	defer q.cwg.Done()
 	shared := q.sharedStore()
-	gather := completeGather
+	gatherFor := completeGather
 	if shared {
-		gather = completeGatherShared
+		gatherFor = completeGatherShared
 	}
 	for id := range q.completeCh {
 		batch := []store.LeaseRef{id}
-		deadline := time.NewTimer(gather)
+		deadline := time.NewTimer(gatherFor)
 	gather:
 		for len(batch) < completeBatch {
 			var ok bool
