@@ -25,7 +25,8 @@ import (
 //     workers: up to Config.Workers deliveries in flight to hosts that
 //     answer, plus Config.SlowHostWorkers to slow hosts, never more than
 //     Config.PerHostWorkers at once to one host (fewer while the host is
-//     slow or its circuit breaker is not closed, see breaker.go).
+//     slow or its circuit breaker is not closed, see breaker.go), by all
+//     the processes sharing the store together.
 //   - Signing (the CPU cost) is done by GOMAXPROCS signers for all the
 //     workers; a request waiting on the network holds no signing capacity,
 //     so signing keeps every core busy however many requests wait, and
@@ -56,11 +57,18 @@ const pollInterval = time.Second
 // the store one at a time, so without batching each would make a commit
 // of its own. Nothing waits for a confirmation: q.done keeps completed ids
 // from being sent again meanwhile.
+//
+// On a store shared with other processes, a delivery keeps its place in
+// its host's cap (store.LeaseRequest.HostCap) until its completion is
+// confirmed, so completers gather for completeGatherShared only, and wake
+// the dispatcher once a batch is confirmed: a host's next delivery waits
+// for a confirmation a few milliseconds at most.
 const (
-	completers       = 2
-	completeBatch    = 1024
-	completeGather   = 100 * time.Millisecond
-	completeChBuffer = 4096
+	completers           = 2
+	completeBatch        = 1024
+	completeGather       = 100 * time.Millisecond
+	completeGatherShared = 5 * time.Millisecond
+	completeChBuffer     = 4096
 )
 
 // storeTimeout bounds the store writes made on behalf of a delivery.
@@ -342,12 +350,17 @@ func (q *deliveryQueue) leaseSome(force bool) (n int, held bool, err error) {
 	defer q.leaseLookedAt()
 	q.r.health.leasing(time.Now())
 	defer q.r.health.leasing(time.Time{})
+	hostCap := 0 // this process's own counts keep the cap of an unshared store
+	if q.sharedStore() {
+		hostCap = cfg.PerHostWorkers
+	}
 	ds, err := q.r.store.Lease(q.ctx, store.LeaseRequest{
 		Now:       now.UTC(),
 		Limit:     free,
 		Duration:  q.leaseDuration(),
 		SkipHosts: skip,
 		PerHost:   cfg.PerHostWorkers,
+		HostCap:   hostCap,
 	})
 	if err != nil {
 		return 0, false, err
@@ -438,6 +451,15 @@ func (q *deliveryQueue) leaseLookedAt() {
 	for _, ref := range again {
 		q.completeCh <- ref // closed only once the dispatcher has returned
 	}
+}
+
+// sharedStore reports whether the store may be shared with other relay
+// processes (a store.Notifier). Their deliveries count towards the cap of
+// a host there (store.LeaseRequest.HostCap), and completions are
+// confirmed sooner (see completer).
+func (q *deliveryQueue) sharedStore() bool {
+	_, ok := q.r.baseStore().(store.Notifier)
+	return ok
 }
 
 // leaseDueLocked reports whether the dispatcher should lease now: when no
@@ -883,9 +905,14 @@ func (q *deliveryQueue) complete(d store.Delivery) {
 // completer confirms completions to the store, in batches.
 func (q *deliveryQueue) completer() {
 	defer q.cwg.Done()
+	shared := q.sharedStore()
+	gatherFor := completeGather
+	if shared {
+		gatherFor = completeGatherShared
+	}
 	for id := range q.completeCh {
 		batch := []store.LeaseRef{id}
-		deadline := time.NewTimer(completeGather)
+		deadline := time.NewTimer(gatherFor)
 	gather:
 		for len(batch) < completeBatch {
 			var ok bool
@@ -908,6 +935,9 @@ func (q *deliveryQueue) completer() {
 		}
 		deadline.Stop()
 		q.confirm(q.bgCtx, batch)
+		if shared {
+			q.wake() // the hosts of the batch have places again
+		}
 	}
 }
 

@@ -187,9 +187,16 @@ type Config struct {
 	// gets 1, see SlowHostWorkers), so that a small instance never gets
 	// more than a few concurrent requests. Default 4.
 	//
-	// Workers, PerHostWorkers and SlowHostWorkers are per relay process: N
-	// processes sharing a store send up to N × PerHostWorkers requests to
-	// one host at once (see docs/operating.md).
+	// On a store shared by several relay processes (a store.Notifier),
+	// PerHostWorkers is global: the store leases no more than
+	// PerHostWorkers deliveries of one host to all the processes together
+	// (store.LeaseRequest.HostCap), so processes sharing a store must use
+	// the same value. A delivery holds its place from its lease until its
+	// outcome is written to the store (a few milliseconds after its
+	// answer), or, if its process dies, until its lease ends
+	// (LeaseDuration). The lower caps of slow hosts and of hosts whose
+	// circuit breaker is not closed are learnt, and kept, by each process
+	// on its own. Workers and SlowHostWorkers are per process.
 	Workers        int
 	PerHostWorkers int
 

@@ -367,6 +367,15 @@ type LeaseRequest struct {
 	// PerHost, if > 0, is the most deliveries for any one host that one
 	// Lease call returns, so that one host's backlog cannot fill a batch.
 	PerHost int
+	// HostCap, if > 0, is the most live leases any one host may have: Lease
+	// returns no delivery for a host that already has HostCap live leases,
+	// held by any caller (other processes sharing the store included),
+	// counting the deliveries this call returns. A lease is live from Lease
+	// until the delivery is completed, retried or dropped, or until Now
+	// reaches the end of the lease. Stores shared by several processes
+	// make the cap hold however many of them lease at once. PerHost and
+	// SkipHosts apply as well; HostCap 0 leaves hosts uncapped.
+	HostCap int
 }
 
 // DeliveryFilter selects deliveries in DropDeliveries and CountDeliveries.

@@ -15,6 +15,7 @@
 //	go run ./examples/loadtest -scenario compare        # healthy vs one hanging + one failing subscriber
 //	go run ./examples/loadtest -scenario compare10 -k 100 -m 100 -rounds 3   # healthy vs ten hanging, three pairs
 //	go run ./examples/loadtest -scenario backlog -k 10000 -m 10 -per-host 10
+//	go run ./examples/loadtest -database-url URL -processes 2 -scenario scaleout -rounds 3
 //
 // Scenarios:
 //
@@ -27,6 +28,16 @@
 //	compare10 normal, then hang10
 //	backlog   every subscriber but the sender answers 503, so that all M × K
 //	          deliveries stay queued: reports the relay's peak RSS with that backlog
+//	scaleout  normal with one relay process, then with -processes, alternated
+//	          -rounds times (needs -database-url): the time to deliver the
+//	          fan-out with several processes on one database against one
+//
+// With -database-url (a PostgreSQL connection string) the relay keeps its
+// state in that database, in a new schema per run (dropped afterwards),
+// and -processes relay processes share it behind a round-robin reverse
+// proxy in this process, which spreads the subscriptions and posts over
+// them (the deliveries go from the relays to the instances directly). CPU
+// time and peak RSS are then the sums over the processes.
 //
 // Every scenario but backlog also reports the healthy subscribers'
 // deliveries per one-second window, from the first post until the last of
@@ -90,6 +101,15 @@ type options struct {
 	timeout   time.Duration
 	settle    time.Duration
 	verbose   bool
+	dbURL     string
+	processes int
+}
+
+// runSpec is one scenario run: the scenario and how many relay processes
+// share the work.
+type runSpec struct {
+	scenario  string
+	processes int
 }
 
 func run(args []string) error {
@@ -102,28 +122,44 @@ func run(args []string) error {
 	fs.IntVar(&o.m, "m", 50, "number of public posts")
 	fs.IntVar(&o.perHost, "per-host", 1, "subscribers per simulated host (each with its own actor and inbox)")
 	fs.Float64Var(&o.rate, "rate", 0, "posts per second (0: as fast as the relay takes them)")
-	fs.StringVar(&o.scenario, "scenario", "normal", "normal, hang, fail500, hangfail, hang10, compare, compare10 or backlog")
-	fs.IntVar(&o.rounds, "rounds", 1, "compare scenarios: healthy and failure runs alternated this many times (pairs close in time share the machine's load)")
+	fs.StringVar(&o.scenario, "scenario", "normal", "normal, hang, fail500, hangfail, hang10, compare, compare10, backlog or scaleout")
+	fs.IntVar(&o.rounds, "rounds", 1, "compare and scaleout scenarios: the two runs of a pair alternated this many times (pairs close in time share the machine's load)")
 	fs.IntVar(&o.keys, "keys", 4, "distinct RSA keys shared by the simulated actors")
 	fs.DurationVar(&o.signTime, "sign-time", 2*time.Second, "how long to measure the raw signing rate")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "bound on each scenario run")
 	fs.DurationVar(&o.settle, "settle", 5*time.Second, "backlog scenario: wait after the last post before reading the relay's memory")
 	fs.BoolVar(&o.verbose, "v", false, "show the relay's log")
+	fs.StringVar(&o.dbURL, "database-url", "", "PostgreSQL connection string: the relay processes share this database (a new schema per run)")
+	fs.IntVar(&o.processes, "processes", 1, "relay processes sharing -database-url, behind a round-robin reverse proxy")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if o.k < 2 || o.m < 1 || o.perHost < 1 || o.keys < 1 || o.rounds < 1 {
-		return errors.New("need -k >= 2, -m >= 1, -per-host >= 1, -keys >= 1, -rounds >= 1")
+	if o.k < 2 || o.m < 1 || o.perHost < 1 || o.keys < 1 || o.rounds < 1 || o.processes < 1 {
+		return errors.New("need -k >= 2, -m >= 1, -per-host >= 1, -keys >= 1, -rounds >= 1, -processes >= 1")
 	}
-	scenarios := []string{o.scenario}
+	if o.processes > 1 && o.dbURL == "" {
+		return errors.New("-processes > 1 needs -database-url: the processes share a database")
+	}
+	var runs []runSpec
+	for _, sc := range scenarioRuns(o.scenario, o.rounds) {
+		runs = append(runs, runSpec{sc, o.processes})
+	}
 	switch o.scenario {
-	case "normal", "hang", "fail500", "hangfail", "hang10", "backlog":
-	case "compare":
-		scenarios = slices.Repeat([]string{"normal", "hangfail"}, o.rounds)
-	case "compare10":
-		scenarios = slices.Repeat([]string{"normal", "hang10"}, o.rounds)
+	case "normal", "hang", "fail500", "hangfail", "hang10", "backlog", "compare", "compare10":
+	case "scaleout":
+		if o.dbURL == "" || o.processes < 2 {
+			return errors.New("-scenario scaleout needs -database-url and -processes >= 2")
+		}
+		runs = nil
+		for range o.rounds {
+			runs = append(runs, runSpec{"normal", 1}, runSpec{"normal", o.processes})
+		}
 	default:
 		return fmt.Errorf("unknown -scenario %q", o.scenario)
+	}
+	scenarios := make([]string, len(runs))
+	for i, r := range runs {
+		scenarios[i] = r.scenario
 	}
 	if o.scenario != "normal" && o.scenario != "backlog" && o.k < 4 {
 		return errors.New("the failure scenarios need -k >= 4")
@@ -159,10 +195,10 @@ func run(args []string) error {
 		runtime.GOMAXPROCS(0), o.signTime, before.rate, ms(before.cpuPerSig))
 
 	var results []*result
-	for _, sc := range scenarios {
-		res, err := runScenario(o, sc, keys, tmp)
+	for n, r := range runs {
+		res, err := runScenario(o, r, keys, filepath.Join(tmp, fmt.Sprintf("%d-%s", n, r.scenario)))
 		if err != nil {
-			return fmt.Errorf("scenario %s: %w", sc, err)
+			return fmt.Errorf("scenario %s: %w", r.scenario, err)
 		}
 		results = append(results, res)
 	}
@@ -176,7 +212,46 @@ func run(args []string) error {
 	if strings.HasPrefix(o.scenario, "compare") {
 		comparePairs(results)
 	}
+	if o.scenario == "scaleout" {
+		compareProcesses(results)
+	}
 	return nil
+}
+
+// scenarioRuns returns the scenarios that -scenario runs, in order.
+func scenarioRuns(scenario string, rounds int) []string {
+	switch scenario {
+	case "compare":
+		return slices.Repeat([]string{"normal", "hangfail"}, rounds)
+	case "compare10":
+		return slices.Repeat([]string{"normal", "hang10"}, rounds)
+	}
+	return []string{scenario}
+}
+
+// compareProcesses prints, for each pair of runs of the scaleout
+// scenario (one process, then several), the ratio of the times to
+// deliver the whole fan-out, and their median and worst.
+func compareProcesses(results []*result) {
+	var ratios []float64
+	fmt.Println()
+	for i := 0; i+1 < len(results); i += 2 {
+		one, many := results[i], results[i+1]
+		if one.elapsed <= 0 {
+			continue
+		}
+		ratio := many.elapsed.Seconds() / one.elapsed.Seconds()
+		ratios = append(ratios, ratio)
+		fmt.Printf("pair %d: %d process %.2f s, %d processes %.2f s: ratio %.2f; load average %s / %s\n",
+			i/2+1, one.processes, one.elapsed.Seconds(), many.processes, many.elapsed.Seconds(), ratio, one.load, many.load)
+	}
+	if len(ratios) > 0 {
+		worst := slices.Max(ratios)
+		slices.Sort(ratios)
+		n := len(ratios)
+		median := (ratios[(n-1)/2] + ratios[n/2]) / 2
+		fmt.Printf("time with several processes / time with one, over %d pairs: median %.2f, worst %.2f (below 1: faster)\n", n, median, worst)
+	}
 }
 
 // comparePairs prints the change in the healthy subscribers' deliveries/s
@@ -317,18 +392,20 @@ type result struct {
 	// to the last healthy arrival; zeroWindows those without any.
 	windows     []int
 	zeroWindows int
-	load        string // 1-minute load average before the run
+	load        string        // 1-minute load average before the run
+	processes   int           // relay processes
+	elapsed     time.Duration // from the first post to the last healthy arrival
 }
 
 func (res *result) print(sig signing) {
-	fmt.Printf("scenario %s: K=%d subscribers on %d hosts, M=%d posts (load average %s)\n", res.scenario, res.k, res.hosts, res.m, res.load)
+	fmt.Printf("scenario %s: K=%d subscribers on %d hosts, M=%d posts, %d relay process(es) (load average %s)\n", res.scenario, res.k, res.hosts, res.m, res.processes, res.load)
 	if res.scenario == "backlog" {
 		fmt.Printf("  queued deliveries (M × subscribers not on the sender's host): %d, posted in %v\n", res.backlog, res.postDuration.Round(time.Millisecond))
 		fmt.Printf("  relay peak RSS: %.1f MB\n", float64(res.peakRSS)/1e6)
 		return
 	}
 	fmt.Printf("  delivered to healthy subscribers: %d of %d (duplicates %d, bad signatures %d)\n", res.got, res.expected, res.dups, res.badSigs)
-	fmt.Printf("  throughput: %.0f deliveries/s = %.2f × the raw signing rate\n", res.rate, res.rate/sig.rate)
+	fmt.Printf("  throughput: %.0f deliveries/s = %.2f × the raw signing rate; all delivered in %.2f s\n", res.rate, res.rate/sig.rate, res.elapsed.Seconds())
 	// The last delivery of a post cannot arrive before the relay signed
 	// one request per subscriber on every core.
 	floor := time.Duration(float64(sig.cpuPerSig) * float64(res.perPost) / float64(runtime.NumCPU()))
@@ -345,12 +422,14 @@ func (res *result) print(sig signing) {
 	}
 }
 
-// runScenario runs one scenario against a fresh relay process.
-func runScenario(o options, scenario string, keys []*rsa.PrivateKey, tmp string) (*result, error) {
+// runScenario runs one scenario against fresh relay processes, with their
+// files in dir.
+func runScenario(o options, run runSpec, keys []*rsa.PrivateKey, dir string) (*result, error) {
+	scenario := run.scenario
 	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
 	defer cancel()
-	fmt.Printf("\n== scenario %s: starting the relay\n", scenario)
-	rp, err := startRelay(ctx, o, filepath.Join(tmp, scenario))
+	fmt.Printf("\n== scenario %s: starting %d relay process(es)\n", scenario, run.processes)
+	rp, err := startRelays(ctx, o, dir, run.processes)
 	if err != nil {
 		return nil, err
 	}
@@ -405,7 +484,7 @@ func runScenario(o options, scenario string, keys []*rsa.PrivateKey, tmp string)
 			a.mode.Store(mode503)
 		}
 	}
-	res := &result{scenario: scenario, k: o.k, m: o.m, hosts: len(f.hosts), load: loadAverage()}
+	res := &result{scenario: scenario, k: o.k, m: o.m, hosts: len(f.hosts), load: loadAverage(), processes: run.processes}
 
 	fmt.Printf("posting %d activities ...\n", o.m)
 	user0, sys0, err := rp.cpuSplit()
@@ -491,7 +570,8 @@ func runScenario(o options, scenario string, keys []*rsa.PrivateKey, tmp string)
 	slices.Sort(lat)
 	res.p50 = lat[len(lat)*50/100]
 	res.p99 = lat[min(len(lat)-1, len(lat)*99/100)]
-	res.rate = float64(res.got) / last.Sub(start).Seconds()
+	res.elapsed = last.Sub(start)
+	res.rate = float64(res.got) / res.elapsed.Seconds()
 	res.badSigs = f.badSigs.Load()
 	// The relay's work: the deliveries that arrived plus the attempts to
 	// the failing subscribers (a hanging one costs a signature per attempt
@@ -513,7 +593,7 @@ type relayProcess struct {
 	done    chan error
 }
 
-func startRelay(ctx context.Context, o options, dir string) (*relayProcess, error) {
+func startRelay(ctx context.Context, o options, dir, baseURL, dbURL string) (*relayProcess, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -524,7 +604,13 @@ func startRelay(ctx context.Context, o options, dir string) (*relayProcess, erro
 		return nil, err
 	}
 	base := "http://" + addr
-	args := []string{"-addr", addr, "-base-url", base, "-data", filepath.Join(dir, "data"), "-log-level", "warn"}
+	if baseURL == "" {
+		baseURL = base
+	}
+	args := []string{"-addr", addr, "-base-url", baseURL, "-data", filepath.Join(dir, "data"), "-log-level", "warn"}
+	if dbURL != "" {
+		args = append(args, "-database-url", dbURL)
+	}
 	args = append(args, loopbackFlags(o.relayBin)...)
 	args = append(args, strings.Fields(o.relayArgs)...)
 	logPath := filepath.Join(dir, "relay.log")
@@ -543,7 +629,13 @@ func startRelay(ctx context.Context, o options, dir string) (*relayProcess, erro
 		logFile.Close()
 		return nil, err
 	}
-	fmt.Printf("relay pid %d: %s %s %s (log %s)\n", cmd.Process.Pid, o.relayEnv, o.relayBin, strings.Join(args, " "), logPath)
+	shown := slices.Clone(args)
+	for i, a := range shown {
+		if a == dbURL && dbURL != "" {
+			shown[i] = redactPassword(dbURL)
+		}
+	}
+	fmt.Printf("relay pid %d: %s %s %s (log %s)\n", cmd.Process.Pid, o.relayEnv, o.relayBin, strings.Join(shown, " "), logPath)
 	rp := &relayProcess{cmd: cmd, baseURL: base, logPath: logPath, done: make(chan error, 1)}
 	go func() { rp.done <- cmd.Wait(); logFile.Close() }()
 	deadline := time.Now().Add(time.Minute)

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -78,8 +79,8 @@ func (p *spreadProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // the other two take its deliveries over once their leases end, so every
 // instance receives every post of the others, each at most twice. A
 // delivery comes twice only if the killed process had it in flight, or had
-// it acknowledged less than the completion gathering time (100 ms) plus a
-// commit before the kill (the window: see docs/operating.md).
+// it acknowledged less than the completion gathering time (5 ms on a
+// shared store) plus a commit before the kill (the window: see docs/operating.md).
 func TestSeveralProcessesOneDatabase(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the relay as child processes")
@@ -171,6 +172,82 @@ func TestSeveralProcessesOneDatabase(t *testing.T) {
 	dups := checkDuplicates(t, insts, watch.attempts(), killed, settled)
 	t.Logf("%d duplicate deliveries", dups)
 	for _, p := range procs[1:] {
+		p.stop(t)
+	}
+}
+
+// TestHostCapAcrossProcesses runs two relay processes on one PostgreSQL
+// database behind one reverse proxy and has one instance's posts, spread
+// over both, fan out to another instance that answers each delivery
+// slowly: the two processes together never have more than
+// Config.PerHostWorkers (4, the default) requests in flight to it.
+func TestHostCapAcrossProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the relay as child processes")
+	}
+	dbURL := testDatabaseURL(t)
+	const (
+		perHostWorkers = 4                      // Config.PerHostWorkers's default
+		notes          = 24                     // 3 × the requests two uncapped processes could have in flight
+		delay          = 300 * time.Millisecond // per delivery, so that the processes lease at once
+		wait           = 60 * time.Second       // failure bound, not a performance check
+	)
+	proxy := &spreadProxy{}
+	front := httptest.NewServer(proxy)
+	t.Cleanup(front.Close)
+	base := front.URL
+	var procs []*relayProcess
+	for range 2 {
+		p := startRelayAt(t, freeAddr(t), t.TempDir(), "-database-url", dbURL, "-base-url", base, "-log-level", "error")
+		procs = append(procs, p)
+		proxy.backends = append(proxy.backends, p.BackendURL())
+	}
+
+	ctx := context.Background()
+	inbox, actor := base+"/inbox", base+"/actor"
+	quiet := relaytest.Options{SignFetches: true, Logf: func(string, ...any) {}}
+	author := relaytest.NewInstance(t, relaytest.Mastodon, quiet)
+	small := relaytest.NewInstance(t, relaytest.Mastodon, quiet)
+	for _, i := range []*relaytest.Instance{author, small} {
+		_, err := i.Subscribe(ctx, inbox, actor)
+		require.NoError(t, err)
+		i.WaitSubscribed(t, wait)
+	}
+	var inFlight, most atomic.Int64
+	small.SetFault(func(r *http.Request) int {
+		if r.Method != http.MethodPost {
+			return 0
+		}
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		select {
+		case <-time.After(delay):
+		case <-r.Context().Done():
+		}
+		return 0
+	})
+
+	posted := map[string]bool{}
+	for n := range notes {
+		note, err := author.Post(ctx, inbox, "alice", fmt.Sprintf("note %d", n))
+		require.NoError(t, err)
+		posted[note.ID] = true
+	}
+	small.WaitFor(t, wait, func([]relaytest.Received) bool {
+		got := creates(small)
+		for id := range posted {
+			if got[id] == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("at most %d requests in flight to the instance", most.Load())
+	assert.LessOrEqual(t, most.Load(), int64(perHostWorkers), "requests in flight to one host from both processes")
+	assert.Greater(t, most.Load(), int64(1), "the processes sent to the host at once")
+	for _, p := range procs {
 		p.stop(t)
 	}
 }

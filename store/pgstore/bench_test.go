@@ -67,13 +67,25 @@ func BenchmarkFanOut(b *testing.B) {
 // BenchmarkRelayDequeue drives the store the way the relay's delivery
 // queue does with fanOutWorkers workers: a dispatcher leases for the free
 // workers once at least a quarter of them are free (PerHost 4) and hands
-// the deliveries to the workers, which read the payload (once per payload: the relay caches
-// bodies) and pass the completion to a completer that confirms batches
-// (up to 1,024, gathered for at most 100 ms) in one Complete; delivery
+// the deliveries to the workers, which read the payload (once per
+// payload: the relay caches bodies) and pass the completion to a
+// completer that confirms batches (up to 1,024) in one Complete; delivery
 // statistics go to the store every 10 s and at the end, one
 // UpdateSubscriber per subscriber, 32 at a time. One operation is one
 // delivery; no network, no signing.
+//
+// Shared is what the relay does on a store shared by several processes:
+// leases with HostCap 4, completions gathered for at most 5 ms. Alone is
+// the lease without HostCap and completions gathered for up to 100 ms, as
+// on a store of one process.
 func BenchmarkRelayDequeue(b *testing.B) {
+	b.Run("Shared", func(b *testing.B) { relayDequeue(b, 4, 5*time.Millisecond) })
+	b.Run("Alone", func(b *testing.B) { relayDequeue(b, 0, 100*time.Millisecond) })
+}
+
+// relayDequeue is BenchmarkRelayDequeue with the given Lease HostCap and
+// completion gathering time.
+func relayDequeue(b *testing.B, hostCap int, gatherFor time.Duration) {
 	ctx := b.Context()
 	s := open(b, newSchema(b))
 	t0 := fanOutSetup(b, s)
@@ -162,7 +174,7 @@ func BenchmarkRelayDequeue(b *testing.B) {
 				stats[d.Subscriber]++
 				statsMu.Unlock()
 				if len(batch) == 1 {
-					gather.Reset(100 * time.Millisecond)
+					gather.Reset(gatherFor)
 				}
 			}
 			if len(batch) > 0 && (len(batch) >= 1024 || !open || d.ID == "") {
@@ -179,7 +191,7 @@ func BenchmarkRelayDequeue(b *testing.B) {
 			time.Sleep(100 * time.Microsecond)
 			continue
 		}
-		ds, err := s.Lease(ctx, store.LeaseRequest{Now: t0, Limit: free, Duration: time.Minute, PerHost: 4})
+		ds, err := s.Lease(ctx, store.LeaseRequest{Now: t0, Limit: free, Duration: time.Minute, PerHost: 4, HostCap: hostCap})
 		if err != nil {
 			b.Fatal(err)
 		}

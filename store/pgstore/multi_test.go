@@ -102,6 +102,14 @@ func TestPoolsLeaseEachDeliveryOnce(t *testing.T) {
 	assert.ErrorIs(t, err, store.ErrNotFound, "the payload went with its last delivery")
 }
 
+// Two pools (as two processes would) leasing at once under
+// LeaseRequest.HostCap never hold more than the cap for one host between
+// them.
+func TestPoolsKeepHostCap(t *testing.T) {
+	url := newSchema(t)
+	storetest.HostCapConcurrently(t, open(t, url), open(t, url))
+}
+
 // A database with the schema of version 1 (before lease tokens), holding
 // a queued delivery, is migrated when the store opens: the delivery is
 // leased with a token and completed under it.

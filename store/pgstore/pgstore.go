@@ -406,7 +406,7 @@ var migrations embed.FS
 
 // SchemaVersion is the version of the schema this package creates and
 // uses: the number of its newest migration.
-const SchemaVersion = 3
+const SchemaVersion = 4
 
 // migrate brings the schema to SchemaVersion in one transaction. An
 // advisory lock serializes processes starting at once; a database whose

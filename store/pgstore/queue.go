@@ -132,9 +132,11 @@ func scanDelivery(row pgx.CollectableRow) (leasedDelivery, error) {
 // due deliveries that no other transaction holds (FOR UPDATE SKIP LOCKED,
 // so processes leasing at once get different ones), keeps at most
 // r.PerHost per host among them, and gives each a lease until r.Now +
-// r.Duration and a new token. With r.PerHost set it considers the first
-// 8 × r.Limit due deliveries: a host whose backlog fills them all yields
-// r.PerHost this time (callers skip hosts they are saturated with).
+// r.Duration and a new token. With r.PerHost or r.HostCap set it considers
+// the first 2 × r.Limit due deliveries: a host whose backlog fills them
+// all yields r.PerHost this time (callers skip hosts they are saturated
+// with). With r.HostCap set it takes a transaction of three statements
+// instead (see leaseCapped).
 func (s *Store) Lease(ctx context.Context, r store.LeaseRequest) ([]store.Delivery, error) {
 	if err := s.check(ctx); err != nil {
 		return nil, err
@@ -149,8 +151,11 @@ func (s *Store) Lease(ctx context.Context, r store.LeaseRequest) ([]store.Delive
 		}
 	}
 	candidates := r.Limit
-	if r.PerHost > 0 {
+	if r.PerHost > 0 || r.HostCap > 0 {
 		candidates = min(r.Limit*2, 100_000)
+	}
+	if r.HostCap > 0 {
+		return s.leaseCapped(ctx, r, skip, candidates)
 	}
 	rows, err := s.pool.Query(ctx, `WITH candidate AS (
 			SELECT id_hash, host, not_before, seq FROM fedirelay_deliveries
@@ -176,6 +181,132 @@ func (s *Store) Lease(ctx context.Context, r store.LeaseRequest) ([]store.Delive
 	if err != nil {
 		return nil, s.wrap(ctx, "Lease", err)
 	}
+	return sortLeased(got), nil
+}
+
+// leaseCapped is Lease with r.HostCap set, in one transaction of two
+// statements, each sent with its BEGIN or COMMIT in one round trip:
+//
+//  1. The first locks up to candidates due deliveries (FOR UPDATE SKIP
+//     LOCKED), oldest first, leaving out the hosts in skip and those that
+//     had r.HostCap live leases when the statement began, then takes a
+//     transaction-scoped advisory lock per host among them, in the order
+//     of their keys (so that two Leases do not wait for each other in a
+//     cycle). From there to its commit, it is the only Lease of those
+//     hosts.
+//  2. The second, whose snapshot shows every lease committed by the
+//     Leases that held those locks before, counts each host's live leases
+//     and leases what fits under r.HostCap (and r.PerHost).
+//
+// Completions and retries take no such lock: they only lower the counts,
+// so a Lease that misses one only leases less.
+func (s *Store) leaseCapped(ctx context.Context, r store.LeaseRequest, skip []string, candidates int) ([]store.Delivery, error) {
+	var got []leasedDelivery
+	var err error
+	for range maxTxRuns {
+		got, err = s.leaseCappedOnce(ctx, r, skip, candidates)
+		if !retryable(err) || ctx.Err() != nil {
+			break
+		}
+	}
+	if err != nil {
+		return nil, s.wrap(ctx, "Lease", err)
+	}
+	return sortLeased(got), nil
+}
+
+// leaseCappedOnce makes one attempt of leaseCapped.
+func (s *Store) leaseCappedOnce(ctx context.Context, r store.LeaseRequest, skip []string, candidates int) (got []leasedDelivery, err error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Release() // which closes a connection left in a transaction
+	defer func() {
+		if err != nil && !conn.Conn().IsClosed() && ctx.Err() == nil {
+			_, _ = conn.Exec(ctx, "ROLLBACK")
+		}
+	}()
+	var b pgx.Batch
+	b.Queue("BEGIN")
+	b.Queue(`WITH c AS (
+			SELECT id_hash, host FROM fedirelay_deliveries
+			WHERE not_before <= $1 AND (lease_until IS NULL OR lease_until <= $1) AND host <> ALL($2)
+			AND host NOT IN (SELECT host FROM fedirelay_deliveries
+				WHERE lease_until IS NOT NULL AND lease_until > $1
+				GROUP BY host HAVING count(*) >= $4)
+			ORDER BY not_before, seq LIMIT $3
+			FOR UPDATE SKIP LOCKED
+		), locked AS (
+			SELECT pg_advisory_xact_lock(key) FROM (
+				SELECT DISTINCT hashtextextended('fedirelay host ' || host, 0) AS key FROM c) k
+			ORDER BY key
+		)
+		SELECT id_hash, host FROM c WHERE (SELECT count(*) FROM locked) >= 0`,
+		r.Now, skip, candidates, r.HostCap)
+	br := conn.SendBatch(ctx, &b)
+	var hashes [][]byte
+	var hosts []string
+	if _, err = br.Exec(); err == nil {
+		var rows pgx.Rows
+		if rows, err = br.Query(); err == nil {
+			var hash []byte
+			var host string
+			_, err = pgx.ForEachRow(rows, []any{&hash, &host}, func() error {
+				hashes = append(hashes, slices.Clone(hash))
+				if !slices.Contains(hosts, host) {
+					hosts = append(hosts, host)
+				}
+				return nil
+			})
+		}
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(hashes) == 0 {
+		_, err = conn.Exec(ctx, "COMMIT")
+		return nil, err
+	}
+	b = pgx.Batch{}
+	b.Queue(`WITH live AS (
+			SELECT host, count(*) AS n FROM fedirelay_deliveries
+			WHERE host = ANY($1) AND lease_until IS NOT NULL AND lease_until > $2
+			GROUP BY host
+		), picked AS (
+			SELECT c.id_hash FROM (
+				SELECT id_hash, host, not_before, seq,
+					row_number() OVER (PARTITION BY host ORDER BY not_before, seq) AS n
+				FROM fedirelay_deliveries WHERE id_hash = ANY($3)) c
+			LEFT JOIN live ON live.host = c.host
+			WHERE ($4 <= 0 OR c.n <= $4) AND c.n <= $5::bigint - coalesce(live.n, 0)
+			ORDER BY c.not_before, c.seq LIMIT $6
+		)
+		UPDATE fedirelay_deliveries d SET lease_until = $7, lease_token = nextval('fedirelay_lease_tokens')
+		FROM picked WHERE d.id_hash = picked.id_hash
+		RETURNING `+deliveryColumns,
+		hosts, r.Now, hashes, r.PerHost, r.HostCap, r.Limit, r.Now.Add(r.Duration))
+	b.Queue("COMMIT")
+	br = conn.SendBatch(ctx, &b)
+	rows, err := br.Query()
+	if err == nil {
+		got, err = pgx.CollectRows(rows, scanDelivery)
+	}
+	if err == nil {
+		_, err = br.Exec()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	return got, err
+}
+
+// sortLeased returns the deliveries of got in lease order: by NotBefore,
+// then enqueue order.
+func sortLeased(got []leasedDelivery) []store.Delivery {
 	slices.SortFunc(got, func(a, b leasedDelivery) int {
 		return cmp.Or(a.NotBefore.Compare(b.NotBefore), cmp.Compare(a.seq, b.seq))
 	})
@@ -183,7 +314,7 @@ func (s *Store) Lease(ctx context.Context, r store.LeaseRequest) ([]store.Delive
 	for i := range got {
 		out[i] = got[i].Delivery
 	}
-	return out, nil
+	return out
 }
 
 // GetPayload returns the body of a stored payload, or store.ErrNotFound.

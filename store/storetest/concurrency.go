@@ -134,6 +134,10 @@ func testConcurrency(t *testing.T, newStore factory) {
 		}
 	})
 
+	subtest(t, newStore, "LeaseHostCap", func(t *testing.T, s store.Store) {
+		HostCapConcurrently(t, s, s, s, s)
+	})
+
 	subtest(t, newStore, "Queue", func(t *testing.T, s store.Store) {
 		// Producers enqueue while consumers lease, retry and complete; in
 		// the end every delivery was completed once and every payload
@@ -209,4 +213,73 @@ func testConcurrency(t *testing.T, newStore factory) {
 			}
 		}
 	})
+}
+
+// HostCapConcurrently checks that store.LeaseRequest.HostCap holds when
+// several callers lease at once: stores are views of one queue (one store
+// given several times, or stores sharing one database), and each gets two
+// workers that lease with HostCap 2, hold what they got for a moment and
+// complete it. A host never has more deliveries held than the cap, every
+// delivery is completed once, and the queue drains. It enqueues through
+// stores[0] into an empty queue.
+func HostCapConcurrently(t *testing.T, stores ...store.Store) {
+	t.Helper()
+	require.NotEmpty(t, stores)
+	ctx := t.Context()
+	const n, hosts, hostCap = 240, 3, 2
+	var ds []store.Delivery
+	for i := range n {
+		ds = append(ds, delivery(fmt.Sprintf("d%03d", i), "p", fmt.Sprintf("h%d.example", i%hosts), t0))
+	}
+	enqueue(t, stores[0], []store.Payload{payload("p")}, ds...)
+	var (
+		mu        sync.Mutex
+		held      = map[string]int{} // per host: counted after Lease, uncounted before Complete
+		most      int
+		completed = map[string]int{}
+	)
+	deadline := time.Now().Add(60 * time.Second)
+	parallel(2*len(stores), func(w int) {
+		s := stores[w%len(stores)]
+		for {
+			got, err := s.Lease(ctx, store.LeaseRequest{Now: at(time.Minute), Limit: 3, Duration: time.Hour, HostCap: hostCap})
+			if !assert.NoError(t, err) {
+				return
+			}
+			mu.Lock()
+			finished := len(completed) == n
+			for _, d := range got {
+				held[d.Host]++
+				most = max(most, held[d.Host])
+				assert.LessOrEqual(t, held[d.Host], hostCap, "deliveries held for %s", d.Host)
+			}
+			mu.Unlock()
+			if finished {
+				return
+			}
+			if len(got) == 0 {
+				if time.Now().After(deadline) {
+					assert.Fail(t, "the queue did not drain")
+					return
+				}
+				time.Sleep(time.Millisecond)
+				continue
+			}
+			time.Sleep(time.Millisecond) // hold the leases while others lease
+			mu.Lock()
+			for _, d := range got {
+				held[d.Host]--
+				completed[d.ID]++
+			}
+			mu.Unlock()
+			assert.NoError(t, s.Complete(ctx, refs(got)...))
+		}
+	})
+	assert.Equal(t, hostCap, most, "some host reached the cap")
+	assert.Len(t, completed, n, "deliveries completed")
+	for id, times := range completed {
+		if times != 1 {
+			assert.Fail(t, fmt.Sprintf("%s completed %d times", id, times))
+		}
+	}
 }

@@ -223,6 +223,39 @@ func testQueue(t *testing.T, newStore factory) {
 		assert.Empty(t, leasePH(10, 2))
 	})
 
+	subtest(t, newStore, "LeaseHostCap", func(t *testing.T, s store.Store) {
+		ctx := t.Context()
+		enqueue(t, s, []store.Payload{payload("p")},
+			delivery("a0", "p", a, t0), delivery("a1", "p", a, at(1*time.Second)),
+			delivery("a2", "p", a, at(2*time.Second)), delivery("a3", "p", a, at(3*time.Second)),
+			delivery("a4", "p", a, at(4*time.Second)),
+			delivery("b5", "p", b, at(5*time.Second)), delivery("b6", "p", b, at(6*time.Second)),
+			delivery("c7", "p", c, at(7*time.Second)))
+		leaseCap := func(now time.Time, limit, perHost, hostCap int) []store.Delivery {
+			got, err := s.Lease(ctx, store.LeaseRequest{Now: now, Limit: limit, Duration: hour, PerHost: perHost, HostCap: hostCap})
+			require.NoError(t, err)
+			return got
+		}
+		got := leaseCap(far, 10, 0, 2)
+		require.Equal(t, []string{"a0", "a1", "b5", "b6", "c7"}, ids(got), "HostCap 2: two per host")
+		assert.Empty(t, leaseCap(far, 10, 0, 2), "hosts a and b have 2 live leases")
+
+		require.NoError(t, s.Complete(ctx, got[0].Ref())) // a0
+		assert.Equal(t, []string{"a2"}, ids(leaseCap(far, 10, 0, 2)), "a completed delivery frees its host's place")
+		b5 := got[2]
+		b5.Attempts++
+		require.NoError(t, s.Retry(ctx, b5))
+		assert.Equal(t, []string{"b5"}, ids(leaseCap(far, 10, 0, 2)), "a retried delivery frees its host's place")
+
+		assert.Equal(t, []string{"a3"}, ids(leaseCap(far, 10, 1, 4)), "PerHost 1 applies under HostCap 4")
+		assert.Equal(t, []string{"a4"}, ids(leaseCap(far, 10, 0, 4)), "the leases of every call count")
+		assert.Empty(t, leaseCap(far, 10, 0, 4))
+
+		assert.Equal(t, []string{"a1", "a2", "b5", "b6", "c7"}, ids(leaseCap(far.Add(2*hour), 10, 0, 2)),
+			"leases that ran out do not count")
+		assert.Equal(t, []string{"a3"}, ids(leaseCap(far.Add(2*hour), 10, 0, 3)))
+	})
+
 	subtest(t, newStore, "GetPayloadMissing", func(t *testing.T, s store.Store) {
 		_, err := s.GetPayload(t.Context(), "missing")
 		assert.ErrorIs(t, err, store.ErrNotFound)

@@ -357,8 +357,9 @@ func (x *Index[X]) expireLeases(now time.Time) {
 // Lease leases deliveries as store.Store.Lease does: first it makes the
 // items whose lease ended by r.Now ready again, then it leases up to
 // r.Limit due ones, oldest NotBefore first and in enqueue order among
-// equals, until r.Now + r.Duration. It returns an error, and leases
-// nothing, if r.Limit <= 0.
+// equals, until r.Now + r.Duration, skipping hosts with r.HostCap live
+// leases (the index's own: it serves one process). It returns an error,
+// and leases nothing, if r.Limit <= 0.
 func (x *Index[X]) Lease(r store.LeaseRequest) ([]store.Delivery, error) {
 	if r.Limit <= 0 {
 		return nil, fmt.Errorf("%s: Lease: Limit %d must be > 0", x.name, r.Limit)
@@ -379,7 +380,7 @@ func (x *Index[X]) Lease(r store.LeaseRequest) ([]store.Delivery, error) {
 		if k := h.key; k.sec > nowSec || k.sec == nowSec && k.nsec > nowNsec {
 			break // the earliest ready delivery of all is not due
 		}
-		if r.SkipHosts[h.name] {
+		if r.SkipHosts[h.name] || r.HostCap > 0 && h.leased >= r.HostCap {
 			heap.Pop(&x.due)
 			setAside = append(setAside, h)
 			continue
