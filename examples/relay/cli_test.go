@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -187,6 +188,20 @@ func TestTrustedProxiesInLogs(t *testing.T) {
 // shutdown succeeds even with a context that has already ended.
 func TestShutdownDoesNotWaitForFreshConnections(t *testing.T) {
 	srv := newHTTPServer(http.NotFoundHandler(), quietLogger())
+	// The client reads the answer before the server marks the connection
+	// idle: Shutdown must not be called before, or with an ended context it
+	// rightly fails on a connection still active.
+	var idleMu sync.Mutex
+	idleConns := 0
+	track := srv.Server.ConnState
+	srv.Server.ConnState = func(c net.Conn, state http.ConnState) {
+		track(c, state)
+		if state == http.StateIdle {
+			idleMu.Lock()
+			idleConns++
+			idleMu.Unlock()
+		}
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	served := make(chan error, 1)
@@ -202,7 +217,11 @@ func TestShutdownDoesNotWaitForFreshConnections(t *testing.T) {
 	fresh, err := net.Dial("tcp", ln.Addr().String())
 	require.NoError(t, err)
 	defer fresh.Close()
-	require.Eventually(t, func() bool { return srv.freshConns() == 1 }, 10*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool {
+		idleMu.Lock()
+		defer idleMu.Unlock()
+		return srv.freshConns() == 1 && idleConns == 1
+	}, 10*time.Second, time.Millisecond)
 
 	ended, cancel := context.WithCancel(context.Background())
 	cancel()
