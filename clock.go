@@ -24,9 +24,10 @@ type Clock interface {
 	// Now returns the current time.
 	Now() time.Time
 	// After returns a channel that receives the current time once d has
-	// passed, like time.After. The relay does not stop these waits; an
-	// implementation must not leak resources when the channel is never
-	// read (a buffered channel of one is enough).
+	// passed, like time.After; with d <= 0 it receives at once (the
+	// delivery loop relies on it after a jump). The relay does not stop
+	// these waits; an implementation must not leak resources when the
+	// channel is never read (a buffered channel of one is enough).
 	After(d time.Duration) <-chan time.Time
 }
 
