@@ -246,11 +246,8 @@ func compareProcesses(results []*result) {
 			i/2+1, one.processes, one.elapsed.Seconds(), many.processes, many.elapsed.Seconds(), ratio, one.load, many.load)
 	}
 	if len(ratios) > 0 {
-		worst := slices.Max(ratios)
-		slices.Sort(ratios)
-		n := len(ratios)
-		median := (ratios[(n-1)/2] + ratios[n/2]) / 2
-		fmt.Printf("time with several processes / time with one, over %d pairs: median %.2f, worst %.2f (below 1: faster)\n", n, median, worst)
+		fmt.Printf("time with several processes / time with one, over %d pairs: median %.2f, worst %.2f (below 1: faster)\n",
+			len(ratios), median(ratios), slices.Max(ratios))
 	}
 }
 
@@ -272,12 +269,16 @@ func comparePairs(results []*result) {
 			what[bad.scenario], bad.rate, healthy.rate, change, bad.zeroWindows, healthy.zeroWindows, healthy.load, bad.load)
 	}
 	if len(changes) > 1 {
-		slices.Sort(changes)
-		n := len(changes)
-		median := (changes[(n-1)/2] + changes[n/2]) / 2
 		fmt.Printf("median change over %d pairs: %+.1f %% (from %+.1f to %+.1f %%)\n",
-			n, median, changes[0], changes[n-1])
+			len(changes), median(changes), slices.Min(changes), slices.Max(changes))
 	}
+}
+
+// median returns the median of xs (not empty), which it leaves unchanged.
+func median(xs []float64) float64 {
+	s := slices.Sorted(slices.Values(xs))
+	n := len(s)
+	return (s[(n-1)/2] + s[n/2]) / 2
 }
 
 // loadAverage returns the machine's 1-minute load average, as uptime shows it.
