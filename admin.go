@@ -47,6 +47,7 @@ func (r *Relay) Subscriber(ctx context.Context, actorID string) (store.Subscribe
 // change the state with Approve, Refuse or Remove so the subscriber is told.
 // fn may be called more than once and must not change ActorID.
 func (r *Relay) UpdateSubscriber(ctx context.Context, actorID string, fn func(*store.Subscriber) error) (store.Subscriber, error) {
+	defer r.schemes.forget(actorID)
 	return r.store.UpdateSubscriber(ctx, actorID, func(s *store.Subscriber, found bool) error {
 		if !found {
 			return fmt.Errorf("%w: %s", ErrNotSubscribed, actorID)

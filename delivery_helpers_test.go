@@ -288,6 +288,8 @@ type memEnv struct {
 	r     *relay.Relay
 	// wrap, if set, wraps the network as the relay's Transport.
 	wrap func(http.RoundTripper) http.RoundTripper
+	// wrapStore, if set, wraps st as the relay's Store.
+	wrapStore func(*spyStore) store.Store
 }
 
 const (
@@ -309,7 +311,18 @@ func newMemEnv(t *testing.T, cfg relay.Config) *memEnv {
 // newWrappedMemEnv is newMemEnv with the relay's Transport wrap(network).
 func newWrappedMemEnv(t *testing.T, cfg relay.Config, wrap func(http.RoundTripper) http.RoundTripper) *memEnv {
 	t.Helper()
-	e := &memEnv{t: t, net: &memnet.Network{}, clock: newFakeClock(), st: newSpyStore(), wrap: wrap}
+	return startMemEnv(t, cfg, &memEnv{t: t, net: &memnet.Network{}, clock: newFakeClock(), st: newSpyStore(), wrap: wrap})
+}
+
+// newMemEnvWithStore is newMemEnv with the relay's Store wrap(e.st).
+func newMemEnvWithStore(t *testing.T, cfg relay.Config, wrap func(*spyStore) store.Store) *memEnv {
+	t.Helper()
+	return startMemEnv(t, cfg, &memEnv{t: t, net: &memnet.Network{}, clock: newFakeClock(), st: newSpyStore(), wrapStore: wrap})
+}
+
+// startMemEnv starts e's relay with cfg, closed at the end of the test.
+func startMemEnv(t *testing.T, cfg relay.Config, e *memEnv) *memEnv {
+	t.Helper()
 	require.NoError(t, e.st.PutValue(context.Background(), "relay/private-key.pem", testRelayKey(t)))
 	e.r = e.newRelay(cfg)
 	require.NoError(t, e.r.Start())
@@ -327,6 +340,9 @@ func (e *memEnv) newRelay(cfg relay.Config) *relay.Relay {
 	e.t.Helper()
 	cfg.BaseURL = "https://relay.test"
 	cfg.Store = e.st
+	if e.wrapStore != nil {
+		cfg.Store = e.wrapStore(e.st)
+	}
 	cfg.Transport = e.net
 	if e.wrap != nil {
 		cfg.Transport = e.wrap(e.net)

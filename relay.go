@@ -501,10 +501,11 @@ type Relay struct {
 	budgets    budgets           // rate budgets (budget.go)
 	docs       docCache          // objects and authors fetched for filters (docfetch.go)
 
-	events   Observer     // Config.Events, or a NopObserver
-	software softwareBook // software family of subscribed hosts
-	activity activityLog  // counts for the status page and the log summary
-	health   healthState  // what /readyz reports on
+	events   Observer       // Config.Events, or a NopObserver
+	software softwareBook   // software family of subscribed hosts
+	schemes  signingSchemes // how subscribers take signatures (signature.go)
+	activity activityLog    // counts for the status page and the log summary
+	health   healthState    // what /readyz reports on
 }
 
 // Store key under which the relay's private key is kept (PKCS#8 PEM).

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/fedirelay/relay/httpsig"
@@ -272,11 +273,66 @@ func (s *messageSignature) verify(_ *http.Request, pub crypto.PublicKey) error {
 // topic actor, whose keyId names it; see signerFor).
 func (r *Relay) signDelivery(ctx context.Context, req *http.Request, body []byte, subscriber, actor string) error {
 	signer := r.signerFor(actor)
-	if subscriber != "" {
-		s, err := r.store.GetSubscriber(ctx, subscriber)
-		if err == nil && s.SignatureScheme == store.SignatureRFC9421 {
-			return signer.SignRequestRFC9421(req, body, r.now())
-		}
+	if subscriber != "" && r.schemes.rfc9421(ctx, r, subscriber) {
+		return signer.SignRequestRFC9421(req, body, r.now())
 	}
 	return signer.SignRequest(req, body, r.now())
+}
+
+// schemeTTL is how long signingSchemes keeps a subscriber's
+// SignatureScheme before reading it from the store again: how long a
+// scheme set in the store by someone else (the operator, or another relay
+// process sharing the store) may take to be used.
+const schemeTTL = time.Minute
+
+// maxSchemes bounds the subscribers signingSchemes keeps; past it, it
+// starts afresh.
+const maxSchemes = 100_000
+
+// signingSchemes keeps, for a while, whether each subscriber takes RFC
+// 9421 signatures, so that signing a delivery costs no store read (one
+// per delivery otherwise, a query on a database store). Its zero value is
+// empty and ready; it is safe for concurrent use.
+type signingSchemes struct {
+	mu sync.Mutex
+	m  map[string]schemeEntry
+}
+
+type schemeEntry struct {
+	rfc9421 bool
+	until   time.Time
+}
+
+// rfc9421 reports whether deliveries to subscriber are signed with RFC
+// 9421: what the store said at most schemeTTL ago. A subscriber the store
+// cannot read is signed with draft-cavage, and asked about again next
+// time.
+func (c *signingSchemes) rfc9421(ctx context.Context, r *Relay, subscriber string) bool {
+	now := r.now()
+	c.mu.Lock()
+	e, ok := c.m[subscriber]
+	c.mu.Unlock()
+	if ok && now.Before(e.until) {
+		return e.rfc9421
+	}
+	s, err := r.store.GetSubscriber(ctx, subscriber)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return false
+	}
+	e = schemeEntry{rfc9421: err == nil && s.SignatureScheme == store.SignatureRFC9421, until: now.Add(schemeTTL)}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= maxSchemes {
+		c.m = map[string]schemeEntry{}
+	}
+	c.m[subscriber] = e
+	return e.rfc9421
+}
+
+// forget drops what c knows of subscriber, whose scheme this process just
+// changed in the store.
+func (c *signingSchemes) forget(subscriber string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, subscriber)
 }

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -229,4 +230,48 @@ func TestRFC9421LearntFromAPost(t *testing.T) {
 	s, err = r.Subscriber(context.Background(), actors.actorID("relay"))
 	require.NoError(t, err)
 	assert.Equal(t, store.SignatureRFC9421, s.SignatureScheme)
+}
+
+// countingStore counts GetSubscriber calls by actor.
+type countingStore struct {
+	store.Store
+	mu   sync.Mutex
+	gets map[string]int
+}
+
+func (c *countingStore) GetSubscriber(ctx context.Context, actorID string) (store.Subscriber, error) {
+	c.mu.Lock()
+	c.gets[actorID]++
+	c.mu.Unlock()
+	return c.Store.GetSubscriber(ctx, actorID)
+}
+
+func (c *countingStore) count(actorID string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gets[actorID]
+}
+
+// Signing a delivery does not read the subscriber from the store each
+// time: how it takes signatures is read at most once a minute.
+func TestSignatureSchemeReadOncePerMinute(t *testing.T) {
+	cs := &countingStore{gets: map[string]int{}}
+	e := newMemEnvWithStore(t, relay.Config{}, func(s *spyStore) store.Store { cs.Store = s; return cs })
+	in := e.subscribed("a.test", "b.test")
+	receiver := in[1].RelayActorID()
+	first := e.post(in[0], "first")
+	waitFor(t, in[1], "Create", first.ID)
+	e.settled()
+	before := cs.count(receiver)
+	for k := range 5 {
+		n := e.post(in[0], fmt.Sprintf("post %d", k))
+		waitFor(t, in[1], "Create", n.ID)
+	}
+	e.settled()
+	assert.Zero(t, cs.count(receiver)-before, "five deliveries signed without reading the subscriber")
+	e.advance(2 * time.Minute)
+	n := e.post(in[0], "later")
+	waitFor(t, in[1], "Create", n.ID)
+	e.settled()
+	assert.Equal(t, 1, cs.count(receiver)-before, "read again after a minute")
 }

@@ -153,6 +153,7 @@ func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteA
 	if err != nil {
 		return err
 	}
+	r.schemes.forget(s.ActorID)
 	if s.FollowBackID != followBackID {
 		followBack = nil // not accepted after all: no follow-back was stored
 	}
@@ -395,6 +396,7 @@ func (r *Relay) learnRFC9421(ctx context.Context, actorID string) {
 		}
 		return nil
 	})
+	r.schemes.forget(actorID)
 	if err != nil {
 		r.log.Warn("relay: recording a subscriber's signature scheme", "actor", actorID, "err", err)
 	}

@@ -202,6 +202,10 @@ type Subscriber struct {
 	// SignatureCavage (or "", the default) or SignatureRFC9421. The relay
 	// sets it to SignatureRFC9421 when it is empty and the subscriber signs
 	// its own requests with RFC 9421; the operator may set it either way.
+	// A relay reads it again at most a minute after it last did: a change
+	// made through another process, or in the store directly, may take
+	// that long to be used (one made through Relay.UpdateSubscriber takes
+	// effect at once in that process).
 	SignatureScheme string `json:"signature_scheme,omitempty"`
 	// CreatedAt is when the first Follow arrived; UpdatedAt the last change.
 	CreatedAt time.Time `json:"created_at"`
