@@ -195,3 +195,126 @@ func TestOpenErrorHidesPassword(t *testing.T) {
 		assert.NotContains(t, err.Error(), "s3cret")
 	}
 }
+
+// Two pools remove deliveries at once, each Complete or DropDeliveries
+// taking one of a payload's last deliveries: every payload is reclaimed
+// with its last delivery, whichever removal comes last, and none of them
+// waits on a lock for the others.
+func TestConcurrentRemovalsReclaimEveryPayload(t *testing.T) {
+	url := newSchema(t)
+	a, b := open(t, url), open(t, url)
+	ctx := context.Background()
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	const payloads, each = 60, 4
+	var ps []store.Payload
+	var ds []store.Delivery
+	for p := range payloads {
+		ps = append(ps, store.Payload{ID: fmt.Sprintf("p%d", p), Body: []byte("body")})
+		for k := range each {
+			d := storetest.SampleDelivery(fmt.Sprintf("d%d-%d", p, k), fmt.Sprintf("p%d", p), fmt.Sprintf("h%d.example", k), t0)
+			d.Subscriber = fmt.Sprintf("https://h%d.example/actor/%d", k, p)
+			ds = append(ds, d)
+		}
+	}
+	require.NoError(t, a.Enqueue(ctx, ps, ds))
+	got, err := a.Lease(ctx, store.LeaseRequest{Now: t0, Limit: len(ds), Duration: time.Hour})
+	require.NoError(t, err)
+	require.Len(t, got, len(ds))
+	var wg sync.WaitGroup
+	for k, d := range got {
+		s := []*pgstore.Store{a, b}[k%2]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if k%3 == 0 {
+				_, err := s.DropDeliveries(ctx, store.DeliveryFilter{Subscriber: d.Subscriber})
+				assert.NoError(t, err)
+				return
+			}
+			assert.NoError(t, s.Complete(ctx, d.Ref()))
+		}()
+	}
+	wg.Wait()
+	assert.Zero(t, countRows(t, url, "fedirelay_payloads"), "every payload went with its last delivery")
+}
+
+// A payload that no delivery refers to (left by a process that ended
+// between removing a payload's last delivery and reclaiming it) is removed
+// when a store opens; payloads in use stay.
+func TestOpenRemovesUnusedPayloads(t *testing.T) {
+	url := newSchema(t)
+	s := open(t, url)
+	ctx := context.Background()
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	require.NoError(t, s.Enqueue(ctx, []store.Payload{{ID: "used", Body: []byte("x")}},
+		[]store.Delivery{storetest.SampleDelivery("d", "used", "a.example", t0)}))
+	conn, err := pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, `INSERT INTO fedirelay_payloads (id, body) VALUES ('unused', 'x')`)
+	require.NoError(t, err)
+	require.Equal(t, 2, countRows(t, url, "fedirelay_payloads"))
+
+	open(t, url)
+	assert.Equal(t, 1, countRows(t, url, "fedirelay_payloads"))
+	_, err = s.GetPayload(ctx, "used")
+	assert.NoError(t, err)
+}
+
+// countRows returns the number of rows of table in url's schema.
+func countRows(t *testing.T, url, table string) int {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), url)
+	require.NoError(t, err)
+	defer conn.Close(context.Background())
+	var n int
+	require.NoError(t, conn.QueryRow(context.Background(), `SELECT count(*) FROM `+table).Scan(&n))
+	return n
+}
+
+// A database of schema version 4 (leases kept in the deliveries), with a
+// delivery under a live lease and one whose lease was released by Retry,
+// is migrated when the store opens: the live lease still holds its
+// delivery and its token still completes it, and the released one's token
+// still acts until the delivery is leased again.
+func TestMigrateFromVersion4(t *testing.T) {
+	url := newSchema(t)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	var script string
+	for _, f := range []string{"001_init.sql", "002_lease_tokens.sql", "003_delivery_signer.sql", "004_leased_hosts.sql"} {
+		b, err := os.ReadFile("migrations/" + f)
+		require.NoError(t, err)
+		script += string(b) + ";\n"
+	}
+	_, err = conn.Exec(ctx, script+`
+		CREATE TABLE fedirelay_schema (version integer NOT NULL);
+		INSERT INTO fedirelay_schema VALUES (4);
+		INSERT INTO fedirelay_payloads (id, body) VALUES ('p', 'body');
+		INSERT INTO fedirelay_deliveries (id, payload_id, inbox, host, subscriber, activity_type, attempts, not_before, last_error, created, lease_until, lease_token)
+		VALUES ('leased', 'p', 'https://a.example/inbox', 'a.example', '', 'Create', 0, '2026-01-01Z', '', '2026-01-01Z', '2026-01-01 01:00Z', 7),
+		       ('released', 'p', 'https://b.example/inbox', 'b.example', '', 'Create', 1, '2026-01-01Z', 'x', '2026-01-01Z', NULL, 9)`)
+	require.NoError(t, err)
+
+	s := open(t, url)
+	var version int
+	require.NoError(t, conn.QueryRow(ctx, `SELECT version FROM fedirelay_schema`).Scan(&version))
+	assert.Equal(t, pgstore.SchemaVersion, version)
+	released := store.Delivery{ID: "released", Token: "9", Attempts: 2, NotBefore: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	require.NoError(t, s.Retry(ctx, released), "the released token acts until the delivery is leased again")
+	// Before the lease runs out only the released delivery is due.
+	got, err := s.Lease(ctx, store.LeaseRequest{Now: time.Date(2026, 1, 1, 0, 30, 0, 0, time.UTC), Limit: 10, Duration: time.Minute, HostCap: 4})
+	require.NoError(t, err)
+	require.Len(t, got, 1)
+	assert.Equal(t, "released", got[0].ID)
+	assert.ErrorIs(t, s.Retry(ctx, store.Delivery{ID: "released", Token: "9"}), store.ErrLeaseLost, "leased again: the old token is lost")
+	require.NoError(t, s.Complete(ctx, store.LeaseRef{ID: "leased", Token: "7"}))
+	require.NoError(t, s.Complete(ctx, got[0].Ref()))
+	n, err := s.CountDeliveries(ctx, store.DeliveryFilter{})
+	require.NoError(t, err)
+	assert.Zero(t, n)
+	_, err = s.GetPayload(ctx, "p")
+	assert.ErrorIs(t, err, store.ErrNotFound)
+}

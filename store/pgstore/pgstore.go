@@ -2,12 +2,14 @@
 // that keep their state in the database they already run and back up, and
 // for several relay processes sharing one database.
 //
-// Every method is one transaction, so any number of processes may use the
-// same database (and schema) at once:
+// Every method is one transaction (the removals of deliveries then reclaim
+// unused payloads in a statement of their own), so any number of processes
+// may use the same database (and schema) at once:
 //
-//   - Lease picks due deliveries with SELECT … FOR UPDATE SKIP LOCKED and
-//     gives each a lease token from a sequence; Complete and Retry act only
-//     under a delivery's latest token (see store.LeaseRef).
+//   - Lease picks due deliveries with SELECT … FOR UPDATE SKIP LOCKED, one
+//     Lease at a time under an advisory lock, and gives each a lease (a row
+//     of fedirelay_leases) with a token from a sequence; Complete and Retry
+//     act only under a delivery's latest token (see store.LeaseRef).
 //   - Enqueue takes its deduplication marks with INSERT … ON CONFLICT,
 //     replacing only expired ones, in the transaction that stores the work;
 //     marks expire by the database's clock (now()).
@@ -36,6 +38,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -67,6 +70,10 @@ type Store struct {
 
 	queueWake  chan struct{}
 	valuesWake chan struct{}
+
+	// sweepDue is set when a reclaim failed: the next removal sweeps
+	// every unused payload (see reclaim).
+	sweepDue atomic.Bool
 }
 
 // Open connects to the database named by connString (a postgres:// URL or
@@ -95,7 +102,16 @@ const defaultMaxConns = 16
 
 // OpenConfig is Open with a parsed pool configuration, for callers that
 // set pool sizes or connection parameters themselves.
+//
+// Unless the configuration sets plan_cache_mode, the store's sessions plan
+// every statement for its own arguments (force_custom_plan): the queue
+// grows from nothing to many thousand deliveries within seconds, and a
+// plan cached while it was small (a sequential scan) would read the whole
+// queue at every call until the next ANALYZE. Planning costs far less.
 func OpenConfig(ctx context.Context, cfg *pgxpool.Config) (*Store, error) {
+	if _, set := cfg.ConnConfig.RuntimeParams["plan_cache_mode"]; !set {
+		cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("pgstore: connecting: %w", err)
@@ -103,6 +119,10 @@ func OpenConfig(ctx context.Context, cfg *pgxpool.Config) (*Store, error) {
 	if err := migrate(ctx, pool); err != nil {
 		pool.Close()
 		return nil, err
+	}
+	if err := sweepPayloads(ctx, pool); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("pgstore: removing unused payloads: %w", err)
 	}
 	s := &Store{
 		pool:       pool,
@@ -406,7 +426,7 @@ var migrations embed.FS
 
 // SchemaVersion is the version of the schema this package creates and
 // uses: the number of its newest migration.
-const SchemaVersion = 4
+const SchemaVersion = 5
 
 // migrate brings the schema to SchemaVersion in one transaction. An
 // advisory lock serializes processes starting at once; a database whose

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/fedirelay/relay/store"
 )
@@ -107,7 +108,7 @@ func (s *Store) Enqueue(ctx context.Context, payloads []store.Payload, deliverie
 
 // deliveryColumns are the columns scanDelivery reads, in order.
 const deliveryColumns = `d.id, d.payload_id, d.inbox, d.host, d.subscriber, d.activity_type, d.attempts,
-	d.not_before, d.last_error, d.created, d.signer, d.lease_token, d.seq`
+	d.not_before, d.last_error, d.created, d.signer, leased.token, d.seq`
 
 // leasedDelivery is a delivery and its place in enqueue order.
 type leasedDelivery struct {
@@ -128,15 +129,60 @@ func scanDelivery(row pgx.CollectableRow) (leasedDelivery, error) {
 	return d, err
 }
 
-// Lease implements store.Store.Lease in one statement: it locks the oldest
-// due deliveries that no other transaction holds (FOR UPDATE SKIP LOCKED,
-// so processes leasing at once get different ones), keeps at most
-// r.PerHost per host among them, and gives each a lease until r.Now +
-// r.Duration and a new token. With r.PerHost or r.HostCap set it considers
-// the first 2 × r.Limit due deliveries: a host whose backlog fills them
-// all yields r.PerHost this time (callers skip hosts they are saturated
-// with). With r.HostCap set it takes a transaction of three statements
-// instead (see leaseCapped).
+// leaseStatement leases deliveries, in one statement: it locks up to $3
+// due deliveries ($1 is the time) that no live lease holds and no other
+// transaction has locked (FOR UPDATE SKIP LOCKED: those a Complete, Retry
+// or removal is changing are passed over), oldest first, leaving out the hosts in $2 and, with a
+// host cap $4 > 0, the hosts that have $4 live leases; it keeps what fits
+// under $5 per host and under the cap, $6 in all, and gives each a lease
+// row (fedirelay_leases) until $7 with a new token. A lease committed by
+// another Lease since the statement began is never taken over: the
+// INSERT's conflict clause replaces only a lease that has run out.
+const leaseStatement = `WITH live AS (
+		SELECT host, count(*) AS n FROM fedirelay_leases
+		WHERE $4 > 0 AND lease_until > $1
+		GROUP BY host
+	), c AS (
+		SELECT d.id_hash, d.host, d.not_before, d.seq FROM fedirelay_deliveries d
+		WHERE d.not_before <= $1 AND d.host <> ALL($2)
+		AND NOT EXISTS (SELECT 1 FROM fedirelay_leases l WHERE l.id_hash = d.id_hash AND l.lease_until > $1)
+		AND d.host NOT IN (SELECT host FROM live WHERE n >= $4)
+		ORDER BY d.not_before, d.seq LIMIT $3
+		FOR UPDATE OF d SKIP LOCKED
+	), picked AS (
+		SELECT c.id_hash, c.host FROM (
+			SELECT id_hash, host, not_before, seq,
+				row_number() OVER (PARTITION BY host ORDER BY not_before, seq) AS n
+			FROM c) c
+		LEFT JOIN live ON live.host = c.host
+		WHERE ($5 <= 0 OR c.n <= $5) AND ($4 <= 0 OR c.n <= $4::bigint - coalesce(live.n, 0))
+		ORDER BY c.not_before, c.seq LIMIT $6
+	), leased AS (
+		INSERT INTO fedirelay_leases AS l (id_hash, host, lease_until, token)
+		SELECT id_hash, host, $7, nextval('fedirelay_lease_tokens') FROM picked
+		ON CONFLICT (id_hash) DO UPDATE SET lease_until = excluded.lease_until, token = excluded.token
+			WHERE l.lease_until <= $1
+		RETURNING l.id_hash, l.token
+	)
+	SELECT ` + deliveryColumns + ` FROM leased JOIN fedirelay_deliveries d ON d.id_hash = leased.id_hash`
+
+// Lease implements store.Store.Lease with leaseStatement, in a
+// transaction sent in one round trip (see pipelined), after a
+// transaction-scoped advisory lock of the schema's queue: Leases of all
+// processes run one at a time, each a statement of a few milliseconds at
+// most (and the relay leases for many workers at once). The statement's
+// snapshot, taken once the lock is held, so shows every lease committed
+// before it: it never passes over a delivery as unleased that another
+// Lease has just taken (it would then lose it at the insert and return
+// less than is due), and with r.HostCap the hosts' counts of live leases
+// are exact. Completions and retries take no such lock: they only lower
+// the counts and end leases, and a delivery they change or remove is
+// checked again when locked.
+//
+// A lease is a row of its own, so leasing writes no new version of the
+// deliveries. With r.PerHost or r.HostCap set it considers the first 2 ×
+// r.Limit due deliveries: a host whose backlog fills them all yields
+// r.PerHost this time (callers skip hosts they are saturated with).
 func (s *Store) Lease(ctx context.Context, r store.LeaseRequest) ([]store.Delivery, error) {
 	if err := s.check(ctx); err != nil {
 		return nil, err
@@ -154,154 +200,24 @@ func (s *Store) Lease(ctx context.Context, r store.LeaseRequest) ([]store.Delive
 	if r.PerHost > 0 || r.HostCap > 0 {
 		candidates = min(r.Limit*2, 100_000)
 	}
-	if r.HostCap > 0 {
-		return s.leaseCapped(ctx, r, skip, candidates)
-	}
-	rows, err := s.pool.Query(ctx, `WITH candidate AS (
-			SELECT id_hash, host, not_before, seq FROM fedirelay_deliveries
-			WHERE not_before <= $1 AND (lease_until IS NULL OR lease_until <= $1) AND host <> ALL($2)
-			ORDER BY not_before, seq LIMIT $3
-			FOR UPDATE SKIP LOCKED
-		), picked AS (
-			SELECT id_hash FROM (
-				SELECT id_hash, not_before, seq,
-					row_number() OVER (PARTITION BY host ORDER BY not_before, seq) AS n
-				FROM candidate) c
-			WHERE $4 <= 0 OR n <= $4
-			ORDER BY not_before, seq LIMIT $5
-		)
-		UPDATE fedirelay_deliveries d SET lease_until = $6, lease_token = nextval('fedirelay_lease_tokens')
-		FROM picked WHERE d.id_hash = picked.id_hash
-		RETURNING `+deliveryColumns,
-		r.Now, skip, candidates, r.PerHost, r.Limit, r.Now.Add(r.Duration))
 	var got []leasedDelivery
-	if err == nil {
-		got, err = pgx.CollectRows(rows, scanDelivery)
-	}
+	err := s.pipelined(ctx, func(b *pgx.Batch) {
+		b.Queue(`SELECT pg_advisory_xact_lock(hashtextextended('fedirelay lease ' || current_schema(), 0))`)
+		b.Queue(leaseStatement, r.Now, skip, candidates, max(r.HostCap, 0), r.PerHost, r.Limit, r.Now.Add(r.Duration))
+	}, func(br pgx.BatchResults) error {
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
+		rows, err := br.Query()
+		if err == nil {
+			got, err = pgx.CollectRows(rows, scanDelivery)
+		}
+		return err
+	})
 	if err != nil {
 		return nil, s.wrap(ctx, "Lease", err)
 	}
 	return sortLeased(got), nil
-}
-
-// leaseCapped is Lease with r.HostCap set, in one transaction of two
-// statements, each sent with its BEGIN or COMMIT in one round trip:
-//
-//  1. The first locks up to candidates due deliveries (FOR UPDATE SKIP
-//     LOCKED), oldest first, leaving out the hosts in skip and those that
-//     had r.HostCap live leases when the statement began, then takes a
-//     transaction-scoped advisory lock per host among them, in the order
-//     of their keys (so that two Leases do not wait for each other in a
-//     cycle). From there to its commit, it is the only Lease of those
-//     hosts.
-//  2. The second, whose snapshot shows every lease committed by the
-//     Leases that held those locks before, counts each host's live leases
-//     and leases what fits under r.HostCap (and r.PerHost).
-//
-// Completions and retries take no such lock: they only lower the counts,
-// so a Lease that misses one only leases less.
-func (s *Store) leaseCapped(ctx context.Context, r store.LeaseRequest, skip []string, candidates int) ([]store.Delivery, error) {
-	var got []leasedDelivery
-	var err error
-	for range maxTxRuns {
-		got, err = s.leaseCappedOnce(ctx, r, skip, candidates)
-		if !retryable(err) || ctx.Err() != nil {
-			break
-		}
-	}
-	if err != nil {
-		return nil, s.wrap(ctx, "Lease", err)
-	}
-	return sortLeased(got), nil
-}
-
-// leaseCappedOnce makes one attempt of leaseCapped.
-func (s *Store) leaseCappedOnce(ctx context.Context, r store.LeaseRequest, skip []string, candidates int) (got []leasedDelivery, err error) {
-	conn, err := s.pool.Acquire(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Release() // which closes a connection left in a transaction
-	defer func() {
-		if err != nil && !conn.Conn().IsClosed() && ctx.Err() == nil {
-			_, _ = conn.Exec(ctx, "ROLLBACK")
-		}
-	}()
-	var b pgx.Batch
-	b.Queue("BEGIN")
-	b.Queue(`WITH c AS (
-			SELECT id_hash, host FROM fedirelay_deliveries
-			WHERE not_before <= $1 AND (lease_until IS NULL OR lease_until <= $1) AND host <> ALL($2)
-			AND host NOT IN (SELECT host FROM fedirelay_deliveries
-				WHERE lease_until IS NOT NULL AND lease_until > $1
-				GROUP BY host HAVING count(*) >= $4)
-			ORDER BY not_before, seq LIMIT $3
-			FOR UPDATE SKIP LOCKED
-		), locked AS (
-			SELECT pg_advisory_xact_lock(key) FROM (
-				SELECT DISTINCT hashtextextended('fedirelay host ' || host, 0) AS key FROM c) k
-			ORDER BY key
-		)
-		SELECT id_hash, host FROM c WHERE (SELECT count(*) FROM locked) >= 0`,
-		r.Now, skip, candidates, r.HostCap)
-	br := conn.SendBatch(ctx, &b)
-	var hashes [][]byte
-	var hosts []string
-	if _, err = br.Exec(); err == nil {
-		var rows pgx.Rows
-		if rows, err = br.Query(); err == nil {
-			var hash []byte
-			var host string
-			_, err = pgx.ForEachRow(rows, []any{&hash, &host}, func() error {
-				hashes = append(hashes, slices.Clone(hash))
-				if !slices.Contains(hosts, host) {
-					hosts = append(hosts, host)
-				}
-				return nil
-			})
-		}
-	}
-	if cerr := br.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return nil, err
-	}
-	if len(hashes) == 0 {
-		_, err = conn.Exec(ctx, "COMMIT")
-		return nil, err
-	}
-	b = pgx.Batch{}
-	b.Queue(`WITH live AS (
-			SELECT host, count(*) AS n FROM fedirelay_deliveries
-			WHERE host = ANY($1) AND lease_until IS NOT NULL AND lease_until > $2
-			GROUP BY host
-		), picked AS (
-			SELECT c.id_hash FROM (
-				SELECT id_hash, host, not_before, seq,
-					row_number() OVER (PARTITION BY host ORDER BY not_before, seq) AS n
-				FROM fedirelay_deliveries WHERE id_hash = ANY($3)) c
-			LEFT JOIN live ON live.host = c.host
-			WHERE ($4 <= 0 OR c.n <= $4) AND c.n <= $5::bigint - coalesce(live.n, 0)
-			ORDER BY c.not_before, c.seq LIMIT $6
-		)
-		UPDATE fedirelay_deliveries d SET lease_until = $7, lease_token = nextval('fedirelay_lease_tokens')
-		FROM picked WHERE d.id_hash = picked.id_hash
-		RETURNING `+deliveryColumns,
-		hosts, r.Now, hashes, r.PerHost, r.HostCap, r.Limit, r.Now.Add(r.Duration))
-	b.Queue("COMMIT")
-	br = conn.SendBatch(ctx, &b)
-	rows, err := br.Query()
-	if err == nil {
-		got, err = pgx.CollectRows(rows, scanDelivery)
-	}
-	if err == nil {
-		_, err = br.Exec()
-	}
-	if cerr := br.Close(); err == nil {
-		err = cerr
-	}
-	return got, err
 }
 
 // sortLeased returns the deliveries of got in lease order: by NotBefore,
@@ -347,36 +263,136 @@ func token(t string) *int64 {
 }
 
 // removeDeliveries removes the deliveries that the query gone (with
-// args) selects, by id_hash, and reclaims each payload that no delivery
-// refers to any more; it returns how many deliveries it removed. It takes
-// three statements: the payloads are locked (FOR UPDATE, in a fixed order)
-// before they are checked, and the check, a statement of its own, then
-// sees whatever a concurrent Complete of the payload's other deliveries,
-// or an Enqueue of new ones, committed meanwhile, so that of concurrent
-// removals the last one reclaims the payload.
-func removeDeliveries(ctx context.Context, tx pgx.Tx, gone string, args ...any) (int, error) {
-	rows, err := tx.Query(ctx, `DELETE FROM fedirelay_deliveries d WHERE d.id_hash IN (`+gone+`)
-		RETURNING d.payload_hash`, args...)
+// args) selects, by id_hash, in tx, and returns how many it removed and
+// the hashes of their payloads, for reclaim once tx is committed.
+func removeDeliveries(ctx context.Context, tx pgx.Tx, gone string, args ...any) (int, [][]byte, error) {
+	rows, err := tx.Query(ctx, removeSQL(gone), args...)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	hashes, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
-	if err != nil || len(hashes) == 0 {
-		return 0, err
-	}
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM fedirelay_payloads WHERE id_hash = ANY($1)
-		ORDER BY id_hash FOR UPDATE`, hashes); err != nil {
-		return 0, err
-	}
-	_, err = tx.Exec(ctx, `DELETE FROM fedirelay_payloads p WHERE p.id_hash = ANY($1)
-		AND NOT EXISTS (SELECT 1 FROM fedirelay_deliveries o WHERE o.payload_hash = p.id_hash)`, hashes)
-	return len(hashes), err
+	return len(hashes), hashes, err
 }
 
-// Complete implements store.Store.Complete in one transaction: one
-// statement deletes the deliveries whose token is still valid, whatever
-// their number, then the payloads they were the last to refer to are
-// reclaimed (see removeDeliveries).
+// removeSQL is the statement that removes the deliveries that the query
+// gone selects, by id_hash, and returns their payloads' hashes. Their
+// lease rows go with them (ON DELETE CASCADE).
+func removeSQL(gone string) string {
+	return `DELETE FROM fedirelay_deliveries d WHERE d.id_hash IN (` + gone + `) RETURNING d.payload_hash`
+}
+
+// lockSQL locks the deliveries with the ids $1 (FOR UPDATE, in the order
+// of their hashes, so that two transactions do not wait for each other in
+// a cycle) until the transaction ends. Lease locks a delivery before it
+// leases it and skips those locked, so once they are locked no Lease can
+// take them until the transaction ends, and a statement that begins
+// afterwards sees every lease given to them before: it can check lease
+// tokens. (A statement that merely locked as it went would not: a lease
+// row is another table's, and a delivery row that a Lease only locked is
+// not checked again.)
+const lockSQL = `SELECT 1 FROM fedirelay_deliveries
+	WHERE id_hash IN (SELECT fedirelay_hash(id) FROM unnest($1::text[]) AS id)
+	ORDER BY id_hash FOR UPDATE`
+
+// pipelined runs a transaction in one round trip: BEGIN, the statements
+// that queue adds, COMMIT. read reads the results of queue's statements,
+// in order. It runs again on a conflict with a concurrent transaction, as
+// tx does.
+func (s *Store) pipelined(ctx context.Context, queue func(*pgx.Batch), read func(pgx.BatchResults) error) error {
+	var err error
+	for range maxTxRuns {
+		err = s.pipelinedOnce(ctx, queue, read)
+		if !retryable(err) || ctx.Err() != nil {
+			break
+		}
+	}
+	return err
+}
+
+// pipelinedOnce makes one attempt of pipelined.
+func (s *Store) pipelinedOnce(ctx context.Context, queue func(*pgx.Batch), read func(pgx.BatchResults) error) (err error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release() // which closes a connection left in a transaction
+	defer func() {
+		if err != nil && !conn.Conn().IsClosed() && ctx.Err() == nil {
+			_, _ = conn.Exec(ctx, "ROLLBACK")
+		}
+	}()
+	var b pgx.Batch
+	b.Queue("BEGIN")
+	queue(&b)
+	b.Queue("COMMIT")
+	br := conn.SendBatch(ctx, &b)
+	if _, err = br.Exec(); err == nil {
+		err = read(br)
+	}
+	if err == nil {
+		_, err = br.Exec()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// reclaim removes the payloads among hashes that no delivery refers to,
+// in a statement of its own: every removal of deliveries calls it once
+// the removal is committed, with the payloads of the deliveries removed.
+// Of removals that each take away some of a payload's last deliveries,
+// the one whose reclaim starts last starts after all of them committed,
+// so its snapshot shows the payload unused and removes it; no lock is
+// needed, and removals never wait for one another. A payload that an
+// Enqueue is giving a new delivery meanwhile is kept (the foreign key
+// fails the statement, which then removes nothing: that is fine, the
+// others are reclaimed at the next sweep). If reclaim fails, or the
+// process ends before it, payloads may stay unused: sweepPayloads, run
+// at Open and after such a failure, removes them.
+func (s *Store) reclaim(ctx context.Context, hashes [][]byte) {
+	if len(hashes) == 0 {
+		return
+	}
+	_, err := s.pool.Exec(ctx, `DELETE FROM fedirelay_payloads p WHERE p.id_hash = ANY($1)
+		AND NOT EXISTS (SELECT 1 FROM fedirelay_deliveries o WHERE o.payload_hash = p.id_hash)`, hashes)
+	if err != nil {
+		s.sweepDue.Store(true)
+	}
+}
+
+// sweepPayloads removes every payload that no delivery refers to (see
+// reclaim). Payloads are stored with their deliveries in one transaction,
+// so an unused one is left over from a removal whose reclaim did not run.
+func sweepPayloads(ctx context.Context, q interface {
+	Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
+}) error {
+	_, err := q.Exec(ctx, `DELETE FROM fedirelay_payloads p
+		WHERE NOT EXISTS (SELECT 1 FROM fedirelay_deliveries o WHERE o.payload_hash = p.id_hash)`)
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "23503" {
+		return nil // an Enqueue used one meanwhile: the rest waits for the next sweep
+	}
+	return err
+}
+
+// removed reclaims the payloads of deliveries removed by a committed
+// transaction, and sweeps them all instead if an earlier reclaim failed.
+func (s *Store) removed(ctx context.Context, hashes [][]byte) {
+	if s.sweepDue.CompareAndSwap(true, false) {
+		if err := sweepPayloads(ctx, s.pool); err != nil {
+			s.sweepDue.Store(true)
+		}
+		return
+	}
+	s.reclaim(ctx, hashes)
+}
+
+// Complete implements store.Store.Complete: a transaction sent in one
+// round trip (see pipelined) locks the deliveries (see lockSQL) and
+// deletes those whose token is still valid, whatever their number, in one
+// statement each; then a statement of its own reclaims the payloads they
+// were the last to refer to (see reclaim).
 func (s *Store) Complete(ctx context.Context, refs ...store.LeaseRef) error {
 	if err := s.check(ctx); err != nil {
 		return err
@@ -392,13 +408,27 @@ func (s *Store) Complete(ctx context.Context, refs ...store.LeaseRef) error {
 			tokens = append(tokens, token(r.Token))
 		}
 	}
-	err := s.tx(ctx, func(tx pgx.Tx) error {
-		_, err := removeDeliveries(ctx, tx, `SELECT d.id_hash
+	var hashes [][]byte
+	err := s.pipelined(ctx, func(b *pgx.Batch) {
+		b.Queue(lockSQL, ids)
+		b.Queue(removeSQL(`SELECT d.id_hash
 			FROM unnest($1::text[], $2::bigint[]) AS r (id, token)
 			JOIN fedirelay_deliveries d ON d.id_hash = fedirelay_hash(r.id)
-			WHERE r.token IS NULL OR d.lease_token = r.token`, ids, tokens)
+			LEFT JOIN fedirelay_leases l ON l.id_hash = d.id_hash
+			WHERE r.token IS NULL OR coalesce(l.token, d.released_token) = r.token`), ids, tokens)
+	}, func(br pgx.BatchResults) error {
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
+		rows, err := br.Query()
+		if err == nil {
+			hashes, err = pgx.CollectRows(rows, pgx.RowTo[[]byte])
+		}
 		return err
 	})
+	if err == nil {
+		s.removed(ctx, hashes)
+	}
 	return s.wrap(ctx, "Complete", err)
 }
 
@@ -411,23 +441,30 @@ func (s *Store) Retry(ctx context.Context, d store.Delivery) error {
 	if len(d.ID) > maxKeyLen {
 		return store.ErrNotFound
 	}
-	var current *int64
 	err := s.tx(ctx, func(tx pgx.Tx) error {
-		err := tx.QueryRow(ctx, `SELECT lease_token FROM fedirelay_deliveries
-			WHERE id_hash = fedirelay_hash($1) FOR UPDATE`, d.ID).Scan(&current)
+		var released *int64
+		err := tx.QueryRow(ctx, `SELECT released_token FROM fedirelay_deliveries
+			WHERE id_hash = fedirelay_hash($1) FOR UPDATE`, d.ID).Scan(&released)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return store.ErrNotFound
 		}
 		if err != nil {
 			return err
 		}
+		// Read now that the delivery is locked: no Lease can take it until
+		// this transaction ends, and one that did before is seen.
+		current := released
+		err = tx.QueryRow(ctx, `DELETE FROM fedirelay_leases WHERE id_hash = fedirelay_hash($1) RETURNING token`, d.ID).Scan(&current)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
 		if t := token(d.Token); t != nil && (current == nil || *current != *t) {
-			return store.ErrLeaseLost
+			return store.ErrLeaseLost // the lease row's deletion is rolled back
 		}
 		_, err = tx.Exec(ctx, `UPDATE fedirelay_deliveries
-			SET attempts = $2, not_before = $3, last_error = $4, lease_until = NULL
+			SET attempts = $2, not_before = $3, last_error = $4, released_token = $5
 			WHERE id_hash = fedirelay_hash($1)`,
-			d.ID, int32(min(max(d.Attempts, 0), 1<<31-1)), d.NotBefore, d.LastError)
+			d.ID, int32(min(max(d.Attempts, 0), 1<<31-1)), d.NotBefore, d.LastError, current)
 		if err == nil {
 			_, err = tx.Exec(ctx, `SELECT pg_notify($1, '')`, queueChannel)
 		}
@@ -436,19 +473,22 @@ func (s *Store) Retry(ctx context.Context, d store.Delivery) error {
 	return s.wrap(ctx, "Retry", err)
 }
 
-// DropDeliveries removes the deliveries matching f, leased or not, and
-// reclaims payloads as Complete does, in one transaction.
+// DropDeliveries removes the deliveries matching f, leased or not, in one
+// transaction, and reclaims payloads as Complete does.
 func (s *Store) DropDeliveries(ctx context.Context, f store.DeliveryFilter) (int, error) {
 	if err := s.check(ctx); err != nil {
 		return 0, err
 	}
 	var n int
-	err := s.tx(ctx, func(tx pgx.Tx) error {
-		var err error
+	var hashes [][]byte
+	err := s.tx(ctx, func(tx pgx.Tx) (err error) {
 		where, args := deliveryFilter(f)
-		n, err = removeDeliveries(ctx, tx, `SELECT id_hash FROM fedirelay_deliveries WHERE `+where, args...)
+		n, hashes, err = removeDeliveries(ctx, tx, `SELECT id_hash FROM fedirelay_deliveries WHERE `+where, args...)
 		return err
 	})
+	if err == nil {
+		s.removed(ctx, hashes)
+	}
 	return n, s.wrap(ctx, "DropDeliveries", err)
 }
 
@@ -478,7 +518,8 @@ func (s *Store) CountDeliveries(ctx context.Context, f store.DeliveryFilter) (in
 	return int(n), s.wrap(ctx, "CountDeliveries", err)
 }
 
-// ShedDeliveries implements store.Store.ShedDeliveries in one transaction. A
+// ShedDeliveries implements store.Store.ShedDeliveries in one transaction,
+// then reclaims payloads as Complete does. A
 // delivery counts as leased while it has a lease, expired or not, until
 // Lease takes it again or Retry releases it. Concurrent calls for one host
 // may together remove a few more than the excess over keep.
@@ -490,14 +531,30 @@ func (s *Store) ShedDeliveries(ctx context.Context, host string, keep int, types
 		return 0, nil
 	}
 	var n int
-	err := s.tx(ctx, func(tx pgx.Tx) error {
-		var err error
-		n, err = removeDeliveries(ctx, tx, `SELECT id_hash FROM fedirelay_deliveries
-			WHERE host = $1 AND activity_type = ANY($3) AND lease_until IS NULL
+	var hashes [][]byte
+	err := s.tx(ctx, func(tx pgx.Tx) (err error) {
+		rows, err := tx.Query(ctx, `SELECT id_hash FROM fedirelay_deliveries d
+			WHERE host = $1 AND activity_type = ANY($3)
+			AND NOT EXISTS (SELECT 1 FROM fedirelay_leases l WHERE l.id_hash = d.id_hash)
 			ORDER BY created, not_before, seq
 			LIMIT greatest((SELECT count(*) FROM fedirelay_deliveries WHERE host = $1) - $2, 0)
-			FOR UPDATE SKIP LOCKED`, host, max(keep, 0), types)
+			FOR UPDATE OF d SKIP LOCKED`, host, max(keep, 0), types)
+		if err != nil {
+			return err
+		}
+		locked, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
+		if err != nil || len(locked) == 0 {
+			return err
+		}
+		// Checked again now that they are locked: a Lease that took one
+		// since the first statement began has committed its lease row.
+		n, hashes, err = removeDeliveries(ctx, tx, `SELECT d.id_hash FROM fedirelay_deliveries d
+			WHERE d.id_hash = ANY($1)
+			AND NOT EXISTS (SELECT 1 FROM fedirelay_leases l WHERE l.id_hash = d.id_hash)`, locked)
 		return err
 	})
+	if err == nil {
+		s.removed(ctx, hashes)
+	}
 	return n, s.wrap(ctx, "ShedDeliveries", err)
 }
