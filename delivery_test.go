@@ -874,3 +874,64 @@ func TestCloseDoesNotWaitOnTheClock(t *testing.T) {
 	e.settled()
 	require.NoError(t, e.r.Close(context.Background()))
 }
+
+// batchingStore is a store with store.SubscribersUpdater: it records each
+// UpdateSubscribers call.
+type batchingStore struct {
+	*spyStore
+	mu      sync.Mutex
+	batches [][]string
+}
+
+func (b *batchingStore) UpdateSubscribers(ctx context.Context, ids []string, fn func(*store.Subscriber) error) ([]string, error) {
+	b.mu.Lock()
+	b.batches = append(b.batches, ids)
+	b.mu.Unlock()
+	var missing []string
+	for _, id := range ids {
+		_, err := b.spyStore.UpdateSubscriber(ctx, id, func(s *store.Subscriber, found bool) error {
+			if !found {
+				return store.ErrNotFound
+			}
+			return fn(s)
+		})
+		if errors.Is(err, store.ErrNotFound) {
+			missing = append(missing, id)
+		} else if err != nil {
+			return nil, err
+		}
+	}
+	return missing, nil
+}
+
+// TestStatisticsWrittenInBatches: on a store with
+// store.SubscribersUpdater, the statistics of all subscribers are written
+// in one call, not one UpdateSubscriber each, and count the same.
+func TestStatisticsWrittenInBatches(t *testing.T) {
+	bs := &batchingStore{}
+	e := newMemEnvWithStore(t, relay.Config{}, func(s *spyStore) store.Store { bs.spyStore = s; return bs })
+	in := e.subscribed("a.test", "b.test", "c.test")
+	n := e.post(in[0], "hello")
+	for _, i := range in[1:] {
+		waitFor(t, i, "Create", n.ID)
+	}
+	e.settled()
+	require.NoError(t, e.r.Close(context.Background()))
+	bs.mu.Lock()
+	batches := bs.batches
+	bs.mu.Unlock()
+	require.NotEmpty(t, batches, "written with UpdateSubscribers")
+	var written []string
+	for _, b := range batches {
+		written = append(written, b...)
+	}
+	for _, i := range in {
+		assert.Contains(t, written, i.RelayActorID())
+	}
+	for _, i := range in[1:] {
+		s, err := e.st.GetSubscriber(context.Background(), i.RelayActorID())
+		require.NoError(t, err)
+		assert.EqualValues(t, 2, s.Delivered, "the Accept and the post")
+		assert.False(t, s.LastSuccess.IsZero())
+	}
+}

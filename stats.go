@@ -1,8 +1,10 @@
 package relay
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -194,7 +196,9 @@ func (st *deliveryStats) merge(s store.Subscriber) store.Subscriber {
 	return s
 }
 
-// flush writes the statistics kept in memory to the store.
+// flush writes the statistics kept in memory to the store: with
+// store.SubscribersUpdater when the store has it, up to flushBatch
+// subscribers in one call, else one UpdateSubscriber per subscriber.
 func (st *deliveryStats) flush(ctx context.Context) error {
 	type pending struct {
 		id string
@@ -213,6 +217,32 @@ func (st *deliveryStats) flush(ctx context.Context) error {
 		}
 	}
 	st.mu.Unlock()
+	if u, ok := st.r.baseStore().(store.SubscribersUpdater); ok {
+		var firstErr error
+		for chunk := range slices.Chunk(todo, flushBatch) {
+			start := time.Now()
+			byID := make(map[string]subStats, len(chunk))
+			ids := make([]string, len(chunk))
+			for k, p := range chunk {
+				byID[p.id], ids[k] = p.e, p.id
+			}
+			missing, err := u.UpdateSubscribers(ctx, ids, func(s *store.Subscriber) error {
+				st.applyCopy(s.ActorID, byID[s.ActorID], s)
+				return nil
+			})
+			st.r.events.StoreOp("UpdateSubscribers", time.Since(start))
+			for _, id := range missing {
+				st.forget(id)
+			}
+			if err != nil {
+				for _, p := range chunk {
+					st.putBack(p.id, p.e)
+				}
+				firstErr = cmp.Or(firstErr, err)
+			}
+		}
+		return firstErr
+	}
 	// Written concurrently, so that a store that commits concurrent
 	// changes together (filestore) makes a few transactions, not one per
 	// subscriber.
@@ -231,31 +261,16 @@ func (st *deliveryStats) flush(ctx context.Context) error {
 					if !found {
 						return store.ErrNotFound
 					}
-					e := p.e
-					st.mu.Lock()
-					if cur := st.m[p.id]; cur != nil && cur.revivals != e.revivals {
-						// Revived since the copy: its failure run is over.
-						e.runStart = time.Time{}
-					}
-					st.mu.Unlock()
-					e.apply(s)
+					st.applyCopy(p.id, p.e, s)
 					return nil
 				})
 				switch {
 				case errors.Is(err, store.ErrNotFound):
 					st.forget(p.id)
 				case err != nil:
-					// Put the counts back so that they are written next time.
-					st.mu.Lock()
-					if e := st.m[p.id]; e != nil {
-						e.delivered += p.e.delivered
-						e.failed += p.e.failed
-					}
-					st.mu.Unlock()
+					st.putBack(p.id, p.e)
 					errMu.Lock()
-					if firstEr == nil {
-						firstEr = err
-					}
+					firstEr = cmp.Or(firstEr, err)
 					errMu.Unlock()
 				}
 			}
@@ -268,6 +283,33 @@ func (st *deliveryStats) flush(ctx context.Context) error {
 	wg.Wait()
 	return firstEr
 }
+
+// applyCopy adds e, a copy of subscriber's statistics taken by flush, to
+// the stored record s.
+func (st *deliveryStats) applyCopy(subscriber string, e subStats, s *store.Subscriber) {
+	st.mu.Lock()
+	if cur := st.m[subscriber]; cur != nil && cur.revivals != e.revivals {
+		// Revived since the copy: its failure run is over.
+		e.runStart = time.Time{}
+	}
+	st.mu.Unlock()
+	e.apply(s)
+}
+
+// putBack returns the counts of e, a copy flush failed to write, so that
+// they are written next time.
+func (st *deliveryStats) putBack(subscriber string, e subStats) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if cur := st.m[subscriber]; cur != nil {
+		cur.delivered += e.delivered
+		cur.failed += e.failed
+	}
+}
+
+// flushBatch is the most subscribers a flush writes in one
+// store.SubscribersUpdater call (one transaction).
+const flushBatch = 500
 
 // flushParallelism bounds the concurrent store writes of a flush.
 const flushParallelism = 32

@@ -519,6 +519,25 @@ type Store interface {
 	ShedDeliveries(ctx context.Context, host string, keep int, types []string) (int, error)
 }
 
+// SubscribersUpdater is implemented by stores that change many
+// subscribers in one transaction (store/pgstore does). The relay writes its
+// delivery statistics (every 10 s, for every subscriber it delivered to)
+// with it when the store has it, in one call instead of one
+// UpdateSubscriber per subscriber: on a database shared by several
+// processes those writes would otherwise be most of its transactions.
+type SubscribersUpdater interface {
+	// UpdateSubscribers calls fn with the record of each stored subscriber
+	// among actorIDs (in no particular order) and stores what fn leaves,
+	// atomically: all of the changes or none. Subscribers not stored are
+	// skipped, not created, and returned in missing. fn must not change
+	// ActorID, and may be called more than once for a subscriber (the
+	// change may be tried again); an error from fn aborts the change, and
+	// UpdateSubscribers returns it. It is safe for concurrent use with the
+	// other methods: a concurrent UpdateSubscriber of one of the
+	// subscribers is seen whole, before or after.
+	UpdateSubscribers(ctx context.Context, actorIDs []string, fn func(s *Subscriber) error) (missing []string, err error)
+}
+
 // Notifier is implemented by stores that several processes share and that
 // can tell one process about another's changes (store/pgstore does, with
 // LISTEN/NOTIFY). The relay checks for it with a type assertion: its

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 
 	"github.com/jackc/pgx/v5"
@@ -162,4 +163,83 @@ func (s *Store) ListSubscribers(ctx context.Context, f store.SubscriberFilter) (
 		return nil, s.wrap(ctx, "ListSubscribers", err)
 	}
 	return out, nil
+}
+
+// UpdateSubscribers implements store.SubscribersUpdater in one
+// transaction of two statements: it locks and reads the stored ones among
+// actorIDs (SELECT … FOR UPDATE, in the order of their hashes, so that two
+// calls do not wait for each other in a cycle), then writes what fn left
+// of all of them in one UPDATE.
+func (s *Store) UpdateSubscribers(ctx context.Context, actorIDs []string, fn func(sub *store.Subscriber) error) (missing []string, err error) {
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	ids := make([]string, 0, len(actorIDs))
+	for _, id := range actorIDs {
+		if id == "" || len(id) > maxKeyLen {
+			missing = append(missing, id) // never stored
+		} else if !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) == 0 {
+		return missing, nil
+	}
+	var fnErr error
+	var stored []string
+	err = s.tx(ctx, func(tx pgx.Tx) error {
+		fnErr, stored = nil, stored[:0]
+		rows, err := tx.Query(ctx, `SELECT actor_id, data FROM fedirelay_subscribers
+			WHERE id_hash IN (SELECT fedirelay_hash(id) FROM unnest($1::text[]) AS id)
+			ORDER BY id_hash FOR UPDATE`, ids)
+		if err != nil {
+			return err
+		}
+		var (
+			hosts, states []string
+			datas         [][]byte
+		)
+		var actor string
+		var data []byte
+		_, err = pgx.ForEachRow(rows, []any{&actor, &data}, func() error {
+			var sub store.Subscriber
+			if err := json.Unmarshal(data, &sub); err != nil {
+				return fmt.Errorf("subscriber %q: %w", actor, err)
+			}
+			if err := fn(&sub); err != nil {
+				fnErr = err
+				return err
+			}
+			if sub.ActorID != actor {
+				fnErr = errActorIDChanged
+				return fnErr
+			}
+			b, err := json.Marshal(&sub)
+			if err != nil {
+				return err
+			}
+			stored = append(stored, actor)
+			hosts, states, datas = append(hosts, sub.Host), append(states, string(sub.State)), append(datas, b)
+			return nil
+		})
+		if err != nil || len(stored) == 0 {
+			return err
+		}
+		_, err = tx.Exec(ctx, `UPDATE fedirelay_subscribers s SET host = u.host, state = u.state, data = u.data
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[]) AS u (actor_id, host, state, data)
+			WHERE s.id_hash = fedirelay_hash(u.actor_id)`, stored, hosts, states, datas)
+		return err
+	})
+	if fnErr != nil && errors.Is(err, fnErr) {
+		return nil, fnErr
+	}
+	if err != nil {
+		return nil, s.wrap(ctx, "UpdateSubscribers", err)
+	}
+	for _, id := range ids {
+		if !slices.Contains(stored, id) {
+			missing = append(missing, id)
+		}
+	}
+	return missing, nil
 }

@@ -95,6 +95,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Closed", testClosed},
 		{"Limits", testLimits},
 		{"Races", testRaces},
+		{"SubscribersUpdater", testSubscribersUpdater},
 	}
 	for _, g := range groups {
 		t.Run(g.name, func(t *testing.T) { g.run(t, newStore) })
