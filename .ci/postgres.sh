@@ -8,6 +8,9 @@
 #   . .ci/postgres.sh                 # in a shell or script: start, export
 #   .ci/postgres.sh go test ./store/pgstore/...   # run one command with it
 #
+# The cluster trades durability for speed (fsync, synchronous_commit and
+# full_page_writes off) unless FEDIRELAY_PG_DURABLE=1, for benchmarks.
+#
 # It uses initdb, pg_ctl and postgres from PATH, else from the newest
 # /usr/lib/postgresql/*/bin, and installs the Debian package postgresql
 # with apt-get only if neither has them. PostgreSQL refuses to run as
@@ -28,7 +31,8 @@ fedirelay_pg_start() {
       done
     fi
   fi
-  local dir run=()
+  local dir run=() fast="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+  [ "${FEDIRELAY_PG_DURABLE:-}" = 1 ] && fast=""
   dir=$(mktemp -d "${TMPDIR:-/tmp}/fedirelay-pg.XXXXXX")
   if [ "$(id -u)" = 0 ]; then
     chown nobody "$dir"
@@ -37,7 +41,7 @@ fedirelay_pg_start() {
   "${run[@]}" "${bin}initdb" -D "$dir/data" -U postgres -A trust --no-sync -E UTF8 --locale=C >"$dir/initdb.log" 2>&1 ||
     { cat "$dir/initdb.log" >&2; return 1; }
   "${run[@]}" "${bin}pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -s \
-    -o "-k $dir -c listen_addresses='' -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+    -o "-k $dir -c listen_addresses='' $fast -c max_connections=300" \
     start || { cat "$dir/server.log" >&2; return 1; }
   FEDIRELAY_PG_DIR=$dir
   FEDIRELAY_PG_CTL=("${run[@]}" "${bin}pg_ctl")
