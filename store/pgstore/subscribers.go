@@ -80,15 +80,7 @@ func (s *Store) UpdateSubscriber(ctx context.Context, actorID string, fn func(su
 		if !found {
 			sub = store.Subscriber{ActorID: actorID}
 		}
-		if err := fn(&sub, found); err != nil {
-			fnErr = err
-			return err
-		}
-		if sub.ActorID != actorID {
-			fnErr = errActorIDChanged
-			return fnErr
-		}
-		data, err := json.Marshal(&sub)
+		data, err := change(&sub, actorID, func(s *store.Subscriber) error { return fn(s, found) }, &fnErr)
 		if err != nil {
 			return err
 		}
@@ -206,15 +198,7 @@ func (s *Store) UpdateSubscribers(ctx context.Context, actorIDs []string, fn fun
 			if err := json.Unmarshal(data, &sub); err != nil {
 				return fmt.Errorf("subscriber %q: %w", actor, err)
 			}
-			if err := fn(&sub); err != nil {
-				fnErr = err
-				return err
-			}
-			if sub.ActorID != actor {
-				fnErr = errActorIDChanged
-				return fnErr
-			}
-			b, err := json.Marshal(&sub)
+			b, err := change(&sub, actor, fn, &fnErr)
 			if err != nil {
 				return err
 			}
@@ -242,4 +226,20 @@ func (s *Store) UpdateSubscribers(ctx context.Context, actorIDs []string, fn fun
 		}
 	}
 	return missing, nil
+}
+
+// change calls fn on sub, the stored record of actorID, and returns what
+// is to be stored (JSON). An error from fn, or errActorIDChanged if fn
+// changed ActorID, is returned and also kept in *fnErr, which the callers
+// return as it is instead of wrapping it.
+func change(sub *store.Subscriber, actorID string, fn func(*store.Subscriber) error, fnErr *error) ([]byte, error) {
+	if err := fn(sub); err != nil {
+		*fnErr = err
+		return nil, err
+	}
+	if sub.ActorID != actorID {
+		*fnErr = errActorIDChanged
+		return nil, errActorIDChanged
+	}
+	return json.Marshal(sub)
 }
