@@ -145,7 +145,12 @@ func (q *deliveryQueue) recordLocked(host string, o outcome, retryAfter time.Dur
 			delete(q.breakers, host)
 		}
 	case outcomeFailed, outcomeUnreachable, outcomeTimedOut:
-		if b == nil && cfg.BreakerThreshold < 0 {
+		if cfg.BreakerThreshold < 0 {
+			// Failures never open the breaker. One a 429 opened is over
+			// once its pause is: its probe failing is a failure like any.
+			if b != nil && b.state == breakerHalfOpen && b.probing {
+				delete(q.breakers, host)
+			}
 			return
 		}
 		if b == nil {

@@ -935,3 +935,28 @@ func TestStatisticsWrittenInBatches(t *testing.T) {
 		assert.False(t, s.LastSuccess.IsZero())
 	}
 }
+
+// TestDisabledBreakerOnlyPausesFor429: with BreakerThreshold < 0, a 429
+// pauses the host for its Retry-After, and a failing probe after the pause
+// does not open the breaker: the host's deliveries are retried on their
+// backoff, as failures always are with the breaker off.
+func TestDisabledBreakerOnlyPausesFor429(t *testing.T) {
+	e := newMemEnv(t, relay.Config{RetryBackoff: time.Second, BreakerThreshold: -1, MaxAttempts: 100})
+	in := e.subscribed("a.test", "b.test")
+	f := (&faultPlan{status: http.StatusInternalServerError}).install(in[1])
+	h := &retryAfterHandler{next: in[1], after: "60", on: true}
+	e.net.Handle("b.test", h)
+	e.post(in[0], "one")
+	e.eventually(func() bool { return e.circuit("b.test").Circuit == "open" }, "the 429 pauses the host")
+	e.settled()
+	h.mu.Lock()
+	h.on = false
+	h.mu.Unlock()
+
+	e.advance(61 * time.Second) // the pause is over: the probe fails (500)
+	e.eventually(func() bool { return f.count() == 1 }, "the probe")
+	e.eventually(func() bool { return e.circuit("b.test").Circuit == "closed" }, "a failure does not open a disabled breaker")
+	e.settled()
+	e.advance(5 * time.Second)
+	e.eventually(func() bool { return f.count() >= 2 }, "retried on its backoff, not paused")
+}
