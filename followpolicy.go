@@ -152,6 +152,19 @@ func (f *followRules) softwareOf(ctx context.Context, actor string) string {
 	return e.name
 }
 
+// cachedSoftware returns what softwareOf would without a lookup: the
+// cached software name of actor's server ("" for a failed lookup), and
+// whether there was one.
+func (f *followRules) cachedSoftware(actor string) (string, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	e, ok := f.software[hostOf(actor)]
+	if !ok || !f.r.now().Before(e.until) {
+		return "", false
+	}
+	return e.name, true
+}
+
 func (r *Relay) changeAllowed(ctx context.Context, change func([]string) []string) error {
 	r.policyMu.Lock()
 	defer r.policyMu.Unlock()

@@ -115,6 +115,29 @@ func (r *Relay) learnSoftware(ctx context.Context, actorID string) string {
 	return r.rules.softwareOf(ctx, actorID)
 }
 
+// learnSoftwareSoon looks up the software of a subscriber that has just
+// followed, in the background, and stores it (see storeSoftware). It is
+// called within an inbox request: Close waits for it as for the request,
+// and cancels it.
+func (r *Relay) learnSoftwareSoon(ctx context.Context, actorID string) {
+	r.inflight.Add(1)
+	go func() {
+		defer r.inflight.Done()
+		ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		defer cancel()
+		go func() {
+			select {
+			case <-r.closed:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		if name := r.learnSoftware(ctx, actorID); name != "" {
+			r.storeSoftware(ctx, hostOf(actorID), []string{actorID}, name)
+		}
+	}()
+}
+
 // Learning the software of subscribers stored without it.
 const (
 	// softwareRelearn is how long the relay waits before it looks again

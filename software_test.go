@@ -109,3 +109,39 @@ func TestSoftwareLearntLater(t *testing.T) {
 	e.eventually(func() bool { return e.software() == "gotosocial" }, "the relay looks again a day later")
 	assert.True(t, e.editReaches(), "GoToSocial gets the edit")
 }
+
+// A Follow is answered without waiting for the follower's NodeInfo, which
+// is read afterwards: the Accept arrives while the lookup hangs, and the
+// software is stored once NodeInfo answers.
+func TestFollowDoesNotWaitForNodeInfo(t *testing.T) {
+	e := newMemEnv(t, relay.Config{})
+	gts := relaytest.NewInstance(t, relaytest.GoToSocial, relaytest.Options{
+		Network: e.net, Host: "gts.test", MaxClockSkew: farSkew, Logf: func(string, ...any) {},
+	})
+	release := make(chan struct{})
+	var asked, answered atomic.Bool
+	gts.SetFault(func(req *http.Request) int {
+		if req.URL.Path == "/.well-known/nodeinfo" {
+			asked.Store(true)
+			select {
+			case <-release:
+			case <-req.Context().Done():
+			}
+			answered.Store(true)
+		}
+		return 0
+	})
+	_, err := gts.Subscribe(context.Background(), memRelayInbox, memRelayActor)
+	require.NoError(t, err)
+	gts.WaitSubscribed(t, wait)
+	assert.False(t, answered.Load(), "the Accept came while NodeInfo was not answered")
+	e.eventually(asked.Load, "NodeInfo is read")
+	s, err := e.r.Subscriber(context.Background(), gts.RelayActorID())
+	require.NoError(t, err)
+	assert.Empty(t, s.Software, "accepted before NodeInfo answered")
+	close(release)
+	e.eventually(func() bool {
+		s, err := e.r.Subscriber(context.Background(), gts.RelayActorID())
+		return err == nil && s.Software == "gotosocial"
+	}, "the software is learnt afterwards")
+}

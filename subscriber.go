@@ -96,9 +96,12 @@ func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteA
 			return err
 		}
 	}
-	software := ""
+	// The software is stored with the subscription when the rules looked
+	// it up already; else it is looked up after the Follow is answered,
+	// so that a slow NodeInfo does not hold the Accept back.
+	software, known := "", false
 	if decision != DecisionReject && (!found || existing.Software == "") {
-		software = r.learnSoftware(ctx, env.Actor)
+		software, known = r.rules.cachedSoftware(env.Actor)
 	}
 	now := r.now().UTC()
 	s, err := r.store.UpdateSubscriber(ctx, env.Actor, func(s *store.Subscriber, found bool) error {
@@ -154,6 +157,9 @@ func (r *Relay) handleFollow(ctx context.Context, env *envelope, signer *remoteA
 		return err
 	}
 	r.schemes.forget(s.ActorID)
+	if s.Software == "" && !known && s.State != store.StateRejected {
+		r.learnSoftwareSoon(ctx, s.ActorID)
+	}
 	if s.FollowBackID != followBackID {
 		followBack = nil // not accepted after all: no follow-back was stored
 	}
