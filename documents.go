@@ -461,19 +461,39 @@ func (r *Relay) acctHost() string {
 // and GoToSocial skips such an Undo. The Undo's id derives from undo's, so
 // a retried fan-out makes the same deliveries.
 func (r *Relay) undoRelayedAnnounce(undo *envelope, objectID string) ([]byte, string, error) {
-	announceID := r.announceID(&envelope{Type: "Announce"}, objectID)
-	a := vocab.AnnounceNew(vocab.ID(announceID), vocab.IRI(objectID))
-	a.Actor = vocab.IRI(r.actorID)
-	a.To = vocab.ItemCollection{vocab.IRI(PublicCollection)}
-	a.CC = vocab.ItemCollection{vocab.IRI(r.actorID + "/followers")}
 	sum := sha256.Sum256([]byte("undo " + undo.ID))
 	id := r.base.String() + "/activities/undo-" + hex.EncodeToString(sum[:16])
-	u := vocab.UndoNew(vocab.ID(id), a)
-	u.Actor = vocab.IRI(r.actorID)
-	u.To = vocab.ItemCollection{vocab.IRI(PublicCollection)}
-	u.CC = vocab.ItemCollection{vocab.IRI(r.actorID + "/followers")}
-	b, err := marshalDoc(u, false)
+	b, err := r.undoAnnounceBy(r.actorID, id, r.postAnnounceID(objectID), objectID)
 	return b, id, err
+}
+
+// undoTopicAnnounce is undoRelayedAnnounce for the topic actor actor: its
+// Undo of its own Announce of objectID (see topicAnnounce).
+func (r *Relay) undoTopicAnnounce(actor string, undo *envelope, objectID string) (store.Payload, error) {
+	sum := sha256.Sum256([]byte("undo " + actor + " " + undo.ID))
+	id := r.base.String() + "/activities/undo-" + hex.EncodeToString(sum[:16])
+	b, err := r.undoAnnounceBy(actor, id, r.topicAnnounceID(actor, r.postAnnounceID(objectID)), objectID)
+	return store.Payload{ID: payloadID([]byte(id)), Body: b}, err
+}
+
+// undoAnnounceBy builds the Undo with id id, by actor, of actor's Announce
+// announceID of objectID, embedded.
+func (r *Relay) undoAnnounceBy(actor, id, announceID, objectID string) ([]byte, error) {
+	a := vocab.AnnounceNew(vocab.ID(announceID), vocab.IRI(objectID))
+	a.Actor = vocab.IRI(actor)
+	a.To = vocab.ItemCollection{vocab.IRI(PublicCollection)}
+	a.CC = vocab.ItemCollection{vocab.IRI(actor + "/followers")}
+	u := vocab.UndoNew(vocab.ID(id), a)
+	u.Actor = vocab.IRI(actor)
+	u.To = vocab.ItemCollection{vocab.IRI(PublicCollection)}
+	u.CC = vocab.ItemCollection{vocab.IRI(actor + "/followers")}
+	return marshalDoc(u, false)
+}
+
+// postAnnounceID is the id of the relay's Announce of the post objectID
+// (see announceID).
+func (r *Relay) postAnnounceID(objectID string) string {
+	return r.announceID(&envelope{Type: "Announce"}, objectID)
 }
 
 // nodeInfoPolicies adds to NodeInfo metadata what the relay publishes of

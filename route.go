@@ -158,7 +158,7 @@ func (r *Relay) addTopicDeliveries(b *batch, env *envelope, rel relayable, sende
 	if sel == nil || len(sel.topics) == 0 {
 		return nil
 	}
-	announcements := map[string]store.Payload{}
+	announcements, undos := map[string]store.Payload{}, map[string]store.Payload{}
 	for _, t := range sel.topics {
 		f := t.f
 		inbox := f.deliveryInbox()
@@ -172,9 +172,13 @@ func (r *Relay) addTopicDeliveries(b *batch, env *envelope, rel relayable, sende
 		case followerLitePub:
 			form = formFor(&store.Subscriber{Protocol: store.ProtocolLitePub}, env, wrapUnsigned)
 		case followerPerson:
-			form = formVerbatim
-			if env.isPost() {
+			switch {
+			case env.isPost():
 				form = formAnnounce
+			case env.isUndoAnnounce():
+				form = formUndoAnnounce // they got the topic actor's Announce
+			default:
+				form = formVerbatim
 			}
 		}
 		switch form {
@@ -193,6 +197,19 @@ func (r *Relay) addTopicDeliveries(b *batch, env *envelope, rel relayable, sende
 				announcements[t.actor] = p
 			}
 			b.addAs(p, inbox, t.actor, env.Type)
+		case formUndoAnnounce:
+			if !announce || env.Object.Object == "" {
+				continue
+			}
+			p, ok := undos[t.actor]
+			if !ok {
+				var err error
+				if p, err = r.undoTopicAnnounce(t.actor, env, env.Object.Object); err != nil {
+					return err
+				}
+				undos[t.actor] = p
+			}
+			b.addAs(p, inbox, t.actor, env.Type)
 		}
 	}
 	return nil
@@ -208,13 +225,19 @@ const maxVerbatimBytes = 64 << 10
 // from the topic actor and the relay's own Announce id, so a retried
 // fan-out sends the same Announce.
 func (r *Relay) topicAnnounce(actor string, env *envelope, rel relayable) (store.Payload, error) {
-	sum := sha256.Sum256([]byte(actor + " " + r.announceID(env, rel.objectID)))
-	id := r.base.String() + "/activities/announce-" + hex.EncodeToString(sum[:16])
+	id := r.topicAnnounceID(actor, r.announceID(env, rel.objectID))
 	b, err := r.announceBy(actor, id, env, rel)
 	if err != nil {
 		return store.Payload{}, err
 	}
 	return store.Payload{ID: payloadID([]byte(id)), Body: b}, nil
+}
+
+// topicAnnounceID is the id of the topic actor actor's Announce for the
+// relay's Announce relayAnnounceID.
+func (r *Relay) topicAnnounceID(actor, relayAnnounceID string) string {
+	sum := sha256.Sum256([]byte(actor + " " + relayAnnounceID))
+	return r.base.String() + "/activities/announce-" + hex.EncodeToString(sum[:16])
 }
 
 // deliveryForm is the form in which a subscriber gets a relayed activity.

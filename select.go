@@ -70,7 +70,9 @@ func (c *subscriberFilters) get(r *Relay, s *store.Subscriber) *subscriberFilter
 
 // selectRecipients decides who gets env among subs (the accepted
 // subscribers of the relay actor, as fanOut lists them) and the topic
-// followers. Deletes and Moves go to everyone, topic followers included.
+// followers. Deletes and Moves go to everyone, topic followers included;
+// un-boosts to every subscriber and to the followers of the topics of the
+// boosted post.
 // Creates, Announces and Updates pass the global filters (else the
 // activity is accepted and relayed to nobody), then each subscriber's own
 // filter, and Creates and Announces each recipient's budget; they go to
@@ -84,6 +86,19 @@ func (r *Relay) selectRecipients(ctx context.Context, env *envelope, body []byte
 	view := r.topics.current()
 	topicsOn := !r.cfg.Topics.Disabled && len(view.all) > 0
 	switch env.Type {
+	case "Undo":
+		if !topicsOn || !env.isUndoAnnounce() || env.Object.Object == "" {
+			return sel, nil
+		}
+		// An un-boost goes to every subscriber, and to the followers of the
+		// topics its boost went to: those of the boosted post, read again
+		// (cached, as a rule, since the boost), as for the boost.
+		boost, err := r.selectRecipients(ctx, &envelope{Type: "Announce", Actor: env.Actor}, nil, env.Object.Object, subs)
+		if err != nil {
+			return nil, err
+		}
+		sel.topics = boost.topics
+		return sel, nil
 	case "Delete", "Move":
 		if topicsOn {
 			for _, f := range view.all {

@@ -695,3 +695,55 @@ func TestTopicDeliveryRefusalIsCounted(t *testing.T) {
 	assert.Regexp(t, `level=INFO msg="relay: delivery refused, not retried" .*inbox=https://people\.test/inbox .*status=403`, logs.String())
 	assert.Len(t, r.TopicFollowers(), 1, "a refusal other than 410 keeps the follower")
 }
+
+// A boost of a post of a topic reaches the topic's followers as the topic
+// actor's Announce, and its un-boost undoes that Announce: LitePub
+// instances and persons get the topic actor's Undo, Mastodon-style
+// instances the booster's Undo, as they got its Announce.
+func TestTopicFollowersGetUnboosts(t *testing.T) {
+	var network memnet.Network
+	r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{})
+	ctx := context.Background()
+	const topic = "https://relay.test/tag/cats"
+
+	masto := memInstance(t, &network, relaytest.Mastodon, "masto.test")
+	subscribe(t, r, masto)
+	pleroma := memInstance(t, &network, relaytest.Pleroma, "pleroma.test")
+	_, err := pleroma.Subscribe(ctx, topic, topic)
+	require.NoError(t, err)
+	pleroma.WaitSubscribed(t, wait)
+	mastoTopic := memInstance(t, &network, relaytest.Mastodon, "masto-topic.test")
+	_, err = mastoTopic.Subscribe(ctx, topic, "")
+	require.NoError(t, err)
+	mastoTopic.WaitSubscribed(t, wait)
+	people := memInstance(t, &network, relaytest.Misskey, "people.test")
+	_, err = people.Follow(ctx, "ann", topic)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return people.Follows("ann", topic) }, wait, 10*time.Millisecond)
+	outsider := memInstance(t, &network, relaytest.Mastodon, "outside.test")
+	drained(t, r)
+
+	note, err := outsider.PostWith(ctx, outsider.Inbox(), "olga", "a cat", relaytest.PostOptions{Tags: []string{"cats"}})
+	require.NoError(t, err)
+	boostID, err := masto.Boost(ctx, r.InboxURL(), "bob", note.ID)
+	require.NoError(t, err)
+	rc := pleroma.WaitForMatch(t, wait, func(rc relaytest.Received) bool {
+		return rc.Type == "Announce" && rc.ObjectID == note.ID && rc.FetchDone
+	})
+	assert.Equal(t, topic, rc.Actor, "the topic actor's Announce")
+	require.True(t, pleroma.HasBoost(rc.ID), rc.Reason)
+	personRC := people.WaitForMatch(t, wait, func(rc relaytest.Received) bool {
+		return rc.Type == "Announce" && rc.ObjectID == note.ID
+	})
+	assert.Equal(t, topic, personRC.Actor, "persons get the topic actor's Announce")
+	require.True(t, people.HasBoost(personRC.ID), personRC.Reason)
+	mastoTopic.WaitFor(t, wait, func([]relaytest.Received) bool { return mastoTopic.HasBoost(boostID) })
+
+	require.NoError(t, masto.Unboost(ctx, r.InboxURL(), boostID))
+	pleroma.WaitFor(t, wait, func([]relaytest.Received) bool { return !pleroma.HasBoost(rc.ID) })
+	people.WaitFor(t, wait, func([]relaytest.Received) bool { return !people.HasBoost(personRC.ID) })
+	mastoTopic.WaitFor(t, wait, func([]relaytest.Received) bool { return !mastoTopic.HasBoost(boostID) })
+	for _, i := range []*relaytest.Instance{pleroma, people, mastoTopic} {
+		assert.Empty(t, i.Rejected(), i.Host())
+	}
+}
