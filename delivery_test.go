@@ -881,12 +881,17 @@ type batchingStore struct {
 	*spyStore
 	mu      sync.Mutex
 	batches [][]string
+	refuse  bool // UpdateSubscribers fails, changing nothing
 }
 
 func (b *batchingStore) UpdateSubscribers(ctx context.Context, ids []string, fn func(*store.Subscriber) error) ([]string, error) {
 	b.mu.Lock()
 	b.batches = append(b.batches, ids)
+	refuse := b.refuse
 	b.mu.Unlock()
+	if refuse {
+		return nil, errors.New("a record the store cannot change")
+	}
 	var missing []string
 	for _, id := range ids {
 		_, err := b.spyStore.UpdateSubscriber(ctx, id, func(s *store.Subscriber, found bool) error {
@@ -959,4 +964,24 @@ func TestDisabledBreakerOnlyPausesFor429(t *testing.T) {
 	e.settled()
 	e.advance(5 * time.Second)
 	e.eventually(func() bool { return f.count() >= 2 }, "retried on its backoff, not paused")
+}
+
+// TestStatisticsFlushFallsBackWhenBatchFails: when the store refuses a
+// batch of statistics, they are written one subscriber at a time, so that
+// one record it cannot change does not hold back the others.
+func TestStatisticsFlushFallsBackWhenBatchFails(t *testing.T) {
+	bs := &batchingStore{refuse: true}
+	e := newMemEnvWithStore(t, relay.Config{}, func(s *spyStore) store.Store { bs.spyStore = s; return bs })
+	in := e.subscribed("a.test", "b.test")
+	n := e.post(in[0], "hello")
+	waitFor(t, in[1], "Create", n.ID)
+	e.settled()
+	require.NoError(t, e.r.Close(context.Background()))
+	bs.mu.Lock()
+	tried := len(bs.batches)
+	bs.mu.Unlock()
+	require.NotZero(t, tried, "a batch was tried")
+	s, err := e.st.GetSubscriber(context.Background(), in[1].RelayActorID())
+	require.NoError(t, err)
+	assert.EqualValues(t, 2, s.Delivered, "written one at a time")
 }

@@ -296,6 +296,9 @@ const maxSchemes = 100_000
 type signingSchemes struct {
 	mu sync.Mutex
 	m  map[string]schemeEntry
+	// forgets counts forget calls: a read of the store that one overlapped
+	// may have read the older scheme, and is not kept.
+	forgets uint64
 }
 
 type schemeEntry struct {
@@ -311,6 +314,7 @@ func (c *signingSchemes) rfc9421(ctx context.Context, r *Relay, subscriber strin
 	now := r.now()
 	c.mu.Lock()
 	e, ok := c.m[subscriber]
+	forgets := c.forgets
 	c.mu.Unlock()
 	if ok && now.Before(e.until) {
 		return e.rfc9421
@@ -322,6 +326,9 @@ func (c *signingSchemes) rfc9421(ctx context.Context, r *Relay, subscriber strin
 	e = schemeEntry{rfc9421: err == nil && s.SignatureScheme == store.SignatureRFC9421, until: now.Add(schemeTTL)}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.forgets != forgets {
+		return e.rfc9421 // a change was recorded meanwhile: read again next time
+	}
 	if c.m == nil || len(c.m) >= maxSchemes {
 		c.m = map[string]schemeEntry{}
 	}
@@ -335,4 +342,5 @@ func (c *signingSchemes) forget(subscriber string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.m, subscriber)
+	c.forgets++
 }

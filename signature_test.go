@@ -275,3 +275,77 @@ func TestSignatureSchemeReadOncePerMinute(t *testing.T) {
 	e.settled()
 	assert.Equal(t, 1, cs.count(receiver)-before, "read again after a minute")
 }
+
+type operatorCtxKey struct{}
+
+// slowReadStore answers one GetSubscriber of actor, made while armed and
+// not by the operator, with what it read before it entered: a read whose
+// answer is on its way while the operator changes the subscriber.
+type slowReadStore struct {
+	store.Store
+	actor string
+
+	mu      sync.Mutex
+	armed   bool
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (s *slowReadStore) GetSubscriber(ctx context.Context, actorID string) (store.Subscriber, error) {
+	sub, err := s.Store.GetSubscriber(ctx, actorID)
+	s.mu.Lock()
+	gate := s.armed && actorID == s.actor && ctx.Value(operatorCtxKey{}) == nil
+	if gate {
+		s.armed = false
+	}
+	s.mu.Unlock()
+	if gate {
+		close(s.entered)
+		<-s.release
+	}
+	return sub, err
+}
+
+// A scheme set through Relay.UpdateSubscriber while a delivery's read of
+// the subscriber is under way takes effect at once all the same: the
+// read's older answer is not kept, and the next delivery (a post relayed
+// after the change returned) is signed with RFC 9421.
+func TestSchemeSetDuringReadTakesEffect(t *testing.T) {
+	actors := newFakeActors(t)
+	actor := actors.actorID("relay")
+	st := &slowReadStore{Store: newMemStore(t), actor: actor, entered: make(chan struct{}), release: make(chan struct{})}
+	r := startRelay(t, relay.Config{Store: st})
+	pub := relayPublicKey(t, r)
+	masto := newInstance(t, relaytest.Mastodon)
+	subscribe(t, r, masto)
+	op := context.WithValue(context.Background(), operatorCtxKey{}, true)
+	follow := followDoc(actor)
+	code, text, _ := post(t, r.InboxURL(), follow, func(req *http.Request) { actors.signCavage(req, "relay", follow) })
+	require.Equal(t, http.StatusAccepted, code, text)
+	var reqs []*http.Request
+	var bodies [][]byte
+	received := func(n int) {
+		require.Eventually(t, func() bool { reqs, bodies = actors.received(); return len(reqs) == n }, wait, 5*time.Millisecond)
+	}
+	received(1)
+	_, err := r.UpdateSubscriber(op, actor, func(*store.Subscriber) error { return nil }) // empties the cache
+	require.NoError(t, err)
+
+	st.mu.Lock()
+	st.armed = true
+	st.mu.Unlock()
+	require.NoError(t, r.Approve(op, actor)) // the Accept again: its signing reads the subscriber
+	<-st.entered
+	_, err = r.UpdateSubscriber(op, actor, func(s *store.Subscriber) error {
+		s.SignatureScheme = store.SignatureRFC9421
+		return nil
+	})
+	require.NoError(t, err)
+	close(st.release)
+	received(2) // read before the change: either scheme is right
+
+	_, err = masto.Post(op, r.InboxURL(), "alice", "hello") // queued after the change returned
+	require.NoError(t, err)
+	received(3)
+	checkRFC9421Delivery(t, reqs[2], bodies[2], pub)
+}

@@ -198,18 +198,15 @@ func (st *deliveryStats) merge(s store.Subscriber) store.Subscriber {
 
 // flush writes the statistics kept in memory to the store: with
 // store.SubscribersUpdater when the store has it, up to flushBatch
-// subscribers in one call, else one UpdateSubscriber per subscriber.
+// subscribers in one call (one at a time for a batch the store refused),
+// else one UpdateSubscriber per subscriber.
 func (st *deliveryStats) flush(ctx context.Context) error {
-	type pending struct {
-		id string
-		e  subStats
-	}
 	st.mu.Lock()
-	var todo []pending
+	var todo []pendingStats
 	for id, e := range st.m {
 		switch {
 		case e.dirty():
-			todo = append(todo, pending{id, *e})
+			todo = append(todo, pendingStats{id, *e})
 			e.delivered, e.failed = 0, 0
 		case e.runStart.IsZero():
 			// Written, and not failing: nothing worth keeping in memory.
@@ -217,40 +214,53 @@ func (st *deliveryStats) flush(ctx context.Context) error {
 		}
 	}
 	st.mu.Unlock()
-	if u, ok := st.r.baseStore().(store.SubscribersUpdater); ok {
-		var firstErr error
-		for chunk := range slices.Chunk(todo, flushBatch) {
-			start := time.Now()
-			byID := make(map[string]subStats, len(chunk))
-			ids := make([]string, len(chunk))
-			for k, p := range chunk {
-				byID[p.id], ids[k] = p.e, p.id
-			}
-			missing, err := u.UpdateSubscribers(ctx, ids, func(s *store.Subscriber) error {
-				st.applyCopy(s.ActorID, byID[s.ActorID], s)
-				return nil
-			})
-			st.r.events.StoreOp("UpdateSubscribers", time.Since(start))
-			for _, id := range missing {
-				st.forget(id)
-			}
-			if err != nil {
-				for _, p := range chunk {
-					st.putBack(p.id, p.e)
-				}
-				firstErr = cmp.Or(firstErr, err)
-			}
-		}
-		return firstErr
+	u, ok := st.r.baseStore().(store.SubscribersUpdater)
+	if !ok {
+		return st.flushEach(ctx, todo)
 	}
-	// Written concurrently, so that a store that commits concurrent
-	// changes together (filestore) makes a few transactions, not one per
-	// subscriber.
+	var firstErr error
+	for chunk := range slices.Chunk(todo, flushBatch) {
+		start := time.Now()
+		byID := make(map[string]subStats, len(chunk))
+		ids := make([]string, len(chunk))
+		for k, p := range chunk {
+			byID[p.id], ids[k] = p.e, p.id
+		}
+		missing, err := u.UpdateSubscribers(ctx, ids, func(s *store.Subscriber) error {
+			st.applyCopy(s.ActorID, byID[s.ActorID], s)
+			return nil
+		})
+		st.r.events.StoreOp("UpdateSubscribers", time.Since(start))
+		if err != nil {
+			// One at a time, so that one record the store cannot change
+			// (or a passing failure) does not hold back the others.
+			firstErr = cmp.Or(firstErr, st.flushEach(ctx, chunk))
+			continue
+		}
+		for _, id := range missing {
+			st.forget(id)
+		}
+	}
+	return firstErr
+}
+
+// pendingStats is a copy of a subscriber's statistics that flush writes.
+type pendingStats struct {
+	id string
+	e  subStats
+}
+
+// flushEach writes todo with one UpdateSubscriber per subscriber, at most
+// flushParallelism at once, so that a store that commits concurrent
+// changes together (filestore) makes a few transactions, not one per
+// subscriber. The counts of a subscriber it fails to write are put back,
+// to be written next time.
+func (st *deliveryStats) flushEach(ctx context.Context, todo []pendingStats) error {
 	var (
 		wg      sync.WaitGroup
 		errMu   sync.Mutex
 		firstEr error
-		next    = make(chan pending)
+		next    = make(chan pendingStats)
 	)
 	for range min(flushParallelism, len(todo)) {
 		wg.Add(1)

@@ -415,7 +415,11 @@ func (f DeliveryFilter) Match(d *Delivery) bool {
 //     submitted; a database's commit may succeed as the connection drops).
 //     A change is never applied in part: each method's change is atomic,
 //     whatever ctx does. Callers that need to know re-read the state. A
-//     method that returns nil has applied its change.
+//     method that returns nil has applied its change. (One thing may follow
+//     the change: a store may remove the payloads that the deliveries
+//     removed by Complete, DropDeliveries or ShedDeliveries were the last
+//     to refer to in a step of its own, after the change; a payload may
+//     then outlive its last delivery for a while, never the reverse.)
 type Store interface {
 	// GetValue returns the value stored under key, or ErrNotFound.
 	// Values hold small named documents: the relay key, policies, settings.
@@ -489,10 +493,11 @@ type Store interface {
 	Lease(ctx context.Context, r LeaseRequest) ([]Delivery, error)
 	// GetPayload returns the body of a stored payload, or ErrNotFound.
 	GetPayload(ctx context.Context, id string) ([]byte, error)
-	// Complete removes deliveries (delivered, or given up), and each
-	// payload once no delivery refers to it, in one atomic change: a store
-	// makes one transaction (and one sync) for all of them, so the relay
-	// confirms completions in batches. A delivery is removed only if its
+	// Complete removes deliveries (delivered, or given up) in one atomic
+	// change, and each payload once no delivery refers to it (with them,
+	// or in a step of its own just after: see Store): a store makes one
+	// transaction (and one sync) for all of them, so the relay confirms
+	// completions in batches. A delivery is removed only if its
 	// ref's token is still valid (see LeaseRef): one leased again by
 	// another caller is left to its new holder, silently, like absent and
 	// repeated ids, which are ignored too. (The old holder's copy was sent

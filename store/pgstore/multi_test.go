@@ -318,3 +318,21 @@ func TestMigrateFromVersion4(t *testing.T) {
 	_, err = s.GetPayload(ctx, "p")
 	assert.ErrorIs(t, err, store.ErrNotFound)
 }
+
+// The store's sessions plan each statement for its arguments and end a
+// transaction left idle, unless the connection string says otherwise.
+func TestSessionSettings(t *testing.T) {
+	url := newSchema(t)
+	ctx := context.Background()
+	show := func(s *pgstore.Store, name string) string {
+		t.Helper()
+		var v string
+		require.NoError(t, pgstore.QueryRowForTest(ctx, s, "SHOW "+name).Scan(&v))
+		return v
+	}
+	s := open(t, url)
+	assert.Equal(t, "force_custom_plan", show(s, "plan_cache_mode"))
+	assert.Equal(t, "1min", show(s, "idle_in_transaction_session_timeout"))
+	own := open(t, withParam(url, "plan_cache_mode", "auto"))
+	assert.Equal(t, "auto", show(own, "plan_cache_mode"))
+}

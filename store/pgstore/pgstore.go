@@ -71,8 +71,8 @@ type Store struct {
 	queueWake  chan struct{}
 	valuesWake chan struct{}
 
-	// sweepDue is set when a reclaim failed: the next removal sweeps
-	// every unused payload (see reclaim).
+	// sweepDue is set when a removal or its reclaim failed: the next
+	// removal reclaims every unused payload (see removed).
 	sweepDue atomic.Bool
 }
 
@@ -103,14 +103,39 @@ const defaultMaxConns = 16
 // OpenConfig is Open with a parsed pool configuration, for callers that
 // set pool sizes or connection parameters themselves.
 //
-// Unless the configuration sets plan_cache_mode, the store's sessions plan
-// every statement for its own arguments (force_custom_plan): the queue
-// grows from nothing to many thousand deliveries within seconds, and a
-// plan cached while it was small (a sequential scan) would read the whole
-// queue at every call until the next ANALYZE. Planning costs far less.
+// Each connection then sets, unless the configuration's runtime parameters
+// do (cfg itself is not changed):
+//   - plan_cache_mode = force_custom_plan: every statement is planned for
+//     its own arguments. The queue grows from nothing to many thousand
+//     deliveries within seconds, and a plan cached while it was small (a
+//     sequential scan) would read the whole queue at every call until the
+//     next ANALYZE; planning costs far less.
+//   - idle_in_transaction_session_timeout = 1min: the store's transactions
+//     take milliseconds, and one left open by a stalled process must not
+//     hold its locks (Leases wait for one another) for long.
 func OpenConfig(ctx context.Context, cfg *pgxpool.Config) (*Store, error) {
-	if _, set := cfg.ConnConfig.RuntimeParams["plan_cache_mode"]; !set {
-		cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
+	cfg = cfg.Copy()
+	var settings []string
+	for name, value := range map[string]string{
+		"plan_cache_mode":                     "force_custom_plan",
+		"idle_in_transaction_session_timeout": "1min",
+	} {
+		if _, set := cfg.ConnConfig.RuntimeParams[name]; !set {
+			settings = append(settings, "SET "+name+" = '"+value+"'")
+		}
+	}
+	slices.Sort(settings)
+	after := cfg.AfterConnect
+	cfg.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
+		for _, q := range settings {
+			if _, err := conn.Exec(ctx, q); err != nil {
+				return err
+			}
+		}
+		if after != nil {
+			return after(ctx, conn)
+		}
+		return nil
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
@@ -120,15 +145,14 @@ func OpenConfig(ctx context.Context, cfg *pgxpool.Config) (*Store, error) {
 		pool.Close()
 		return nil, err
 	}
-	if err := sweepPayloads(ctx, pool); err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("pgstore: removing unused payloads: %w", err)
-	}
 	s := &Store{
 		pool:       pool,
 		closed:     make(chan struct{}),
 		queueWake:  make(chan struct{}, 1),
 		valuesWake: make(chan struct{}, 1),
+	}
+	if err := reclaim(ctx, pool, nil, true); err != nil {
+		s.sweepDue.Store(true) // the next removal tries again
 	}
 	s.listening.Add(1)
 	go s.listen()

@@ -65,6 +65,11 @@ func newSchema(t testing.TB) string {
 
 // withSearchPath adds search_path to a key=value or URL connection string.
 func withSearchPath(url, schema string) string {
+	return withParam(url, "search_path", schema)
+}
+
+// withParam adds name=value to a key=value or URL connection string.
+func withParam(url, name, value string) string {
 	if len(url) > 11 && (url[:11] == "postgres://" || len(url) > 13 && url[:13] == "postgresql://") {
 		sep := "?"
 		for _, c := range url {
@@ -72,9 +77,9 @@ func withSearchPath(url, schema string) string {
 				sep = "&"
 			}
 		}
-		return url + sep + "search_path=" + schema
+		return url + sep + name + "=" + value
 	}
-	return url + " search_path=" + schema
+	return url + " " + name + "=" + value
 }
 
 // open opens a Store on url, closed at the end of the test.

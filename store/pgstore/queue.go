@@ -137,13 +137,17 @@ func scanDelivery(row pgx.CollectableRow) (leasedDelivery, error) {
 // under $5 per host and under the cap, $6 in all, and gives each a lease
 // row (fedirelay_leases) until $7 with a new token. A lease committed by
 // another Lease since the statement began is never taken over: the
-// INSERT's conflict clause replaces only a lease that has run out.
+// INSERT's conflict clause replaces only a lease that has run out. The
+// deliveries are returned as locked: a Retry committed since the
+// statement began shows.
 const leaseStatement = `WITH live AS (
 		SELECT host, count(*) AS n FROM fedirelay_leases
 		WHERE $4 > 0 AND lease_until > $1
 		GROUP BY host
 	), c AS (
-		SELECT d.id_hash, d.host, d.not_before, d.seq FROM fedirelay_deliveries d
+		SELECT d.id_hash, d.id, d.payload_id, d.inbox, d.host, d.subscriber, d.activity_type, d.attempts,
+			d.not_before, d.last_error, d.created, d.signer, d.seq
+		FROM fedirelay_deliveries d
 		WHERE d.not_before <= $1 AND d.host <> ALL($2)
 		AND NOT EXISTS (SELECT 1 FROM fedirelay_leases l WHERE l.id_hash = d.id_hash AND l.lease_until > $1)
 		AND d.host NOT IN (SELECT host FROM live WHERE n >= $4)
@@ -164,7 +168,7 @@ const leaseStatement = `WITH live AS (
 			WHERE l.lease_until <= $1
 		RETURNING l.id_hash, l.token
 	)
-	SELECT ` + deliveryColumns + ` FROM leased JOIN fedirelay_deliveries d ON d.id_hash = leased.id_hash`
+	SELECT ` + deliveryColumns + ` FROM leased JOIN c d ON d.id_hash = leased.id_hash`
 
 // Lease implements store.Store.Lease with leaseStatement, in a
 // transaction sent in one round trip (see pipelined), after a
@@ -339,53 +343,54 @@ func (s *Store) pipelinedOnce(ctx context.Context, queue func(*pgx.Batch), read 
 }
 
 // reclaim removes the payloads among hashes that no delivery refers to,
-// in a statement of its own: every removal of deliveries calls it once
-// the removal is committed, with the payloads of the deliveries removed.
-// Of removals that each take away some of a payload's last deliveries,
-// the one whose reclaim starts last starts after all of them committed,
-// so its snapshot shows the payload unused and removes it; no lock is
-// needed, and removals never wait for one another. A payload that an
-// Enqueue is giving a new delivery meanwhile is kept (the foreign key
-// fails the statement, which then removes nothing: that is fine, the
-// others are reclaimed at the next sweep). If reclaim fails, or the
-// process ends before it, payloads may stay unused: sweepPayloads, run
-// at Open and after such a failure, removes them.
-func (s *Store) reclaim(ctx context.Context, hashes [][]byte) {
-	if len(hashes) == 0 {
-		return
-	}
-	_, err := s.pool.Exec(ctx, `DELETE FROM fedirelay_payloads p WHERE p.id_hash = ANY($1)
-		AND NOT EXISTS (SELECT 1 FROM fedirelay_deliveries o WHERE o.payload_hash = p.id_hash)`, hashes)
-	if err != nil {
-		s.sweepDue.Store(true)
-	}
-}
-
-// sweepPayloads removes every payload that no delivery refers to (see
-// reclaim). Payloads are stored with their deliveries in one transaction,
-// so an unused one is left over from a removal whose reclaim did not run.
-func sweepPayloads(ctx context.Context, q interface {
+// in a statement of its own (every payload when all is set): every
+// removal of deliveries calls it once the removal is committed, with the
+// payloads of the deliveries removed (see removed). Of removals that each
+// take away some of a payload's last deliveries, the one whose reclaim
+// starts last starts after all of them committed, so its snapshot shows
+// the payload unused and removes it: no removal holds a lock on a payload
+// while it waits for its own commit. When an Enqueue gives one of the
+// payloads a new delivery meanwhile, the foreign key fails the statement,
+// which then removes nothing; it runs again, and its new snapshot shows
+// that delivery: that payload stays, the others go.
+func reclaim(ctx context.Context, q interface {
 	Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
-}) error {
-	_, err := q.Exec(ctx, `DELETE FROM fedirelay_payloads p
-		WHERE NOT EXISTS (SELECT 1 FROM fedirelay_deliveries o WHERE o.payload_hash = p.id_hash)`)
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) && pe.Code == "23503" {
-		return nil // an Enqueue used one meanwhile: the rest waits for the next sweep
+}, hashes [][]byte, all bool) error {
+	if len(hashes) == 0 && !all {
+		return nil
+	}
+	var err error
+	for range maxTxRuns {
+		if all {
+			_, err = q.Exec(ctx, `DELETE FROM fedirelay_payloads p
+				WHERE NOT EXISTS (SELECT 1 FROM fedirelay_deliveries o WHERE o.payload_hash = p.id_hash)`)
+		} else {
+			_, err = q.Exec(ctx, `DELETE FROM fedirelay_payloads p WHERE p.id_hash = ANY($1)
+				AND NOT EXISTS (SELECT 1 FROM fedirelay_deliveries o WHERE o.payload_hash = p.id_hash)`, hashes)
+		}
+		if !retryable(err) || ctx.Err() != nil {
+			break
+		}
 	}
 	return err
 }
 
-// removed reclaims the payloads of deliveries removed by a committed
-// transaction, and sweeps them all instead if an earlier reclaim failed.
-func (s *Store) removed(ctx context.Context, hashes [][]byte) {
-	if s.sweepDue.CompareAndSwap(true, false) {
-		if err := sweepPayloads(ctx, s.pool); err != nil {
-			s.sweepDue.Store(true)
-		}
+// removed ends a removal of deliveries that returned err: it reclaims
+// the payloads of the deliveries removed (see reclaim), or every unused
+// payload when an earlier removal left some. A removal that failed (its
+// commit may have been made all the same) or whose reclaim failed leaves
+// that to the next one; the payloads it leaves meanwhile are only space.
+// Open reclaims every unused payload too (a process may end between a
+// removal and its reclaim).
+func (s *Store) removed(ctx context.Context, hashes [][]byte, err error) {
+	if err != nil {
+		s.sweepDue.Store(true)
 		return
 	}
-	s.reclaim(ctx, hashes)
+	all := s.sweepDue.Swap(false)
+	if reclaim(ctx, s.pool, hashes, all) != nil {
+		s.sweepDue.Store(true)
+	}
 }
 
 // Complete implements store.Store.Complete: a transaction sent in one
@@ -426,9 +431,7 @@ func (s *Store) Complete(ctx context.Context, refs ...store.LeaseRef) error {
 		}
 		return err
 	})
-	if err == nil {
-		s.removed(ctx, hashes)
-	}
+	s.removed(ctx, hashes, err)
 	return s.wrap(ctx, "Complete", err)
 }
 
@@ -486,9 +489,7 @@ func (s *Store) DropDeliveries(ctx context.Context, f store.DeliveryFilter) (int
 		n, hashes, err = removeDeliveries(ctx, tx, `SELECT id_hash FROM fedirelay_deliveries WHERE `+where, args...)
 		return err
 	})
-	if err == nil {
-		s.removed(ctx, hashes)
-	}
+	s.removed(ctx, hashes, err)
 	return n, s.wrap(ctx, "DropDeliveries", err)
 }
 
@@ -553,8 +554,6 @@ func (s *Store) ShedDeliveries(ctx context.Context, host string, keep int, types
 			AND NOT EXISTS (SELECT 1 FROM fedirelay_leases l WHERE l.id_hash = d.id_hash)`, locked)
 		return err
 	})
-	if err == nil {
-		s.removed(ctx, hashes)
-	}
+	s.removed(ctx, hashes, err)
 	return n, s.wrap(ctx, "ShedDeliveries", err)
 }
