@@ -23,6 +23,14 @@ import (
 	"github.com/fedirelay/relay/store"
 )
 
+// topicRelay starts a relay at relay.test, on a memory network of its own,
+// with cfg.
+func topicRelay(t *testing.T, cfg relay.Config) (*memnet.Network, *relay.Relay) {
+	t.Helper()
+	network := &memnet.Network{}
+	return network, memRelay(t, network, "relay.test", newMemStore(t), cfg)
+}
+
 // drained waits until the relay has no delivery queued: everything it
 // queued has reached its inbox (or given up).
 func drained(t *testing.T, r *relay.Relay) {
@@ -61,20 +69,19 @@ func memInstance(t *testing.T, network *memnet.Network, f relaytest.Flavor, host
 // instance that follows a topic only; a subscriber of the relay actor with
 // its own filter gets its slice.
 func TestTopicSlices(t *testing.T) {
-	var network memnet.Network
-	r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{})
+	network, r := topicRelay(t, relay.Config{})
 	ctx := context.Background()
 	const base = "https://relay.test"
 
-	pub := memInstance(t, &network, relaytest.Mastodon, "pub.test")
-	english := memInstance(t, &network, relaytest.Mastodon, "english.test")
+	pub := memInstance(t, network, relaytest.Mastodon, "pub.test")
+	english := memInstance(t, network, relaytest.Mastodon, "english.test")
 	subscribe(t, r, pub, english)
 	require.NoError(t, r.SetSubscriberFilter(ctx, english.RelayActorID(), relay.FilterSpec{Languages: []string{"en"}, DenyTags: []string{"dogs"}}))
 
-	masto := memInstance(t, &network, relaytest.Mastodon, "masto.test")
-	misskey := memInstance(t, &network, relaytest.Misskey, "misskey.test")
-	pleroma := memInstance(t, &network, relaytest.Pleroma, "pleroma.test")
-	gts := memInstance(t, &network, relaytest.GoToSocial, "gts.test")
+	masto := memInstance(t, network, relaytest.Mastodon, "masto.test")
+	misskey := memInstance(t, network, relaytest.Misskey, "misskey.test")
+	pleroma := memInstance(t, network, relaytest.Pleroma, "pleroma.test")
+	gts := memInstance(t, network, relaytest.GoToSocial, "gts.test")
 	_, err := masto.Subscribe(ctx, base+"/tag/cats", "")
 	require.NoError(t, err)
 	_, err = misskey.Subscribe(ctx, base+"/language/ja/inbox", "")
@@ -149,11 +156,10 @@ func TestTopicSlices(t *testing.T) {
 // once followed, with canonical URLs; switched-off and blocked topics do
 // not exist.
 func TestTopicActorDocuments(t *testing.T) {
-	var network memnet.Network
-	r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{
+	network, r := topicRelay(t, relay.Config{
 		Topics: relay.TopicConfig{Block: []string{"tag/Spam"}},
 	})
-	client := &http.Client{Transport: &network, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	client := &http.Client{Transport: network, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	get := func(url string) (*http.Response, map[string]any) {
 		t.Helper()
 		resp, err := client.Get(url)
@@ -200,7 +206,7 @@ func TestTopicActorDocuments(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Equal(t, "tag.x-e78cab", doc["preferredUsername"])
 
-	off := memRelay(t, &network, "off.test", newMemStore(t), relay.Config{Topics: relay.TopicConfig{Disabled: true}})
+	off := memRelay(t, network, "off.test", newMemStore(t), relay.Config{Topics: relay.TopicConfig{Disabled: true}})
 	resp, _ = get("https://off.test/tag/cats")
 	assert.Equal(t, http.StatusNotFound, resp.StatusCode, "topics switched off")
 	_, ok = off.WebFinger("acct:tag.cats@off.test")
@@ -209,7 +215,7 @@ func TestTopicActorDocuments(t *testing.T) {
 	_, err := relay.New(relay.Config{BaseURL: "https://x.test", Topics: relay.TopicConfig{Allow: []string{"colour/red"}}})
 	assert.Error(t, err, "an unknown kind of topic")
 
-	m := memInstance(t, &network, relaytest.Mastodon, "m.test")
+	m := memInstance(t, network, relaytest.Mastodon, "m.test")
 	_, err = m.Subscribe(context.Background(), "https://relay.test/tag/cats", "")
 	require.NoError(t, err)
 	m.WaitSubscribed(t, wait)
@@ -223,13 +229,12 @@ func TestTopicActorDocuments(t *testing.T) {
 // Persons on two servers follow a tag: each server gets one Announce per
 // matching post in its shared inbox, however many of its users follow.
 func TestPersonsFollowTopic(t *testing.T) {
-	var network memnet.Network
-	r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{})
+	network, r := topicRelay(t, relay.Config{})
 	ctx := context.Background()
-	pub := memInstance(t, &network, relaytest.Mastodon, "pub.test")
+	pub := memInstance(t, network, relaytest.Mastodon, "pub.test")
 	subscribe(t, r, pub)
-	people := memInstance(t, &network, relaytest.Mastodon, "people.test")
-	others := memInstance(t, &network, relaytest.Misskey, "others.test")
+	people := memInstance(t, network, relaytest.Mastodon, "people.test")
+	others := memInstance(t, network, relaytest.Misskey, "others.test")
 	const topic = "https://relay.test/tag/x"
 	for _, f := range []struct {
 		i    *relaytest.Instance
@@ -303,11 +308,10 @@ func TestLitePubAnnounceRoutedAfterOneFetch(t *testing.T) {
 // A subscriber capped at one post an hour gets the first post and every
 // Delete; the rest is dropped and counted.
 func TestBudgetNeverDropsDelete(t *testing.T) {
-	var network memnet.Network
-	r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{})
+	network, r := topicRelay(t, relay.Config{})
 	ctx := context.Background()
-	pub := memInstance(t, &network, relaytest.Mastodon, "pub.test")
-	small := memInstance(t, &network, relaytest.Mastodon, "small.test")
+	pub := memInstance(t, network, relaytest.Mastodon, "pub.test")
+	small := memInstance(t, network, relaytest.Mastodon, "small.test")
 	subscribe(t, r, pub, small)
 	require.NoError(t, r.SetSubscriberFilter(ctx, small.RelayActorID(), relay.FilterSpec{MaxPostsPerHour: 1}))
 	spec, err := r.SubscriberFilter(ctx, small.RelayActorID())
@@ -338,13 +342,12 @@ func TestBudgetNeverDropsDelete(t *testing.T) {
 func TestAuthorOptOuts(t *testing.T) {
 	for _, main := range []bool{false, true} {
 		t.Run(fmt.Sprintf("main=%v", main), func(t *testing.T) {
-			var network memnet.Network
-			r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{OptOuts: relay.OptOutConfig{Main: main}})
+			network, r := topicRelay(t, relay.Config{OptOuts: relay.OptOutConfig{Main: main}})
 			ctx := context.Background()
-			pub := memInstance(t, &network, relaytest.Mastodon, "pub.test")
-			sub := memInstance(t, &network, relaytest.Misskey, "sub.test")
+			pub := memInstance(t, network, relaytest.Mastodon, "pub.test")
+			sub := memInstance(t, network, relaytest.Misskey, "sub.test")
 			subscribe(t, r, pub, sub)
-			follower := memInstance(t, &network, relaytest.Mastodon, "follower.test")
+			follower := memInstance(t, network, relaytest.Mastodon, "follower.test")
 			_, err := follower.Subscribe(ctx, "https://relay.test/tag/cats", "")
 			require.NoError(t, err)
 			follower.WaitSubscribed(t, wait)
@@ -373,9 +376,9 @@ func TestAuthorOptOuts(t *testing.T) {
 // A topic needs MinFollowers before it relays anything, and an instance
 // following a topic is decided by the FollowPolicy (with the topic).
 func TestTopicLimits(t *testing.T) {
-	var network memnet.Network
+	network := &memnet.Network{}
 	var asked []relay.FollowRequest
-	r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{
+	r := memRelay(t, network, "relay.test", newMemStore(t), relay.Config{
 		Topics: relay.TopicConfig{MinFollowers: 2},
 		FollowPolicy: func(_ context.Context, req relay.FollowRequest) (relay.Decision, string) {
 			asked = append(asked, req)
@@ -383,9 +386,9 @@ func TestTopicLimits(t *testing.T) {
 		},
 	})
 	ctx := context.Background()
-	pub := memInstance(t, &network, relaytest.Mastodon, "pub.test")
+	pub := memInstance(t, network, relaytest.Mastodon, "pub.test")
 	subscribe(t, r, pub)
-	a := memInstance(t, &network, relaytest.Mastodon, "a.test")
+	a := memInstance(t, network, relaytest.Mastodon, "a.test")
 	_, err := a.Subscribe(ctx, "https://relay.test/tag/cats", "")
 	require.NoError(t, err)
 	a.WaitSubscribed(t, wait)
@@ -396,7 +399,7 @@ func TestTopicLimits(t *testing.T) {
 	drained(t, r)
 	assert.Empty(t, objectsReceived(a), "one follower is not enough")
 
-	b := memInstance(t, &network, relaytest.GoToSocial, "b.test")
+	b := memInstance(t, network, relaytest.GoToSocial, "b.test")
 	_, err = b.Subscribe(ctx, "https://relay.test/tag/cats", "https://relay.test/tag/cats")
 	require.NoError(t, err)
 	b.WaitSubscribed(t, wait)
@@ -412,12 +415,12 @@ func TestTopicLimits(t *testing.T) {
 // A global filter an embedder plugs in applies to every subscriber; a post
 // it refuses is accepted and relayed to nobody.
 func TestGlobalFilter(t *testing.T) {
-	var network memnet.Network
+	network := &memnet.Network{}
 	noSpam := relay.FilterFunc(func(p *relay.Post) bool { return !slices.Contains(p.Tags, "spam") })
-	r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{Filters: relay.FilterSet{noSpam}})
+	r := memRelay(t, network, "relay.test", newMemStore(t), relay.Config{Filters: relay.FilterSet{noSpam}})
 	ctx := context.Background()
-	pub := memInstance(t, &network, relaytest.Mastodon, "pub.test")
-	sub := memInstance(t, &network, relaytest.Pleroma, "sub.test")
+	pub := memInstance(t, network, relaytest.Mastodon, "pub.test")
+	sub := memInstance(t, network, relaytest.Pleroma, "sub.test")
 	subscribe(t, r, pub, sub)
 	_, err := pub.PostWith(ctx, r.InboxURL(), "alice", "buy now", relaytest.PostOptions{Tags: []string{"SPAM"}})
 	require.NoError(t, err, "accepted (202)")
@@ -433,22 +436,21 @@ func TestGlobalFilter(t *testing.T) {
 // actor's Announce whose object cannot be fetched is not relayed at all:
 // see filter.go.)
 func TestUnfetchableObjectGoesToUnfilteredOnly(t *testing.T) {
-	var network memnet.Network
-	r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{KeyFetchTimeout: 200 * time.Millisecond})
+	network, r := topicRelay(t, relay.Config{KeyFetchTimeout: 200 * time.Millisecond})
 	ctx := context.Background()
-	masto := memInstance(t, &network, relaytest.Mastodon, "masto.test")
-	plain := memInstance(t, &network, relaytest.Mastodon, "plain.test")
-	filtered := memInstance(t, &network, relaytest.Mastodon, "filtered.test")
+	masto := memInstance(t, network, relaytest.Mastodon, "masto.test")
+	plain := memInstance(t, network, relaytest.Mastodon, "plain.test")
+	filtered := memInstance(t, network, relaytest.Mastodon, "filtered.test")
 	subscribe(t, r, masto, plain, filtered)
 	require.NoError(t, r.SetSubscriberFilter(ctx, filtered.RelayActorID(), relay.FilterSpec{AllowTags: []string{"cats"}}))
-	follower := memInstance(t, &network, relaytest.Mastodon, "follower.test")
+	follower := memInstance(t, network, relaytest.Mastodon, "follower.test")
 	_, err := follower.Subscribe(ctx, "https://relay.test/tag/cats", "")
 	require.NoError(t, err)
 	follower.WaitSubscribed(t, wait)
 
 	// A post of a server that is not subscribed (the relay refuses it),
 	// boosted by a subscriber's user.
-	origin := memInstance(t, &network, relaytest.Mastodon, "origin.test")
+	origin := memInstance(t, network, relaytest.Mastodon, "origin.test")
 	note, err := origin.PostWith(ctx, r.InboxURL(), "ola", "a cat", relaytest.PostOptions{Tags: []string{"cats"}})
 	require.Error(t, err)
 	release := make(chan struct{})
@@ -470,10 +472,9 @@ func TestUnfetchableObjectGoesToUnfilteredOnly(t *testing.T) {
 // An instance the relay actor refused cannot publish by following a topic;
 // a held instance follow waits for ApproveTopicFollower.
 func TestTopicFollowOfRefusedOrHeldInstance(t *testing.T) {
-	var network memnet.Network
-	r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{FollowPolicy: relay.ManualApproval})
+	network, r := topicRelay(t, relay.Config{FollowPolicy: relay.ManualApproval})
 	ctx := context.Background()
-	bad := memInstance(t, &network, relaytest.Mastodon, "bad.test")
+	bad := memInstance(t, network, relaytest.Mastodon, "bad.test")
 	_, err := bad.Subscribe(ctx, r.InboxURL(), "")
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { _, err := r.Subscriber(ctx, bad.RelayActorID()); return err == nil }, wait, 10*time.Millisecond)
@@ -488,7 +489,7 @@ func TestTopicFollowOfRefusedOrHeldInstance(t *testing.T) {
 	require.ErrorAs(t, err, &he)
 	assert.Equal(t, http.StatusForbidden, he.StatusCode)
 
-	held := memInstance(t, &network, relaytest.Pleroma, "held.test")
+	held := memInstance(t, network, relaytest.Pleroma, "held.test")
 	_, err = held.Subscribe(ctx, "https://relay.test/tag/cats", "https://relay.test/tag/cats")
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
@@ -506,7 +507,7 @@ func TestTopicFollowOfRefusedOrHeldInstance(t *testing.T) {
 
 	// Refused by the relay actor after its topic follow was accepted: it
 	// no longer publishes.
-	late := memInstance(t, &network, relaytest.Mastodon, "late.test")
+	late := memInstance(t, network, relaytest.Mastodon, "late.test")
 	_, err = late.Subscribe(ctx, "https://relay.test/tag/cats", "")
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
@@ -534,13 +535,13 @@ func TestTopicFollowOfRefusedOrHeldInstance(t *testing.T) {
 // Below a path prefix, topic URLs are canonical with the prefix, and a
 // subscription made with a non-canonical URL follows the canonical topic.
 func TestTopicsBelowPrefix(t *testing.T) {
-	var network memnet.Network
-	r, err := relay.New(relay.Config{BaseURL: "https://p.test/r", Transport: &network, Store: newMemStore(t), Logger: quietLogger()})
+	network := &memnet.Network{}
+	r, err := relay.New(relay.Config{BaseURL: "https://p.test/r", Transport: network, Store: newMemStore(t), Logger: quietLogger()})
 	require.NoError(t, err)
 	network.Handle("p.test", r.Handler())
 	require.NoError(t, r.Start())
 	t.Cleanup(func() { _ = r.Close(context.Background()) })
-	client := &http.Client{Transport: &network, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	client := &http.Client{Transport: network, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	resp, err := client.Get("https://p.test/r/tag/cats")
 	require.NoError(t, err)
 	resp.Body.Close()
@@ -551,7 +552,7 @@ func TestTopicsBelowPrefix(t *testing.T) {
 	assert.Equal(t, http.StatusPermanentRedirect, resp.StatusCode)
 	assert.Equal(t, "https://p.test/r/tag/cats", resp.Header.Get("Location"))
 
-	m := memInstance(t, &network, relaytest.Mastodon, "m.test")
+	m := memInstance(t, network, relaytest.Mastodon, "m.test")
 	_, err = m.Subscribe(context.Background(), "https://p.test/r/tag/Cats/inbox", "")
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return len(r.TopicFollowers()) == 1 }, wait, 10*time.Millisecond)
@@ -564,12 +565,11 @@ func TestTopicsBelowPrefix(t *testing.T) {
 
 // A topic follower whose inbox answers 410 Gone is removed.
 func TestGoneTopicFollowerIsRemoved(t *testing.T) {
-	var network memnet.Network
-	r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{})
+	network, r := topicRelay(t, relay.Config{})
 	ctx := context.Background()
-	pub := memInstance(t, &network, relaytest.Mastodon, "pub.test")
+	pub := memInstance(t, network, relaytest.Mastodon, "pub.test")
 	subscribe(t, r, pub)
-	people := memInstance(t, &network, relaytest.Mastodon, "people.test")
+	people := memInstance(t, network, relaytest.Mastodon, "people.test")
 	const topic = "https://relay.test/tag/x"
 	_, err := people.Follow(ctx, "ann", topic)
 	require.NoError(t, err)
@@ -591,11 +591,10 @@ func TestGoneTopicFollowerIsRemoved(t *testing.T) {
 // server's shared inbox differently (host case, default port): the relay
 // actor's delivery serves the topic follower too.
 func TestTopicFollowerOnASubscribedInboxGetsAPostOnce(t *testing.T) {
-	var network memnet.Network
-	r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{})
+	network, r := topicRelay(t, relay.Config{})
 	ctx := context.Background()
-	pub := memInstance(t, &network, relaytest.Mastodon, "pub.test")
-	people := memInstance(t, &network, relaytest.Mastodon, "people.test")
+	pub := memInstance(t, network, relaytest.Mastodon, "pub.test")
+	people := memInstance(t, network, relaytest.Mastodon, "people.test")
 	subscribe(t, r, pub, people)
 	const spelled = "https://PEOPLE.test:443/inbox"
 	require.NoError(t, people.SetProfile("ann", map[string]any{"endpoints": map[string]any{"sharedInbox": spelled}}))
@@ -655,11 +654,11 @@ func (o *countingObserver) counts() (dropped, delivered map[string]int) {
 // 410 is counted and logged like a subscriber's: a dropped delivery
 // (Observer.Dropped "budget") and an info line naming the inbox.
 func TestTopicDeliveryRefusalIsCounted(t *testing.T) {
-	var network memnet.Network
+	network := &memnet.Network{}
 	var logs lockedBuffer
 	events := newCountingObserver()
 	r, err := relay.New(relay.Config{
-		BaseURL: "https://relay.test", Transport: &network, Store: newMemStore(t), Events: events,
+		BaseURL: "https://relay.test", Transport: network, Store: newMemStore(t), Events: events,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
 	})
 	require.NoError(t, err)
@@ -667,9 +666,9 @@ func TestTopicDeliveryRefusalIsCounted(t *testing.T) {
 	require.NoError(t, r.Start())
 	t.Cleanup(func() { _ = r.Close(context.Background()) })
 	ctx := context.Background()
-	pub := memInstance(t, &network, relaytest.Mastodon, "pub.test")
+	pub := memInstance(t, network, relaytest.Mastodon, "pub.test")
 	subscribe(t, r, pub)
-	people := memInstance(t, &network, relaytest.Mastodon, "people.test")
+	people := memInstance(t, network, relaytest.Mastodon, "people.test")
 	const topic = "https://relay.test/tag/x"
 	_, err = people.Follow(ctx, "ann", topic)
 	require.NoError(t, err)
@@ -701,26 +700,25 @@ func TestTopicDeliveryRefusalIsCounted(t *testing.T) {
 // instances and persons get the topic actor's Undo, Mastodon-style
 // instances the booster's Undo, as they got its Announce.
 func TestTopicFollowersGetUnboosts(t *testing.T) {
-	var network memnet.Network
-	r := memRelay(t, &network, "relay.test", newMemStore(t), relay.Config{})
+	network, r := topicRelay(t, relay.Config{})
 	ctx := context.Background()
 	const topic = "https://relay.test/tag/cats"
 
-	masto := memInstance(t, &network, relaytest.Mastodon, "masto.test")
+	masto := memInstance(t, network, relaytest.Mastodon, "masto.test")
 	subscribe(t, r, masto)
-	pleroma := memInstance(t, &network, relaytest.Pleroma, "pleroma.test")
+	pleroma := memInstance(t, network, relaytest.Pleroma, "pleroma.test")
 	_, err := pleroma.Subscribe(ctx, topic, topic)
 	require.NoError(t, err)
 	pleroma.WaitSubscribed(t, wait)
-	mastoTopic := memInstance(t, &network, relaytest.Mastodon, "masto-topic.test")
+	mastoTopic := memInstance(t, network, relaytest.Mastodon, "masto-topic.test")
 	_, err = mastoTopic.Subscribe(ctx, topic, "")
 	require.NoError(t, err)
 	mastoTopic.WaitSubscribed(t, wait)
-	people := memInstance(t, &network, relaytest.Misskey, "people.test")
+	people := memInstance(t, network, relaytest.Misskey, "people.test")
 	_, err = people.Follow(ctx, "ann", topic)
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return people.Follows("ann", topic) }, wait, 10*time.Millisecond)
-	outsider := memInstance(t, &network, relaytest.Mastodon, "outside.test")
+	outsider := memInstance(t, network, relaytest.Mastodon, "outside.test")
 	drained(t, r)
 
 	note, err := outsider.PostWith(ctx, outsider.Inbox(), "olga", "a cat", relaytest.PostOptions{Tags: []string{"cats"}})
