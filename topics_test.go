@@ -731,7 +731,7 @@ func TestTopicFollowersGetUnboosts(t *testing.T) {
 	assert.Equal(t, topic, rc.Actor, "the topic actor's Announce")
 	require.True(t, pleroma.HasBoost(rc.ID), rc.Reason)
 	personRC := people.WaitForMatch(t, wait, func(rc relaytest.Received) bool {
-		return rc.Type == "Announce" && rc.ObjectID == note.ID
+		return rc.Type == "Announce" && rc.ObjectID == note.ID && rc.FetchDone
 	})
 	assert.Equal(t, topic, personRC.Actor, "persons get the topic actor's Announce")
 	require.True(t, people.HasBoost(personRC.ID), personRC.Reason)
