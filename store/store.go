@@ -202,10 +202,10 @@ type Subscriber struct {
 	// SignatureCavage (or "", the default) or SignatureRFC9421. The relay
 	// sets it to SignatureRFC9421 when it is empty and the subscriber signs
 	// its own requests with RFC 9421; the operator may set it either way.
-	// A relay reads it again at most a minute after it last did: a change
-	// made through another process, or in the store directly, may take
-	// that long to be used (one made through Relay.UpdateSubscriber takes
-	// effect at once in that process).
+	// A relay keeps what it read for up to a minute: a change made through
+	// another process, or in the store directly, may take that long to be
+	// used (one made through Relay.UpdateSubscriber takes effect at once in
+	// that process).
 	SignatureScheme string `json:"signature_scheme,omitempty"`
 	// CreatedAt is when the first Follow arrived; UpdatedAt the last change.
 	CreatedAt time.Time `json:"created_at"`
@@ -415,11 +415,11 @@ func (f DeliveryFilter) Match(d *Delivery) bool {
 //     submitted; a database's commit may succeed as the connection drops).
 //     A change is never applied in part: each method's change is atomic,
 //     whatever ctx does. Callers that need to know re-read the state. A
-//     method that returns nil has applied its change. (One thing may follow
-//     the change: a store may remove the payloads that the deliveries
-//     removed by Complete, DropDeliveries or ShedDeliveries were the last
-//     to refer to in a step of its own, after the change; a payload may
-//     then outlive its last delivery for a while, never the reverse.)
+//     method that returns nil has applied its change. (Exception: payloads
+//     whose last deliveries Complete, DropDeliveries or ShedDeliveries
+//     removed may be deleted in a separate step after the change, so a
+//     payload may outlive its last delivery for a while, never the
+//     reverse.)
 type Store interface {
 	// GetValue returns the value stored under key, or ErrNotFound.
 	// Values hold small named documents: the relay key, policies, settings.
@@ -527,8 +527,8 @@ type Store interface {
 // SubscribersUpdater is implemented by stores that change many
 // subscribers in one transaction (store/pgstore does). The relay writes its
 // delivery statistics (every 10 s, for every subscriber it delivered to)
-// with it when the store has it, in one call instead of one
-// UpdateSubscriber per subscriber: on a database shared by several
+// with it when the store has it, in one call per 500 subscribers instead
+// of one UpdateSubscriber per subscriber: on a database shared by several
 // processes those writes would otherwise be most of its transactions.
 type SubscribersUpdater interface {
 	// UpdateSubscribers calls fn with the record of each stored subscriber

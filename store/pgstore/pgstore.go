@@ -13,7 +13,7 @@
 //   - Enqueue takes its deduplication marks with INSERT … ON CONFLICT,
 //     replacing only expired ones, in the transaction that stores the work;
 //     marks expire by the database's clock (now()).
-//   - Enqueue and value changes are announced with NOTIFY; every Store
+//   - Enqueue, Retry and value changes are announced with NOTIFY; every Store
 //     LISTENs on one connection of its own and passes them on through the
 //     store.Notifier channels, so an idle process starts at once.
 //
@@ -76,9 +76,18 @@ type Store struct {
 	sweepDue atomic.Bool
 }
 
+// The Store implements store.Store, store.Notifier and
+// store.SubscribersUpdater.
+var (
+	_ store.Store              = (*Store)(nil)
+	_ store.Notifier           = (*Store)(nil)
+	_ store.SubscribersUpdater = (*Store)(nil)
+)
+
 // Open connects to the database named by connString (a postgres:// URL or
 // key=value pairs, as libpq takes them, Unix socket directories included;
-// pool_max_conns sets the pool size, 16 by default),
+// pool_max_conns sets the pool size, at least 16 by default: more on
+// machines with more CPUs),
 // creates or migrates the schema and starts listening for other
 // processes' notifications. ctx bounds the connection and the migration.
 // The Store owns the connections: Close releases them.
@@ -101,7 +110,10 @@ func Open(ctx context.Context, connString string) (*Store, error) {
 const defaultMaxConns = 16
 
 // OpenConfig is Open with a parsed pool configuration, for callers that
-// set pool sizes or connection parameters themselves.
+// set pool sizes or connection parameters themselves. Unlike Open, it
+// keeps cfg.MaxConns as given (pgxpool's default is 4, or the number of
+// CPUs); one connection is held for LISTEN, so allow for the relay's
+// workers.
 //
 // Each connection then sets, unless the configuration's runtime parameters
 // do (cfg itself is not changed):
@@ -424,8 +436,8 @@ func takeMarks(ctx context.Context, tx pgx.Tx, marks []store.Mark) ([]string, er
 	if live != nil {
 		return live, &store.SeenError{IDs: live}
 	}
-	// Check-only marks (already expired) need not stay; the reaper in
-	// Lease would reclaim them anyway.
+	// Check-only marks (already expired) need not stay; the listener's
+	// periodic reaping would reclaim them anyway.
 	_, err = tx.Exec(ctx, `DELETE FROM fedirelay_marks
 		WHERE id_hash IN (SELECT fedirelay_hash(id) FROM unnest($1::text[]) AS id) AND until <= now()`, ids)
 	return nil, err
