@@ -45,7 +45,9 @@ func (r *Relay) Subscriber(ctx context.Context, actorID string) (store.Subscribe
 // UpdateSubscriber changes the details of a subscription (such as Note or
 // Inbox) through fn, atomically, and returns the result. It sends nothing:
 // change the state with Approve, Refuse or Remove so the subscriber is told.
-// fn may be called more than once and must not change ActorID.
+// fn may be called more than once and must not change ActorID; it should
+// be quick and do no I/O (a database store holds a transaction open while
+// it runs).
 func (r *Relay) UpdateSubscriber(ctx context.Context, actorID string, fn func(*store.Subscriber) error) (store.Subscriber, error) {
 	defer r.schemes.forget(actorID)
 	return r.store.UpdateSubscriber(ctx, actorID, func(s *store.Subscriber, found bool) error {

@@ -882,6 +882,21 @@ type batchingStore struct {
 	mu      sync.Mutex
 	batches [][]string
 	refuse  bool // UpdateSubscribers fails, changing nothing
+	down    bool // UpdateSubscriber fails too
+	singles int  // UpdateSubscriber calls while down
+}
+
+func (b *batchingStore) UpdateSubscriber(ctx context.Context, id string, fn func(*store.Subscriber, bool) error) (store.Subscriber, error) {
+	b.mu.Lock()
+	down := b.down
+	if down {
+		b.singles++
+	}
+	b.mu.Unlock()
+	if down {
+		return store.Subscriber{}, errors.New("the store is down")
+	}
+	return b.spyStore.UpdateSubscriber(ctx, id, fn)
 }
 
 func (b *batchingStore) UpdateSubscribers(ctx context.Context, ids []string, fn func(*store.Subscriber) error) ([]string, error) {
@@ -984,4 +999,33 @@ func TestStatisticsFlushFallsBackWhenBatchFails(t *testing.T) {
 	s, err := e.st.GetSubscriber(context.Background(), in[1].RelayActorID())
 	require.NoError(t, err)
 	assert.EqualValues(t, 2, s.Delivered, "written one at a time")
+}
+
+// TestStatisticsFlushStopsWhenStoreFails: when the batch fails and so do
+// the writes one at a time, the flush gives up after a few, not after one
+// write per subscriber.
+func TestStatisticsFlushStopsWhenStoreFails(t *testing.T) {
+	bs := &batchingStore{}
+	e := newMemEnvWithStore(t, relay.Config{}, func(s *spyStore) store.Store { bs.spyStore = s; return bs })
+	in := e.subscribed("a.test", "b.test", "c.test", "d.test", "e.test", "f.test")
+	n := e.post(in[0], "hello")
+	for _, i := range in[1:] {
+		waitFor(t, i, "Create", n.ID)
+	}
+	e.settled()
+	e.eventually(func() bool { // the NodeInfo lookups that follow the Follows are over
+		for _, i := range in {
+			if s, err := e.st.GetSubscriber(context.Background(), i.RelayActorID()); err != nil || s.Software == "" {
+				return false
+			}
+		}
+		return true
+	}, "the subscribers' software is known")
+	bs.mu.Lock()
+	bs.refuse, bs.down = true, true
+	bs.mu.Unlock()
+	assert.Error(t, e.r.Close(context.Background()), "the statistics could not be written")
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	assert.Equal(t, 3, bs.singles, "three writes in a row failed: the flush stopped")
 }

@@ -198,7 +198,8 @@ func (st *deliveryStats) merge(s store.Subscriber) store.Subscriber {
 
 // flush writes the statistics kept in memory to the store: with
 // store.SubscribersUpdater when the store has it, up to flushBatch
-// subscribers in one call (one at a time for a batch the store refused),
+// subscribers in one call (one at a time for a batch the store refused,
+// until the store fails three times in a row),
 // else one UpdateSubscriber per subscriber.
 func (st *deliveryStats) flush(ctx context.Context) error {
 	st.mu.Lock()
@@ -233,8 +234,8 @@ func (st *deliveryStats) flush(ctx context.Context) error {
 		st.r.events.StoreOp("UpdateSubscribers", time.Since(start))
 		if err != nil {
 			// One at a time, so that one record the store cannot change
-			// (or a passing failure) does not hold back the others.
-			firstErr = cmp.Or(firstErr, st.flushEach(ctx, chunk))
+			// does not hold back the others.
+			firstErr = cmp.Or(firstErr, st.flushOneByOne(ctx, chunk))
 			continue
 		}
 		for _, id := range missing {
@@ -248,6 +249,55 @@ func (st *deliveryStats) flush(ctx context.Context) error {
 type pendingStats struct {
 	id string
 	e  subStats
+}
+
+// flushOneByOne writes todo with one UpdateSubscriber per subscriber, one
+// after the other. After maxFlushFailures failures in a row it puts the
+// rest back and stops: the store is failing, not a record.
+func (st *deliveryStats) flushOneByOne(ctx context.Context, todo []pendingStats) error {
+	var firstErr error
+	failures := 0
+	for k, p := range todo {
+		err := st.writeOne(ctx, p)
+		if err == nil {
+			failures = 0
+			continue
+		}
+		firstErr = cmp.Or(firstErr, err)
+		if failures++; failures == maxFlushFailures {
+			for _, q := range todo[k+1:] {
+				st.putBack(q.id, q.e)
+			}
+			break
+		}
+	}
+	return firstErr
+}
+
+// maxFlushFailures is how many writes in a row flushOneByOne tries before
+// it gives up until the next flush.
+const maxFlushFailures = 3
+
+// writeOne writes p with UpdateSubscriber: it forgets a subscriber that is
+// gone, and puts p's counts back, to be written next time, when the store
+// fails (and returns the error).
+func (st *deliveryStats) writeOne(ctx context.Context, p pendingStats) error {
+	_, err := st.r.store.UpdateSubscriber(ctx, p.id, func(s *store.Subscriber, found bool) error {
+		if !found {
+			return store.ErrNotFound
+		}
+		st.applyCopy(p.id, p.e, s)
+		return nil
+	})
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		st.forget(p.id)
+		return nil
+	case err != nil:
+		st.putBack(p.id, p.e)
+		return err
+	}
+	return nil
 }
 
 // flushEach writes todo with one UpdateSubscriber per subscriber, at most
@@ -267,18 +317,7 @@ func (st *deliveryStats) flushEach(ctx context.Context, todo []pendingStats) err
 		go func() {
 			defer wg.Done()
 			for p := range next {
-				_, err := st.r.store.UpdateSubscriber(ctx, p.id, func(s *store.Subscriber, found bool) error {
-					if !found {
-						return store.ErrNotFound
-					}
-					st.applyCopy(p.id, p.e, s)
-					return nil
-				})
-				switch {
-				case errors.Is(err, store.ErrNotFound):
-					st.forget(p.id)
-				case err != nil:
-					st.putBack(p.id, p.e)
+				if err := st.writeOne(ctx, p); err != nil {
 					errMu.Lock()
 					firstEr = cmp.Or(firstEr, err)
 					errMu.Unlock()

@@ -10,3 +10,7 @@ import (
 func QueryRowForTest(ctx context.Context, s *Store, sql string) pgx.Row {
 	return s.pool.QueryRow(ctx, sql)
 }
+
+// SetSweepDueForTest marks s as having unused payloads to reclaim (as a
+// failed removal does).
+func SetSweepDueForTest(s *Store) { s.sweepDue.Store(true) }

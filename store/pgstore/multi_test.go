@@ -335,6 +335,11 @@ func TestSessionSettings(t *testing.T) {
 	assert.Equal(t, "1min", show(s, "idle_in_transaction_session_timeout"))
 	own := open(t, withParam(url, "plan_cache_mode", "auto"))
 	assert.Equal(t, "auto", show(own, "plan_cache_mode"))
+	// A value set otherwise than as a parameter of its own (here in
+	// options, as a role's or database's setting would be) stays too.
+	opts := open(t, withParam(url, "options", "-cidle_in_transaction_session_timeout=5min"))
+	assert.Equal(t, "5min", show(opts, "idle_in_transaction_session_timeout"))
+	assert.Equal(t, "force_custom_plan", show(opts, "plan_cache_mode"))
 }
 
 // enqueueInFlight begins a transaction that queues a delivery of payload,
@@ -413,5 +418,37 @@ func TestReclaimAfterConcurrentEnqueue(t *testing.T) {
 	for _, p := range []string{"p1", "p2", "p4", "p5"} {
 		_, err := s.GetPayload(ctx, p)
 		assert.ErrorIs(t, err, store.ErrNotFound, "payload %s: no delivery refers to it", p)
+	}
+}
+
+// A removal reclaims its own payloads even while a sweep of every unused
+// payload is due and would fail (here: lock_timeout on an unused payload
+// another session holds; in production, statement_timeout on a large
+// table): the sweep is left to the listener, off the removals' path.
+func TestReclaimWhileSweepDue(t *testing.T) {
+	url := withParam(newSchema(t), "lock_timeout", "300ms")
+	s := open(t, url)
+	ctx := context.Background()
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	require.NoError(t, s.Enqueue(ctx,
+		[]store.Payload{{ID: "p1", Body: []byte("x")}, {ID: "p2", Body: []byte("x")}},
+		[]store.Delivery{storetest.SampleDelivery("d1", "p1", "a.example", t0), storetest.SampleDelivery("d2", "p2", "a.example", t0)}))
+	conn, err := pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, `INSERT INTO fedirelay_payloads (id, body) VALUES ('orphan', 'x')`)
+	require.NoError(t, err)
+	tx, err := conn.Begin(ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(ctx) //nolint:errcheck
+	_, err = tx.Exec(ctx, `SELECT 1 FROM fedirelay_payloads WHERE id = 'orphan' FOR UPDATE`)
+	require.NoError(t, err)
+
+	pgstore.SetSweepDueForTest(s) // as after a failed removal
+	require.NoError(t, s.Complete(ctx, store.IDs("d1")...))
+	require.NoError(t, s.Complete(ctx, store.IDs("d2")...))
+	for _, p := range []string{"p1", "p2"} {
+		_, err := s.GetPayload(ctx, p)
+		assert.ErrorIs(t, err, store.ErrNotFound, "payload %s went with its last delivery", p)
 	}
 }

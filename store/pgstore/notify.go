@@ -26,7 +26,8 @@ func signal(ch chan struct{}) {
 	}
 }
 
-// reapInterval is how often a store deletes expired deduplication marks.
+// reapInterval is how often a store deletes expired deduplication marks,
+// and reclaims unused payloads when a removal may have left some.
 const reapInterval = 5 * time.Minute
 
 // listen holds one connection that LISTENs on the notification channels
@@ -78,6 +79,14 @@ func (s *Store) listenOnce(ctx context.Context, lastReap *time.Time) error {
 			*lastReap = time.Now()
 			if _, err := conn.Exec(ctx, `DELETE FROM fedirelay_marks WHERE until <= now()`); err != nil {
 				return err
+			}
+			if s.sweepDue.Load() && s.sweeping.CompareAndSwap(false, true) {
+				s.listening.Add(1) // Close waits for it; ctx ends it
+				go func() {
+					defer s.listening.Done()
+					defer s.sweeping.Store(false)
+					s.sweep(ctx)
+				}()
 			}
 		}
 		wctx, cancel := context.WithTimeout(ctx, reapInterval)

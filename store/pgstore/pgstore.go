@@ -71,9 +71,10 @@ type Store struct {
 	queueWake  chan struct{}
 	valuesWake chan struct{}
 
-	// sweepDue is set when a removal or its reclaim failed: the next
-	// removal reclaims every unused payload (see removed).
-	sweepDue atomic.Bool
+	// sweepDue is set when a removal or its reclaim failed: the listener
+	// reclaims every unused payload at its next reaping (see removed);
+	// sweeping is set while it does.
+	sweepDue, sweeping atomic.Bool
 }
 
 // The Store implements store.Store, store.Notifier and
@@ -115,8 +116,8 @@ const defaultMaxConns = 16
 // CPUs); one connection is held for LISTEN, so allow for the relay's
 // workers.
 //
-// Each connection then sets, unless the configuration's runtime parameters
-// do (cfg itself is not changed):
+// Each connection then sets, unless the configuration's runtime parameters,
+// or the role's or database's settings, do (cfg itself is not changed):
 //   - plan_cache_mode = force_custom_plan: every statement is planned for
 //     its own arguments. The queue grows from nothing to many thousand
 //     deliveries within seconds, and a plan cached while it was small (a
@@ -128,15 +129,17 @@ const defaultMaxConns = 16
 func OpenConfig(ctx context.Context, cfg *pgxpool.Config) (*Store, error) {
 	cfg = cfg.Copy()
 	var settings []string
-	for name, value := range map[string]string{
-		"plan_cache_mode":                     "force_custom_plan",
-		"idle_in_transaction_session_timeout": "1min",
+	for _, p := range []struct{ name, value, serverDefault string }{
+		{"idle_in_transaction_session_timeout", "1min", "0"},
+		{"plan_cache_mode", "force_custom_plan", "auto"},
 	} {
-		if _, set := cfg.ConnConfig.RuntimeParams[name]; !set {
-			settings = append(settings, "SET "+name+" = '"+value+"'")
+		if _, set := cfg.ConnConfig.RuntimeParams[p.name]; !set {
+			// Only over the server's default: a value the role or the
+			// database sets stays.
+			settings = append(settings, "SELECT set_config('"+p.name+"', '"+p.value+"', false) WHERE current_setting('"+
+				p.name+"') = '"+p.serverDefault+"'")
 		}
 	}
-	slices.Sort(settings)
 	after := cfg.AfterConnect
 	cfg.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
 		for _, q := range settings {
@@ -164,7 +167,7 @@ func OpenConfig(ctx context.Context, cfg *pgxpool.Config) (*Store, error) {
 		valuesWake: make(chan struct{}, 1),
 	}
 	if err := reclaim(ctx, pool, nil, true); err != nil {
-		s.sweepDue.Store(true) // the next removal tries again
+		s.sweepDue.Store(true) // the listener tries again
 	}
 	s.listening.Add(1)
 	go s.listen()

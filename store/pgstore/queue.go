@@ -376,19 +376,25 @@ func reclaim(ctx context.Context, q interface {
 }
 
 // removed ends a removal of deliveries that returned err: it reclaims
-// the payloads of the deliveries removed (see reclaim), or every unused
-// payload when an earlier removal left some. A removal that failed (its
-// commit may have been made all the same) or whose reclaim failed leaves
-// that to the next one; the payloads it leaves meanwhile are only space.
-// Open reclaims every unused payload too (a process may end between a
-// removal and its reclaim).
+// the payloads of the deliveries removed (see reclaim). A removal that
+// failed (its commit may have been made all the same) or whose reclaim
+// failed may leave unused payloads, which cost only space: it sets
+// sweepDue, and the listener reclaims every unused payload at its next
+// periodic reaping (see sweep), off the removals' path. Open does too (a
+// process may end between a removal and its reclaim).
 func (s *Store) removed(ctx context.Context, hashes [][]byte, err error) {
+	if err == nil {
+		err = reclaim(ctx, s.pool, hashes, false)
+	}
 	if err != nil {
 		s.sweepDue.Store(true)
-		return
 	}
-	all := s.sweepDue.Swap(false)
-	if reclaim(ctx, s.pool, hashes, all) != nil {
+}
+
+// sweep reclaims every unused payload if a removal may have left some
+// (sweepDue), again later if it fails.
+func (s *Store) sweep(ctx context.Context) {
+	if s.sweepDue.Swap(false) && reclaim(ctx, s.pool, nil, true) != nil {
 		s.sweepDue.Store(true)
 	}
 }
