@@ -68,6 +68,14 @@ func (s *Store) Enqueue(ctx context.Context, payloads []store.Payload, deliverie
 		attempts[i] = int32(min(max(d.Attempts, 0), 1<<31-1))
 		notBefore[i], created[i], signers[i] = d.NotBefore, d.Created, d.Signer
 	}
+	// A delivery whose payload is not in this call must find it stored: if
+	// it does not, trying again cannot help. One whose payload is, may
+	// lose it to a concurrent reclaim between the two inserts: that is
+	// worth another run.
+	allGiven := true
+	for _, d := range deliveries {
+		allGiven = allGiven && slices.Contains(pIDs, d.PayloadID)
+	}
 	err := s.tx(ctx, func(tx pgx.Tx) error {
 		if _, err := takeMarks(ctx, tx, marks); err != nil {
 			return err
@@ -90,6 +98,10 @@ func (s *Store) Enqueue(ctx context.Context, payloads []store.Payload, deliverie
 			ORDER BY ord
 			ON CONFLICT (id_hash) DO NOTHING`,
 			ids, payloadIDs, inboxes, hosts, subs, types, attempts, notBefore, lastErrors, created, signers); err != nil {
+			var pe *pgconn.PgError
+			if !allGiven && errors.As(err, &pe) && pe.Code == "23503" {
+				return errMissingPayload
+			}
 			return err
 		}
 		// New payloads that no delivery refers to would never be removed.
@@ -105,6 +117,10 @@ func (s *Store) Enqueue(ctx context.Context, payloads []store.Payload, deliverie
 	})
 	return s.wrap(ctx, "Enqueue", err)
 }
+
+// errMissingPayload fails an Enqueue of a delivery whose payload is
+// neither given nor stored.
+var errMissingPayload = errors.New("a delivery's payload is neither given nor stored")
 
 // deliveryColumns are the columns scanDelivery reads, in order.
 const deliveryColumns = `d.id, d.payload_id, d.inbox, d.host, d.subscriber, d.activity_type, d.attempts,
