@@ -461,8 +461,7 @@ func (r *Relay) acctHost() string {
 // and GoToSocial skips such an Undo. The Undo's id derives from undo's, so
 // a retried fan-out makes the same deliveries.
 func (r *Relay) undoRelayedAnnounce(undo *envelope, objectID string) ([]byte, string, error) {
-	sum := sha256.Sum256([]byte("undo " + undo.ID))
-	id := r.base.String() + "/activities/undo-" + hex.EncodeToString(sum[:16])
+	id := r.derivedID("undo", "undo "+undo.ID)
 	b, err := r.undoAnnounceBy(r.actorID, id, r.postAnnounceID(objectID), objectID)
 	return b, id, err
 }
@@ -470,8 +469,7 @@ func (r *Relay) undoRelayedAnnounce(undo *envelope, objectID string) ([]byte, st
 // undoTopicAnnounce is undoRelayedAnnounce for the topic actor actor: its
 // Undo of its own Announce of objectID (see topicAnnounce).
 func (r *Relay) undoTopicAnnounce(actor string, undo *envelope, objectID string) (store.Payload, error) {
-	sum := sha256.Sum256([]byte("undo " + actor + " " + undo.ID))
-	id := r.base.String() + "/activities/undo-" + hex.EncodeToString(sum[:16])
+	id := r.derivedID("undo", "undo "+actor+" "+undo.ID)
 	b, err := r.undoAnnounceBy(actor, id, r.topicAnnounceID(actor, r.postAnnounceID(objectID)), objectID)
 	return store.Payload{ID: payloadID([]byte(id)), Body: b}, err
 }
@@ -539,6 +537,14 @@ func (r *Relay) announceID(env *envelope, objectID string) string {
 	if env.isPost() {
 		source = "post " + objectID
 	}
+	return r.derivedID("announce", source)
+}
+
+// derivedID returns the id of one of the relay's activities of kind
+// ("announce", "undo") derived from source, a text naming what it is made
+// for: the same source gives the same id, so a retried fan-out sends the
+// same activities.
+func (r *Relay) derivedID(kind, source string) string {
 	sum := sha256.Sum256([]byte(source))
-	return r.base.String() + "/activities/announce-" + hex.EncodeToString(sum[:16])
+	return r.base.String() + "/activities/" + kind + "-" + hex.EncodeToString(sum[:16])
 }

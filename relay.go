@@ -757,6 +757,21 @@ func (r *Relay) InboxURL() string { return r.inboxURL }
 // Store returns the store the relay uses.
 func (r *Relay) Store() store.Store { return r.baseStore() }
 
+// untilClosed returns a context with parent's values but not its end,
+// which ends when the relay closes or cancel is called: for background
+// work that Close must stop.
+func (r *Relay) untilClosed(parent context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
+	go func() {
+		select {
+		case <-r.closed:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
 // Start starts delivering queued activities in the background, and the
 // background work: reloading the block list and policies, summaries, and
 // learning the software of accepted subscribers stored without it (their

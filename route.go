@@ -5,8 +5,6 @@ package relay
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 
 	"github.com/fedirelay/relay/store"
@@ -236,8 +234,7 @@ func (r *Relay) topicAnnounce(actor string, env *envelope, rel relayable) (store
 // topicAnnounceID is the id of the topic actor actor's Announce for the
 // relay's Announce relayAnnounceID.
 func (r *Relay) topicAnnounceID(actor, relayAnnounceID string) string {
-	sum := sha256.Sum256([]byte(actor + " " + relayAnnounceID))
-	return r.base.String() + "/activities/announce-" + hex.EncodeToString(sum[:16])
+	return r.derivedID("announce", actor+" "+relayAnnounceID)
 }
 
 // deliveryForm is the form in which a subscriber gets a relayed activity.

@@ -123,15 +123,8 @@ func (r *Relay) learnSoftwareSoon(ctx context.Context, actorID string) {
 	r.inflight.Add(1)
 	go func() {
 		defer r.inflight.Done()
-		ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		ctx, cancel := r.untilClosed(ctx)
 		defer cancel()
-		go func() {
-			select {
-			case <-r.closed:
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
 		if name := r.learnSoftware(ctx, actorID); name != "" {
 			r.storeSoftware(ctx, hostOf(actorID), []string{actorID}, name)
 		}
@@ -159,9 +152,8 @@ var errSoftwareKnown = errors.New("relay: software known")
 // formFor). Close cancels the lookups in flight and waits for them.
 func (r *Relay) learnMissingSoftware() {
 	defer r.bg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := r.untilClosed(context.Background())
 	defer cancel()
-	go func() { <-r.closed; cancel() }() // this loop returns only once closed
 	for {
 		r.learnSoftwareOnce(ctx)
 		select {

@@ -10,12 +10,12 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"regexp"
-	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/fedirelay/relay/store/pgstore"
 )
 
 // relayGroup is the relay processes of one run and, when there is a
@@ -59,7 +59,7 @@ func startRelays(ctx context.Context, o options, dir string, n int) (*relayGroup
 	go g.proxy.Serve(ln)
 	for k := range n {
 		// One at a time: the first creates the tables and the relay's key.
-		rp, err := startRelay(ctx, o, filepath.Join(dir, fmt.Sprintf("relay%d", k)), g.baseURL, withSearchPath(o.dbURL, g.schema))
+		rp, err := startRelay(ctx, o, filepath.Join(dir, fmt.Sprintf("relay%d", k)), g.baseURL, pgstore.WithParam(o.dbURL, "search_path", g.schema))
 		if err != nil {
 			g.stop()
 			return nil, err
@@ -140,36 +140,4 @@ func (rr *roundRobin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rr.backends[int(rr.next.Add(1)-1)%len(rr.backends)].ServeHTTP(w, r)
-}
-
-// withSearchPath adds search_path to a key=value or URL connection string.
-func withSearchPath(conn, schema string) string {
-	if strings.HasPrefix(conn, "postgres://") || strings.HasPrefix(conn, "postgresql://") {
-		sep := "?"
-		if strings.Contains(conn, "?") {
-			sep = "&"
-		}
-		return conn + sep + "search_path=" + schema
-	}
-	return conn + " search_path=" + schema
-}
-
-// keyValuePassword matches the password of a key=value connection string.
-var keyValuePassword = regexp.MustCompile(`password\s*=\s*('(\\.|[^'])*'|\S+)`)
-
-// redactPassword returns a connection string with its password, if any,
-// replaced by "xxxxx", for printing.
-func redactPassword(conn string) string {
-	if strings.HasPrefix(conn, "postgres://") || strings.HasPrefix(conn, "postgresql://") {
-		if u, err := url.Parse(conn); err == nil {
-			q := u.Query()
-			if q.Has("password") {
-				q.Set("password", "xxxxx")
-				u.RawQuery = q.Encode()
-			}
-			return u.Redacted()
-		}
-		return "(a connection string that does not parse)"
-	}
-	return keyValuePassword.ReplaceAllString(conn, "password=xxxxx")
 }

@@ -77,6 +77,7 @@ import (
 	"time"
 
 	"github.com/fedirelay/relay/httpsig"
+	"github.com/fedirelay/relay/store/pgstore"
 )
 
 func main() {
@@ -633,7 +634,7 @@ func startRelay(ctx context.Context, o options, dir, baseURL, dbURL string) (*re
 	shown := slices.Clone(args)
 	for i, a := range shown {
 		if a == dbURL && dbURL != "" {
-			shown[i] = redactPassword(dbURL)
+			shown[i] = pgstore.RedactConnString(dbURL)
 		}
 	}
 	fmt.Printf("relay pid %d: %s %s %s (log %s)\n", cmd.Process.Pid, o.relayEnv, o.relayBin, strings.Join(shown, " "), logPath)

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -15,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fedirelay/relay/store"
+	"github.com/fedirelay/relay/store/pgstore"
 )
 
 // testDatabaseURL returns a connection string for a new, empty schema of
@@ -43,14 +43,7 @@ func testDatabaseURL(t *testing.T) string {
 			_ = conn.Close(ctx)
 		}
 	})
-	if strings.HasPrefix(url, "postgres://") || strings.HasPrefix(url, "postgresql://") {
-		sep := "?"
-		if strings.Contains(url, "?") {
-			sep = "&"
-		}
-		return url + sep + "search_path=" + name
-	}
-	return url + " search_path=" + name
+	return pgstore.WithParam(url, "search_path", name)
 }
 
 var schemaSeq atomic.Int64
@@ -101,7 +94,7 @@ func TestConnectionStringPasswordNeverShown(t *testing.T) {
 		{"host=db password = 's3 cret' dbname=relay", "host=db password = xxxxx dbname=relay"},
 		{"host=/run/postgresql dbname=relay", "host=/run/postgresql dbname=relay"},
 	} {
-		assert.Equal(t, c.want, redactConnString(c.in))
+		assert.Equal(t, c.want, pgstore.RedactConnString(c.in))
 	}
 	// A database that cannot be reached: the error names it, without the
 	// password.

@@ -4,10 +4,11 @@ import (
 	"context"
 	"errors"
 	"flag"
-	"net/url"
 	"os"
-	"regexp"
+	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/fedirelay/relay"
 	"github.com/fedirelay/relay/store"
@@ -77,49 +78,17 @@ func openRelayStore(dataDir, databaseURL string) (*relayStore, error) {
 	}
 	return &relayStore{
 		Store: st,
-		where: "PostgreSQL " + redactConnString(databaseURL),
+		where: "PostgreSQL " + pgstore.RedactConnString(databaseURL),
 		err:   func() error { return nil },
 		close: st.Close,
 	}, nil
 }
 
-// keyValuePassword matches the password of a key=value connection string,
-// quoted or not.
-var keyValuePassword = regexp.MustCompile(`(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)`)
-
-// redactConnString returns a PostgreSQL connection string without its
-// password, for logs.
-func redactConnString(s string) string {
-	if u, err := url.Parse(s); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
-		if _, has := u.User.Password(); has {
-			u.User = url.UserPassword(u.User.Username(), "xxxxx")
-		}
-		q := u.Query()
-		if q.Has("password") {
-			q.Set("password", "xxxxx")
-			u.RawQuery = q.Encode()
-		}
-		return u.String()
-	}
-	return keyValuePassword.ReplaceAllString(s, "${1}xxxxx")
-}
-
 // redactPassword removes the password of connString from msg.
 func redactPassword(msg, connString string) string {
-	var password string
-	if u, err := url.Parse(connString); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
-		password, _ = u.User.Password()
-		if p := u.Query().Get("password"); p != "" {
-			password = p
-		}
-	} else if m := keyValuePassword.FindStringSubmatch(connString); m != nil {
-		password = m[2]
+	cfg, err := pgconn.ParseConfig(connString)
+	if err != nil || cfg.Password == "" {
+		return msg // a string that does not parse is never quoted (see pgstore.Open)
 	}
-	if len(password) >= 2 && password[0] == '\'' {
-		password = password[1 : len(password)-1]
-	}
-	if password == "" {
-		return msg
-	}
-	return regexp.MustCompile(regexp.QuoteMeta(password)).ReplaceAllString(msg, "xxxxx")
+	return strings.ReplaceAll(msg, cfg.Password, "xxxxx")
 }

@@ -333,11 +333,11 @@ func TestSessionSettings(t *testing.T) {
 	s := open(t, url)
 	assert.Equal(t, "force_custom_plan", show(s, "plan_cache_mode"))
 	assert.Equal(t, "1min", show(s, "idle_in_transaction_session_timeout"))
-	own := open(t, withParam(url, "plan_cache_mode", "auto"))
+	own := open(t, pgstore.WithParam(url, "plan_cache_mode", "auto"))
 	assert.Equal(t, "auto", show(own, "plan_cache_mode"))
 	// A value set otherwise than as a parameter of its own (here in
 	// options, as a role's or database's setting would be) stays too.
-	opts := open(t, withParam(url, "options", "-cidle_in_transaction_session_timeout=5min"))
+	opts := open(t, pgstore.WithParam(url, "options", "-cidle_in_transaction_session_timeout=5min"))
 	assert.Equal(t, "5min", show(opts, "idle_in_transaction_session_timeout"))
 	assert.Equal(t, "force_custom_plan", show(opts, "plan_cache_mode"))
 }
@@ -426,7 +426,7 @@ func TestReclaimAfterConcurrentEnqueue(t *testing.T) {
 // another session holds; in production, statement_timeout on a large
 // table): the sweep is left to the listener, off the removals' path.
 func TestReclaimWhileSweepDue(t *testing.T) {
-	url := withParam(newSchema(t), "lock_timeout", "300ms")
+	url := pgstore.WithParam(newSchema(t), "lock_timeout", "300ms")
 	s := open(t, url)
 	ctx := context.Background()
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)

@@ -166,9 +166,8 @@ func OpenConfig(ctx context.Context, cfg *pgxpool.Config) (*Store, error) {
 		queueWake:  make(chan struct{}, 1),
 		valuesWake: make(chan struct{}, 1),
 	}
-	if err := reclaim(ctx, pool, nil, true); err != nil {
-		s.sweepDue.Store(true) // the listener tries again
-	}
+	s.sweepDue.Store(true) // payloads a process left between a removal and its reclaim
+	s.sweep(ctx)
 	s.listening.Add(1)
 	go s.listen()
 	return s, nil
@@ -259,11 +258,18 @@ func retryable(err error) bool {
 // concurrent transaction (up to maxTxRuns times: each conflict means that
 // another transaction made progress).
 func (s *Store) tx(ctx context.Context, fn func(tx pgx.Tx) error) error {
+	return runAgain(ctx, func() error { return pgx.BeginFunc(ctx, s.pool, fn) })
+}
+
+// runAgain runs fn, again while it fails on a conflict with a concurrent
+// transaction (see retryable), up to maxTxRuns times in all: each conflict
+// means that another transaction made progress.
+func runAgain(ctx context.Context, fn func() error) error {
 	var err error
 	for range maxTxRuns {
-		err = pgx.BeginFunc(ctx, s.pool, fn)
+		err = fn()
 		if !retryable(err) || ctx.Err() != nil {
-			return err
+			break
 		}
 	}
 	return err

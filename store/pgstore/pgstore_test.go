@@ -60,26 +60,7 @@ func newSchema(t testing.TB) string {
 			_ = conn.Close(context.Background())
 		}
 	})
-	return withSearchPath(url, name)
-}
-
-// withSearchPath adds search_path to a key=value or URL connection string.
-func withSearchPath(url, schema string) string {
-	return withParam(url, "search_path", schema)
-}
-
-// withParam adds name=value to a key=value or URL connection string.
-func withParam(url, name, value string) string {
-	if len(url) > 11 && (url[:11] == "postgres://" || len(url) > 13 && url[:13] == "postgresql://") {
-		sep := "?"
-		for _, c := range url {
-			if c == '?' {
-				sep = "&"
-			}
-		}
-		return url + sep + name + "=" + value
-	}
-	return url + " " + name + "=" + value
+	return pgstore.WithParam(url, "search_path", name)
 }
 
 // open opens a Store on url, closed at the end of the test.

@@ -148,8 +148,9 @@ func scanDelivery(row pgx.CollectableRow) (leasedDelivery, error) {
 // leaseStatement leases deliveries, in one statement: it locks up to $3
 // due deliveries ($1 is the time) that no live lease holds and no other
 // transaction has locked (FOR UPDATE SKIP LOCKED: those a Complete, Retry
-// or removal is changing are passed over), oldest first, leaving out the hosts in $2 and, with a
-// host cap $4 > 0, the hosts that have $4 live leases; it keeps what fits
+// or removal is changing are passed over), oldest first, leaving out the
+// hosts in $2 and, with a host cap $4 > 0, the hosts that have $4 live
+// leases; it keeps what fits
 // under $5 per host and under the cap, $6 in all, and gives each a lease
 // row (fedirelay_leases) until $7 with a new token. A lease committed by
 // another Lease since the statement began is never taken over: the
@@ -319,14 +320,7 @@ const lockSQL = `SELECT 1 FROM fedirelay_deliveries
 // in order. It runs again on a conflict with a concurrent transaction, as
 // tx does.
 func (s *Store) pipelined(ctx context.Context, queue func(*pgx.Batch), read func(pgx.BatchResults) error) error {
-	var err error
-	for range maxTxRuns {
-		err = s.pipelinedOnce(ctx, queue, read)
-		if !retryable(err) || ctx.Err() != nil {
-			break
-		}
-	}
-	return err
+	return runAgain(ctx, func() error { return s.pipelinedOnce(ctx, queue, read) })
 }
 
 // pipelinedOnce makes one attempt of pipelined.
@@ -358,68 +352,64 @@ func (s *Store) pipelinedOnce(ctx context.Context, queue func(*pgx.Batch), read 
 	return err
 }
 
-// reclaim removes the payloads among hashes that no delivery refers to,
-// in a statement of its own (every payload when all is set): every
-// removal of deliveries calls it once the removal is committed, with the
-// payloads of the deliveries removed (see removed). Of removals that each
-// take away some of a payload's last deliveries, the one whose reclaim
-// starts last starts after all of them committed, so its snapshot shows
-// the payload unused and removes it: no removal holds a lock on a payload
-// while it waits for its own commit. When an Enqueue gives one of the
-// payloads a new delivery meanwhile, the foreign key fails the statement,
-// which then removes nothing; it runs again, and its new snapshot shows
-// that delivery: that payload stays, the others go.
-func reclaim(ctx context.Context, q interface {
-	Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
-}, hashes [][]byte, all bool) error {
-	if len(hashes) == 0 && !all {
-		return nil
-	}
-	var err error
-	for range maxTxRuns {
-		if all {
-			_, err = q.Exec(ctx, `DELETE FROM fedirelay_payloads p
-				WHERE NOT EXISTS (SELECT 1 FROM fedirelay_deliveries o WHERE o.payload_hash = p.id_hash)`)
-		} else {
-			_, err = q.Exec(ctx, `DELETE FROM fedirelay_payloads p WHERE p.id_hash = ANY($1)
-				AND NOT EXISTS (SELECT 1 FROM fedirelay_deliveries o WHERE o.payload_hash = p.id_hash)`, hashes)
-		}
-		if !retryable(err) || ctx.Err() != nil {
-			break
-		}
-	}
-	return err
-}
+// reclaimSQL removes the payloads among $1 that no delivery refers to:
+// every removal of deliveries runs it once the removal is committed, with
+// the payloads of the deliveries removed (see removed). Of removals that
+// each take away some of a payload's last deliveries, the one whose
+// reclaim starts last starts after all of them committed, so its snapshot
+// shows the payload unused and removes it: no removal holds a lock on a
+// payload while it waits for its own commit. When an Enqueue gives one of
+// the payloads a new delivery meanwhile, the foreign key fails the
+// statement, which then removes nothing; it runs again (see runAgain),
+// and its new snapshot shows that delivery: that payload stays, the
+// others go.
+const reclaimSQL = `DELETE FROM fedirelay_payloads p WHERE p.id_hash = ANY($1)
+	AND NOT EXISTS (SELECT 1 FROM fedirelay_deliveries o WHERE o.payload_hash = p.id_hash)`
+
+// sweepSQL removes every payload that no delivery refers to, as
+// reclaimSQL does for some.
+const sweepSQL = `DELETE FROM fedirelay_payloads p
+	WHERE NOT EXISTS (SELECT 1 FROM fedirelay_deliveries o WHERE o.payload_hash = p.id_hash)`
 
 // removed ends a removal of deliveries that returned err: it reclaims
-// the payloads of the deliveries removed (see reclaim). A removal that
+// the payloads of the deliveries removed (reclaimSQL). A removal that
 // failed (its commit may have been made all the same) or whose reclaim
 // failed may leave unused payloads, which cost only space: it sets
-// sweepDue, and the listener reclaims every unused payload at its next
-// periodic reaping (see sweep), off the removals' path. Open does too (a
-// process may end between a removal and its reclaim).
+// sweepDue, and the listener sweeps at its next periodic reaping (see
+// sweep), off the removals' path. Open sweeps too (a process may end
+// between a removal and its reclaim).
 func (s *Store) removed(ctx context.Context, hashes [][]byte, err error) {
-	if err == nil {
-		err = reclaim(ctx, s.pool, hashes, false)
+	if err == nil && len(hashes) > 0 {
+		err = runAgain(ctx, func() error {
+			_, err := s.pool.Exec(ctx, reclaimSQL, hashes)
+			return err
+		})
 	}
 	if err != nil {
 		s.sweepDue.Store(true)
 	}
 }
 
-// sweep reclaims every unused payload if a removal may have left some
-// (sweepDue), again later if it fails.
+// sweep removes every unused payload (sweepSQL) if a removal may have
+// left some (sweepDue), and leaves sweepDue set if it fails.
 func (s *Store) sweep(ctx context.Context) {
-	if s.sweepDue.Swap(false) && reclaim(ctx, s.pool, nil, true) != nil {
+	if !s.sweepDue.Swap(false) {
+		return
+	}
+	err := runAgain(ctx, func() error {
+		_, err := s.pool.Exec(ctx, sweepSQL)
+		return err
+	})
+	if err != nil {
 		s.sweepDue.Store(true)
 	}
 }
 
 // Complete implements store.Store.Complete: a transaction sent in one
-// round trip (see pipelined) locks the deliveries (see lockSQL) and
-// deletes those whose token is still valid, whatever their number, in one
-// statement each; then a statement of its own reclaims the payloads they
-// were the last to refer to (see reclaim).
+// round trip (see pipelined) locks the deliveries (lockSQL), then deletes
+// those whose token is still valid, whatever their number, in one
+// statement; then a statement of its own reclaims the payloads they were
+// the last to refer to (see removed).
 func (s *Store) Complete(ctx context.Context, refs ...store.LeaseRef) error {
 	if err := s.check(ctx); err != nil {
 		return err
@@ -541,11 +531,11 @@ func (s *Store) CountDeliveries(ctx context.Context, f store.DeliveryFilter) (in
 	return int(n), s.wrap(ctx, "CountDeliveries", err)
 }
 
-// ShedDeliveries implements store.Store.ShedDeliveries in one transaction,
-// then reclaims payloads as Complete does. A
-// delivery counts as leased while it has a lease, expired or not, until
-// Lease takes it again or Retry releases it. Concurrent calls for one host
-// may together remove a few more than the excess over keep.
+// ShedDeliveries implements store.Store.ShedDeliveries in one
+// transaction, then reclaims payloads as Complete does. A delivery counts
+// as leased while it has a lease, expired or not, until Lease takes it
+// again or Retry releases it. Concurrent calls for one host may together
+// remove a few more than the excess over keep.
 func (s *Store) ShedDeliveries(ctx context.Context, host string, keep int, types []string) (int, error) {
 	if err := s.check(ctx); err != nil {
 		return 0, err
