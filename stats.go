@@ -199,8 +199,7 @@ func (st *deliveryStats) merge(s store.Subscriber) store.Subscriber {
 // flush writes the statistics kept in memory to the store: with
 // store.SubscribersUpdater when the store has it, up to flushBatch
 // subscribers in one call (one at a time for a batch the store refused,
-// until the store fails three times in a row),
-// else one UpdateSubscriber per subscriber.
+// see flushOneByOne), else one UpdateSubscriber per subscriber.
 func (st *deliveryStats) flush(ctx context.Context) error {
 	st.mu.Lock()
 	var todo []pendingStats

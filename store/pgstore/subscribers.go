@@ -170,10 +170,12 @@ func (s *Store) UpdateSubscribers(ctx context.Context, actorIDs []string, fn fun
 	for _, id := range actorIDs {
 		if id == "" || len(id) > maxKeyLen {
 			missing = append(missing, id) // never stored
-		} else if !slices.Contains(ids, id) {
+		} else {
 			ids = append(ids, id)
 		}
 	}
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
 	if len(ids) == 0 {
 		return missing, nil
 	}
@@ -220,8 +222,12 @@ func (s *Store) UpdateSubscribers(ctx context.Context, actorIDs []string, fn fun
 	if err != nil {
 		return nil, s.wrap(ctx, "UpdateSubscribers", err)
 	}
+	found := make(map[string]bool, len(stored))
+	for _, id := range stored {
+		found[id] = true
+	}
 	for _, id := range ids {
-		if !slices.Contains(stored, id) {
+		if !found[id] {
 			missing = append(missing, id)
 		}
 	}
