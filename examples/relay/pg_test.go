@@ -87,15 +87,7 @@ func TestDatabaseURLFromEnvironment(t *testing.T) {
 }
 
 func TestConnectionStringPasswordNeverShown(t *testing.T) {
-	for _, c := range []struct{ in, want string }{
-		{"postgres://relay:s3cret@db.example:5432/relay?sslmode=disable", "postgres://relay:xxxxx@db.example:5432/relay?sslmode=disable"},
-		{"postgresql:///relay?host=/run/postgresql&password=s3cret", "postgresql:///relay?host=%2Frun%2Fpostgresql&password=xxxxx"},
-		{"host=/run/postgresql dbname=relay password=s3cret user=relay", "host=/run/postgresql dbname=relay password=xxxxx user=relay"},
-		{"host=db password = 's3 cret' dbname=relay", "host=db password = xxxxx dbname=relay"},
-		{"host=/run/postgresql dbname=relay", "host=/run/postgresql dbname=relay"},
-	} {
-		assert.Equal(t, c.want, pgstore.RedactConnString(c.in))
-	}
+	// How a connection string is shown: pgstore's TestRedactConnString.
 	// A database that cannot be reached: the error names it, without the
 	// password.
 	for _, conn := range []string{

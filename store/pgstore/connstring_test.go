@@ -35,6 +35,7 @@ func TestRedactConnString(t *testing.T) {
 		{"postgresql://db/relay?password=s3cret&user=relay", "postgresql://db/relay?password=xxxxx&user=relay"},
 		{"postgres://relay:s3cret@db.example:port/relay", "(a connection string that does not parse)"},
 		{"host=/run/postgresql dbname=relay password=s3cret user=relay", "host=/run/postgresql dbname=relay password=xxxxx user=relay"},
+		{"host=db password = 's3 cret' dbname=relay", "host=db password = xxxxx dbname=relay"},
 		{"host=db password = 's3 cr\\'et' dbname=relay", "host=db password = xxxxx dbname=relay"},
 		{"host=/run/postgresql dbname=relay", "host=/run/postgresql dbname=relay"},
 	} {
