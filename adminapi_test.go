@@ -106,6 +106,8 @@ func TestAdminAPIApprovalRoundTrip(t *testing.T) {
 		assert.NotEmpty(t, s.Inbox)
 		assert.NotEmpty(t, s.Protocol)
 	}
+	// NodeInfo is read just after the Follow is answered.
+	require.Eventually(t, func() bool { return len(actorsOf(a.list("?software=gotosocial"))) > 0 }, wait, 10*time.Millisecond)
 	assert.Equal(t, []string{gts.RelayActorID()}, actorsOf(a.list("?software=gotosocial")), "software read from NodeInfo")
 	assert.Equal(t, []string{masto.RelayActorID()}, actorsOf(a.list("?host=masto.test")))
 
